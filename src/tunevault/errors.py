@@ -1,0 +1,177 @@
+"""The one exception tree of tunevault, shared by server, client and CLI.
+
+Each class carries its HTTP status, Together's error `type` and a stable string `code`.
+The server turns any of them into Together's envelope
+`{"error": {"message", "type", "param", "code"}}`; the client rebuilds the same class
+from `code`; the CLI maps the branches to exit codes.
+
+    TunevaultError                      500 internal_error
+    ├── InvalidRequest                  400 invalid_request
+    │   ├── InvalidManifest             400 invalid_manifest
+    │   └── DigestMismatch              400 digest_mismatch
+    ├── Unauthenticated                 401 invalid_api_key
+    ├── PermissionDenied                403 insufficient_scope
+    ├── NotFound                        404 not_found
+    │   ├── FineTuneNotFound            404 fine_tune_not_found
+    │   ├── CheckpointNotFound          404 checkpoint_not_found
+    │   └── BaseModelNotFound           404 base_model_not_found
+    ├── Conflict                        409 conflict
+    │   └── ArchiveNotReady             409 archive_not_ready
+    ├── PayloadTooLarge                 413 payload_too_large
+    ├── RangeNotSatisfiable             416 range_not_satisfiable
+    ├── RateLimited                     429 rate_limited
+    ├── StorageUnavailable              503 storage_unavailable
+    ├── InsufficientStorage             507 insufficient_storage
+    └── IntegrityError                  (client side) integrity_error
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TunevaultError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal_error"
+    registry: ClassVar[dict[str, type[TunevaultError]]] = {}
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        TunevaultError.registry[cls.code] = cls
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    @classmethod
+    def from_envelope(cls, status: int, body: Any) -> TunevaultError:
+        """Rebuild the server's exception from a response body (client side)."""
+        err = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(err, dict):
+            return TunevaultError(f"HTTP {status}: {str(body)[:200]}")
+        klass = cls.registry.get(str(err.get("code")), None)
+        message = str(err.get("message") or f"HTTP {status}")
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+        if klass is None:
+            klass = _by_status.get(status, TunevaultError)
+        return klass(message, param=param)
+
+
+TunevaultError.registry["internal_error"] = TunevaultError
+
+
+class InvalidRequest(TunevaultError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidManifest(InvalidRequest):
+    code = "invalid_manifest"
+
+
+class DigestMismatch(InvalidRequest):
+    code = "digest_mismatch"
+
+
+class Unauthenticated(TunevaultError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(TunevaultError):
+    status = 403
+    type = "permission_error"
+    code = "insufficient_scope"
+
+
+class NotFound(TunevaultError):
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class FineTuneNotFound(NotFound):
+    code = "fine_tune_not_found"
+
+
+class CheckpointNotFound(NotFound):
+    code = "checkpoint_not_found"
+
+
+class BaseModelNotFound(NotFound):
+    code = "base_model_not_found"
+
+
+class Conflict(TunevaultError):
+    status = 409
+    type = "conflict_error"
+    code = "conflict"
+
+
+class ArchiveNotReady(Conflict):
+    code = "archive_not_ready"
+
+
+class PayloadTooLarge(TunevaultError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class RangeNotSatisfiable(TunevaultError):
+    status = 416
+    type = "invalid_request_error"
+    code = "range_not_satisfiable"
+
+
+class RateLimited(TunevaultError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+
+class StorageUnavailable(TunevaultError):
+    status = 503
+    type = "server_error"
+    code = "storage_unavailable"
+
+
+class InsufficientStorage(TunevaultError):
+    status = 507
+    type = "server_error"
+    code = "insufficient_storage"
+
+
+class IntegrityError(TunevaultError):
+    """A downloaded or uploaded byte stream does not match its announced digest or size."""
+
+    type = "integrity_error"
+    code = "integrity_error"
+
+
+_by_status: dict[int, type[TunevaultError]] = {
+    400: InvalidRequest,
+    401: Unauthenticated,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    416: RangeNotSatisfiable,
+    429: RateLimited,
+    503: StorageUnavailable,
+    507: InsufficientStorage,
+}

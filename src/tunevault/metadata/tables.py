@@ -1,0 +1,145 @@
+"""The schema, in SQLAlchemy Core. Alembic migrations (migrations/versions) create it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+organizations = sa.Table(
+    "organizations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("org_id", sa.String(64), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.String(100), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+fine_tunes = sa.Table(
+    "fine_tunes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("org_id", sa.String(64), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("model", sa.String(300), nullable=False),
+    sa.Column("model_output_name", sa.String(300), nullable=False),
+    sa.Column("suffix", sa.String(100), nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("training_type", sa.String(16), nullable=False),
+    sa.Column("lora_r", sa.Integer, nullable=True),
+    sa.Column("lora_alpha", sa.Integer, nullable=True),
+    sa.Column("lora_dropout", sa.Float, nullable=True),
+    sa.Column("lora_trainable_modules", sa.String(500), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_fine_tunes_org", "org_id", "created_at"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "ft_id", sa.String(64), sa.ForeignKey("fine_tunes.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("level", sa.String(16), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("step", sa.Integer, nullable=True),
+    sa.Index("ix_events_ft", "ft_id", "id"),
+)
+
+metrics = sa.Table(
+    "metrics",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "ft_id", sa.String(64), sa.ForeignKey("fine_tunes.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Index("ix_metrics_ft", "ft_id", "step"),
+)
+
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "ft_id", sa.String(64), sa.ForeignKey("fine_tunes.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("final", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("ft_id", "step", "kind", name="uq_checkpoint"),
+)
+
+checkpoint_files = sa.Table(
+    "checkpoint_files",
+    metadata,
+    sa.Column(
+        "checkpoint_id",
+        sa.Integer,
+        sa.ForeignKey("checkpoints.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("path", sa.String(1000), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+)
+
+archives = sa.Table(
+    "archives",
+    metadata,
+    sa.Column(
+        "checkpoint_id",
+        sa.Integer,
+        sa.ForeignKey("checkpoints.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)

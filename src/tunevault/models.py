@@ -1,0 +1,130 @@
+"""Frozen records passed between the metadata store, the routes and the builders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Scope(StrEnum):
+    READ = "read"
+    PUBLISH = "publish"
+    ADMIN = "admin"
+
+
+class Kind(StrEnum):
+    """What a checkpoint holds; the values are the `checkpoint` query parameter's."""
+
+    ADAPTER = "adapter"
+    MERGED = "merged"
+    MODEL_OUTPUT = "model_output_path"
+
+
+FT_STATUSES = (
+    "pending",
+    "queued",
+    "running",
+    "compressing",
+    "uploading",
+    "cancel_requested",
+    "cancelled",
+    "error",
+    "completed",
+)
+
+
+@dataclass(frozen=True)
+class Organization:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    org_id: str
+    name: str
+    scopes: frozenset[Scope]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: resolved from the bearer token on every request."""
+
+    key_id: str
+    key_name: str
+    org_id: str
+    org_name: str
+    scopes: frozenset[Scope]
+
+
+@dataclass(frozen=True)
+class FineTune:
+    id: str
+    org_id: str
+    model: str
+    model_output_name: str
+    suffix: str | None
+    status: str
+    training_type: str  # "Lora" or "Full"
+    lora_r: int | None
+    lora_alpha: int | None
+    lora_dropout: float | None
+    lora_trainable_modules: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def is_lora(self) -> bool:
+        return self.training_type == "Lora"
+
+    @property
+    def natural_kind(self) -> Kind:
+        """What `checkpoint=default` means: the merged model of a LoRA job, else the output."""
+        return Kind.MERGED if self.is_lora else Kind.MODEL_OUTPUT
+
+
+@dataclass(frozen=True)
+class Event:
+    created_at: datetime
+    level: str
+    type: str
+    message: str
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: int
+    ft_id: str
+    step: int
+    kind: Kind
+    final: bool
+    created_at: datetime
+    files: tuple[FileEntry, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Archive:
+    checkpoint_id: int
+    sha256: str
+    size: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    step: int
+    values: dict[str, Any]

@@ -1,0 +1,56 @@
+"""Service configuration: one object, built at the edge (CLI or test) and passed down.
+
+Nothing here is read at import time; `Settings()` reads `TUNEVAULT_*` variables when it is
+constructed, and CLI flags of the same name override them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the server and worker; see docs/settings.md."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNEVAULT_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("./data"),
+        description="Directory for the embedded defaults: the SQLite file and local blobs.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the metadata database "
+        "(sqlite:///path or postgresql+psycopg://...). Default: SQLite in data_dir.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Where blobs live: file:///path or s3://bucket/prefix. "
+        "Default: data_dir/blobs.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the server binds.")
+    port: int = Field(default=8000, description="TCP port the server binds.")
+    serve_mode: Literal["proxy", "redirect", "x-accel"] = Field(
+        default="proxy",
+        description="How archive bytes reach clients: streamed by the server (proxy), "
+        "a 307 to a presigned object-store URL (redirect), or X-Accel-Redirect to nginx.",
+    )
+    x_accel_prefix: str = Field(
+        default="/_tunevault_blobs/",
+        description="nginx internal location that maps to the local blob directory.",
+    )
+    zstd_level: int = Field(default=3, ge=1, le=22, description="zstd level of archives.")
+    zstd_threads: int = Field(
+        default=-1, description="zstd worker threads for archive builds (-1: one per core)."
+    )
+    log_level: str = Field(default="INFO", description="Python logging level.")
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'tunevault.db').resolve()}"
+
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir / "blobs").resolve().as_uri()

@@ -1,0 +1,148 @@
+"""The Storage interface: a handful of verbs over opaque keys.
+
+Keys are relative slash-separated names (`blobs/sha256/ab/<hex>`); storage never knows
+about fine-tunes, HTTP or SQL. A write is atomic: the key becomes visible only when the
+writer commits, and a writer that is abandoned or fails leaves nothing behind.
+Optional capabilities (`local_path`, `presigned_url`) raise `Unsupported` explicitly.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import BinaryIO
+
+_KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+class Unsupported(Exception):
+    """The backend does not offer this optional capability."""
+
+
+@dataclass(frozen=True)
+class BlobStat:
+    size: int
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape a directory or prefix (`..`, absolute, odd bytes)."""
+    if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid storage key: {key!r}")
+    return key
+
+
+def blob_key(sha256_hex: str) -> str:
+    """The content-addressed key of a blob."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256_hex):
+        raise ValueError(f"not a sha256 hex digest: {sha256_hex!r}")
+    return f"blobs/sha256/{sha256_hex[:2]}/{sha256_hex}"
+
+
+class BlobWriter(abc.ABC):
+    """A pending write: `write` bytes, then `commit` to publish them under the key.
+
+    Used as a context manager, it commits on a clean exit and aborts on an exception.
+    """
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    @abc.abstractmethod
+    def write(self, data: bytes | memoryview) -> int: ...
+
+    @abc.abstractmethod
+    def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    def abort(self) -> None: ...
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        """File-like no-op so a writer can sit under zstd or tarfile streams."""
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class Storage(abc.ABC):
+    """A blob store. Implementations: `LocalStorage` (file://), `S3Storage` (s3://)."""
+
+    url: str
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> BlobStat | None:
+        """Size of a committed key, or None when it does not exist."""
+
+    @abc.abstractmethod
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        """A file-like reader over bytes [start, end) of the key. Raises FileNotFoundError."""
+
+    def iter_range(
+        self, key: str, start: int = 0, end: int | None = None, chunk: int = 1 << 20
+    ) -> Iterator[bytes]:
+        with self.open_read(key, start, end) as f:
+            while data := f.read(chunk):
+                yield data
+
+    @abc.abstractmethod
+    def writer(self, key: str) -> BlobWriter:
+        """Start an atomic write of the key (an existing key is replaced on commit)."""
+
+    def put(self, key: str, data: bytes) -> None:
+        with self.writer(key) as w:
+            w.write(data)
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove the key; True when it existed."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Committed keys that start with the prefix, in lexicographic order."""
+
+    def local_path(self, key: str) -> str:
+        """A filesystem path of the committed key (for sendfile and X-Accel-Redirect)."""
+        raise Unsupported(f"{type(self).__name__} has no local paths")
+
+    def presigned_url(
+        self,
+        key: str,
+        *,
+        method: str = "GET",
+        expires: int = 300,
+        filename: str | None = None,
+    ) -> str:
+        """A time-limited URL that lets a client fetch the key without our credentials."""
+        raise Unsupported(f"{type(self).__name__} cannot presign URLs")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default holds none."""
+
+
+def open_storage(url: str) -> Storage:
+    """Open the backend named by the URL scheme."""
+    if url.startswith("file://"):
+        from tunevault.storage.local import LocalStorage
+
+        return LocalStorage.from_url(url)
+    if url.startswith("s3://"):
+        from tunevault.storage.s3 import S3Storage  # type: ignore[import-not-found]
+
+        return S3Storage.from_url(url)  # type: ignore[no-any-return]
+    raise ValueError(f"unsupported storage URL scheme: {url.split(':', 1)[0]!r}")

@@ -1,0 +1,146 @@
+"""Local-disk storage: keys are files under a root directory.
+
+Writes go to a temporary file in `<root>/.tmp`, are fsynced, then renamed into place, so a
+key is either absent or complete, whatever happens to the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote, urlparse
+
+from tunevault.errors import InsufficientStorage
+from tunevault.storage.base import BlobStat, BlobWriter, Storage, check_key
+
+
+class _RangeReader:
+    """A read-only view of bytes [start, end) of a file."""
+
+    def __init__(self, f: BinaryIO, start: int, end: int | None) -> None:
+        self._f = f
+        f.seek(start)
+        self._left = None if end is None else max(0, end - start)
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left is not None:
+            n = self._left if n < 0 else min(n, self._left)
+        data = self._f.read(n)
+        if self._left is not None:
+            self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> _RangeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _LocalWriter(BlobWriter):
+    def __init__(self, final: Path, tmp_dir: Path) -> None:
+        super().__init__()
+        self._final = final
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="w-")
+        self._tmp = Path(name)
+        self._f = os.fdopen(fd, "wb")
+        self._done = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        try:
+            n = self._f.write(data)
+        except OSError as e:
+            self.abort()
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage("the storage disk is full") from e
+            raise
+        self.size += n
+        return n
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp.replace(self._final)
+            dir_fd = os.open(self._final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            self.abort()
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage("the storage disk is full") from e
+            raise
+        self._done = True
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._f.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.url = self.root.as_uri()
+        self._tmp = self.root / ".tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStorage:
+        return cls(Path(unquote(urlparse(url).path)))
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def stat(self, key: str) -> BlobStat | None:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        return BlobStat(size=st.st_size)
+
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        f = self._path(key).open("rb")
+        return _RangeReader(f, start, end)  # type: ignore[return-value]
+
+    def writer(self, key: str) -> BlobWriter:
+        return _LocalWriter(self._path(key), self._tmp)
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if Path(dirpath) == self.root:
+                dirnames[:] = [d for d in dirnames if d != ".tmp"]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        yield from sorted(keys)
+
+    def local_path(self, key: str) -> str:
+        return str(self._path(key))
