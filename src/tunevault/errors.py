@@ -8,6 +8,7 @@ from `code`; the CLI maps the branches to exit codes.
     TunevaultError                      500 internal_error
     ├── InvalidRequest                  400 invalid_request
     │   ├── InvalidManifest             400 invalid_manifest
+    │   ├── MergeRefused                400 merge_refused
     │   └── DigestMismatch              400 digest_mismatch
     ├── Unauthenticated                 401 invalid_api_key
     ├── PermissionDenied                403 insufficient_scope
@@ -80,6 +81,12 @@ class InvalidRequest(TunevaultError):
 
 class InvalidManifest(InvalidRequest):
     code = "invalid_manifest"
+
+
+class MergeRefused(InvalidRequest):
+    """The base model and adapter cannot be merged exactly (shape, dtype, unsupported option)."""
+
+    code = "merge_refused"
 
 
 class DigestMismatch(InvalidRequest):
