@@ -2,10 +2,124 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
 import click
+
+from tunevault.models import Scope
+from tunevault.settings import Settings
+
+
+def _settings(**flags: Any) -> Settings:
+    """Flags override `TUNEVAULT_*` variables, which override defaults."""
+    return Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _store_options(fn: Any) -> Any:
+    for opt in (
+        click.option("--data-dir", type=click.Path(path_type=Path), help="TUNEVAULT_DATA_DIR"),
+        click.option("--database-url", help="TUNEVAULT_DATABASE_URL"),
+        click.option("--storage-url", help="TUNEVAULT_STORAGE_URL"),
+    ):
+        fn = opt(fn)
+    return fn
 
 
 @click.group()
 @click.version_option(package_name="tunevault")
 def main() -> None:
     """tunevault: store and download fine-tuned model checkpoints."""
+
+
+@main.command()
+@_store_options
+@click.option("--host", help="Bind address (TUNEVAULT_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, help="TCP port (TUNEVAULT_PORT, default 8000).")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Seed a demo organization with real small models "
+    "and print a fresh key with commands to try.",
+)
+def serve(demo: bool, **flags: Any) -> None:
+    """Run the HTTP server."""
+    from tunevault.server.run import run_server
+
+    settings = _settings(**flags)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_server(settings, demo=demo)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@_store_options
+@click.option("--org", "org_name", required=True, help="Organization name (created if new).")
+@click.option("--name", default="default", show_default=True, help="A label for the key.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice([s.value for s in Scope]),
+    default=["read"],
+    show_default=True,
+    help="Repeat for several scopes.",
+)
+def keys_create(org_name: str, name: str, scopes: tuple[str, ...], **flags: Any) -> None:
+    """Create a key; the token is printed once and never stored."""
+    from tunevault.services import open_services
+
+    with open_services(_settings(**flags)) as svc:
+        org = svc.store.get_org_by_name(org_name) or svc.store.create_org(org_name)
+        key, token = svc.store.create_key(org.id, name, [Scope(s) for s in scopes])
+    click.echo(
+        json.dumps(
+            {
+                "id": key.id,
+                "org": org.name,
+                "org_id": org.id,
+                "scopes": sorted(scopes),
+                "token": token,
+            }
+        )
+    )
+
+
+@keys.command("list")
+@_store_options
+@click.option("--org", "org_name", help="Only this organization's keys.")
+def keys_list(org_name: str | None, **flags: Any) -> None:
+    """List keys (never their secrets)."""
+    from tunevault.services import open_services
+
+    with open_services(_settings(**flags)) as svc:
+        org_id = None
+        if org_name:
+            org = svc.store.get_org_by_name(org_name)
+            if org is None:
+                raise click.ClickException(f"no organization named {org_name!r}")
+            org_id = org.id
+        for k in svc.store.list_keys(org_id):
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+            click.echo(f"{k.id}  {k.org_id}  {k.name:<16} {','.join(sorted(k.scopes)):<20} {state}")
+
+
+@keys.command("revoke")
+@_store_options
+@click.argument("key_id")
+def keys_revoke(key_id: str, **flags: Any) -> None:
+    """Revoke a key at once."""
+    from tunevault.services import open_services
+
+    with open_services(_settings(**flags)) as svc:
+        if not svc.store.revoke_key(key_id):
+            raise click.ClickException(f"no active key {key_id!r}")
+    click.echo(f"revoked {key_id}")

@@ -33,14 +33,17 @@ from typing import Any, ClassVar
 
 class TunevaultError(Exception):
     status: ClassVar[int] = 500
-    type: ClassVar[str] = "server_error"
+    error_type: ClassVar[str] = "server_error"
     code: ClassVar[str] = "internal_error"
     registry: ClassVar[dict[str, type[TunevaultError]]] = {}
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers or {}  # extra response headers (Retry-After, Content-Range)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -50,7 +53,7 @@ class TunevaultError(Exception):
         return {
             "error": {
                 "message": self.message,
-                "type": self.type,
+                "type": self.error_type,
                 "param": self.param,
                 "code": self.code,
             }
@@ -75,7 +78,7 @@ TunevaultError.registry["internal_error"] = TunevaultError
 
 class InvalidRequest(TunevaultError):
     status = 400
-    type = "invalid_request_error"
+    error_type = "invalid_request_error"
     code = "invalid_request"
 
 
@@ -95,19 +98,19 @@ class DigestMismatch(InvalidRequest):
 
 class Unauthenticated(TunevaultError):
     status = 401
-    type = "authentication_error"
+    error_type = "authentication_error"
     code = "invalid_api_key"
 
 
 class PermissionDenied(TunevaultError):
     status = 403
-    type = "permission_error"
+    error_type = "permission_error"
     code = "insufficient_scope"
 
 
 class NotFound(TunevaultError):
     status = 404
-    type = "not_found_error"
+    error_type = "not_found_error"
     code = "not_found"
 
 
@@ -125,7 +128,7 @@ class BaseModelNotFound(NotFound):
 
 class Conflict(TunevaultError):
     status = 409
-    type = "conflict_error"
+    error_type = "conflict_error"
     code = "conflict"
 
 
@@ -135,38 +138,38 @@ class ArchiveNotReady(Conflict):
 
 class PayloadTooLarge(TunevaultError):
     status = 413
-    type = "invalid_request_error"
+    error_type = "invalid_request_error"
     code = "payload_too_large"
 
 
 class RangeNotSatisfiable(TunevaultError):
     status = 416
-    type = "invalid_request_error"
+    error_type = "invalid_request_error"
     code = "range_not_satisfiable"
 
 
 class RateLimited(TunevaultError):
     status = 429
-    type = "rate_limit_error"
+    error_type = "rate_limit_error"
     code = "rate_limited"
 
 
 class StorageUnavailable(TunevaultError):
     status = 503
-    type = "server_error"
+    error_type = "server_error"
     code = "storage_unavailable"
 
 
 class InsufficientStorage(TunevaultError):
     status = 507
-    type = "server_error"
+    error_type = "server_error"
     code = "insufficient_storage"
 
 
 class IntegrityError(TunevaultError):
     """A downloaded or uploaded byte stream does not match its announced digest or size."""
 
-    type = "integrity_error"
+    error_type = "integrity_error"
     code = "integrity_error"
 
 

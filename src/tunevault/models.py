@@ -119,6 +119,7 @@ class Checkpoint:
 @dataclass(frozen=True)
 class Archive:
     checkpoint_id: int
+    storage_key: str
     sha256: str
     size: int
     created_at: datetime

@@ -113,14 +113,22 @@ class MetadataStore:
         secret = secrets.token_urlsafe(32)
         scope_set = frozenset(Scope(s) for s in scopes)
         key = ApiKey(
-            id=key_id, org_id=org_id, name=name, scopes=scope_set, created_at=now(),
+            id=key_id,
+            org_id=org_id,
+            name=name,
+            scopes=scope_set,
+            created_at=now(),
             revoked_at=None,
         )
         with self.engine.begin() as conn:
             conn.execute(
                 t.api_keys.insert().values(
-                    id=key_id, org_id=org_id, name=name, secret_sha256=_hash_secret(secret),
-                    scopes=",".join(sorted(scope_set)), created_at=key.created_at,
+                    id=key_id,
+                    org_id=org_id,
+                    name=name,
+                    secret_sha256=_hash_secret(secret),
+                    scopes=",".join(sorted(scope_set)),
+                    created_at=key.created_at,
                 )
             )
         return key, f"tv_{key_id}_{secret}"
@@ -158,7 +166,10 @@ class MetadataStore:
         if row is None or not ok or row.revoked_at is not None:
             return None
         return Principal(
-            key_id=row.id, key_name=row.name, org_id=row.org_id, org_name=row.org_name,
+            key_id=row.id,
+            key_name=row.name,
+            org_id=row.org_id,
+            org_name=row.org_name,
             scopes=_scopes(row.scopes),
         )
 
@@ -180,11 +191,19 @@ class MetadataStore:
     ) -> FineTune:
         ts = now()
         ft = FineTune(
-            id=f"ft-{uuid.uuid4()}", org_id=org_id, model=model,
-            model_output_name=model_output_name, suffix=suffix, status=status,
-            training_type=training_type, lora_r=lora_r, lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout, lora_trainable_modules=lora_trainable_modules,
-            created_at=ts, updated_at=ts,
+            id=f"ft-{uuid.uuid4()}",
+            org_id=org_id,
+            model=model,
+            model_output_name=model_output_name,
+            suffix=suffix,
+            status=status,
+            training_type=training_type,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            lora_trainable_modules=lora_trainable_modules,
+            created_at=ts,
+            updated_at=ts,
         )
         with self.engine.begin() as conn:
             conn.execute(t.fine_tunes.insert().values(**ft.__dict__))
@@ -246,8 +265,12 @@ class MetadataStore:
         with self.engine.begin() as conn:
             conn.execute(
                 t.events.insert().values(
-                    ft_id=ft_id, created_at=now(), level=level, type=type_.upper(),
-                    message=message, step=step,
+                    ft_id=ft_id,
+                    created_at=now(),
+                    level=level,
+                    type=type_.upper(),
+                    message=message,
+                    step=step,
                 )
             )
 
@@ -257,8 +280,13 @@ class MetadataStore:
                 sa.select(t.events).where(t.events.c.ft_id == ft_id).order_by(t.events.c.id)
             )
             return [
-                Event(created_at=r.created_at, level=r.level, type=r.type, message=r.message,
-                      step=r.step)
+                Event(
+                    created_at=r.created_at,
+                    level=r.level,
+                    type=r.type,
+                    message=r.message,
+                    step=r.step,
+                )
                 for r in rows
             ]
 
@@ -287,19 +315,33 @@ class MetadataStore:
     ) -> Checkpoint:
         ts = now()
         with self.engine.begin() as conn:
-            ckpt_id = conn.execute(
+            res = conn.execute(
                 t.checkpoints.insert().values(
                     ft_id=ft_id, step=step, kind=kind.value, final=final, created_at=ts
                 )
-            ).inserted_primary_key[0]
+            )
+            assert res.inserted_primary_key is not None
+            ckpt_id = res.inserted_primary_key[0]
             if files:
                 conn.execute(
                     t.checkpoint_files.insert(),
-                    [{"checkpoint_id": ckpt_id, "path": f.path, "size": f.size,
-                      "sha256": f.sha256} for f in files],
+                    [
+                        {
+                            "checkpoint_id": ckpt_id,
+                            "path": f.path,
+                            "size": f.size,
+                            "sha256": f.sha256,
+                        }
+                        for f in files
+                    ],
                 )
         return Checkpoint(
-            id=int(ckpt_id), ft_id=ft_id, step=step, kind=kind, final=final, created_at=ts,
+            id=int(ckpt_id),
+            ft_id=ft_id,
+            step=step,
+            kind=kind,
+            final=final,
+            created_at=ts,
             files=tuple(sorted(files, key=lambda f: f.path)),
         )
 
@@ -325,8 +367,14 @@ class MetadataStore:
                 return None
             return _checkpoint(row._mapping, _files(conn, checkpoint_id))
 
-    def set_archive(self, checkpoint_id: int, sha256: str, size: int) -> Archive:
-        archive = Archive(checkpoint_id=checkpoint_id, sha256=sha256, size=size, created_at=now())
+    def set_archive(self, checkpoint_id: int, storage_key: str, sha256: str, size: int) -> Archive:
+        archive = Archive(
+            checkpoint_id=checkpoint_id,
+            storage_key=storage_key,
+            sha256=sha256,
+            size=size,
+            created_at=now(),
+        )
         with self.engine.begin() as conn:
             conn.execute(t.archives.delete().where(t.archives.c.checkpoint_id == checkpoint_id))
             conn.execute(t.archives.insert().values(**archive.__dict__))
@@ -354,8 +402,12 @@ def _scopes(text: str) -> frozenset[Scope]:
 
 def _key(m: Any) -> ApiKey:
     return ApiKey(
-        id=m["id"], org_id=m["org_id"], name=m["name"], scopes=_scopes(m["scopes"]),
-        created_at=m["created_at"], revoked_at=m["revoked_at"],
+        id=m["id"],
+        org_id=m["org_id"],
+        name=m["name"],
+        scopes=_scopes(m["scopes"]),
+        created_at=m["created_at"],
+        revoked_at=m["revoked_at"],
     )
 
 
@@ -370,6 +422,11 @@ def _files(conn: Connection, checkpoint_id: int) -> tuple[FileEntry, ...]:
 
 def _checkpoint(m: Any, files: tuple[FileEntry, ...] = ()) -> Checkpoint:
     return Checkpoint(
-        id=m["id"], ft_id=m["ft_id"], step=m["step"], kind=Kind(m["kind"]), final=m["final"],
-        created_at=m["created_at"], files=files,
+        id=m["id"],
+        ft_id=m["ft_id"],
+        step=m["step"],
+        kind=Kind(m["kind"]),
+        final=m["final"],
+        created_at=m["created_at"],
+        files=files,
     )

@@ -23,7 +23,8 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        ts: datetime = value
+        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 metadata = sa.MetaData()
@@ -131,6 +132,7 @@ archives = sa.Table(
         sa.ForeignKey("checkpoints.id", ondelete="CASCADE"),
         primary_key=True,
     ),
+    sa.Column("storage_key", sa.String(300), nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),

@@ -64,8 +64,12 @@ def upgrade() -> None:
     op.create_table(
         "metrics",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("ft_id", sa.String(64), sa.ForeignKey("fine_tunes.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "ft_id",
+            sa.String(64),
+            sa.ForeignKey("fine_tunes.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("step", sa.Integer, nullable=False),
         sa.Column("data", sa.JSON, nullable=False),
     )
@@ -73,8 +77,12 @@ def upgrade() -> None:
     op.create_table(
         "checkpoints",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("ft_id", sa.String(64), sa.ForeignKey("fine_tunes.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "ft_id",
+            sa.String(64),
+            sa.ForeignKey("fine_tunes.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("step", sa.Integer, nullable=False),
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("final", sa.Boolean, nullable=False),
@@ -91,8 +99,13 @@ def upgrade() -> None:
     )
     op.create_table(
         "archives",
-        sa.Column("checkpoint_id", sa.Integer,
-                  sa.ForeignKey("checkpoints.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column(
+            "checkpoint_id",
+            sa.Integer,
+            sa.ForeignKey("checkpoints.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("storage_key", sa.String(300), nullable=False),
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("size", sa.BigInteger, nullable=False),
         sa.Column("created_at", UTCDateTime, nullable=False),
@@ -106,6 +119,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("blobs", "archives", "checkpoint_files", "checkpoints", "metrics", "events",
-                 "fine_tunes", "api_keys", "organizations"):
+    for name in (
+        "blobs",
+        "archives",
+        "checkpoint_files",
+        "checkpoints",
+        "metrics",
+        "events",
+        "fine_tunes",
+        "api_keys",
+        "organizations",
+    ):
         op.drop_table(name)

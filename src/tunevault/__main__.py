@@ -1,0 +1,5 @@
+"""`python -m tunevault` is the `tunevault` command."""
+
+from tunevault.cli import main
+
+main()

@@ -1,0 +1,286 @@
+"""A real, small model to download on a fresh install: a Llama-shaped base model in
+safetensors with config and tokenizer, a LoRA adapter for it and a full fine-tune.
+
+The weights are random (seeded), but names, shapes, dtypes and files are what
+`transformers` and PEFT write, so every archive loads with `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+from safetensors.numpy import save_file
+
+from tunevault.builds import build_archive
+from tunevault.merge import merge_lora
+from tunevault.metadata import MetadataStore
+from tunevault.models import Checkpoint, FineTune, Kind, MetricRow, Organization
+from tunevault.publish import publish_directory
+from tunevault.storage import Storage
+
+BASE_NAME = "tunevault-demo/tiny-llama"
+DEMO_ORG = "demo"
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class TinyLlama:
+    vocab: int = 512
+    hidden: int = 256
+    intermediate: int = 688
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def config(self) -> dict[str, object]:
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "max_position_embeddings": 512,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "hidden_act": "silu",
+            "tie_word_embeddings": False,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "torch_dtype": "bfloat16",
+        }
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(out, in) of every projection in one layer."""
+        kv = self.kv_heads * self.head_dim
+        h, i = self.hidden, self.intermediate
+        return {
+            "self_attn.q_proj": (h, h),
+            "self_attn.k_proj": (kv, h),
+            "self_attn.v_proj": (kv, h),
+            "self_attn.o_proj": (h, h),
+            "mlp.gate_proj": (i, h),
+            "mlp.up_proj": (i, h),
+            "mlp.down_proj": (h, i),
+        }
+
+
+def _bf16(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32).astype(ml_dtypes.bfloat16)
+
+
+def base_weights(spec: TinyLlama, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    w: dict[str, np.ndarray] = {
+        "model.embed_tokens.weight": _bf16(rng.normal(0, 0.02, (spec.vocab, spec.hidden))),
+        "model.norm.weight": _bf16(np.ones(spec.hidden)),
+        "lm_head.weight": _bf16(rng.normal(0, 0.02, (spec.vocab, spec.hidden))),
+    }
+    for layer in range(spec.layers):
+        p = f"model.layers.{layer}"
+        w[f"{p}.input_layernorm.weight"] = _bf16(np.ones(spec.hidden))
+        w[f"{p}.post_attention_layernorm.weight"] = _bf16(np.ones(spec.hidden))
+        for name, shape in spec.linear_shapes().items():
+            w[f"{p}.{name}.weight"] = _bf16(rng.normal(0, 0.02, shape))
+    return w
+
+
+def tokenizer_files(spec: TinyLlama) -> dict[str, object]:
+    """A word-level tokenizer in the `tokenizers` JSON format, with Llama's special tokens."""
+    specials = ["<unk>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for i in range(spec.vocab - len(specials)):
+        vocab[f"w{i}"] = len(vocab)
+    tokenizer = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": i,
+                "content": t,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for i, t in enumerate(specials)
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    }
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "model_max_length": 512,
+    }
+    return {
+        "tokenizer.json": tokenizer,
+        "tokenizer_config.json": config,
+        "special_tokens_map.json": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+    }
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_model(out: Path, spec: TinyLlama, weights: dict[str, np.ndarray]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(out / "config.json", spec.config())
+    _write_json(out / "generation_config.json", {"bos_token_id": 1, "eos_token_id": 2})
+    for name, obj in tokenizer_files(spec).items():
+        _write_json(out / name, obj)
+    return out
+
+
+def write_adapter(
+    out: Path,
+    spec: TinyLlama,
+    rng: np.random.Generator,
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    scale: float = 1.0,
+) -> Path:
+    """A PEFT LoRA adapter on every linear layer (fp32, as PEFT saves it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, np.ndarray] = {}
+    for layer in range(spec.layers):
+        for name, (fan_out, fan_in) in spec.linear_shapes().items():
+            p = f"base_model.model.model.layers.{layer}.{name}"
+            tensors[f"{p}.lora_A.weight"] = rng.normal(0, 1 / fan_in**0.5, (r, fan_in)).astype(
+                np.float32
+            )
+            tensors[f"{p}.lora_B.weight"] = rng.normal(0, 0.01 * scale, (fan_out, r)).astype(
+                np.float32
+            )
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    _write_json(
+        out / "adapter_config.json",
+        {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": BASE_NAME,
+            "r": r,
+            "lora_alpha": alpha,
+            "lora_dropout": 0.05,
+            "target_modules": list(TARGETS),
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "use_rslora": False,
+            "use_dora": False,
+            "modules_to_save": None,
+            "inference_mode": True,
+        },
+    )
+    return out
+
+
+def write_full_finetune(
+    out: Path,
+    spec: TinyLlama,
+    base: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    scale: float,
+) -> Path:
+    """The base model nudged by a seeded perturbation: what a full fine-tune's output looks like."""
+    tuned = {
+        k: _bf16(v.astype(np.float32) + rng.normal(0, 0.002 * scale, v.shape))
+        for k, v in base.items()
+    }
+    return write_model(out, spec, tuned)
+
+
+def seed_demo(
+    store: MetadataStore, storage: Storage, *, level: int = 3, threads: int = -1
+) -> tuple[Organization, list[FineTune]]:
+    """Create the `demo` organization with a LoRA and a full fine-tune (idempotent)."""
+    org = store.get_org_by_name(DEMO_ORG)
+    if org is not None:
+        return org, store.list_fine_tunes(org.id)
+    rng = np.random.default_rng(0)
+    spec = TinyLlama()
+    with tempfile.TemporaryDirectory(prefix="tunevault-demo-") as tmp_name:
+        tmp = Path(tmp_name)
+        base = base_weights(spec, rng)
+        base_dir = write_model(tmp / "base", spec, base)
+        org = store.create_org(DEMO_ORG)
+        lora = store.create_fine_tune(
+            org.id,
+            model=BASE_NAME,
+            model_output_name="demo/tiny-llama-lora",
+            suffix="lora",
+            training_type="Lora",
+            lora_r=8,
+            lora_alpha=16,
+            lora_dropout=0.05,
+            lora_trainable_modules=",".join(TARGETS),
+            status="running",
+        )
+        full = store.create_fine_tune(
+            org.id,
+            model=BASE_NAME,
+            model_output_name="demo/tiny-llama-full",
+            suffix="full",
+            training_type="Full",
+            status="running",
+        )
+        ckpts: list[Checkpoint] = []
+        for step, final in ((10, False), (20, True)):
+            adapter = write_adapter(tmp / f"adapter-{step}", spec, rng, scale=step / 10)
+            ckpts.append(
+                publish_directory(
+                    store, storage, lora.id, adapter, step=step, kind=Kind.ADAPTER, final=final
+                )
+            )
+            output = write_full_finetune(tmp / f"full-{step}", spec, base, rng, step / 10)
+            ckpts.append(
+                publish_directory(
+                    store, storage, full.id, output, step=step, kind=Kind.MODEL_OUTPUT, final=final
+                )
+            )
+        merged = tmp / "merged"
+        merge_lora(base_dir, tmp / "adapter-20", merged)
+        ckpts.append(
+            publish_directory(
+                store, storage, lora.id, merged, step=20, kind=Kind.MERGED, final=True
+            )
+        )
+        for ckpt in ckpts:
+            build_archive(store, storage, ckpt.id, level=level, threads=threads)
+        for ft in (lora, full):
+            _record_training(store, ft.id)
+            store.set_status(org.id, ft.id, "completed")
+    return org, store.list_fine_tunes(org.id)
+
+
+def _record_training(store: MetadataStore, ft_id: str) -> None:
+    store.add_event(ft_id, "JOB_START", "training started")
+    store.add_metrics(
+        ft_id,
+        [
+            MetricRow(step=s, values={"train/loss": round(2.5 * 0.93**s, 4), "train/lr": 1e-4})
+            for s in range(1, 21)
+        ],
+    )
+    for step in (10, 20):
+        store.add_event(ft_id, "CHECKPOINT_SAVE", f"checkpoint saved at step {step}", step=step)
+    store.add_event(ft_id, "JOB_COMPLETE", "training completed", step=20)

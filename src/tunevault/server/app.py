@@ -1,0 +1,107 @@
+"""The aiohttp application: middlewares (errors, auth), routes and their client aliases."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+
+import yaml
+from aiohttp import web
+
+from tunevault.errors import NotFound, TunevaultError, Unauthenticated
+from tunevault.server import download, finetunes, whoami
+from tunevault.server.context import PRINCIPAL, SERVICES, Services, blocking
+
+log = logging.getLogger("tunevault.server")
+PUBLIC_PATHS = frozenset({"/healthz"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    431: "headers_too_large",
+}
+
+
+def _envelope(
+    status: int,
+    message: str,
+    code: str,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
+) -> web.Response:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves in Together's envelope with a string code; nothing else does."""
+    try:
+        return await handler(request)
+    except TunevaultError as e:
+        resp = web.json_response(e.envelope(), status=e.status, headers=e.headers)
+        if e.status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="tunevault"'
+        return resp
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        if e.status == 404:
+            err = NotFound(f"no route {request.method} {request.path[:200]}")
+            return web.json_response(err.envelope(), status=404)
+        headers = {k: v for k, v in e.headers.items() if k in ("Allow", "ETag")}
+        code = _HTTP_CODES.get(e.status, "http_error")
+        return _envelope(e.status, e.reason, code, headers)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _envelope(500, "internal error; the server log has details", "internal_error")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
+    who = await blocking(request.app[SERVICES].store.authenticate, token.strip())
+    if who is None:
+        raise Unauthenticated("invalid or revoked API key")
+    request[PRINCIPAL] = who
+    return await handler(request)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def openapi_document() -> dict[str, object]:
+    text = (resources.files("tunevault") / "openapi.yaml").read_text()
+    doc: dict[str, object] = yaml.safe_load(text)
+    return doc
+
+
+def make_app(svc: Services) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, auth_middleware])
+    app[SERVICES] = svc
+    spec = json.dumps(openapi_document())
+
+    async def openapi_json(_request: web.Request) -> web.Response:
+        return web.Response(text=spec, content_type="application/json")
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi_json)
+    for table in (download.routes, finetunes.routes, whoami.routes):
+        app.router.add_routes(table)
+        # Clients configured with a base URL that already ends in /v1 call /v1/v1/... and
+        # /v1/v3/whoami (COMPAT.md): serve the same handlers there.
+        for route in table:
+            assert isinstance(route, web.RouteDef)
+            app.router.add_route(route.method, "/v1" + route.path, route.handler)
+    return app

@@ -1,0 +1,129 @@
+"""Sending an archive's bytes: sendfile from local disk, or a thread-fed stream otherwise.
+
+The validators are ours, not the filesystem's: the ETag is the archive's sha256, so a
+resume with `If-Range` works across replicas and storage backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from tunevault.server.ranges import ByteRange, parse_range
+from tunevault.storage import Storage, Unsupported
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    key: str
+    size: int
+    sha256: str
+    filename: str
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.sha256}"'
+
+    def headers(self) -> dict[str, str]:
+        digest = base64.b64encode(bytes.fromhex(self.sha256)).decode()
+        return {
+            "ETag": self.etag,
+            "Repr-Digest": f"sha-256=:{digest}:",
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{self.filename}"',
+            "Cache-Control": "private, no-transform",
+            "X-Content-Type-Options": "nosniff",
+        }
+
+
+def _etag_listed(header: str, etag: str) -> bool:
+    return any(tag.strip() in (etag, "*", f"W/{etag}") for tag in header.split(","))
+
+
+def choose_range(request: web.BaseRequest, blob: BlobRef) -> ByteRange | None:
+    """The span to send, or None for the whole body; raises for 304/412/416 outcomes."""
+    if_match = request.headers.get("If-Match")
+    if if_match is not None and not _etag_listed(if_match, blob.etag):
+        raise web.HTTPPreconditionFailed(headers={"ETag": blob.etag})
+    if_none = request.headers.get("If-None-Match")
+    if if_none is not None and _etag_listed(if_none, blob.etag):
+        raise web.HTTPNotModified(headers={"ETag": blob.etag})
+    header = request.headers.get("Range")
+    if header is None:
+        return None
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range.strip() != blob.etag:
+        return None  # the client holds other bytes: RFC 9110 says send the whole new body
+    return parse_range(header, blob.size)
+
+
+async def send_blob(request: web.Request, storage: Storage, blob: BlobRef) -> web.StreamResponse:
+    span = choose_range(request, blob)
+    resp = web.StreamResponse(status=200 if span is None else 206, headers=blob.headers())
+    start, end = (0, blob.size) if span is None else (span.start, span.end)
+    if span is not None:
+        resp.headers["Content-Range"] = span.content_range(blob.size)
+    resp.content_length = end - start
+    try:
+        path = storage.local_path(blob.key)
+    except Unsupported:
+        path = None
+    if request.method == "HEAD":
+        await resp.prepare(request)
+        await resp.write_eof()
+        return resp
+    if path is not None:
+        await _sendfile(request, resp, path, start, end - start)
+    else:
+        await _stream(request, resp, storage, blob.key, start, end)
+    return resp
+
+
+async def _sendfile(
+    request: web.Request, resp: web.StreamResponse, path: str, offset: int, count: int
+) -> None:
+    loop = asyncio.get_running_loop()
+    fobj = await loop.run_in_executor(None, open, path, "rb")
+    try:
+        await resp.prepare(request)
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("client went away")
+        try:
+            if count:
+                await loop.sendfile(transport, fobj, offset, count)
+        except NotImplementedError:  # TLS or a transport without sendfile: copy in chunks
+            fobj.seek(offset)
+            while count > 0 and (
+                chunk := await loop.run_in_executor(None, fobj.read, min(CHUNK, count))
+            ):
+                await resp.write(chunk)
+                count -= len(chunk)
+        await resp.write_eof()
+    finally:
+        await loop.run_in_executor(None, fobj.close)
+
+
+async def _stream(
+    request: web.Request,
+    resp: web.StreamResponse,
+    storage: Storage,
+    key: str,
+    start: int,
+    end: int,
+) -> None:
+    loop = asyncio.get_running_loop()
+    reader = await loop.run_in_executor(None, storage.open_read, key, start, end)
+    try:
+        await resp.prepare(request)
+        while chunk := await loop.run_in_executor(None, reader.read, CHUNK):
+            await resp.write(chunk)
+        await resp.write_eof()
+    finally:
+        await loop.run_in_executor(None, reader.close)

@@ -1,0 +1,91 @@
+"""`GET /v1/finetune/download`: resolve (organization, fine-tune, step or kind) to an archive."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from tunevault.errors import ArchiveNotReady, CheckpointNotFound, FineTuneNotFound
+from tunevault.metadata import MetadataStore
+from tunevault.models import Archive, Checkpoint, FineTune, Kind
+from tunevault.server.blob import BlobRef, send_blob
+from tunevault.server.context import blocking, principal, services
+from tunevault.server.query import DownloadQuery, parse_download_query
+
+routes = web.RouteTableDef()
+RETRY_AFTER_S = 30
+
+
+def archive_filename(ft: FineTune, ckpt: Checkpoint) -> str:
+    """`<output name>-step<N>-<kind>.tar.zst`: checkpoints never overwrite each other."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", ft.model_output_name.rsplit("/", 1)[-1]).strip("._")
+    return f"{base or ft.id}-step{ckpt.step}-{ckpt.kind.value}.tar.zst"
+
+
+def _pick_step(ft: FineTune, ckpts: list[Checkpoint], step: int) -> Checkpoint:
+    at_step = [c for c in ckpts if c.step == step]
+    if not at_step:
+        steps = ", ".join(str(s) for s in sorted({c.step for c in ckpts})) or "none yet"
+        raise CheckpointNotFound(
+            f"fine-tune {ft.id} has no checkpoint at step {step}; available steps: {steps}",
+            param="checkpoint_step",
+        )
+    # The raw output of that step: the intermediate save, else the final adapter/output.
+    raw = Kind.ADAPTER if ft.is_lora else Kind.MODEL_OUTPUT
+    return min(at_step, key=lambda c: (c.final, c.kind != raw))
+
+
+def _pick_kind(ft: FineTune, ckpts: list[Checkpoint], checkpoint: str) -> Checkpoint:
+    kind = ft.natural_kind if checkpoint == "default" else Kind(checkpoint)
+    finals = [c for c in ckpts if c.final and c.kind == kind]
+    if finals:
+        return max(finals, key=lambda c: c.step)
+    kinds = sorted({c.kind.value for c in ckpts if c.final})
+    if not kinds:
+        hint = f"the fine-tune is {ft.status} and has no final checkpoint yet"
+    else:
+        hint = f"available: {', '.join(kinds)}"
+    raise CheckpointNotFound(
+        f"fine-tune {ft.id} has no {kind.value} checkpoint; {hint}", param="checkpoint"
+    )
+
+
+def resolve(
+    store: MetadataStore, org_id: str, q: DownloadQuery
+) -> tuple[FineTune, Checkpoint, Archive]:
+    ft = store.get_fine_tune(org_id, q.ft_id)
+    if ft is None:
+        raise FineTuneNotFound(
+            f"fine-tune {q.ft_id} not found; GET /v1/fine-tunes lists yours", param="ft_id"
+        )
+    ckpts = store.list_checkpoints(ft.id)
+    if q.step is not None:
+        ckpt = _pick_step(ft, ckpts, q.step)
+    else:
+        assert q.checkpoint is not None
+        ckpt = _pick_kind(ft, ckpts, q.checkpoint)
+    archive = store.get_archive(ckpt.id)
+    if archive is None:
+        raise ArchiveNotReady(
+            f"the {ckpt.kind.value} archive of {ft.id} step {ckpt.step} is being prepared; "
+            f"retry in {RETRY_AFTER_S} s",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    return ft, ckpt, archive
+
+
+@routes.get("/v1/finetune/download")
+async def download(request: web.Request) -> web.StreamResponse:
+    who = principal(request)
+    query = request.rel_url.query
+    q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
+    svc = services(request)
+    ft, ckpt, archive = await blocking(resolve, svc.store, who.org_id, q)
+    blob = BlobRef(
+        key=archive.storage_key,
+        size=archive.size,
+        sha256=archive.sha256,
+        filename=archive_filename(ft, ckpt),
+    )
+    return await send_blob(request, svc.storage, blob)

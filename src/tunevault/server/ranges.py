@@ -1,0 +1,71 @@
+"""Parsing of the HTTP `Range` header (RFC 9110 section 14), bytes unit only.
+
+Anything that is not a satisfiable byte range raises `RangeNotSatisfiable`: the download
+contract forbids answering a ranged GET with 200, so a malformed header is refused rather
+than ignored. Several ranges are coalesced into the one span that covers them all (a
+server MAY coalesce), which keeps every answer a single-part 206.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tunevault.errors import RangeNotSatisfiable
+
+_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+MAX_RANGES = 100
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # exclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def content_range(self, total: int) -> str:
+        return f"bytes {self.start}-{self.end - 1}/{total}"
+
+
+def parse_range(header: str, total: int) -> ByteRange:
+    """The span the `Range` header asks for, within a representation of `total` bytes."""
+    try:
+        return _parse(header, total)
+    except RangeNotSatisfiable as e:
+        e.headers["Content-Range"] = f"bytes */{total}"
+        raise
+
+
+def _parse(header: str, total: int) -> ByteRange:
+    unit, sep, specs = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        raise RangeNotSatisfiable(f"unsupported Range header {header[:100]!r}; use bytes=N-")
+    parts = specs.split(",")
+    if len(parts) > MAX_RANGES:
+        raise RangeNotSatisfiable(f"too many ranges (at most {MAX_RANGES})")
+    spans = [s for s in (_one(p, total) for p in parts) if s is not None]
+    if not spans:
+        raise RangeNotSatisfiable(f"range {header[:100]!r} is outside the {total} bytes")
+    return ByteRange(min(s.start for s in spans), max(s.end for s in spans))
+
+
+def _one(spec: str, total: int) -> ByteRange | None:
+    m = _SPEC.match(spec)
+    if not m or (not m.group(1) and not m.group(2)):
+        raise RangeNotSatisfiable(f"malformed byte range {spec.strip()[:100]!r}")
+    first, last = m.groups()
+    if not first:  # suffix range: the last N bytes
+        n = int(last)
+        return ByteRange(max(0, total - n), total) if n > 0 and total > 0 else None
+    start = int(first)
+    if last:
+        end = int(last) + 1
+        if end <= start:
+            raise RangeNotSatisfiable(f"byte range {spec.strip()!r} ends before it starts")
+        end = min(end, total)
+    else:
+        end = total
+    return ByteRange(start, end) if start < total else None

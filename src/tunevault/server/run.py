@@ -1,0 +1,56 @@
+"""Running the server process: open services, optionally seed the demo, serve until signalled."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from tunevault.demo import DEMO_ORG, seed_demo
+from tunevault.models import Scope
+from tunevault.server.app import make_app
+from tunevault.server.context import Services
+from tunevault.services import open_services
+from tunevault.settings import Settings
+
+log = logging.getLogger("tunevault.server")
+
+
+def demo_banner(svc: Services, token: str, base_url: str) -> str:
+    org = svc.store.get_org_by_name(DEMO_ORG)
+    assert org is not None
+    lines = ["", "tunevault demo is ready.", f"  API key (shown once): {token}", ""]
+    for ft in svc.store.list_fine_tunes(org.id):
+        kind = "merged" if ft.is_lora else "model_output_path"
+        lines += [
+            f"  {ft.training_type} fine-tune {ft.id} ({ft.model_output_name})",
+            f"    curl -fSL -H 'Authorization: Bearer {token}' -o {ft.suffix}.tar.zst \\",
+            f"      '{base_url}/v1/finetune/download?ft_id={ft.id}&checkpoint={kind}'",
+            f"    TOGETHER_BASE_URL={base_url} TOGETHER_API_KEY={token} \\",
+            f"      together fine-tuning download {ft.id}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def run_server(settings: Settings, *, demo: bool = False) -> None:
+    with open_services(settings) as svc:
+        banner = None
+        if demo:
+            org, _ = seed_demo(
+                svc.store, svc.storage, level=settings.zstd_level, threads=settings.zstd_threads
+            )
+            _, token = svc.store.create_key(org.id, "demo", [Scope.READ, Scope.PUBLISH])
+            banner = demo_banner(svc, token, f"http://{settings.host}:{settings.port}")
+        app = make_app(svc)
+        if banner:
+            print(banner, flush=True)
+        log.info("serving on http://%s:%d", settings.host, settings.port)
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            access_log=log,
+            shutdown_timeout=30,
+        )

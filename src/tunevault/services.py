@@ -1,0 +1,25 @@
+"""Opening the metadata store and blob storage named by the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tunevault.metadata import MetadataStore
+from tunevault.server.context import Services
+from tunevault.settings import Settings
+from tunevault.storage import open_storage
+
+
+@contextmanager
+def open_services(settings: Settings) -> Iterator[Services]:
+    """The store (migrated to the newest schema) and storage, closed on exit."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = MetadataStore(settings.resolved_database_url())
+    store.migrate()
+    storage = open_storage(settings.resolved_storage_url())
+    try:
+        yield Services(settings=settings, store=store, storage=storage)
+    finally:
+        storage.close()
+        store.close()

@@ -1,0 +1,103 @@
+"""Shared fixtures: real PostgreSQL, and a real tunevault server seeded with the demo data."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.postgres import create_database, run_postgres
+from tests.support.server import LiveServer, run_server
+from tunevault.demo import seed_demo
+from tunevault.models import Archive, FineTune, Kind, Scope
+from tunevault.services import open_services
+from tunevault.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    with run_postgres() as url:
+        yield url
+
+
+_db_counter = iter(range(10**6))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind: every metadata test runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'meta.db'}"
+    admin = request.getfixturevalue("pg_admin_url")
+    return create_database(admin, f"t{next(_db_counter)}")
+
+
+@dataclass(frozen=True)
+class Demo:
+    server: LiveServer
+    settings: Settings
+    token: str  # demo org, read + publish
+    read_token: str  # demo org, read only
+    revoked_token: str
+    other_token: str  # another organization, read + publish
+    lora: FineTune
+    full: FineTune
+    other_ft: FineTune
+    archives: dict[tuple[str, int, Kind], Archive]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def archive_bytes(self, ft: FineTune, step: int, kind: Kind) -> bytes:
+        archive = self.archives[(ft.id, step, kind)]
+        with open_services(self.settings) as svc:
+            data = b"".join(svc.storage.iter_range(archive.storage_key))
+        assert hashlib.sha256(data).hexdigest() == archive.sha256
+        return data
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    data_dir = tmp_path_factory.mktemp("demo")
+    settings = Settings(data_dir=data_dir)
+    with open_services(settings) as svc:
+        store = svc.store
+        org, fts = seed_demo(store, svc.storage)
+        lora = next(ft for ft in fts if ft.is_lora)
+        full = next(ft for ft in fts if not ft.is_lora)
+        _, token = store.create_key(org.id, "rw", [Scope.READ, Scope.PUBLISH])
+        _, read_token = store.create_key(org.id, "ro", [Scope.READ])
+        revoked, revoked_token = store.create_key(org.id, "old", [Scope.READ])
+        store.revoke_key(revoked.id)
+        other = store.create_org("other")
+        _, other_token = store.create_key(other.id, "rw", [Scope.READ, Scope.PUBLISH])
+        other_ft = store.create_fine_tune(
+            other.id,
+            model="m",
+            model_output_name="other/secret",
+            training_type="Full",
+            status="completed",
+        )
+        archives = {}
+        for ft in (lora, full):
+            for c in store.list_checkpoints(ft.id):
+                archive = store.get_archive(c.id)
+                assert archive is not None
+                archives[(ft.id, c.step, c.kind)] = archive
+    with run_server(data_dir) as server:
+        yield Demo(
+            server=server,
+            settings=settings,
+            token=token,
+            read_token=read_token,
+            revoked_token=revoked_token,
+            other_token=other_token,
+            lora=lora,
+            full=full,
+            other_ft=other_ft,
+            archives=archives,
+        )
