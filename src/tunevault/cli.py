@@ -123,3 +123,6 @@ def keys_revoke(key_id: str, **flags: Any) -> None:
         if not svc.store.revoke_key(key_id):
             raise click.ClickException(f"no active key {key_id!r}")
     click.echo(f"revoked {key_id}")
+
+from tunevault.merge.command import merge as _merge  # noqa: E402
+main.add_command(_merge)

@@ -1,0 +1,99 @@
+"""Streaming LoRA merge: base model + PEFT LoRA adapter -> merged safetensors, matching PEFT.
+
+The merge plans from headers first (every refusal happens before output exists), then streams
+tensor by tensor in row blocks, so memory is bounded by a block plus one adapter's factors.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunevault.errors import MergeRefused
+from tunevault.merge.apply import write_plan
+from tunevault.merge.config import load_settings
+from tunevault.merge.files import adapter_tensors, base_tensors, side_files
+from tunevault.merge.plan import build_plan, resolve_dtype
+
+__all__ = ["MergeRefused", "MergeReport", "merge_lora"]
+
+_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    out_dir: Path
+    tensors_merged: int  # LoRA/DoRA deltas, lora_B biases and trainable-token rows applied
+    tensors_replaced: int  # taken whole from the adapter (modules_to_save, trained biases, ...)
+    tensors_copied: int  # unchanged from the base (possibly cast to `dtype`)
+    output_files: tuple[str, ...]
+    total_bytes: int
+    peak_bytes_planned: int
+    dtype: str | None
+
+
+def merge_lora(
+    base_dir: Path,
+    adapter_dir: Path,
+    out_dir: Path,
+    *,
+    dtype: str | None = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> MergeReport:
+    """Merge the LoRA adapter in `adapter_dir` into the model in `base_dir`, writing `out_dir`.
+
+    Raises MergeRefused, before anything is written, when the pair cannot be merged exactly.
+    """
+    base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise MergeRefused(f"output directory {out_dir} exists and is not empty")
+    settings = load_settings(adapter_dir)
+    plan = build_plan(
+        base_tensors(base_dir),
+        adapter_tensors(adapter_dir),
+        settings,
+        dtype=dtype,
+        max_shard_bytes=max_shard_bytes,
+    )
+    sides = side_files(base_dir, adapter_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Written next to out_dir and renamed at the end, so an interrupted merge leaves no output.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        used = write_plan(plan, tmp)
+        if set(used) != plan.adapter_keys or any(n != 1 for n in used.values()):
+            raise RuntimeError("merge did not apply every planned adapter tensor exactly once")
+        for name, src in sides.items():
+            shutil.copyfile(src, tmp / name)
+        code = resolve_dtype(dtype)
+        if code is not None and (tmp / "config.json").is_file():
+            _set_config_dtype(tmp / "config.json", _TORCH_DTYPES[code])
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.replace(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = tuple(sorted(p.name for p in out_dir.iterdir()))
+    jobs = plan.jobs
+    return MergeReport(
+        out_dir=out_dir,
+        tensors_merged=sum(j.kind == "merge" for j in jobs),
+        tensors_replaced=sum(j.kind != "merge" and bool(j.adapter_keys) for j in jobs),
+        tensors_copied=sum(not j.adapter_keys for j in jobs),
+        output_files=files,
+        total_bytes=sum(j.out.nbytes for j in jobs),
+        peak_bytes_planned=plan.peak_bytes,
+        dtype=dtype,
+    )
+
+
+def _set_config_dtype(path: Path, name: str) -> None:
+    config = json.loads(path.read_text())
+    config["dtype"] = name
+    if "torch_dtype" in config:
+        config["torch_dtype"] = name
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,75 @@
+"""Which files of a model or adapter directory hold weights, config and tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunevault.errors import MergeRefused
+from tunevault.merge.safetensors_io import TensorInfo, read_header
+
+INDEX_NAME = "model.safetensors.index.json"
+CONFIG_FILES = ("config.json", "generation_config.json")
+# A tokenizer is a set of files that must agree with each other, so it is taken whole from one side.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def base_tensors(base_dir: Path) -> dict[str, TensorInfo]:
+    """Every tensor of the base model, from model.safetensors or the sharded index."""
+    index = base_dir / INDEX_NAME
+    single = base_dir / "model.safetensors"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted({str(f) for f in weight_map.values()})
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise MergeRefused(f"base model: malformed {INDEX_NAME}: {e}") from e
+        tensors: dict[str, TensorInfo] = {}
+        for name in files:
+            shard = base_dir / name
+            if Path(name).name != name or not shard.is_file():
+                raise MergeRefused(f"base model: shard {name!r} named in {INDEX_NAME} is missing")
+            for key, info in read_header(shard).items():
+                if key in tensors:
+                    raise MergeRefused(f"base model: tensor {key!r} appears in two shards")
+                tensors[key] = info
+        for key, name in weight_map.items():
+            if key not in tensors or tensors[key].path.name != name:
+                raise MergeRefused(f"base model: {INDEX_NAME} misplaces {key!r} in {name}")
+        return tensors
+    if single.is_file():
+        return read_header(single)
+    legacy = [p.name for p in base_dir.glob("pytorch_model*.bin")]
+    hint = f" (found {legacy[0]}: pickled weights are not supported)" if legacy else ""
+    raise MergeRefused(f"base model: no model.safetensors or {INDEX_NAME} in {base_dir}{hint}")
+
+
+def adapter_tensors(adapter_dir: Path) -> dict[str, TensorInfo]:
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.is_file():
+        hint = " (adapter_model.bin is pickled and not supported)"
+        legacy = (adapter_dir / "adapter_model.bin").is_file()
+        raise MergeRefused(f"adapter: no adapter_model.safetensors in {adapter_dir}{hint * legacy}")
+    return read_header(path)
+
+
+def side_files(base_dir: Path, adapter_dir: Path) -> dict[str, Path]:
+    """Output name -> source: base config files; the adapter's tokenizer if it has one."""
+    out = {n: base_dir / n for n in CONFIG_FILES if (base_dir / n).is_file()}
+    adapter_tok = {n: adapter_dir / n for n in TOKENIZER_FILES if (adapter_dir / n).is_file()}
+    base_tok = {n: base_dir / n for n in TOKENIZER_FILES if (base_dir / n).is_file()}
+    out.update(adapter_tok or base_tok)
+    return out

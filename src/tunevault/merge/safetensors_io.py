@@ -1,0 +1,219 @@
+"""Safetensors at the byte level: read headers, read row ranges, write shards as a stream.
+
+The merge never holds a whole file: it reads a header, reads the byte range of a few rows of a
+tensor at a time, and writes a shard by emitting its header first (the plan knows every output
+tensor's dtype and shape) and then appending tensor bytes in order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import ml_dtypes
+import numpy as np
+
+from tunevault.errors import MergeRefused
+
+# safetensors dtype code -> numpy dtype. bf16 and fp8 come from ml_dtypes.
+DTYPES: dict[str, np.dtype[Any]] = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U64": np.dtype(np.uint64),
+    "U32": np.dtype(np.uint32),
+    "U16": np.dtype(np.uint16),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+# Dtypes a LoRA delta can be merged into (computed in fp32, or fp64 for an fp64 base).
+MERGEABLE = frozenset({"F64", "F32", "F16", "BF16"})
+_HEADER_LIMIT = 100 * 2**20  # the safetensors reference refuses bigger headers too
+_COPY_CHUNK = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, absolute byte range, dtype code and shape."""
+
+    name: str
+    path: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def np_dtype(self) -> np.dtype[Any]:
+        return DTYPES[self.dtype]
+
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse one safetensors header and check every tensor's byte range against the file."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise MergeRefused(f"{path.name}: not a safetensors file (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > _HEADER_LIMIT or 8 + n > size:
+            raise MergeRefused(f"{path.name}: not a safetensors file (header length {n})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise MergeRefused(f"{path.name}: unreadable safetensors header: {e}") from e
+    if not isinstance(header, dict):
+        raise MergeRefused(f"{path.name}: safetensors header is not a JSON object")
+    base = 8 + n
+    out: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = str(entry["dtype"])
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise MergeRefused(f"{path.name}: malformed header entry for {name!r}") from e
+        if dtype not in DTYPES:
+            raise MergeRefused(f"{path.name}: tensor {name!r} has unsupported dtype {dtype}")
+        info = TensorInfo(name, path, dtype, shape, base + begin, base + end)
+        if begin > end or base + end > size or info.nbytes != info.numel * DTYPES[dtype].itemsize:
+            raise MergeRefused(f"{path.name}: tensor {name!r} has inconsistent byte offsets")
+        out[name] = info
+    return out
+
+
+def read_rows(info: TensorInfo, row0: int, row1: int) -> np.ndarray[Any, Any]:
+    """Rows [row0, row1) of a tensor seen as 2-D (first dim x the rest), read from disk."""
+    cols = info.numel // info.shape[0] if info.shape and info.shape[0] else info.numel
+    rows = row1 - row0
+    itemsize = info.np_dtype.itemsize
+    buf = np.empty(rows * cols, dtype=info.np_dtype)
+    with info.path.open("rb", buffering=0) as f:
+        f.seek(info.start + row0 * cols * itemsize)
+        got = f.readinto(buf.view(np.uint8).data)
+    if got != buf.nbytes:
+        raise MergeRefused(f"{info.path.name}: truncated data for tensor {info.name!r}")
+    return buf.reshape(rows, cols)
+
+
+def read_all(info: TensorInfo) -> np.ndarray[Any, Any]:
+    """A whole (small) tensor: adapter factors, magnitudes, biases."""
+    rows = info.shape[0] if info.shape else 1
+    return read_rows(info, 0, rows).reshape(info.shape)
+
+
+def copy_bytes(src: TensorInfo, dst: BinaryIO) -> None:
+    """Copy a tensor's bytes unchanged; in the kernel where possible, so nothing lands in RSS."""
+    dst.flush()
+    out_fd = dst.fileno()
+    with src.path.open("rb", buffering=0) as f:
+        offset, left = src.start, src.nbytes
+        while left:
+            try:
+                n = os.copy_file_range(f.fileno(), out_fd, min(left, _COPY_CHUNK), offset)
+            except OSError:
+                n = 0
+            if n <= 0:  # filesystems without copy_file_range: plain reads
+                f.seek(offset)
+                chunk = f.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    raise MergeRefused(f"{src.path.name}: truncated data for tensor {src.name!r}")
+                dst.write(chunk)
+                dst.flush()
+                n = len(chunk)
+            offset += n
+            left -= n
+
+
+@dataclass(frozen=True)
+class OutSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = DTYPES[self.dtype].itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class ShardWriter:
+    """Write one safetensors file as a stream: header first, then each tensor's bytes in order."""
+
+    def __init__(self, path: Path, specs: Iterable[OutSpec]) -> None:
+        self.specs = list(specs)
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for s in self.specs:
+            header[s.name] = {
+                "dtype": s.dtype,
+                "shape": list(s.shape),
+                "data_offsets": [offset, offset + s.nbytes],
+            }
+            offset += s.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # 8-byte aligned data, as the reference writer does
+        self.data_bytes = offset
+        self.path = path
+        self.file = path.open("wb")
+        self.file.write(struct.pack("<Q", len(raw)) + raw)
+        self._next = 0
+        self._written = 0
+
+    def begin(self, name: str) -> OutSpec:
+        """Start the next tensor; the order is the one the header was written with."""
+        if self._next >= len(self.specs) or self.specs[self._next].name != name:
+            raise RuntimeError(f"{self.path.name}: tensor {name!r} written out of order")
+        self._written = 0
+        spec = self.specs[self._next]
+        self._next += 1
+        return spec
+
+    def write(self, block: np.ndarray[Any, Any]) -> None:
+        self.file.write(np.ascontiguousarray(block).reshape(-1).view(np.uint8).data)
+        self._written += block.nbytes
+
+    def copy(self, src: TensorInfo) -> None:
+        copy_bytes(src, self.file)
+        self._written += src.nbytes
+
+    def end(self) -> None:
+        spec = self.specs[self._next - 1]
+        self.file.flush()
+        if self._written != spec.nbytes:
+            raise RuntimeError(f"{self.path.name}: tensor {spec.name!r} got {self._written} bytes")
+
+    def close(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        if self._next != len(self.specs):
+            missing = len(self.specs) - self._next
+            raise RuntimeError(f"{self.path.name}: {missing} tensors left unwritten")
