@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from tunevault.errors import Conflict, FineTuneNotFound
-from tunevault.models import FineTune, Scope
+from tunevault.models import FineTune, Kind, Scope
 from tunevault.server import render
 from tunevault.server.context import blocking, principal, services
+from tunevault.server.query import parse_step
 
 routes = web.RouteTableDef()
 _CANCELLABLE = {"pending", "queued", "running", "compressing", "uploading"}
@@ -50,15 +51,20 @@ async def list_events(request: web.Request) -> web.Response:
 async def list_checkpoints(request: web.Request) -> web.Response:
     ft = await owned_fine_tune(request)
     ckpts = await blocking(services(request).store.list_checkpoints, ft.id)
-    # Newest first, finals before intermediates of the same step: what the CLI lists.
-    ckpts.sort(key=lambda c: (c.step, c.final), reverse=True)
+    # Newest first; at one step finals first, the merged model (the default) leading.
+    ckpts.sort(key=lambda c: (-c.step, not c.final, c.kind != Kind.MERGED, c.kind.value))
     return web.json_response({"object": "list", "data": [render.checkpoint(c) for c in ckpts]})
 
 
 @routes.get("/v1/fine-tunes/{ft_id}/metrics")
 async def list_metrics(request: web.Request) -> web.Response:
     ft = await owned_fine_tune(request)
+    lo, hi = (
+        parse_step(request.query[name], name) if name in request.query else None
+        for name in ("global_step_from", "global_step_to")
+    )
     rows = await blocking(services(request).store.list_metrics, ft.id)
+    rows = [m for m in rows if (lo is None or m.step >= lo) and (hi is None or m.step <= hi)]
     return web.json_response({"metrics": [render.metric(m) for m in rows]})
 
 

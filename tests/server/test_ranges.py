@@ -1,0 +1,56 @@
+"""Range header parsing: properties over arbitrary sizes and specs, plus the contract cases."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tunevault.errors import RangeNotSatisfiable
+from tunevault.server.ranges import parse_range
+
+sizes = st.integers(min_value=0, max_value=10**12)
+
+
+def test_contract_cases() -> None:
+    assert parse_range("bytes=0-1", 100).content_range(100) == "bytes 0-1/100"
+    assert parse_range("bytes=40-", 100).content_range(100) == "bytes 40-99/100"
+    assert parse_range("bytes=-10", 100).content_range(100) == "bytes 90-99/100"
+    assert parse_range("bytes=90-1000", 100).content_range(100) == "bytes 90-99/100"
+    assert parse_range("bytes=0-1,5-6", 100).content_range(100) == "bytes 0-6/100"
+    for bad in ("bytes=100-", "bytes=-0", "bytes=5-4", "items=0-1", "bytes=", "bytes=a-b", "0-1"):
+        with pytest.raises(RangeNotSatisfiable) as e:
+            parse_range(bad, 100)
+        assert e.value.headers["Content-Range"] == "bytes */100"
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range("bytes=0-", 0)
+
+
+@given(total=sizes, start=sizes)
+def test_open_range_is_the_exact_rest(total: int, start: int) -> None:
+    if start >= total:
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(f"bytes={start}-", total)
+        return
+    span = parse_range(f"bytes={start}-", total)
+    assert (span.start, span.end, span.length) == (start, total, total - start)
+
+
+@given(total=sizes, a=sizes, b=sizes)
+def test_closed_range_stays_inside_the_body(total: int, a: int, b: int) -> None:
+    try:
+        span = parse_range(f"bytes={a}-{b}", total)
+    except RangeNotSatisfiable:
+        assert a >= total or b < a
+        return
+    assert 0 <= span.start < span.end <= total
+    assert span.start == a and span.end == min(b + 1, total)
+
+
+@given(text=st.text(max_size=200), total=sizes)
+def test_arbitrary_headers_parse_or_refuse_cleanly(text: str, total: int) -> None:
+    try:
+        span = parse_range(text, total)
+    except RangeNotSatisfiable:
+        return
+    assert 0 <= span.start < span.end <= total

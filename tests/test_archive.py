@@ -1,0 +1,123 @@
+"""The deterministic tar.zst writer, checked with the real tar and zstd tools."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tunevault.archive import MTIME, SUMS_NAME, write_archive
+from tunevault.errors import IntegrityError
+from tunevault.models import FileEntry
+
+
+def entry(path: str, data: bytes) -> FileEntry:
+    return FileEntry(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def build(files: dict[str, bytes], **kw: int) -> bytes:
+    out = io.BytesIO()
+    result = write_archive(
+        [entry(p, d) for p, d in files.items()], lambda e: io.BytesIO(files[e.path]), out, **kw
+    )
+    data = out.getvalue()
+    assert result.size == len(data)
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    return data
+
+
+def members(archive: bytes) -> list[tarfile.TarInfo]:
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(archive)).read()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return tar.getmembers()
+
+
+FILES = {
+    "model.safetensors": bytes(range(256)) * 4000,
+    "config.json": b'{"model_type": "llama"}\n',
+    "tokenizer/vocab.txt": b"a\nb\n",
+    "empty.bin": b"",
+}
+
+
+def test_same_files_give_the_same_bytes_in_any_order() -> None:
+    a = build(FILES)
+    b = build(dict(reversed(list(FILES.items()))))
+    assert a == b
+
+
+def test_layout_sums_first_sorted_fixed_metadata() -> None:
+    infos = members(build(FILES))
+    assert [m.name for m in infos] == [SUMS_NAME, *sorted(FILES)]
+    for m in infos:
+        assert (m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) == (MTIME, 0, 0, "", "", 0o644)
+        assert m.isreg()
+
+
+def test_real_tar_extracts_and_sha256sum_verifies(tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar.zst"
+    archive.write_bytes(build(FILES))
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["tar", "-I", "zstd", "-xf", str(archive), "-C", str(out)], check=True)
+    subprocess.run(
+        ["sha256sum", "--strict", "-c", SUMS_NAME], cwd=out, check=True, capture_output=True
+    )
+    for name, data in FILES.items():
+        assert (out / name).read_bytes() == data
+
+
+def test_level_changes_the_bytes_not_the_content() -> None:
+    fast, default = build(FILES, level=1), build(FILES, level=3)
+    assert [m.name for m in members(fast)] == [m.name for m in members(default)]
+
+
+@pytest.mark.parametrize("damage", ["flip", "short", "long"])
+def test_a_corrupt_blob_fails_the_build(damage: str) -> None:
+    good = b"x" * 10000
+    bad = {"flip": b"y" + good[1:], "short": good[:-1], "long": good + b"!"}[damage]
+    with pytest.raises(IntegrityError, match=r"w\.bin"):
+        write_archive([entry("w.bin", good)], lambda e: io.BytesIO(bad), io.BytesIO())
+
+
+def test_duplicate_or_reserved_paths_are_refused() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        build({SUMS_NAME: b"x"})
+    e = entry("a", b"1")
+    with pytest.raises(ValueError, match="unique"):
+        write_archive([e, e], lambda _: io.BytesIO(b"1"), io.BytesIO())
+
+
+names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-é", min_size=1, max_size=120)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    files=st.dictionaries(
+        st.lists(names, min_size=1, max_size=3)
+        .map("/".join)
+        .filter(lambda p: all(part not in (".", "..") for part in p.split("/")) and p != SUMS_NAME),
+        st.binary(max_size=3000),
+        max_size=6,
+    )
+)
+def test_any_file_set_roundtrips(files: dict[str, bytes]) -> None:
+    # A path may not be both a file and a directory prefix of another file.
+    paths = set(files)
+    if any(p.startswith(q + "/") for p in paths for q in paths):
+        return
+    archive = build(files)
+    assert archive == build(files)
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(archive)).read()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    sums = got.pop(SUMS_NAME).decode()
+    assert got == files
+    assert sums == "".join(f"{hashlib.sha256(files[p]).hexdigest()}  {p}\n" for p in sorted(files))
