@@ -52,7 +52,7 @@ def test_sdk_read_routes(demo: Demo) -> None:
     assert {f.id for f in client.fine_tuning.list().data} == {demo.lora.id, demo.full.id}
     ckpts = client.fine_tuning.list_checkpoints(demo.lora.id).data
     assert [c.step for c in ckpts] == [20, 20, 10]
-    assert [e.type for e in client.fine_tuning.list_events(demo.lora.id).data][0] == "JOB_START"
+    assert client.fine_tuning.list_events(demo.lora.id).data[0].type == "JOB_START"
     metrics = client.fine_tuning.list_metrics(demo.lora.id).metrics
     assert metrics is not None and metrics[0]["train/global_step"] == 1
     window = client.fine_tuning.list_metrics(demo.lora.id, global_step_from=5, global_step_to=7)

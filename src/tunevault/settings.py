@@ -7,8 +7,6 @@ constructed, and CLI flags of the same name override them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -34,15 +32,6 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address the server binds.")
     port: int = Field(default=8000, description="TCP port the server binds.")
-    serve_mode: Literal["proxy", "redirect", "x-accel"] = Field(
-        default="proxy",
-        description="How archive bytes reach clients: streamed by the server (proxy), "
-        "a 307 to a presigned object-store URL (redirect), or X-Accel-Redirect to nginx.",
-    )
-    x_accel_prefix: str = Field(
-        default="/_tunevault_blobs/",
-        description="nginx internal location that maps to the local blob directory.",
-    )
     zstd_level: int = Field(default=3, ge=1, le=22, description="zstd level of archives.")
     zstd_threads: int = Field(
         default=-1, description="zstd worker threads for archive builds (-1: one per core)."
