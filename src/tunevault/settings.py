@@ -7,6 +7,7 @@ constructed, and CLI flags of the same name override them.
 from __future__ import annotations
 
 from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
