@@ -52,7 +52,10 @@ def serve(demo: bool, **flags: Any) -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run_server(settings, demo=demo)
+    try:
+        run_server(settings, demo=demo)
+    except OSError as e:  # the usual one: the port is taken
+        raise click.ClickException(f"cannot serve on {settings.host}:{settings.port}: {e}") from e
 
 
 @main.group()
@@ -124,5 +127,7 @@ def keys_revoke(key_id: str, **flags: Any) -> None:
             raise click.ClickException(f"no active key {key_id!r}")
     click.echo(f"revoked {key_id}")
 
+
 from tunevault.merge.command import merge as _merge  # noqa: E402
+
 main.add_command(_merge)
