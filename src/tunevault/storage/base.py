@@ -29,7 +29,7 @@ class BlobStat:
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape a directory or prefix (`..`, absolute, odd bytes)."""
-    if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+    if not _KEY.fullmatch(key) or any(part in (".", "..") for part in key.split("/")):
         raise ValueError(f"invalid storage key: {key!r}")
     return key
 
@@ -142,7 +142,7 @@ def open_storage(url: str) -> Storage:
 
         return LocalStorage.from_url(url)
     if url.startswith("s3://"):
-        from tunevault.storage.s3 import S3Storage  # type: ignore[import-not-found]
+        from tunevault.storage.s3 import S3Storage
 
-        return S3Storage.from_url(url)  # type: ignore[no-any-return]
+        return S3Storage.from_url(url)
     raise ValueError(f"unsupported storage URL scheme: {url.split(':', 1)[0]!r}")

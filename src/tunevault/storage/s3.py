@@ -1,0 +1,371 @@
+"""S3 storage: keys are objects under an optional prefix of one bucket.
+
+Credentials come only from the standard AWS chain (environment, config files, instance
+roles), never from the storage URL. A writer buffers up to one part: a blob that fits is
+sent with a single PutObject, a larger one becomes a multipart upload that is completed on
+commit and aborted otherwise, so readers only ever see whole objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
+from tunevault.errors import PayloadTooLarge, StorageUnavailable
+from tunevault.storage.base import BlobStat, BlobWriter, Storage, check_key
+
+if TYPE_CHECKING:
+    from botocore.response import StreamingBody
+    from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import (
+        CompletedPartTypeDef,
+        CreateMultipartUploadRequestTypeDef,
+        UploadPartRequestTypeDef,
+    )
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+DEFAULT_PART_SIZE = 32 * MiB
+MIN_PART_SIZE = 5 * MiB  # S3's floor for every part but the last
+MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+MAX_PRESIGN_EXPIRES = 7 * 24 * 3600  # SigV4 limit
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_URL_PARAMS = {"endpoint_url", "region", "part_size_mib"}
+_MISSING = {"404", "NoSuchKey", "NotFound"}  # HEAD errors carry only the status code
+
+
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+@contextlib.contextmanager
+def _unavailable_on_error() -> Iterator[None]:
+    """Report refused requests, network, credential and server failures as StorageUnavailable.
+
+    Callers handle the expected not-found cases inside the block; whatever else S3 says
+    means the store cannot serve us right now. Parameter errors are our bugs and stay.
+    """
+    try:
+        yield
+    except ParamValidationError:
+        raise
+    except ClientError as e:
+        raise StorageUnavailable(f"S3 refused the request ({_code(e) or 'no code'})") from e
+    except BotoCoreError as e:
+        raise StorageUnavailable(f"S3 is unavailable: {e}") from e
+
+
+def _content_disposition(filename: str) -> str:
+    """An attachment header with an ASCII fallback and the exact UTF-8 name (RFC 6266)."""
+    fallback = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename
+    )
+    value = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value
+
+
+class _S3Reader:
+    """A file-like over a GetObject body (None for an empty range)."""
+
+    def __init__(self, body: StreamingBody | None) -> None:
+        self._body = body
+
+    def read(self, n: int = -1) -> bytes:
+        if self._body is None:
+            return b""
+        with _unavailable_on_error():
+            return self._body.read(None if n < 0 else n)
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+
+    def __enter__(self) -> _S3Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _S3Writer(BlobWriter):
+    def __init__(self, store: S3Storage, key: str) -> None:
+        super().__init__()
+        self._client = store.client
+        self._bucket = store.bucket
+        self._key = key
+        self._part_size = store.part_size
+        self._checksums = store.checksums
+        self._buf = io.BytesIO()
+        self._upload_id: str | None = None
+        self._parts: list[CompletedPartTypeDef] = []
+        self._state = "open"
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self._state != "open":
+            raise ValueError(f"write to a {self._state} writer")
+        view = memoryview(data).cast("B")
+        n = len(view)
+        try:
+            # Fill the buffer part by part so memory stays bounded by one part.
+            while view:
+                room = self._part_size - self._buf.tell()
+                self._buf.write(view[:room])
+                view = view[room:]
+                if self._buf.tell() == self._part_size:
+                    self._upload_part()
+        except BaseException:
+            self.abort()
+            raise
+        self.size += n
+        return n
+
+    def _upload_part(self) -> None:
+        number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise PayloadTooLarge(
+                f"blob exceeds {MAX_PARTS} parts of {self._part_size} bytes; raise part_size_mib"
+            )
+        with _unavailable_on_error():
+            if self._upload_id is None:
+                create: CreateMultipartUploadRequestTypeDef = {
+                    "Bucket": self._bucket,
+                    "Key": self._key,
+                    "ContentType": "application/octet-stream",
+                }
+                if self._checksums:
+                    create["ChecksumAlgorithm"] = "CRC32"
+                self._upload_id = self._client.create_multipart_upload(**create)["UploadId"]
+            self._buf.seek(0)
+            upload: UploadPartRequestTypeDef = {
+                "Bucket": self._bucket,
+                "Key": self._key,
+                "UploadId": self._upload_id,
+                "PartNumber": number,
+                "Body": self._buf,
+            }
+            if self._checksums:
+                upload["ChecksumAlgorithm"] = "CRC32"
+            resp = self._client.upload_part(**upload)
+        part: CompletedPartTypeDef = {"ETag": resp["ETag"], "PartNumber": number}
+        if self._checksums:
+            # An upload created with a checksum algorithm must list every part's checksum.
+            part["ChecksumCRC32"] = resp["ChecksumCRC32"]
+        self._parts.append(part)
+        self._buf = io.BytesIO()
+
+    def commit(self) -> None:
+        if self._state == "committed":
+            return
+        if self._state == "aborted":
+            raise ValueError("commit of an aborted writer")
+        try:
+            if self._upload_id is None:
+                self._buf.seek(0)
+                with _unavailable_on_error():
+                    self._client.put_object(
+                        Bucket=self._bucket,
+                        Key=self._key,
+                        Body=self._buf,
+                        ContentType="application/octet-stream",
+                    )
+            else:
+                if self._buf.tell():
+                    self._upload_part()
+                with _unavailable_on_error():
+                    self._client.complete_multipart_upload(
+                        Bucket=self._bucket,
+                        Key=self._key,
+                        UploadId=self._upload_id,
+                        MultipartUpload={"Parts": self._parts},
+                    )
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "committed"
+        self._buf = io.BytesIO()
+
+    def abort(self) -> None:
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self._buf = io.BytesIO()
+        if self._upload_id is None:
+            return
+        try:
+            self._client.abort_multipart_upload(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
+            )
+        except (BotoCoreError, ClientError) as e:
+            # The parts stay invisible either way; a lifecycle rule reclaims their space.
+            log.warning(
+                "could not abort multipart upload %s of s3://%s/%s: %s",
+                self._upload_id,
+                self._bucket,
+                self._key,
+                e,
+            )
+
+
+class S3Storage(Storage):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+    ) -> None:
+        if not _BUCKET.fullmatch(bucket):
+            raise ValueError(f"invalid S3 bucket name: {bucket!r}")
+        if prefix:
+            check_key(prefix)
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise ValueError(f"S3 part size must be within [5 MiB, 5 GiB], got {part_size}")
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_size = part_size
+        query = {"endpoint_url": endpoint_url, "region": region}
+        if part_size != DEFAULT_PART_SIZE:
+            query["part_size_mib"] = str(part_size // MiB)
+        self.url = f"s3://{bucket}/{prefix}"
+        if params := {k: v for k, v in query.items() if v is not None}:
+            self.url += "?" + urlencode(params)
+        # endpoint_url/region None defer to AWS_ENDPOINT_URL[_S3], AWS_REGION and config files.
+        self.client: S3Client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                connect_timeout=10,
+                read_timeout=60,
+                retries={"mode": "standard", "max_attempts": 3},
+                max_pool_connections=32,
+            ),
+        )
+        # Honour AWS_REQUEST_CHECKSUM_CALCULATION=when_required for stores without checksums.
+        calculation = getattr(self.client.meta.config, "request_checksum_calculation", None)
+        self.checksums = calculation != "when_required"
+
+    @classmethod
+    def from_url(cls, url: str) -> S3Storage:
+        """`s3://bucket[/prefix][?endpoint_url=...&region=...&part_size_mib=...]`."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3":
+            raise ValueError("not an s3:// URL")
+        if "@" in parts.netloc:
+            # Never echo the URL: it may hold a secret.
+            raise ValueError("S3 URLs must not carry credentials; use the AWS environment")
+        params = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+        if unknown := set(params) - _URL_PARAMS:
+            raise ValueError(f"unknown S3 URL parameters: {sorted(unknown)}")
+        part_mib = params.get("part_size_mib")
+        return cls(
+            parts.netloc,
+            parts.path.strip("/"),
+            endpoint_url=params.get("endpoint_url") or None,
+            region=params.get("region") or None,
+            part_size=int(part_mib) * MiB if part_mib else DEFAULT_PART_SIZE,
+        )
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def stat(self, key: str) -> BlobStat | None:
+        with _unavailable_on_error():
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as e:
+                if _code(e) in _MISSING:
+                    return None
+                raise
+        return BlobStat(size=head["ContentLength"])
+
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        if start < 0:
+            raise ValueError(f"negative range start: {start}")
+        if end is not None and end <= start:
+            # S3 cannot express an empty range; still say whether the key exists.
+            if self.stat(key) is None:
+                raise FileNotFoundError(key)
+            return _S3Reader(None)  # type: ignore[return-value]
+        rng = f"bytes={start}-{'' if end is None else end - 1}"
+        with _unavailable_on_error():
+            try:
+                if start == 0 and end is None:
+                    resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+                else:
+                    resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=rng)
+            except ClientError as e:
+                if _code(e) in _MISSING:
+                    raise FileNotFoundError(key) from e
+                if _code(e) == "InvalidRange":  # start at or past the end
+                    return _S3Reader(None)  # type: ignore[return-value]
+                raise
+        return _S3Reader(resp["Body"])  # type: ignore[return-value]
+
+    def writer(self, key: str) -> BlobWriter:
+        return _S3Writer(self, self._key(key))
+
+    def delete(self, key: str) -> bool:
+        # DeleteObject succeeds for absent keys too, so ask first (racy, advisory only).
+        existed = self.stat(key) is not None
+        with _unavailable_on_error():
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        return existed
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        keys = []
+        with _unavailable_on_error():
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base + prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(base) :]
+                    with contextlib.suppress(ValueError):  # foreign objects we cannot address
+                        keys.append(check_key(key))
+        # SeaweedFS lists directory by directory ("a/b" before "a-c"), not in byte order.
+        yield from sorted(keys)
+
+    def presigned_url(
+        self,
+        key: str,
+        *,
+        method: str = "GET",
+        expires: int = 300,
+        filename: str | None = None,
+    ) -> str:
+        operation = {"GET": "get_object", "HEAD": "head_object"}.get(method.upper())
+        if operation is None:
+            raise ValueError(f"cannot presign {method!r}; only GET and HEAD")
+        if not 1 <= expires <= MAX_PRESIGN_EXPIRES:
+            raise ValueError(f"presigned URL expiry must be 1..{MAX_PRESIGN_EXPIRES} seconds")
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        if filename is not None:
+            params["ResponseContentDisposition"] = _content_disposition(filename)
+        with _unavailable_on_error():
+            return self.client.generate_presigned_url(
+                operation, Params=params, ExpiresIn=expires, HttpMethod=method.upper()
+            )
+
+    def close(self) -> None:
+        self.client.close()
