@@ -36,8 +36,10 @@ def write_plan(plan: Plan, out_dir: Path) -> Counter[str]:
                 writer.end()
                 used.update(job.adapter_keys)
                 weight_map[job.out.name] = filename
-        finally:
-            writer.close()
+        except BaseException:
+            writer.file.close()  # the caller removes the partial output
+            raise
+        writer.close()
         total += writer.data_bytes
     if len(plan.shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
@@ -94,6 +96,8 @@ class _Merger:
         # in_out: rows of W are columns of B @ A, so take A's columns and transpose.
         delta = self.b[r0:r1] @ self.a if lora.layout == "out_in" else self.a[:, r0:r1].T @ self.b.T
         delta *= self.scale
+        if lora.round_delta:
+            return delta.astype(self.out_dtype).astype(self.compute)
         return delta
 
     def _column_norms(self, lora: LoraOp) -> Array:
@@ -127,7 +131,8 @@ class _Merger:
                 if r0 <= row < r1:
                     delta = read_rows(info, i, i + 1)[0]
                     w[row - r0] = delta.astype(self.out_dtype).astype(self.compute)
-        out = w.astype(self.out_dtype)
+        with np.errstate(over="ignore"):  # overflow is reported below, by name
+            out = w.astype(self.out_dtype)
         if finite and not np.isfinite(out).all():
             raise MergeRefused(f"merged tensor {job.out.name!r} is not finite in {job.out.dtype}")
         return out.reshape((r1 - r0, *job.out.shape[1:]))

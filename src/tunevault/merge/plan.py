@@ -43,6 +43,9 @@ class LoraOp:
     scale: float
     layout: Layout
     magnitude: TensorInfo | None  # DoRA
+    # PEFT's Embedding.merge casts the delta to the weight dtype before adding it, so a vanilla
+    # embedding delta is rounded twice; Linear adds the fp32 delta and rounds once.
+    round_delta: bool = False
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,7 @@ def _plan_module(
     if magnitude is not None and magnitude.shape != (out_dim,):
         raise MergeRefused(f"{module}: DoRA magnitude {list(magnitude.shape)} != [{out_dim}]")
     scale = settings.scaling(module)
-    lora = LoraOp(a, b, scale, layout, magnitude)
+    lora = LoraOp(a, b, scale, layout, magnitude, round_delta=embedding and magnitude is None)
     jobs[wname] = Job(job.out, source, lora=lora, adapter_keys=job.adapter_keys + names)
     lora_modules.add(module)
     lb = keys.get("lora_B.bias")
