@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from tunevault.server.ranges import ByteRange, parse_range
 from tunevault.storage import Storage, Unsupported
 
 CHUNK = 1 << 20
+SNDBUF = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,11 @@ async def _sendfile(
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("client went away")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and count > SNDBUF:
+            # A bigger send buffer means fewer sendfile calls and event-loop wakeups per
+            # byte; it closed most of the gap to nginx under concurrency (BENCHMARKS.md).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
         try:
             if count:
                 await loop.sendfile(transport, fobj, offset, count)
