@@ -11,6 +11,7 @@ import ctypes
 import functools
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -44,9 +45,10 @@ _PORT_FLAGS = (
     "filer.port.grpc",
     "s3.port",
     "s3.port.grpc",
-    "admin.port",  # the admin server listens even with -admin.ui=false
-    "admin.port.grpc",
 )
+# The admin server listens even with -admin.ui=false, and mini's embedded worker dials its
+# gRPC at admin.port + 10000 whatever -admin.port.grpc says: keep that pair consistent.
+_ADMIN_GRPC_OFFSET = 10_000
 _START_ATTEMPTS = 3  # a picked port can be taken before weed binds it
 
 
@@ -59,13 +61,27 @@ def weed_binary() -> str:
     return weed
 
 
-def _free_ports(n: int) -> list[int]:
-    # Hold all sockets at once so the n ports are distinct.
+def _pick_ports() -> dict[str, int]:
+    # Hold every socket until all are picked, so the ports are distinct.
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
+
+        def bind(port: int) -> int:
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", port))
+            return int(sock.getsockname()[1])
+
+        for _ in range(100):
+            admin = random.randint(20_000, 65_535 - _ADMIN_GRPC_OFFSET)
+            try:
+                bind(admin)
+                bind(admin + _ADMIN_GRPC_OFFSET)
+            except OSError:
+                continue
+            break
+        else:
+            raise RuntimeError("no free port pair for the SeaweedFS admin server")
+        ports = {flag: bind(0) for flag in _PORT_FLAGS}
+        return ports | {"admin.port": admin, "admin.port.grpc": admin + _ADMIN_GRPC_OFFSET}
 
 
 def _die_with_parent() -> None:
@@ -100,8 +116,10 @@ class SeaweedFS:
         for name, value in self.env().items():
             monkeypatch.setenv(name, value)
 
-    def client(self) -> S3Client:
-        """An admin client for fixtures and for inspecting what a test left behind."""
+    @functools.cached_property
+    def admin(self) -> S3Client:
+        """An S3 client with the server's credentials, for fixtures and for inspecting
+        what a test left behind (one per server: creating a client costs ~0.1 s)."""
         return boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint_url,
@@ -111,18 +129,14 @@ class SeaweedFS:
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
         )
 
-    @functools.cached_property
-    def _admin(self) -> S3Client:
-        return self.client()  # creating a client costs ~0.1 s: one serves all fixtures
-
     def create_bucket(self) -> str:
         name = f"tv-{secrets.token_hex(6)}"
-        self._admin.create_bucket(Bucket=name)
+        self.admin.create_bucket(Bucket=name)
         return name
 
     def delete_bucket(self, name: str) -> None:
         """Drop the bucket with its objects: each bucket pins a volume, and they are few."""
-        self._admin.delete_bucket(Bucket=name)
+        self.admin.delete_bucket(Bucket=name)
 
     @contextlib.contextmanager
     def bucket(self) -> Iterator[str]:
@@ -166,18 +180,19 @@ def _command(weed: str, run_dir: Path, config: Path, ports: dict[str, int]) -> l
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], server: SeaweedFS, timeout: float) -> bool:
-    """Poll the S3 port with a signed ListBuckets; False when weed exited instead."""
+    """Poll the S3 port, then a signed ListBuckets; False when weed exited instead."""
     deadline = time.monotonic() + timeout
-    with contextlib.closing(server.client()) as s3:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                return False
-            try:
-                s3.list_buckets()
-            except (BotoCoreError, ClientError):
-                time.sleep(0.1)
-            else:
-                return True
+    port = int(server.endpoint_url.rsplit(":", 1)[1])
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            server.admin.list_buckets()  # the port can open before the identities load
+        except (OSError, BotoCoreError, ClientError):
+            time.sleep(0.05)
+        else:
+            return True
     raise TimeoutError(f"SeaweedFS at {server.endpoint_url} not ready after {timeout} s")
 
 
@@ -206,7 +221,7 @@ def run_seaweedfs(tmpdir: Path, *, timeout: float = 60) -> Iterator[SeaweedFS]:
     for attempt in range(_START_ATTEMPTS):
         run_dir = tmpdir / f"run{attempt}"
         (run_dir / "logs").mkdir(parents=True)
-        ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+        ports = _pick_ports()
         server = SeaweedFS(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key)
         output = run_dir / "weed.out"
         with output.open("wb") as out:

@@ -1,0 +1,199 @@
+"""What only the S3 backend has: URL parsing, credentials, multipart details, presigning."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.storage.conftest import PART_SIZE_MIB, s3_url
+from tests.support.seaweed import SeaweedFS
+from tunevault.errors import StorageUnavailable
+from tunevault.storage import open_storage
+from tunevault.storage.s3 import MiB, S3Storage
+
+PART = PART_SIZE_MIB * MiB
+
+
+@pytest.fixture
+def s3(seaweedfs: SeaweedFS, s3_bucket: str) -> Iterator[S3Storage]:
+    store = open_storage(s3_url(seaweedfs, s3_bucket, "pre/fix"))
+    assert isinstance(store, S3Storage)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_from_url() -> None:
+    url = "s3://bkt/some/prefix?endpoint_url=http://127.0.0.1:9&region=eu-west-1&part_size_mib=8"
+    store = S3Storage.from_url(url)
+    assert (store.bucket, store.prefix, store.part_size) == ("bkt", "some/prefix", 8 * MiB)
+    assert store.client.meta.region_name == "eu-west-1"
+    assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
+    again = S3Storage.from_url(store.url)
+    assert (again.bucket, again.prefix, again.part_size, again.url) == (
+        "bkt",
+        "some/prefix",
+        8 * MiB,
+        store.url,
+    )
+    assert S3Storage.from_url("s3://bkt").prefix == ""
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("s3://AKIAX:s3cr3t@bkt/x", "must not carry credentials"),
+        ("s3://bkt/x?aws_secret_access_key=s3cr3t", "unknown S3 URL parameters"),
+        ("s3://Bad_Bucket/x", "invalid S3 bucket"),
+        ("s3://bkt:80/x", "invalid S3 bucket"),
+        ("s3://bkt/../x", "invalid storage key"),
+        ("s3://bkt/a//b", "invalid storage key"),
+        ("s3://bkt/x?part_size_mib=1", "part size"),
+    ],
+)
+def test_from_url_refuses(url: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        S3Storage.from_url(url)
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_endpoint_and_region_from_the_aws_environment(s3_bucket: str) -> None:
+    store = S3Storage.from_url(f"s3://{s3_bucket}/p")  # AWS_ENDPOINT_URL_S3, AWS_REGION
+    store.put("k", b"via env")
+    assert b"".join(store.iter_range("k")) == b"via env"
+    store.close()
+
+
+def test_keys_live_under_the_prefix(s3: S3Storage, seaweedfs: SeaweedFS) -> None:
+    s3.put("a/b", b"x")
+    admin = seaweedfs.admin
+    listed = admin.list_objects_v2(Bucket=s3.bucket)["Contents"]
+    assert [o["Key"] for o in listed] == ["pre/fix/a/b"]
+
+
+def test_list_ignores_foreign_objects(s3: S3Storage, seaweedfs: SeaweedFS) -> None:
+    admin = seaweedfs.admin
+    for key in ["pre/fix/ok", "pre/fix/dir/", "pre/fix/sp ace", "pre/fixed", "elsewhere"]:
+        admin.put_object(Bucket=s3.bucket, Key=key, Body=b"x")
+    assert list(s3.list()) == ["ok"]
+
+
+def test_small_blob_is_one_put_large_is_multipart(s3: S3Storage, seaweedfs: SeaweedFS) -> None:
+    s3.put("small", b"x" * (PART - 1))
+    s3.put("large", b"x" * (2 * PART + 1))
+    admin = seaweedfs.admin
+    assert "-" not in admin.head_object(Bucket=s3.bucket, Key="pre/fix/small")["ETag"]
+    assert admin.head_object(Bucket=s3.bucket, Key="pre/fix/large")["ETag"].endswith('-3"')
+
+
+def test_no_multipart_upload_outlives_its_writer(s3: S3Storage, seaweedfs: SeaweedFS) -> None:
+    aborted = s3.writer("aborted")
+    aborted.write(b"x" * (PART + 1))
+    aborted.abort()
+    with pytest.raises(RuntimeError), s3.writer("failed") as w:
+        w.write(b"x" * (PART + 1))
+        raise RuntimeError
+    s3.put("committed", b"x" * (PART + 1))
+    uploads = seaweedfs.admin.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", [])
+    assert uploads == []
+    assert list(s3.list()) == ["committed"]
+
+
+def test_finished_writer_refuses_more(s3: S3Storage) -> None:
+    committed = s3.writer("a")
+    committed.commit()
+    with pytest.raises(ValueError, match="committed"):
+        committed.write(b"x")
+    aborted = s3.writer("b")
+    aborted.abort()
+    with pytest.raises(ValueError, match="aborted"):
+        aborted.write(b"x")
+    with pytest.raises(ValueError, match="aborted"):
+        aborted.commit()
+    assert list(s3.list()) == ["a"]
+
+
+def test_multipart_without_checksums(
+    seaweedfs: SeaweedFS, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The standard switch for S3-compatible stores that reject flexible checksums.
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    store = S3Storage.from_url(s3_url(seaweedfs, s3_bucket))
+    assert not store.checksums
+    data = bytes(range(256)) * (PART // 128 + 3)
+    store.put("k", data)
+    assert b"".join(store.iter_range("k")) == data
+    store.close()
+
+
+def test_presigned_url_is_sigv4_without_secrets(s3: S3Storage, seaweedfs: SeaweedFS) -> None:
+    s3.put("k", b"0123456789")
+    url = s3.presigned_url("k", expires=60)
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url
+    assert seaweedfs.secret_key not in url
+    assert seaweedfs.secret_key not in s3.url
+    assert seaweedfs.access_key not in s3.url
+
+
+def test_presigned_head_and_unicode_filename(s3: S3Storage) -> None:
+    s3.put("k", b"0123456789")
+    head = urllib.request.Request(s3.presigned_url("k", method="HEAD"), method="HEAD")
+    with urllib.request.urlopen(head) as resp:
+        assert resp.headers["Content-Length"] == "10"
+    with urllib.request.urlopen(s3.presigned_url("k", filename='naïve "x".bin')) as resp:
+        assert resp.headers["Content-Disposition"] == (
+            "attachment; filename=\"na_ve _x_.bin\"; filename*=UTF-8''na%C3%AFve%20%22x%22.bin"
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"method": "PUT"}, {"method": "DELETE"}, {"expires": 0}, {"expires": 8 * 24 * 3600}],
+)
+def test_presigned_url_refuses(s3: S3Storage, kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        s3.presigned_url("k", **kwargs)  # type: ignore[arg-type]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_endpoint(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> None:
+    seaweedfs.patch_env(monkeypatch)
+    store = S3Storage("bkt", endpoint_url=f"http://127.0.0.1:{_closed_port()}")
+    with pytest.raises(StorageUnavailable):
+        store.stat("k")
+    with pytest.raises(StorageUnavailable):
+        store.open_read("k")
+    with pytest.raises(StorageUnavailable):
+        store.put("k", b"x")
+    with pytest.raises(StorageUnavailable):
+        list(store.list())
+
+
+def test_wrong_secret(
+    seaweedfs: SeaweedFS, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    store = S3Storage.from_url(s3_url(seaweedfs, s3_bucket))
+    with pytest.raises(StorageUnavailable, match="SignatureDoesNotMatch"):
+        store.put("k", b"x")
+
+
+def test_no_credentials(
+    seaweedfs: SeaweedFS, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    store = S3Storage.from_url(s3_url(seaweedfs, s3_bucket))
+    with pytest.raises(StorageUnavailable, match="credentials"):
+        store.stat("k")
+    with pytest.raises(StorageUnavailable, match="credentials"):
+        store.presigned_url("k")
