@@ -1,0 +1,1 @@
+"""Publishing training outputs to a tunevault server: layouts, uploads, `tunevault push`."""

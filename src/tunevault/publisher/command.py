@@ -1,0 +1,147 @@
+"""`tunevault push DIR` and `tunevault base push|ls`: publishing from the command line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from tunevault.errors import TunevaultError
+from tunevault.models import Kind
+from tunevault.publisher.files import LayoutError, collect
+from tunevault.publisher.layouts import detect, model_kind
+from tunevault.publisher.progress import Progress, human
+from tunevault.publisher.push import push_plan
+from tunevault.publisher.state import STATE_FILE, PushState
+from tunevault.publisher.uploader import (
+    PublishClient,
+    PublishConnectionError,
+    hash_files,
+    manifest,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _connection(fn: F) -> F:
+    fn = click.option("--api-key", envvar="TUNEVAULT_API_KEY", help="TUNEVAULT_API_KEY")(fn)
+    fn = click.option(
+        "--url",
+        envvar="TUNEVAULT_URL",
+        default="http://127.0.0.1:8000",
+        show_default=True,
+        help="Server URL (TUNEVAULT_URL).",
+    )(fn)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+
+
+@contextmanager
+def _client(url: str, api_key: str | None, quiet: bool) -> Iterator[PublishClient]:
+    """A client whose failures leave as one-line messages and a non-zero exit."""
+    if not api_key:
+        raise click.UsageError("no API key: pass --api-key or set TUNEVAULT_API_KEY")
+    progress = Progress(enabled=False) if quiet else Progress()
+    try:
+        with PublishClient(url, api_key, progress=progress) as client:
+            yield client
+    except TunevaultError as e:
+        raise click.ClickException(f"{e.code}: {e.message}") from e
+    except (LayoutError, PublishConnectionError) as e:
+        raise click.ClickException(str(e)) from e
+    except OSError as e:
+        raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}") from e
+
+
+@click.command("push")
+@click.argument("directory", type=_DIR)
+@click.option("--model", help="Base model name (default: the adapter's base_model_name_or_path).")
+@click.option("--name", help="The fine-tune's model_output_name (default: the directory name).")
+@click.option("--suffix", help="The fine-tune's suffix.")
+@click.option(
+    "--include-optimizer",
+    is_flag=True,
+    help="Also publish resume state: optimizer.pt, scheduler.pt, rng_state*.pth, "
+    "training_args.bin.",
+)
+@click.option("--new", is_flag=True, help=f"Start a new fine-tune, ignoring {STATE_FILE}.")
+@_connection
+def push(
+    directory: Path,
+    model: str | None,
+    name: str | None,
+    suffix: str | None,
+    include_optimizer: bool,
+    new: bool,
+    url: str,
+    api_key: str | None,
+    as_json: bool,
+) -> None:
+    """Publish a training output DIR as a fine-tune and print its id.
+
+    DIR is a Trainer output_dir (checkpoint-N/ plus the final model), a PEFT adapter or a
+    full model. Rerunning after an interruption continues the same fine-tune and sends
+    only what the server is missing.
+    """
+    with _client(url, api_key, as_json) as client:
+        plan = detect(directory, include_optimizer=include_optimizer)
+        if not as_json:
+            for note in plan.notes:
+                click.echo(f"note: {note}", err=True)
+        state = PushState.load(plan.root, client.url, fresh=new)
+        result = push_plan(client, plan, state, model=model, name=name, suffix=suffix)
+    if not state.writable:
+        click.echo(f"warning: cannot write {state.path}; a rerun starts over", err=True)
+    if as_json:
+        click.echo(json.dumps({**result.as_json(), "layout": plan.layout}))
+        return
+    click.echo(
+        f"{'resumed' if result.resumed else 'created'} {result.fine_tune_id}: "
+        f"{len(result.checkpoints)} checkpoints, {result.files} files, "
+        f"{human(result.bytes_uploaded)} sent of {human(result.bytes_total)}",
+        err=True,
+    )
+    click.echo(result.fine_tune_id)
+
+
+@click.group("base")
+def base() -> None:
+    """Register base models, which LoRA adapters are merged into."""
+
+
+@base.command("push")
+@click.argument("name")
+@click.argument("directory", type=_DIR)
+@_connection
+def base_push(name: str, directory: Path, url: str, api_key: str | None, as_json: bool) -> None:
+    """Upload the model in DIRECTORY and register it as base model NAME."""
+    with _client(url, api_key, as_json) as client:
+        if model_kind(directory) != Kind.MODEL_OUTPUT:
+            raise LayoutError(f"{directory}: expected config.json and *.safetensors weights")
+        files = collect(directory)
+        digests = hash_files(files, client.progress)
+        client.upload_files(files, digests)
+        out = client.register_base_model(name, manifest(files, digests))
+    if as_json:
+        click.echo(json.dumps({**out, "bytes_uploaded": client.bytes_sent}))
+    else:
+        click.echo(f"registered {name}: {len(files)} files, {human(client.bytes_sent)} sent")
+
+
+@base.command("ls")
+@_connection
+def base_ls(url: str, api_key: str | None, as_json: bool) -> None:
+    """List the registered base models."""
+    with _client(url, api_key, True) as client:
+        models = client.list_base_models()
+    if as_json:
+        click.echo(json.dumps(models))
+        return
+    for m in models:
+        click.echo(
+            f"{m['name']:<40} {m['files']:>5} files {human(m['size']):>12}  {m['created_at']}"
+        )

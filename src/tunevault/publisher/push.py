@@ -1,0 +1,146 @@
+"""Publishing a whole plan as one fine-tune, resumable through the state file.
+
+Order: hash, create the fine-tune (its id goes to the state file at once), upload the
+blobs the server lacks, post the checkpoint manifests (idempotent on the server), then
+the events and metrics not sent yet, and the final status. A rerun after any
+interruption repeats only what the state file does not record as done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunevault.errors import NotFound
+from tunevault.publisher.files import LayoutError
+from tunevault.publisher.layouts import PublishPlan
+from tunevault.publisher.state import PushState
+from tunevault.publisher.uploader import PublishClient, hash_files, manifest
+
+METRICS_BATCH = 1000
+
+
+@dataclass
+class PushResult:
+    fine_tune_id: str
+    resumed: bool
+    files: int
+    bytes_total: int
+    bytes_uploaded: int
+    blobs_uploaded: int
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.fine_tune_id,
+            "resumed": self.resumed,
+            "files": self.files,
+            "bytes_total": self.bytes_total,
+            "bytes_uploaded": self.bytes_uploaded,
+            "blobs_uploaded": self.blobs_uploaded,
+            "checkpoints": self.checkpoints,
+        }
+
+
+def fine_tune_body(
+    plan: PublishPlan, model: str | None, name: str | None, suffix: str | None
+) -> dict[str, Any]:
+    base = model or plan.model
+    if not base:
+        raise LayoutError(f"{plan.root}: the files do not name the base model; pass --model BASE")
+    body: dict[str, Any] = {
+        "model": base,
+        "model_output_name": name or plan.root.name,
+        "training_type": plan.training_type,
+        "status": "running",
+    }
+    if suffix:
+        body["suffix"] = suffix
+    return body
+
+
+def _open_fine_tune(
+    client: PublishClient, state: PushState, body: dict[str, Any]
+) -> tuple[str, bool]:
+    """The fine-tune this directory already started on this server, else a new one."""
+    ft_id = state.fine_tune_id
+    if ft_id is not None:
+        try:
+            client.get_fine_tune(ft_id)
+            return ft_id, True
+        except NotFound:
+            pass  # deleted since, or another organization's key: start a new one
+    ft_id = str(client.create_fine_tune(body)["id"])
+    state.start(ft_id)
+    return ft_id, False
+
+
+def _event(state: PushState, client: PublishClient, ft_id: str, key: str, **event: Any) -> None:
+    if not state.done(key):
+        client.add_events(ft_id, [{"level": "info", **event}])
+        state.mark(key)
+
+
+def push_plan(
+    client: PublishClient,
+    plan: PublishPlan,
+    state: PushState,
+    *,
+    model: str | None = None,
+    name: str | None = None,
+    suffix: str | None = None,
+) -> PushResult:
+    body = fine_tune_body(plan, model, name, suffix)
+    files = [f for c in plan.checkpoints for f in c.files]
+    digests = hash_files(files, client.progress, state.cached_digest)
+    state.remember_digests(files, digests)
+
+    ft_id, resumed = _open_fine_tune(client, state, body)
+    where = plan.root.name
+    _event(state, client, ft_id, "event:start", type="JOB_START", message=f"push of {where}")
+    sent_before = client.bytes_sent
+    blobs_before = client.blobs_sent
+    client.upload_files(files, digests)
+
+    result = PushResult(
+        fine_tune_id=ft_id,
+        resumed=resumed,
+        files=len(files),
+        bytes_total=sum(f.size for f in files),
+        bytes_uploaded=client.bytes_sent - sent_before,
+        blobs_uploaded=client.blobs_sent - blobs_before,
+    )
+    for c in plan.checkpoints:
+        out = client.add_checkpoint(
+            ft_id, c.step, c.kind.value, c.final, manifest(c.files, digests)
+        )
+        result.checkpoints.append(out)
+        what = "final model" if c.final else "checkpoint"
+        _event(
+            state,
+            client,
+            ft_id,
+            f"event:checkpoint:{c.step}:{c.kind.value}",
+            type="CHECKPOINT_SAVE",
+            message=f"{what} saved at step {c.step}",
+            step=c.step,
+        )
+    rows = plan.metrics[state.metrics_sent :]
+    for i in range(0, len(rows), METRICS_BATCH):
+        batch = rows[i : i + METRICS_BATCH]
+        client.add_metrics(ft_id, batch)
+        state.add_metrics_sent(len(batch))
+    last = plan.checkpoints[-1].step
+    _event(
+        state,
+        client,
+        ft_id,
+        "event:complete",
+        type="JOB_COMPLETE",
+        message="training completed",
+        step=last,
+    )
+    if not state.done("status:completed"):
+        client.set_status(ft_id, "completed")
+        state.mark("status:completed")
+    return result

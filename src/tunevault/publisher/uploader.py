@@ -1,0 +1,307 @@
+"""The HTTP side of publishing (docs/publishing.md): blobs first, then manifests.
+
+Blob uploads stream from disk and resume: `HEAD` says how many bytes of an interrupted
+upload the server kept, and the `PUT` continues from there. Every call is retried on
+connection failures with bounded exponential backoff; calls that are not idempotent
+(events, metrics) only when the request provably never reached the server.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tunevault.errors import TunevaultError
+from tunevault.publisher.files import CHUNK, LocalFile, sha256_file
+from tunevault.publisher.progress import Progress
+
+USER_AGENT = "tunevault-publisher/0.1"
+CHECK_BATCH = 10_000  # the server's limit per blobs/check request
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_BACKOFF_S = 30.0
+
+
+class PublishConnectionError(RuntimeError):
+    """The server stayed unreachable through every retry."""
+
+
+def normalize_url(url: str) -> str:
+    return url.strip().rstrip("/").removesuffix("/v1").rstrip("/")
+
+
+def manifest(files: Iterable[LocalFile], digests: dict[Path, str]) -> list[dict[str, Any]]:
+    return [
+        {"path": f.path, "size": f.size, "sha256": digests[f.source], "type": "file"} for f in files
+    ]
+
+
+class PublishClient:
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        progress: Progress | None = None,
+        retries: int = 6,
+        backoff_s: float = 0.5,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self.url = normalize_url(url)
+        self.progress = progress or Progress(enabled=False)
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.bytes_sent = 0  # blob bytes handed to the connection, retries included
+        self.blobs_sent = 0
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PublishClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- transport --------------------------------------------------------------------
+
+    def _sleep(self, attempt: int, retry_after: str | None = None) -> None:
+        delay = self.backoff_s * 2**attempt
+        if retry_after is not None and retry_after.isdigit():
+            delay = float(retry_after)
+        time.sleep(min(delay, MAX_BACKOFF_S))
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        content: Callable[[], Iterable[bytes]] | None = None,
+        idempotent: bool = True,
+    ) -> httpx.Response:
+        """One request, retried on connection failures and 429/502/503/504.
+
+        `content` is a factory so that a retry streams the body again from the start.
+        """
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                resp = self._http.request(
+                    method,
+                    path,
+                    json=json,
+                    headers=headers,
+                    content=content() if content is not None else None,
+                )
+            except httpx.TransportError as e:
+                # Without idempotency, only a connection that never opened is safe to retry.
+                if last or not (idempotent or isinstance(e, httpx.ConnectError)):
+                    raise PublishConnectionError(
+                        f"{method} {self.url}{path}: {type(e).__name__}: {e}"
+                    ) from e
+                self._sleep(attempt)
+                continue
+            if resp.status_code in RETRY_STATUSES and not last:
+                self._sleep(attempt, resp.headers.get("Retry-After"))
+                continue
+            return resp
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def call(self, method: str, path: str, *, json: Any = None, idempotent: bool = True) -> Any:
+        resp = self.send(method, path, json=json, idempotent=idempotent)
+        if resp.status_code >= 400:
+            raise error_of(resp)
+        return resp.json()
+
+    # -- blobs ------------------------------------------------------------------------
+
+    def missing(self, digests: Sequence[str]) -> set[str]:
+        wanted = sorted(set(digests))
+        out: set[str] = set()
+        for i in range(0, len(wanted), CHECK_BATCH):
+            body = self.call(
+                "POST", "/v1/publish/blobs/check", json={"sha256": wanted[i : i + CHECK_BATCH]}
+            )
+            out.update(body["missing"])
+        return out
+
+    def remote_offset(self, sha256: str) -> int | None:
+        """None when the blob is committed, else the bytes of an upload the server kept."""
+        resp = self.send("HEAD", f"/v1/publish/blobs/{sha256}")
+        if resp.status_code == 200:
+            return None
+        if resp.status_code == 404:
+            return int(resp.headers.get("Upload-Offset", "0"))
+        raise error_of(resp)
+
+    def upload_blob(self, source: Path, sha256: str, size: int) -> None:
+        """Send the bytes the server lacks; a broken upload resumes where the server stopped."""
+        offset = self.remote_offset(sha256)
+        failures = 0
+        while offset is not None:
+            start = offset
+            try:
+                resp = self.send(
+                    "PUT",
+                    f"/v1/publish/blobs/{sha256}",
+                    headers={
+                        "Upload-Length": str(size),
+                        "Upload-Offset": str(start),
+                        "Content-Length": str(size - start),
+                        "Content-Type": "application/octet-stream",
+                    },
+                    content=functools.partial(self._read_from, source, start, size),
+                    idempotent=False,  # the body is not replayable blindly: re-ask the offset
+                )
+            except PublishConnectionError:
+                failures += 1
+                if failures > self.retries:
+                    raise
+                self._sleep(failures - 1)
+                offset = self.remote_offset(sha256)
+                continue
+            if resp.status_code in (200, 201):
+                self.blobs_sent += 1
+                return
+            if resp.status_code == 202:
+                offset = int(resp.json()["offset"])
+            elif resp.status_code == 409 and error_code(resp) == "upload_offset_mismatch":
+                header = resp.headers.get("Upload-Offset")
+                offset = int(header) if header is not None else self.remote_offset(sha256)
+            elif resp.status_code == 409:
+                # The server may still be reading our dropped connection's upload: wait.
+                self._sleep(failures)
+                offset = self.remote_offset(sha256)
+            else:
+                raise error_of(resp)
+            failures = 0 if offset is not None and offset > start else failures + 1
+            if failures > self.retries:
+                raise PublishConnectionError(f"upload of {sha256} makes no progress at {offset}")
+
+    def _read_from(self, source: Path, offset: int, size: int) -> Iterator[bytes]:
+        with source.open("rb") as f:
+            f.seek(offset)
+            left = size - offset
+            while left > 0:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    raise OSError(f"{source} shrank while being uploaded")
+                left -= len(chunk)
+                self.bytes_sent += len(chunk)
+                self.progress.advance(len(chunk))
+                yield chunk
+
+    def upload_files(self, files: Sequence[LocalFile], digests: dict[Path, str]) -> None:
+        """Upload the blobs of `files` (their sha256 by source path) the server lacks."""
+        by_digest = {digests[f.source]: f for f in files}
+        todo = sorted(self.missing(list(by_digest)))
+        self.progress.start("uploading", sum(by_digest[d].size for d in todo))
+        for digest in todo:
+            f = by_digest[digest]
+            self.upload_blob(f.source, digest, f.size)
+        self.progress.finish()
+
+    # -- fine-tunes -------------------------------------------------------------------
+
+    def create_fine_tune(self, body: dict[str, Any]) -> dict[str, Any]:
+        # Not idempotent: a retry after a lost answer would create a second fine-tune.
+        ft: dict[str, Any] = self.call(
+            "POST", "/v1/publish/fine-tunes", json=body, idempotent=False
+        )
+        return ft
+
+    def get_fine_tune(self, ft_id: str) -> dict[str, Any]:
+        ft: dict[str, Any] = self.call("GET", f"/v1/fine-tunes/{ft_id}")
+        return ft
+
+    def add_checkpoint(
+        self, ft_id: str, step: int, kind: str, final: bool, files: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        body = {"step": step, "kind": kind, "final": final, "files": files}
+        out: dict[str, Any] = self.call(
+            "POST", f"/v1/publish/fine-tunes/{ft_id}/checkpoints", json=body
+        )
+        return out
+
+    def add_events(self, ft_id: str, events: list[dict[str, Any]]) -> None:
+        if events:
+            self.call(
+                "POST",
+                f"/v1/publish/fine-tunes/{ft_id}/events",
+                json={"events": events},
+                idempotent=False,
+            )
+
+    def add_metrics(self, ft_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            self.call(
+                "POST",
+                f"/v1/publish/fine-tunes/{ft_id}/metrics",
+                json={"metrics": list(rows)},
+                idempotent=False,
+            )
+
+    def set_status(self, ft_id: str, status: str) -> dict[str, Any]:
+        out: dict[str, Any] = self.call(
+            "POST", f"/v1/publish/fine-tunes/{ft_id}/status", json={"status": status}
+        )
+        return out
+
+    def register_base_model(self, name: str, files: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = self.call(
+            "POST", "/v1/publish/base-models", json={"name": name, "files": files}
+        )
+        return out
+
+    def list_base_models(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self.call("GET", "/v1/publish/base-models")["data"]
+        return data
+
+
+def hash_files(
+    files: Sequence[LocalFile],
+    progress: Progress,
+    cached: Callable[[LocalFile], str | None] = lambda _f: None,
+) -> dict[Path, str]:
+    """sha256 of each file by source path; `cached` may answer for files already hashed."""
+    out: dict[Path, str] = {}
+    todo: dict[Path, LocalFile] = {}
+    for f in files:
+        known = cached(f)
+        if known is not None:
+            out[f.source] = known
+        elif f.source not in out:
+            todo[f.source] = f
+    progress.start("hashing", sum(f.size for f in todo.values()))
+    for source in todo:
+        out[source] = sha256_file(source, progress.advance)
+    progress.finish()
+    return out
+
+
+def error_code(resp: httpx.Response) -> str | None:
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    err = body.get("error") if isinstance(body, dict) else None
+    return str(err.get("code")) if isinstance(err, dict) else None
+
+
+def error_of(resp: httpx.Response) -> TunevaultError:
+    try:
+        body: Any = resp.json()
+    except ValueError:
+        body = resp.text
+    return TunevaultError.from_envelope(resp.status_code, body)
