@@ -67,7 +67,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     settings = Settings(data_dir=data_dir)
     with open_services(settings) as svc:
         store = svc.store
-        org, fts = seed_demo(store, svc.storage)
+        org, fts = seed_demo(svc)
         lora = next(ft for ft in fts if ft.is_lora)
         full = next(ft for ft in fts if not ft.is_lora)
         _, token = store.create_key(org.id, "rw", [Scope.READ, Scope.PUBLISH])

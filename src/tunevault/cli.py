@@ -58,6 +58,27 @@ def serve(demo: bool, **flags: Any) -> None:
         raise click.ClickException(f"cannot serve on {settings.host}:{settings.port}: {e}") from e
 
 
+@main.command()
+@_store_options
+def worker(**flags: Any) -> None:
+    """Run build jobs (archives, merges) until interrupted; run as many as you like."""
+    import signal
+    import threading
+
+    from tunevault.services import open_services
+    from tunevault.worker import Worker
+
+    settings = _settings(**flags)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with open_services(settings) as svc:
+        Worker(svc).run(stop)
+
+
 @main.group()
 def keys() -> None:
     """Create, list and revoke API keys."""
@@ -131,3 +152,18 @@ def keys_revoke(key_id: str, **flags: Any) -> None:
 from tunevault.merge.command import merge as _merge  # noqa: E402
 
 main.add_command(_merge)
+
+
+from tunevault.client.commands import checkpoints as _checkpoints  # noqa: E402
+from tunevault.client.commands import download as _download  # noqa: E402
+from tunevault.client.commands import ls as _ls  # noqa: E402
+
+for _cmd in (_download, _ls, _checkpoints):
+    main.add_command(_cmd)
+
+
+from tunevault.publisher.command import base as _base  # noqa: E402
+from tunevault.publisher.command import push as _push  # noqa: E402
+
+main.add_command(_push)
+main.add_command(_base)

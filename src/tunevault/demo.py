@@ -16,12 +16,11 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
-from tunevault.builds import build_archive
-from tunevault.merge import merge_lora
 from tunevault.metadata import MetadataStore
-from tunevault.models import Checkpoint, FineTune, Kind, MetricRow, Organization
-from tunevault.publish import publish_directory
-from tunevault.storage import Storage
+from tunevault.models import FineTune, Kind, MetricRow, Organization
+from tunevault.publish import publish_directory, put_directory, register_base_model
+from tunevault.services import Services
+from tunevault.worker import Worker
 
 BASE_NAME = "tunevault-demo/tiny-llama"
 DEMO_ORG = "demo"
@@ -209,20 +208,26 @@ def write_full_finetune(
     return write_model(out, spec, tuned)
 
 
-def seed_demo(
-    store: MetadataStore, storage: Storage, *, level: int = 3, threads: int = -1
-) -> tuple[Organization, list[FineTune]]:
-    """Create the `demo` organization with a LoRA and a full fine-tune (idempotent)."""
+def seed_demo(svc: Services) -> tuple[Organization, list[FineTune]]:
+    """Create the `demo` organization with a LoRA and a full fine-tune (idempotent).
+
+    Everything goes through the publishing path: blobs, the base model, checkpoint
+    manifests, and the build worker that merges the adapter and packs the archives.
+    """
+    store, storage = svc.store, svc.storage
     org = store.get_org_by_name(DEMO_ORG)
     if org is not None:
         return org, store.list_fine_tunes(org.id)
     rng = np.random.default_rng(0)
     spec = TinyLlama()
+    org = store.create_org(DEMO_ORG)
     with tempfile.TemporaryDirectory(prefix="tunevault-demo-") as tmp_name:
         tmp = Path(tmp_name)
         base = base_weights(spec, rng)
         base_dir = write_model(tmp / "base", spec, base)
-        org = store.create_org(DEMO_ORG)
+        register_base_model(
+            store, org.id, BASE_NAME, put_directory(store, storage, org.id, base_dir)
+        )
         lora = store.create_fine_tune(
             org.id,
             model=BASE_NAME,
@@ -243,32 +248,21 @@ def seed_demo(
             training_type="Full",
             status="running",
         )
-        ckpts: list[Checkpoint] = []
         for step, final in ((10, False), (20, True)):
             adapter = write_adapter(tmp / f"adapter-{step}", spec, rng, scale=step / 10)
-            ckpts.append(
-                publish_directory(
-                    store, storage, lora.id, adapter, step=step, kind=Kind.ADAPTER, final=final
-                )
+            publish_directory(
+                store, storage, lora, adapter, step=step, kind=Kind.ADAPTER, final=final
             )
             output = write_full_finetune(tmp / f"full-{step}", spec, base, rng, step / 10)
-            ckpts.append(
-                publish_directory(
-                    store, storage, full.id, output, step=step, kind=Kind.MODEL_OUTPUT, final=final
-                )
-            )
-        merged = tmp / "merged"
-        merge_lora(base_dir, tmp / "adapter-20", merged)
-        ckpts.append(
             publish_directory(
-                store, storage, lora.id, merged, step=20, kind=Kind.MERGED, final=True
+                store, storage, full, output, step=step, kind=Kind.MODEL_OUTPUT, final=final
             )
-        )
-        for ckpt in ckpts:
-            build_archive(store, storage, ckpt.id, level=level, threads=threads)
-        for ft in (lora, full):
-            _record_training(store, ft.id)
-            store.set_status(org.id, ft.id, "completed")
+    worker = Worker(svc, name="demo-seed")
+    while worker.run_once():
+        pass
+    for ft in (lora, full):
+        _record_training(store, ft.id)
+        store.set_status(org.id, ft.id, "completed")
     return org, store.list_fine_tunes(org.id)
 
 

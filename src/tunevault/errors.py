@@ -17,7 +17,8 @@ from `code`; the CLI maps the branches to exit codes.
     │   ├── CheckpointNotFound          404 checkpoint_not_found
     │   └── BaseModelNotFound           404 base_model_not_found
     ├── Conflict                        409 conflict
-    │   └── ArchiveNotReady             409 archive_not_ready
+    │   ├── ArchiveNotReady             409 archive_not_ready
+    │   └── UploadOffsetMismatch        409 upload_offset_mismatch
     ├── PayloadTooLarge                 413 payload_too_large
     ├── RangeNotSatisfiable             416 range_not_satisfiable
     ├── RateLimited                     429 rate_limited
@@ -134,6 +135,10 @@ class Conflict(TunevaultError):
 
 class ArchiveNotReady(Conflict):
     code = "archive_not_ready"
+
+
+class UploadOffsetMismatch(Conflict):
+    code = "upload_offset_mismatch"
 
 
 class PayloadTooLarge(TunevaultError):

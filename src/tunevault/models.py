@@ -129,3 +129,28 @@ class Archive:
 class MetricRow:
     step: int
     values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A base model registered by an organization, that merges of its LoRA adapters need."""
+
+    id: int
+    org_id: str
+    name: str
+    created_at: datetime
+    files: tuple[FileEntry, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Job:
+    """A build job: `archive` packs a checkpoint, `merge` makes a merged checkpoint."""
+
+    id: int
+    checkpoint_id: int
+    kind: str
+    state: str
+    attempts: int
+    lease_owner: str | None
+    error_code: str | None
+    error_message: str | None

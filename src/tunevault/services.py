@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from tunevault.metadata import MetadataStore
-from tunevault.server.context import Services
 from tunevault.settings import Settings
-from tunevault.storage import open_storage
+from tunevault.storage import Storage, open_storage
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the server, the worker and the CLI work with."""
+
+    settings: Settings
+    store: MetadataStore
+    storage: Storage
 
 
 @contextmanager

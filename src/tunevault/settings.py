@@ -37,6 +37,20 @@ class Settings(BaseSettings):
     zstd_threads: int = Field(
         default=-1, description="zstd worker threads for archive builds (-1: one per core)."
     )
+    build_workers: int = Field(
+        default=1,
+        ge=0,
+        description="Build worker threads inside `tunevault serve` (0: run `tunevault worker`).",
+    )
+    job_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a build job stays claimed without a heartbeat before another "
+        "worker may take it over.",
+    )
+    job_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often an idle worker looks for new build jobs."
+    )
     log_level: str = Field(default="INFO", description="Python logging level.")
 
     def resolved_database_url(self) -> str:

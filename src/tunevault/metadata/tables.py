@@ -145,3 +145,61 @@ blobs = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
+
+# 0002: publishing ------------------------------------------------------------------------
+
+org_blobs = sa.Table(
+    "org_blobs",
+    metadata,
+    sa.Column("org_id", sa.String(64), sa.ForeignKey("organizations.id"), primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+base_models = sa.Table(
+    "base_models",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("org_id", sa.String(64), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("name", sa.String(300), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("org_id", "name", name="uq_base_model"),
+)
+
+base_model_files = sa.Table(
+    "base_model_files",
+    metadata,
+    sa.Column(
+        "base_model_id",
+        sa.Integer,
+        sa.ForeignKey("base_models.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("path", sa.String(1000), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+)
+
+build_jobs = sa.Table(
+    "build_jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "checkpoint_id",
+        sa.Integer,
+        sa.ForeignKey("checkpoints.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("kind", sa.String(16), nullable=False),  # "archive" or "merge"
+    sa.Column("state", sa.String(16), nullable=False),  # queued, running, done, failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("lease_owner", sa.String(100), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("checkpoint_id", "kind", name="uq_build_job"),
+    sa.Index("ix_build_jobs_state", "state", "id"),
+)

@@ -11,8 +11,9 @@ import yaml
 from aiohttp import web
 
 from tunevault.errors import NotFound, TunevaultError, Unauthenticated
-from tunevault.server import download, finetunes, whoami
-from tunevault.server.context import PRINCIPAL, SERVICES, Services, blocking
+from tunevault.server import download, finetunes, publish, uploads, whoami
+from tunevault.server.context import PRINCIPAL, SERVICES, blocking
+from tunevault.services import Services
 
 log = logging.getLogger("tunevault.server")
 PUBLIC_PATHS = frozenset({"/healthz"})
@@ -88,7 +89,7 @@ def openapi_document() -> dict[str, object]:
 
 
 def make_app(svc: Services) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware])
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=32 << 20)
     app[SERVICES] = svc
     spec = json.dumps(openapi_document())
 
@@ -97,7 +98,7 @@ def make_app(svc: Services) -> web.Application:
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi_json)
-    for table in (download.routes, finetunes.routes, whoami.routes):
+    for table in (download.routes, finetunes.routes, whoami.routes, publish.routes, uploads.routes):
         app.router.add_routes(table)
         # Clients configured with a base URL that already ends in /v1 call /v1/v1/... and
         # /v1/v3/whoami (COMPAT.md): serve the same handlers there.

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from aiohttp import web
 
 from tunevault.errors import PermissionDenied, Unauthenticated
-from tunevault.metadata import MetadataStore
 from tunevault.models import Principal, Scope
-from tunevault.settings import Settings
-from tunevault.storage import Storage
+from tunevault.services import Services
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Services:
-    settings: Settings
-    store: MetadataStore
-    storage: Storage
 
 
 SERVICES = web.AppKey("services", Services)

@@ -6,7 +6,12 @@ import re
 
 from aiohttp import web
 
-from tunevault.errors import ArchiveNotReady, CheckpointNotFound, FineTuneNotFound
+from tunevault.errors import (
+    ArchiveNotReady,
+    CheckpointNotFound,
+    FineTuneNotFound,
+    TunevaultError,
+)
 from tunevault.metadata import MetadataStore
 from tunevault.models import Archive, Checkpoint, FineTune, Kind
 from tunevault.server.blob import BlobRef, send_blob
@@ -67,6 +72,13 @@ def resolve(
         ckpt = _pick_kind(ft, ckpts, q.checkpoint)
     archive = store.get_archive(ckpt.id)
     if archive is None:
+        failed = [j for j in store.jobs_for_checkpoint(ckpt.id) if j.state == "failed"]
+        if failed:  # say why, with the class the build failed with (e.g. a missing base)
+            klass = TunevaultError.registry.get(failed[-1].error_code or "", TunevaultError)
+            raise klass(
+                f"the {ckpt.kind.value} archive of {ft.id} could not be built: "
+                f"{failed[-1].error_message}"
+            )
         raise ArchiveNotReady(
             f"the {ckpt.kind.value} archive of {ft.id} step {ckpt.step} is being prepared; "
             f"retry in {RETRY_AFTER_S} s",

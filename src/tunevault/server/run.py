@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from tunevault.demo import DEMO_ORG, seed_demo
 from tunevault.models import Scope
 from tunevault.server.app import make_app
-from tunevault.server.context import Services
-from tunevault.services import open_services
+from tunevault.services import Services, open_services
 from tunevault.settings import Settings
+from tunevault.worker import Worker
 
 log = logging.getLogger("tunevault.server")
 
@@ -33,16 +36,34 @@ def demo_banner(svc: Services, token: str, base_url: str) -> str:
     return "\n".join(lines)
 
 
+def _workers(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Build workers as threads of the server process, stopped at shutdown."""
+
+    async def ctx(_app: web.Application) -> AsyncIterator[None]:
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=Worker(svc).run, args=(stop,), name=f"worker-{i}", daemon=True)
+            for i in range(svc.settings.build_workers)
+        ]
+        for t in threads:
+            t.start()
+        yield
+        stop.set()
+        for t in threads:  # a build in progress finishes, or its lease lets another take it
+            await asyncio.to_thread(t.join, svc.settings.job_lease_seconds)
+
+    return ctx
+
+
 def run_server(settings: Settings, *, demo: bool = False) -> None:
     with open_services(settings) as svc:
         banner = None
         if demo:
-            org, _ = seed_demo(
-                svc.store, svc.storage, level=settings.zstd_level, threads=settings.zstd_threads
-            )
+            org, _ = seed_demo(svc)
             _, token = svc.store.create_key(org.id, "demo", [Scope.READ, Scope.PUBLISH])
             banner = demo_banner(svc, token, f"http://{settings.host}:{settings.port}")
         app = make_app(svc)
+        app.cleanup_ctx.append(_workers(svc))
         if banner:
             print(banner, flush=True)
         log.info("serving on http://%s:%d", settings.host, settings.port)

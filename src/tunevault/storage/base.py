@@ -12,6 +12,7 @@ import abc
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
@@ -62,7 +63,7 @@ class BlobWriter(abc.ABC):
     def writable(self) -> bool:
         return True
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - deliberately a no-op, not abstract
         """File-like no-op so a writer can sit under zstd or tarfile streams."""
 
     def __enter__(self) -> BlobWriter:
@@ -107,6 +108,16 @@ class Storage(abc.ABC):
     def put(self, key: str, data: bytes) -> None:
         with self.writer(key) as w:
             w.write(data)
+
+    def adopt_file(self, key: str, path: Path) -> None:
+        """Commit a complete local file under the key, consuming the file.
+
+        The default streams it through `writer`; backends on the same disk rename it.
+        """
+        with self.writer(key) as w, path.open("rb") as f:
+            while chunk := f.read(8 << 20):
+                w.write(chunk)
+        path.unlink()
 
     @abc.abstractmethod
     def delete(self, key: str) -> bool:

@@ -123,6 +123,18 @@ class LocalStorage(Storage):
     def writer(self, key: str) -> BlobWriter:
         return _LocalWriter(self._path(key), self._tmp)
 
+    def adopt_file(self, key: str, path: Path) -> None:
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+            path.replace(final)  # same filesystem: no second copy of a multi-GB blob
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            super().adopt_file(key, path)
+
     def delete(self, key: str) -> bool:
         try:
             self._path(key).unlink()

@@ -1,0 +1,125 @@
+"""Organizations and API keys: random tokens, shown once, stored hashed, scoped, revocable."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+
+from tunevault.metadata import tables as t
+from tunevault.metadata.base import StoreBase, now
+from tunevault.models import ApiKey, Organization, Principal, Scope
+
+_TOKEN = re.compile(r"^tv_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
+
+
+def _hash_secret(secret: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is enough: nothing to brute-force.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class AccountsMixin(StoreBase):
+    def create_org(self, name: str) -> Organization:
+        org = Organization(id=f"org-{uuid.uuid4().hex[:16]}", name=name, created_at=now())
+        with self.engine.begin() as conn:
+            conn.execute(t.organizations.insert().values(**org.__dict__))
+        return org
+
+    def get_org_by_name(self, name: str) -> Organization | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.organizations).where(t.organizations.c.name == name)
+            ).first()
+        return Organization(**row._mapping) if row else None
+
+    def list_orgs(self) -> list[Organization]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.organizations).order_by(t.organizations.c.name))
+            return [Organization(**r._mapping) for r in rows]
+
+    def create_key(self, org_id: str, name: str, scopes: Iterable[Scope]) -> tuple[ApiKey, str]:
+        """Create a key; the returned token is shown once and never stored."""
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        scope_set = frozenset(Scope(s) for s in scopes)
+        key = ApiKey(
+            id=key_id,
+            org_id=org_id,
+            name=name,
+            scopes=scope_set,
+            created_at=now(),
+            revoked_at=None,
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.api_keys.insert().values(
+                    id=key_id,
+                    org_id=org_id,
+                    name=name,
+                    secret_sha256=_hash_secret(secret),
+                    scopes=",".join(sorted(scope_set)),
+                    created_at=key.created_at,
+                )
+            )
+        return key, f"tv_{key_id}_{secret}"
+
+    def list_keys(self, org_id: str | None = None) -> list[ApiKey]:
+        q = sa.select(t.api_keys).order_by(t.api_keys.c.created_at)
+        if org_id is not None:
+            q = q.where(t.api_keys.c.org_id == org_id)
+        with self.engine.connect() as conn:
+            return [_key(r._mapping) for r in conn.execute(q)]
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                t.api_keys.update()
+                .where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now())
+            )
+        return res.rowcount > 0
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The principal behind a bearer token, or None for a bad, unknown or revoked key."""
+        m = _TOKEN.match(token)
+        if not m:
+            return None
+        key_id, secret = m.groups()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.api_keys, t.organizations.c.name.label("org_name"))
+                .join(t.organizations, t.organizations.c.id == t.api_keys.c.org_id)
+                .where(t.api_keys.c.id == key_id)
+            ).first()
+        expected = row.secret_sha256 if row else _hash_secret("")
+        ok = hmac.compare_digest(expected, _hash_secret(secret))
+        if row is None or not ok or row.revoked_at is not None:
+            return None
+        return Principal(
+            key_id=row.id,
+            key_name=row.name,
+            org_id=row.org_id,
+            org_name=row.org_name,
+            scopes=_scopes(row.scopes),
+        )
+
+
+def _scopes(text: str) -> frozenset[Scope]:
+    return frozenset(Scope(s) for s in text.split(",") if s)
+
+
+def _key(m: Any) -> ApiKey:
+    return ApiKey(
+        id=m["id"],
+        org_id=m["org_id"],
+        name=m["name"],
+        scopes=_scopes(m["scopes"]),
+        created_at=m["created_at"],
+        revoked_at=m["revoked_at"],
+    )

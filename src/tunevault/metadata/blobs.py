@@ -1,0 +1,109 @@
+"""Blobs and who may use them, and the base models that merges start from.
+
+Blobs are stored once (content-addressed) but owned per organization: a blob counts as
+present for an organization only after that organization uploaded its bytes, so the
+existence check never tells one tenant what another stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import sqlalchemy as sa
+
+from tunevault.metadata import tables as t
+from tunevault.metadata.base import StoreBase, now
+from tunevault.models import BaseModel, FileEntry
+
+
+class BlobsMixin(StoreBase):
+    def record_blob(self, sha256: str, size: int, org_id: str | None = None) -> None:
+        """Note a committed blob, and that `org_id` proved it has the bytes."""
+        with self.engine.begin() as conn:
+            if not conn.execute(
+                sa.select(t.blobs.c.sha256).where(t.blobs.c.sha256 == sha256)
+            ).first():
+                conn.execute(t.blobs.insert().values(sha256=sha256, size=size, created_at=now()))
+            if (
+                org_id is not None
+                and not conn.execute(
+                    sa.select(t.org_blobs.c.sha256).where(
+                        t.org_blobs.c.org_id == org_id, t.org_blobs.c.sha256 == sha256
+                    )
+                ).first()
+            ):
+                conn.execute(
+                    t.org_blobs.insert().values(
+                        org_id=org_id, sha256=sha256, size=size, created_at=now()
+                    )
+                )
+
+    def org_blob_sizes(self, org_id: str, digests: Iterable[str]) -> dict[str, int]:
+        """The sizes of those blobs this organization owns."""
+        wanted = sorted(set(digests))
+        found: dict[str, int] = {}
+        ob = t.org_blobs.c
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    sa.select(ob.sha256, ob.size).where(
+                        ob.org_id == org_id, ob.sha256.in_(wanted[i : i + 500])
+                    )
+                )
+                found.update({r.sha256: r.size for r in rows})
+        return found
+
+    def create_base_model(self, org_id: str, name: str, files: Sequence[FileEntry]) -> BaseModel:
+        ts = now()
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                t.base_models.insert().values(org_id=org_id, name=name, created_at=ts)
+            )
+            assert res.inserted_primary_key is not None
+            model_id = int(res.inserted_primary_key[0])
+            conn.execute(
+                t.base_model_files.insert(),
+                [
+                    {"base_model_id": model_id, "path": f.path, "size": f.size, "sha256": f.sha256}
+                    for f in files
+                ],
+            )
+        return BaseModel(
+            id=model_id,
+            org_id=org_id,
+            name=name,
+            created_at=ts,
+            files=tuple(sorted(files, key=lambda f: f.path)),
+        )
+
+    def get_base_model(self, org_id: str, name: str) -> BaseModel | None:
+        bm, bf = t.base_models.c, t.base_model_files.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.base_models).where(bm.org_id == org_id, bm.name == name)
+            ).first()
+            if row is None:
+                return None
+            files = conn.execute(
+                sa.select(t.base_model_files).where(bf.base_model_id == row.id).order_by(bf.path)
+            )
+            return BaseModel(
+                id=row.id,
+                org_id=row.org_id,
+                name=row.name,
+                created_at=row.created_at,
+                files=tuple(FileEntry(path=f.path, size=f.size, sha256=f.sha256) for f in files),
+            )
+
+    def list_base_models(self, org_id: str) -> list[BaseModel]:
+        with self.engine.connect() as conn:
+            names = (
+                conn.execute(
+                    sa.select(t.base_models.c.name)
+                    .where(t.base_models.c.org_id == org_id)
+                    .order_by(t.base_models.c.name)
+                )
+                .scalars()
+                .all()
+            )
+        return [m for m in (self.get_base_model(org_id, n) for n in names) if m is not None]

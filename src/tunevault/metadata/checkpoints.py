@@ -1,0 +1,161 @@
+"""Checkpoints (manifests of blobs), their archives, and the blobs themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tunevault.metadata import tables as t
+from tunevault.metadata.base import StoreBase, now
+from tunevault.metadata.jobs import enqueue
+from tunevault.models import Archive, Checkpoint, FileEntry, Kind
+
+
+class CheckpointsMixin(StoreBase):
+    def add_checkpoint(
+        self,
+        ft_id: str,
+        step: int,
+        kind: Kind,
+        final: bool,
+        files: Sequence[FileEntry],
+        jobs: Sequence[str] = (),
+    ) -> Checkpoint:
+        """Record a checkpoint and queue its build jobs, in one transaction."""
+        ts = now()
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                t.checkpoints.insert().values(
+                    ft_id=ft_id, step=step, kind=kind.value, final=final, created_at=ts
+                )
+            )
+            assert res.inserted_primary_key is not None
+            ckpt_id = res.inserted_primary_key[0]
+            if files:
+                conn.execute(
+                    t.checkpoint_files.insert(),
+                    [
+                        {
+                            "checkpoint_id": ckpt_id,
+                            "path": f.path,
+                            "size": f.size,
+                            "sha256": f.sha256,
+                        }
+                        for f in files
+                    ],
+                )
+            for job in jobs:
+                enqueue(conn, int(ckpt_id), job)
+        return Checkpoint(
+            id=int(ckpt_id),
+            ft_id=ft_id,
+            step=step,
+            kind=kind,
+            final=final,
+            created_at=ts,
+            files=tuple(sorted(files, key=lambda f: f.path)),
+        )
+
+    def list_checkpoints(self, ft_id: str) -> list[Checkpoint]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.checkpoints)
+                .where(t.checkpoints.c.ft_id == ft_id)
+                .order_by(t.checkpoints.c.step, t.checkpoints.c.kind)
+            )
+            return [_checkpoint(r._mapping) for r in rows]
+
+    def checkpoint_files(self, checkpoint_id: int) -> tuple[FileEntry, ...]:
+        with self.engine.connect() as conn:
+            return _files(conn, checkpoint_id)
+
+    def get_checkpoint(self, checkpoint_id: int) -> Checkpoint | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.checkpoints).where(t.checkpoints.c.id == checkpoint_id)
+            ).first()
+            if row is None:
+                return None
+            return _checkpoint(row._mapping, _files(conn, checkpoint_id))
+
+    def set_archive(self, checkpoint_id: int, storage_key: str, sha256: str, size: int) -> Archive:
+        archive = Archive(
+            checkpoint_id=checkpoint_id,
+            storage_key=storage_key,
+            sha256=sha256,
+            size=size,
+            created_at=now(),
+        )
+        with self.engine.begin() as conn:
+            conn.execute(t.archives.delete().where(t.archives.c.checkpoint_id == checkpoint_id))
+            conn.execute(t.archives.insert().values(**archive.__dict__))
+        return archive
+
+    def find_checkpoint(self, ft_id: str, step: int, kind: Kind) -> Checkpoint | None:
+        c = t.checkpoints.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.checkpoints).where(c.ft_id == ft_id, c.step == step, c.kind == kind)
+            ).first()
+            return _checkpoint(row._mapping, _files(conn, row.id)) if row else None
+
+    def set_checkpoint_files(self, checkpoint_id: int, files: Sequence[FileEntry]) -> None:
+        """Fill a checkpoint whose files are produced by a build (the merged model)."""
+        cf = t.checkpoint_files
+        with self.engine.begin() as conn:
+            conn.execute(cf.delete().where(cf.c.checkpoint_id == checkpoint_id))
+            conn.execute(
+                cf.insert(),
+                [
+                    {
+                        "checkpoint_id": checkpoint_id,
+                        "path": f.path,
+                        "size": f.size,
+                        "sha256": f.sha256,
+                    }
+                    for f in files
+                ],
+            )
+
+    def merged_checkpoints_for_base(self, org_id: str, base_name: str) -> list[int]:
+        """Merged checkpoints of the organization's LoRA fine-tunes of this base model."""
+        c, f = t.checkpoints.c, t.fine_tunes.c
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(c.id)
+                    .select_from(t.checkpoints.join(t.fine_tunes, c.ft_id == f.id))
+                    .where(f.org_id == org_id, f.model == base_name, c.kind == Kind.MERGED.value)
+                ).scalars()
+            )
+
+    def get_archive(self, checkpoint_id: int) -> Archive | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.archives).where(t.archives.c.checkpoint_id == checkpoint_id)
+            ).first()
+        return Archive(**row._mapping) if row else None
+
+
+def _files(conn: Connection, checkpoint_id: int) -> tuple[FileEntry, ...]:
+    rows = conn.execute(
+        sa.select(t.checkpoint_files)
+        .where(t.checkpoint_files.c.checkpoint_id == checkpoint_id)
+        .order_by(t.checkpoint_files.c.path)
+    )
+    return tuple(FileEntry(path=r.path, size=r.size, sha256=r.sha256) for r in rows)
+
+
+def _checkpoint(m: Any, files: tuple[FileEntry, ...] = ()) -> Checkpoint:
+    return Checkpoint(
+        id=m["id"],
+        ft_id=m["ft_id"],
+        step=m["step"],
+        kind=Kind(m["kind"]),
+        final=m["final"],
+        created_at=m["created_at"],
+        files=files,
+    )

@@ -1,0 +1,171 @@
+"""Fine-tunes, their events and metrics; every lookup is scoped to an organization."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from tunevault.metadata import tables as t
+from tunevault.metadata.base import StoreBase, now
+from tunevault.metadata.jobs import ACTIVE
+from tunevault.models import Event, FineTune, MetricRow
+
+
+def _select_fine_tunes() -> sa.Select[Any]:
+    """Fine-tune rows, with `completed` reading `compressing` while builds are pending."""
+    f, c, j = t.fine_tunes.c, t.checkpoints.c, t.build_jobs.c
+    building = (
+        sa.select(j.id)
+        .select_from(t.build_jobs.join(t.checkpoints, j.checkpoint_id == c.id))
+        .where(c.ft_id == f.id, j.state.in_(ACTIVE))
+        .exists()
+    )
+    status = sa.case((sa.and_(f.status == "completed", building), "compressing"), else_=f.status)
+    return sa.select(
+        *(col for col in t.fine_tunes.c if col.name != "status"), status.label("status")
+    )
+
+
+class FineTunesMixin(StoreBase):
+    def create_fine_tune(
+        self,
+        org_id: str,
+        *,
+        model: str,
+        model_output_name: str,
+        training_type: str,
+        suffix: str | None = None,
+        status: str = "pending",
+        lora_r: int | None = None,
+        lora_alpha: int | None = None,
+        lora_dropout: float | None = None,
+        lora_trainable_modules: str | None = None,
+    ) -> FineTune:
+        ts = now()
+        ft = FineTune(
+            id=f"ft-{uuid.uuid4()}",
+            org_id=org_id,
+            model=model,
+            model_output_name=model_output_name,
+            suffix=suffix,
+            status=status,
+            training_type=training_type,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            lora_trainable_modules=lora_trainable_modules,
+            created_at=ts,
+            updated_at=ts,
+        )
+        with self.engine.begin() as conn:
+            conn.execute(t.fine_tunes.insert().values(**ft.__dict__))
+        return ft
+
+    def get_fine_tune(self, org_id: str, ft_id: str) -> FineTune | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                _select_fine_tunes().where(
+                    t.fine_tunes.c.id == ft_id, t.fine_tunes.c.org_id == org_id
+                )
+            ).first()
+        return FineTune(**row._mapping) if row else None
+
+    def fine_tune_by_id(self, ft_id: str) -> FineTune | None:
+        """Unscoped lookup, for the build worker only: requests always pass an organization."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_select_fine_tunes().where(t.fine_tunes.c.id == ft_id)).first()
+        return FineTune(**row._mapping) if row else None
+
+    def list_fine_tunes(self, org_id: str) -> list[FineTune]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                _select_fine_tunes()
+                .where(t.fine_tunes.c.org_id == org_id)
+                .order_by(t.fine_tunes.c.created_at, t.fine_tunes.c.id)
+            )
+            return [FineTune(**r._mapping) for r in rows]
+
+    def set_status(self, org_id: str, ft_id: str, status: str) -> FineTune | None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.fine_tunes.update()
+                .where(t.fine_tunes.c.id == ft_id, t.fine_tunes.c.org_id == org_id)
+                .values(status=status, updated_at=now())
+            )
+        return self.get_fine_tune(org_id, ft_id)
+
+    def delete_fine_tune(self, org_id: str, ft_id: str) -> bool:
+        """Delete the fine-tune and everything that hangs off it (blobs are left to gc)."""
+        with self.engine.begin() as conn:
+            ckpt_ids = sa.select(t.checkpoints.c.id).where(t.checkpoints.c.ft_id == ft_id)
+            owned = conn.execute(
+                sa.select(t.fine_tunes.c.id).where(
+                    t.fine_tunes.c.id == ft_id, t.fine_tunes.c.org_id == org_id
+                )
+            ).first()
+            if owned is None:
+                return False
+            # Explicit child deletes: SQLite only cascades with foreign_keys=ON per connection.
+            for child in (t.archives, t.build_jobs):
+                conn.execute(child.delete().where(child.c.checkpoint_id.in_(ckpt_ids)))
+            conn.execute(
+                t.checkpoint_files.delete().where(t.checkpoint_files.c.checkpoint_id.in_(ckpt_ids))
+            )
+            for table in (t.checkpoints, t.events, t.metrics):
+                conn.execute(table.delete().where(table.c.ft_id == ft_id))
+            conn.execute(t.fine_tunes.delete().where(t.fine_tunes.c.id == ft_id))
+        return True
+
+    # Events and metrics -------------------------------------------------------------------
+
+    def add_event(
+        self, ft_id: str, type_: str, message: str, level: str = "info", step: int | None = None
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.events.insert().values(
+                    ft_id=ft_id,
+                    created_at=now(),
+                    level=level,
+                    type=type_.upper(),
+                    message=message,
+                    step=step,
+                )
+            )
+
+    def list_events(self, ft_id: str) -> list[Event]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.events).where(t.events.c.ft_id == ft_id).order_by(t.events.c.id)
+            )
+            return [
+                Event(
+                    created_at=r.created_at,
+                    level=r.level,
+                    type=r.type,
+                    message=r.message,
+                    step=r.step,
+                )
+                for r in rows
+            ]
+
+    def add_metrics(self, ft_id: str, rows: Sequence[MetricRow]) -> None:
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.metrics.insert(),
+                [{"ft_id": ft_id, "step": r.step, "data": r.values} for r in rows],
+            )
+
+    def list_metrics(self, ft_id: str) -> list[MetricRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.metrics)
+                .where(t.metrics.c.ft_id == ft_id)
+                .order_by(t.metrics.c.step, t.metrics.c.id)
+            )
+            return [MetricRow(step=r.step, values=dict(r.data)) for r in rows]

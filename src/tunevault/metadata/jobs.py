@@ -1,0 +1,179 @@
+"""The build job queue, in the metadata database.
+
+A worker claims a job with a conditional UPDATE that only one worker can win (a queued job,
+or a running one whose lease expired), and renews its lease while it works. A worker that
+dies stops renewing; once the lease expires another worker takes the job over. One job per
+(checkpoint, kind): the same archive is never built by two live workers at once.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from tunevault.metadata import tables as t
+from tunevault.metadata.base import StoreBase, now
+from tunevault.models import Job
+
+ACTIVE = ("queued", "running")
+
+
+def _job(m: Any) -> Job:
+    return Job(
+        id=m["id"],
+        checkpoint_id=m["checkpoint_id"],
+        kind=m["kind"],
+        state=m["state"],
+        attempts=m["attempts"],
+        lease_owner=m["lease_owner"],
+        error_code=m["error_code"],
+        error_message=m["error_message"],
+    )
+
+
+def enqueue(conn: sa.Connection, checkpoint_id: int, kind: str) -> None:
+    """Queue a job (or re-queue a finished one) inside the caller's transaction."""
+    ts = now()
+    row = conn.execute(
+        sa.select(t.build_jobs.c.id).where(
+            t.build_jobs.c.checkpoint_id == checkpoint_id, t.build_jobs.c.kind == kind
+        )
+    ).first()
+    if row is None:
+        conn.execute(
+            t.build_jobs.insert().values(
+                checkpoint_id=checkpoint_id,
+                kind=kind,
+                state="queued",
+                attempts=0,
+                created_at=ts,
+                updated_at=ts,
+            )
+        )
+    else:
+        conn.execute(
+            t.build_jobs.update()
+            .where(t.build_jobs.c.id == row.id, t.build_jobs.c.state.not_in(ACTIVE))
+            .values(
+                state="queued",
+                attempts=0,
+                error_code=None,
+                error_message=None,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=ts,
+            )
+        )
+
+
+class JobsMixin(StoreBase):
+    def enqueue_job(self, checkpoint_id: int, kind: str) -> None:
+        with self.engine.begin() as conn:
+            enqueue(conn, checkpoint_id, kind)
+
+    def claim_job(self, owner: str, lease_seconds: float) -> Job | None:
+        """Take the oldest claimable job, or None; safe against any number of workers."""
+        jobs = t.build_jobs
+        ts = now()
+        claimable = sa.or_(
+            jobs.c.state == "queued",
+            sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at < ts),
+        )
+        with self.engine.begin() as conn:
+            candidates = (
+                conn.execute(sa.select(jobs.c.id).where(claimable).order_by(jobs.c.id).limit(8))
+                .scalars()
+                .all()
+            )
+            for job_id in candidates:
+                won = conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, claimable)
+                    .values(
+                        state="running",
+                        lease_owner=owner,
+                        lease_expires_at=ts + timedelta(seconds=lease_seconds),
+                        attempts=jobs.c.attempts + 1,
+                        updated_at=ts,
+                    )
+                ).rowcount
+                if won:
+                    row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+                    assert row is not None
+                    return _job(row._mapping)
+        return None
+
+    def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+        """Extend our lease; False when the job is no longer ours (lost to another worker)."""
+        jobs = t.build_jobs
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.state == "running"
+                    )
+                    .values(lease_expires_at=now() + timedelta(seconds=lease_seconds))
+                ).rowcount
+            )
+
+    def finish_job(
+        self,
+        job_id: int,
+        owner: str,
+        *,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        retry: bool = False,
+    ) -> bool:
+        """Record the outcome if we still hold the job: done, failed, or queued again."""
+        state = "done" if error_code is None else ("queued" if retry else "failed")
+        jobs = t.build_jobs
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+                    .values(
+                        state=state,
+                        error_code=error_code,
+                        error_message=error_message,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        updated_at=now(),
+                    )
+                ).rowcount
+            )
+
+    def jobs_for_checkpoint(self, checkpoint_id: int) -> list[Job]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.build_jobs)
+                .where(t.build_jobs.c.checkpoint_id == checkpoint_id)
+                .order_by(t.build_jobs.c.id)
+            )
+            return [_job(r._mapping) for r in rows]
+
+    def requeue_failed(self, error_code: str, checkpoint_ids: list[int]) -> int:
+        """Queue again the jobs of these checkpoints that failed with this code."""
+        if not checkpoint_ids:
+            return 0
+        jobs = t.build_jobs
+        with self.engine.begin() as conn:
+            return conn.execute(
+                jobs.update()
+                .where(
+                    jobs.c.checkpoint_id.in_(checkpoint_ids),
+                    jobs.c.state == "failed",
+                    jobs.c.error_code == error_code,
+                )
+                .values(
+                    state="queued",
+                    attempts=0,
+                    error_code=None,
+                    error_message=None,
+                    updated_at=now(),
+                )
+            ).rowcount

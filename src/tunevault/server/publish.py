@@ -1,0 +1,214 @@
+"""The publishing routes (publish scope): fine-tunes, checkpoints, events, metrics, status,
+base models. See docs/publishing.md; blobs are in uploads.py.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from aiohttp import web
+
+from tunevault.errors import InvalidRequest
+from tunevault.models import FT_STATUSES, Kind, MetricRow, Scope
+from tunevault.publish import commit_checkpoint, register_base_model, validate_manifest
+from tunevault.server import render
+from tunevault.server.context import blocking, principal, services
+from tunevault.server.finetunes import owned_fine_tune
+from tunevault.server.uploads import json_body
+
+routes = web.RouteTableDef()
+MAX_ROWS = 10_000
+_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,300}$")
+_EVENT_TYPE = re.compile(r"^[A-Za-z_]{1,64}$")
+
+
+def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidRequest(f"{name} must be 1-300 printable characters", param=name)
+    return value
+
+
+def _name(body: dict[str, Any], name: str) -> str:
+    value = _text(body, name)
+    assert value is not None
+    return value
+
+
+def _int(body: dict[str, Any], name: str, *, low: int = 0, high: int = 2**31 - 1) -> int:
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidRequest(f"{name} must be an integer from {low} to {high}", param=name)
+    return value
+
+
+def _training_type(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict) or raw.get("type") not in ("Full", "Lora"):
+        raise InvalidRequest(
+            'training_type must be {"type": "Full"} or {"type": "Lora", ...}', param="training_type"
+        )
+    if raw["type"] == "Full":
+        return {"training_type": "Full"}
+    dropout = raw.get("lora_dropout", 0.0)
+    if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise InvalidRequest("lora_dropout must be a number in [0, 1)", param="lora_dropout")
+    return {
+        "training_type": "Lora",
+        "lora_r": _int(raw, "lora_r", low=1, high=65536),
+        "lora_alpha": _int(raw, "lora_alpha", low=1, high=2**20),
+        "lora_dropout": float(dropout),
+        "lora_trainable_modules": _text(raw, "lora_trainable_modules", required=False),
+    }
+
+
+@routes.post("/v1/publish/fine-tunes")
+async def create_fine_tune(request: web.Request) -> web.Response:
+    who = principal(request, Scope.PUBLISH)
+    body = await json_body(request)
+    status = body.get("status", "pending")
+    if status not in ("pending", "queued", "running"):
+        raise InvalidRequest("a new fine-tune starts pending, queued or running", param="status")
+    ft = await blocking(
+        services(request).store.create_fine_tune,
+        who.org_id,
+        model=_name(body, "model"),
+        model_output_name=_name(body, "model_output_name"),
+        suffix=_text(body, "suffix", required=False),
+        status=status,
+        **_training_type(body.get("training_type")),
+    )
+    return web.json_response(render.fine_tune(ft, []), status=201)
+
+
+@routes.post("/v1/publish/fine-tunes/{ft_id}/checkpoints")
+async def add_checkpoint(request: web.Request) -> web.Response:
+    ft = await owned_fine_tune(request, Scope.PUBLISH)
+    body = await json_body(request)
+    kind_raw = body.get("kind")
+    if kind_raw not in (Kind.ADAPTER.value, Kind.MODEL_OUTPUT.value):
+        raise InvalidRequest("kind must be adapter or model_output_path", param="kind")
+    final = body.get("final", False)
+    if not isinstance(final, bool):
+        raise InvalidRequest("final must be true or false", param="final")
+    files = validate_manifest(body.get("files"))
+    ckpt, created = await blocking(
+        commit_checkpoint,
+        services(request).store,
+        ft,
+        step=_int(body, "step"),
+        kind=Kind(kind_raw),
+        final=final,
+        files=files,
+    )
+    return web.json_response(
+        {
+            "checkpoint_id": ckpt.id,
+            "step": ckpt.step,
+            "kind": ckpt.kind.value,
+            "final": ckpt.final,
+            "files": len(ckpt.files),
+        },
+        status=201 if created else 200,
+    )
+
+
+@routes.post("/v1/publish/fine-tunes/{ft_id}/events")
+async def add_events(request: web.Request) -> web.Response:
+    ft = await owned_fine_tune(request, Scope.PUBLISH)
+    events = (await json_body(request)).get("events")
+    if not isinstance(events, list) or not 0 < len(events) <= MAX_ROWS:
+        raise InvalidRequest(f"events must be a list of 1 to {MAX_ROWS} events", param="events")
+    rows = []
+    for e in events:
+        if not isinstance(e, dict) or not _EVENT_TYPE.match(str(e.get("type", ""))):
+            raise InvalidRequest("every event needs a type of letters and _", param="events")
+        level = e.get("level", "info")
+        message = e.get("message", "")
+        if level not in ("info", "warning", "error") or not isinstance(message, str):
+            raise InvalidRequest(
+                "level is info, warning or error; message a string", param="events"
+            )
+        step = _int(e, "step") if e.get("step") is not None else None
+        rows.append((str(e["type"]), message[:10_000], level, step))
+    store = services(request).store
+    for type_, message, level, step in rows:
+        await blocking(store.add_event, ft.id, type_, message, level, step)
+    return web.json_response({"count": len(rows)}, status=201)
+
+
+@routes.post("/v1/publish/fine-tunes/{ft_id}/metrics")
+async def add_metrics(request: web.Request) -> web.Response:
+    ft = await owned_fine_tune(request, Scope.PUBLISH)
+    raw = (await json_body(request)).get("metrics")
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ROWS:
+        raise InvalidRequest(f"metrics must be a list of 1 to {MAX_ROWS} rows", param="metrics")
+    rows = []
+    for row in raw:
+        if not isinstance(row, dict):
+            raise InvalidRequest("every metrics row is an object with a step", param="metrics")
+        values = {k: v for k, v in row.items() if k != "step"}
+        if not all(
+            isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and isinstance(k, str)
+            and len(k) <= 200
+            for k, v in values.items()
+        ):
+            raise InvalidRequest("metric values must be finite numbers", param="metrics")
+        rows.append(MetricRow(step=_int(row, "step"), values=values))
+    await blocking(services(request).store.add_metrics, ft.id, rows)
+    return web.json_response({"count": len(rows)}, status=201)
+
+
+@routes.post("/v1/publish/fine-tunes/{ft_id}/status")
+async def set_status(request: web.Request) -> web.Response:
+    ft = await owned_fine_tune(request, Scope.PUBLISH)
+    status = (await json_body(request)).get("status")
+    if status not in FT_STATUSES or status == "compressing":
+        raise InvalidRequest(
+            f"status must be one of {', '.join(FT_STATUSES)} "
+            "(compressing is reported by tunevault)",
+            param="status",
+        )
+    store = services(request).store
+    updated = await blocking(store.set_status, ft.org_id, ft.id, status)
+    events = await blocking(store.list_events, ft.id)
+    return web.json_response(render.fine_tune(updated or ft, events))
+
+
+@routes.post("/v1/publish/base-models")
+async def add_base_model(request: web.Request) -> web.Response:
+    who = principal(request, Scope.PUBLISH)
+    body = await json_body(request)
+    name = _name(body, "name")
+    files = validate_manifest(body.get("files"))
+    model, created = await blocking(
+        register_base_model, services(request).store, who.org_id, name, files
+    )
+    return web.json_response(
+        {"name": model.name, "files": len(model.files)}, status=201 if created else 200
+    )
+
+
+@routes.get("/v1/publish/base-models")
+async def list_base_models(request: web.Request) -> web.Response:
+    who = principal(request, Scope.PUBLISH)
+    models = await blocking(services(request).store.list_base_models, who.org_id)
+    return web.json_response(
+        {
+            "data": [
+                {
+                    "name": m.name,
+                    "created_at": render.iso(m.created_at),
+                    "files": len(m.files),
+                    "size": sum(f.size for f in m.files),
+                }
+                for m in models
+            ]
+        }
+    )

@@ -1,0 +1,197 @@
+"""Blob uploads: `PUT /v1/publish/blobs/{sha256}`, resumable, verified while they stream.
+
+Bytes are appended to a per-organization staging file and hashed as they arrive (never
+held whole in memory). A dropped connection keeps what arrived, and `HEAD` reports the
+offset to resume from. Only when the last byte is in and the digest matches does the blob
+enter storage; a mismatch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tunevault.errors import (
+    Conflict,
+    DigestMismatch,
+    InsufficientStorage,
+    InvalidRequest,
+    NotFound,
+    UploadOffsetMismatch,
+)
+from tunevault.models import Scope
+from tunevault.server.context import blocking, principal, services
+from tunevault.services import Services
+from tunevault.storage.base import blob_key
+
+routes = web.RouteTableDef()
+BUFFER = 8 << 20  # bytes gathered before one write+hash call off the event loop
+MAX_BLOB = 1 << 40
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+_active: set[tuple[str, str]] = set()
+
+
+def _digest(request: web.Request) -> str:
+    sha = request.match_info["sha256"]
+    if not _SHA.match(sha):
+        raise InvalidRequest(
+            "a blob is named by its sha256: 64 lower-case hex digits", param="sha256"
+        )
+    return sha
+
+
+def _header_int(request: web.Request, name: str, default: int | None = None) -> int:
+    raw = request.headers.get(name)
+    if raw is None:
+        if default is None:
+            raise InvalidRequest(f"the {name} header is required", param=name)
+        return default
+    if not re.fullmatch(r"\d{1,15}", raw.strip()) or int(raw) > MAX_BLOB:
+        raise InvalidRequest(f"{name} must be an integer from 0 to {MAX_BLOB}", param=name)
+    return int(raw)
+
+
+def staging_path(svc: Services, org_id: str, sha: str) -> Path:
+    return svc.settings.data_dir / "uploads" / org_id / f"{sha}.part"
+
+
+def _append(f: Any, hasher: Any, data: bytes) -> None:
+    try:
+        f.write(data)
+        f.flush()
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InsufficientStorage("the server's upload disk is full") from e
+        raise
+    hasher.update(data)
+
+
+def _hash_prefix(path: Path) -> Any:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(BUFFER):
+            hasher.update(chunk)
+    return hasher
+
+
+def _commit(svc: Services, org_id: str, sha: str, size: int, part: Path) -> None:
+    key = blob_key(sha)
+    if svc.storage.stat(key) is None:
+        svc.storage.adopt_file(key, part)
+    else:  # stored for someone already; this organization just proved it has the bytes
+        part.unlink()
+    svc.store.record_blob(sha, size, org_id)
+
+
+@routes.post("/v1/publish/blobs/check")
+async def check_blobs(request: web.Request) -> web.Response:
+    who = principal(request, Scope.PUBLISH)
+    body = await json_body(request)
+    digests = body.get("sha256")
+    if (
+        not isinstance(digests, list)
+        or len(digests) > 10_000
+        or not all(isinstance(d, str) and _SHA.match(d) for d in digests)
+    ):
+        raise InvalidRequest("sha256 must be a list of at most 10,000 hex digests", param="sha256")
+    owned = await blocking(services(request).store.org_blob_sizes, who.org_id, digests)
+    return web.json_response({"missing": sorted(set(digests) - set(owned))})
+
+
+@routes.head("/v1/publish/blobs/{sha256}")
+async def head_blob(request: web.Request) -> web.Response:
+    who = principal(request, Scope.PUBLISH)
+    sha = _digest(request)
+    svc = services(request)
+    owned = await blocking(svc.store.org_blob_sizes, who.org_id, [sha])
+    if sha in owned:
+        return web.Response(headers={"Content-Length": str(owned[sha])})
+    part = staging_path(svc, who.org_id, sha)
+    kept = part.stat().st_size if part.exists() else 0
+    raise NotFound(f"blob {sha} is not uploaded", headers={"Upload-Offset": str(kept)})
+
+
+@routes.put("/v1/publish/blobs/{sha256}")
+async def put_blob(request: web.Request) -> web.Response:
+    who = principal(request, Scope.PUBLISH)
+    sha = _digest(request)
+    total = _header_int(request, "Upload-Length")
+    offset = _header_int(request, "Upload-Offset", 0)
+    svc = services(request)
+    owned = await blocking(svc.store.org_blob_sizes, who.org_id, [sha])
+    if sha in owned:
+        return web.json_response({"sha256": sha, "size": owned[sha]})
+    slot = (who.org_id, sha)
+    if slot in _active:
+        raise Conflict(f"another upload of blob {sha} is in progress; retry when it ends")
+    _active.add(slot)
+    try:
+        return await _receive(request, svc, who.org_id, sha, total, offset)
+    finally:
+        _active.discard(slot)
+
+
+async def _receive(
+    request: web.Request, svc: Services, org_id: str, sha: str, total: int, offset: int
+) -> web.Response:
+    part = staging_path(svc, org_id, sha)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    kept = part.stat().st_size if part.exists() else 0
+    if offset != kept:
+        raise UploadOffsetMismatch(
+            f"this upload resumes at byte {kept}, not {offset}",
+            headers={"Upload-Offset": str(kept)},
+        )
+    hasher = await blocking(_hash_prefix, part) if kept else hashlib.sha256()
+    buf = bytearray()
+    f = await blocking(part.open, "ab")
+    try:
+        async for chunk in request.content.iter_chunked(BUFFER):
+            if kept + len(buf) + len(chunk) > total:
+                raise InvalidRequest(
+                    f"the body is longer than Upload-Length ({total})", param="Upload-Length"
+                )
+            buf += chunk
+            if len(buf) >= BUFFER:
+                await blocking(_append, f, hasher, bytes(buf))
+                kept, buf = kept + len(buf), bytearray()
+        if buf:
+            await blocking(_append, f, hasher, bytes(buf))
+            kept, buf = kept + len(buf), bytearray()
+    except (InvalidRequest, InsufficientStorage):
+        await blocking(f.close)
+        part.unlink(missing_ok=True)  # a refused or unstorable upload leaves no debris
+        raise
+    except BaseException:
+        # The client went away: keep every byte that arrived, for a resume.
+        with contextlib.suppress(Exception):
+            await blocking(_append, f, hasher, bytes(buf))
+        await blocking(f.close)
+        raise
+    await blocking(f.close)
+    if kept < total:
+        return web.json_response({"offset": kept}, status=202, headers={"Upload-Offset": str(kept)})
+    if hasher.hexdigest() != sha:
+        part.unlink(missing_ok=True)
+        raise DigestMismatch(
+            f"the uploaded bytes hash to {hasher.hexdigest()}, not {sha}; nothing was kept",
+            param="sha256",
+        )
+    await blocking(_commit, svc, org_id, sha, total, part)
+    return web.json_response({"sha256": sha, "size": total}, status=201)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequest("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
