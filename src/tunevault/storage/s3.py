@@ -56,6 +56,8 @@ def _unavailable_on_error() -> Iterator[None]:
 
     Callers handle the expected not-found cases inside the block; whatever else S3 says
     means the store cannot serve us right now. Parameter errors are our bugs and stay.
+    The message names only the error kind (it may reach API clients); the chained
+    exception keeps endpoint, bucket and key for the logs.
     """
     try:
         yield
@@ -64,7 +66,7 @@ def _unavailable_on_error() -> Iterator[None]:
     except ClientError as e:
         raise StorageUnavailable(f"S3 refused the request ({_code(e) or 'no code'})") from e
     except BotoCoreError as e:
-        raise StorageUnavailable(f"S3 is unavailable: {e}") from e
+        raise StorageUnavailable(f"S3 is unavailable ({type(e).__name__})") from e
 
 
 def _content_disposition(filename: str) -> str:
@@ -161,9 +163,9 @@ class _S3Writer(BlobWriter):
                 upload["ChecksumAlgorithm"] = "CRC32"
             resp = self._client.upload_part(**upload)
         part: CompletedPartTypeDef = {"ETag": resp["ETag"], "PartNumber": number}
-        if self._checksums:
+        if crc := resp.get("ChecksumCRC32"):
             # An upload created with a checksum algorithm must list every part's checksum.
-            part["ChecksumCRC32"] = resp["ChecksumCRC32"]
+            part["ChecksumCRC32"] = crc
         self._parts.append(part)
         self._buf = io.BytesIO()
 
@@ -256,7 +258,7 @@ class S3Storage(Storage):
                 connect_timeout=10,
                 read_timeout=60,
                 retries={"mode": "standard", "max_attempts": 3},
-                max_pool_connections=32,
+                max_pool_connections=32,  # one per concurrent download or upload
             ),
         )
         # Honour AWS_REQUEST_CHECKSUM_CALCULATION=when_required for stores without checksums.
