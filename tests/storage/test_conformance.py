@@ -158,6 +158,20 @@ def test_aborted_overwrite_keeps_old(storage: Storage) -> None:
     assert read_all(storage, "k") == b"old"
 
 
+def test_adopt_file(storage: Storage, tmp_path: Path) -> None:
+    data = data_of(PART + 1)
+    source = tmp_path / "upload.part"
+    source.write_bytes(data)
+    storage.adopt_file("adopted", source)
+    assert read_all(storage, "adopted") == data
+    assert not source.exists()
+    source.write_bytes(b"kept")
+    with pytest.raises(ValueError, match="invalid storage key"):
+        storage.adopt_file("../escape", source)
+    assert source.read_bytes() == b"kept"
+    assert list(storage.list()) == ["adopted"]
+
+
 def test_delete(storage: Storage) -> None:
     storage.put("d/x", b"x")
     assert storage.delete("d/x") is True
