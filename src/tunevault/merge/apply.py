@@ -9,15 +9,18 @@ Everything is computed in fp32 (fp64 for fp64 tensors) and rounded to the output
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tunevault.errors import MergeRefused
+from tunevault.merge.blas import single_threaded_blas
 from tunevault.merge.plan import Job, LoraOp, Plan, block_rows, rows_cols
-from tunevault.merge.safetensors_io import DTYPES, ShardWriter, read_all, read_rows
+from tunevault.merge.safetensors_io import DTYPES, ShardWriter, TensorInfo, read_all, read_rows
 
 Array = np.ndarray[Any, Any]
 
@@ -27,56 +30,96 @@ def write_plan(plan: Plan, out_dir: Path) -> Counter[str]:
     used: Counter[str] = Counter()
     weight_map: dict[str, str] = {}
     total = 0
-    for filename, jobs in plan.shards:
-        writer = ShardWriter(out_dir / filename, (j.out for j in jobs))
-        try:
-            for job in jobs:
-                writer.begin(job.out.name)
-                _run(job, writer)
-                writer.end()
-                used.update(job.adapter_keys)
-                weight_map[job.out.name] = filename
-        except BaseException:
-            writer.file.close()  # the caller removes the partial output
-            raise
-        writer.close()
-        total += writer.data_bytes
+    scratch = _Scratch()
+    with ThreadPoolExecutor(max_workers=1) as io, single_threaded_blas():
+        for filename, jobs in plan.shards:
+            writer = ShardWriter(out_dir / filename, (j.out for j in jobs))
+            try:
+                for job in jobs:
+                    writer.begin(job.out.name)
+                    _run(job, writer, scratch, io)
+                    writer.end()
+                    used.update(job.adapter_keys)
+                    weight_map[job.out.name] = filename
+            except BaseException:
+                writer.file.close()  # the caller removes the partial output
+                raise
+            writer.close()
+            total += writer.data_bytes
     if len(plan.shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return used
 
 
-def _run(job: Job, writer: ShardWriter) -> None:
+def _run(job: Job, writer: ShardWriter, scratch: _Scratch, io: ThreadPoolExecutor) -> None:
+    """Compute block i+1 while block i is being written: two output buffers take turns."""
     if job.kind == "copy":
         writer.copy(job.source)
         return
-    out_dtype = DTYPES[job.out.dtype]
-    rows, _ = rows_cols(job.source.shape)
+    rows, cols = rows_cols(job.source.shape)
     step = block_rows(job.source.shape)
-    if job.kind == "cast":
-        for r0 in range(0, rows, step):
-            writer.write(read_rows(job.source, r0, min(rows, r0 + step)).astype(out_dtype))
-        return
-    merger = _Merger(job)
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        writer.write(merger.block(r0, r1))
+    merger = _Merger(job, scratch)
+    pending: Future[None] | None = None
+    try:
+        for i, r0 in enumerate(range(0, rows, step)):
+            r1 = min(rows, r0 + step)
+            slot = f"out{i % 2}"
+            if job.kind == "cast":
+                raw = read_rows(job.source, r0, r1, scratch.get("raw", (r1 - r0, cols), job.source))
+                out = scratch.cast(slot, raw, merger.out_dtype)
+            else:
+                out = merger.block(r0, r1, slot)
+            if pending is not None:
+                pending.result()
+            pending = io.submit(writer.write, out)
+    finally:
+        if pending is not None:
+            pending.result()
+
+
+class _Scratch:
+    """Block buffers reused across blocks and tensors: fresh arrays for every block would
+    fault in new pages each time, which costs more than the arithmetic."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, Array] = {}
+
+    def get(self, slot: str, shape: tuple[int, ...], dtype: Any) -> Array:
+        dt = dtype.np_dtype if isinstance(dtype, TensorInfo) else np.dtype(dtype)
+        n = int(np.prod(shape)) * dt.itemsize
+        buf = self._bufs.get(slot)
+        if buf is None or buf.nbytes < n:
+            buf = self._bufs[slot] = np.empty(n, dtype=np.uint8)
+        return buf[:n].view(dt).reshape(shape)
+
+    def cast(self, slot: str, src: Array, dtype: Any) -> Array:
+        out = self.get(slot, src.shape, dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked by the caller
+            np.copyto(out, src, casting="unsafe")
+        return out
 
 
 class _Merger:
     """Produces the merged rows [r0, r1) of one tensor."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, scratch: _Scratch) -> None:
         self.job = job
+        self.scratch = scratch
+        self.cols = rows_cols(job.source.shape)[1]
         self.out_dtype = DTYPES[job.out.dtype]
         wide = job.source.dtype == "F64" and job.out.dtype == "F64"
         self.compute = np.dtype(np.float64 if wide else np.float32)
         self.lora = job.lora
+        self.scale = self.compute.type(1.0)
         if self.lora is not None:
             self.a = read_all(self.lora.a).astype(self.compute)
             self.b = read_all(self.lora.b).astype(self.compute)
             self.scale = self.compute.type(self.lora.scale)
+            if math.frexp(self.lora.scale)[0] == 0.5:
+                # A power-of-two scale commutes exactly with the matmul: fold it into B once.
+                self.b *= self.scale
+                self.scale = self.compute.type(1.0)
         self.dora: Array | None = None
         if self.lora is not None and self.lora.magnitude is not None:
             self.dora = read_all(self.lora.magnitude).astype(self.compute)
@@ -87,36 +130,42 @@ class _Merger:
     def _base(self, r0: int, r1: int) -> Array:
         """Source rows in the compute dtype, first rounded to the output dtype as PEFT would see
         them after loading the base model in that dtype."""
-        raw = read_rows(self.job.source, r0, r1)
+        shape = (r1 - r0, self.cols)
+        raw = read_rows(self.job.source, r0, r1, self.scratch.get("raw", shape, self.job.source))
         if raw.dtype != self.out_dtype:
-            raw = raw.astype(self.out_dtype)
-        return raw.astype(self.compute)
+            raw = self.scratch.cast("round", raw, self.out_dtype)
+        return self.scratch.cast("w", raw, self.compute)
 
-    def _delta(self, lora: LoraOp, r0: int, r1: int) -> Array:
-        # in_out: rows of W are columns of B @ A, so take A's columns and transpose.
-        delta = self.b[r0:r1] @ self.a if lora.layout == "out_in" else self.a[:, r0:r1].T @ self.b.T
-        delta *= self.scale
+    def _add_delta(self, w: Array, lora: LoraOp, r0: int, r1: int) -> None:
+        delta = self.scratch.get("delta", w.shape, self.compute)
+        if lora.layout == "out_in":
+            np.matmul(self.b[r0:r1], self.a, out=delta)
+        else:  # rows of W are columns of B @ A: take A's columns and transpose
+            np.matmul(self.a[:, r0:r1].T, self.b.T, out=delta)
+        if self.scale != 1:
+            delta *= self.scale
         if lora.round_delta:
-            return delta.astype(self.out_dtype).astype(self.compute)
-        return delta
+            delta = self.scratch.cast(
+                "delta", self.scratch.cast("round", delta, self.out_dtype), self.compute
+            )
+        w += delta
 
     def _column_norms(self, lora: LoraOp) -> Array:
-        rows, cols = rows_cols(self.job.source.shape)
-        sq = np.zeros(cols, dtype=np.float64)
+        rows = rows_cols(self.job.source.shape)[0]
+        sq = np.zeros(self.cols, dtype=np.float64)
         step = block_rows(self.job.source.shape)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
             w = self._base(r0, r1)
-            w += self._delta(lora, r0, r1)
+            self._add_delta(w, lora, r0, r1)
             sq += np.einsum("ij,ij->j", w, w, dtype=np.float64)
         return np.sqrt(sq).astype(self.compute)
 
-    def block(self, r0: int, r1: int) -> Array:
+    def block(self, r0: int, r1: int, slot: str) -> Array:
         job = self.job
         w = self._base(r0, r1)
-        finite = bool(np.isfinite(w).all())
         if self.lora is not None:
-            w += self._delta(self.lora, r0, r1)
+            self._add_delta(w, self.lora, r0, r1)
             if self.dora is not None and self.lora.layout == "out_in":
                 norms = np.sqrt(np.einsum("ij,ij->i", w, w, dtype=np.float64)).astype(self.compute)
                 w *= (self.dora[r0:r1] / norms)[:, None]
@@ -131,8 +180,15 @@ class _Merger:
                 if r0 <= row < r1:
                     delta = read_rows(info, i, i + 1)[0]
                     w[row - r0] = delta.astype(self.out_dtype).astype(self.compute)
-        with np.errstate(over="ignore"):  # overflow is reported below, by name
-            out = w.astype(self.out_dtype)
-        if finite and not np.isfinite(out).all():
+        out = self.scratch.cast(slot, w, self.out_dtype)
+        if not _all_finite(out) and _all_finite(self._base(r0, r1)):
             raise MergeRefused(f"merged tensor {job.out.name!r} is not finite in {job.out.dtype}")
         return out.reshape((r1 - r0, *job.out.shape[1:]))
+
+
+def _all_finite(a: Array) -> bool:
+    # For 2-byte floats, test the exponent bits: ml_dtypes' isfinite is several times slower.
+    mask = {"bfloat16": 0x7F80, "float16": 0x7C00}.get(a.dtype.name)
+    if mask is None:
+        return bool(np.isfinite(a).all())
+    return not ((a.view(np.uint16) & mask) == mask).any()

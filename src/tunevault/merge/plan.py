@@ -359,15 +359,17 @@ def block_rows(shape: tuple[int, ...]) -> int:
 
 
 def _peak(job: Job) -> int:
-    """Bytes a job holds at once: one block in source, fp32 and output dtypes plus a fp32 delta,
-    and the whole adapter factors in fp32. Copies go through the kernel and hold nothing."""
+    """Bytes a job holds at once: one block as read, two output blocks (one being written while
+    the next is computed), for merges a fp32 working block, a fp32 delta and a block rounded to
+    the output dtype, plus the whole adapter factors in fp32. Copies go through the kernel."""
     if job.kind == "copy":
         return 0
     rows, cols = rows_cols(job.source.shape)
     elems = min(rows, block_rows(job.source.shape)) * cols
-    per_elem = job.source.np_dtype.itemsize + DTYPES[job.out.dtype].itemsize
+    out_size = DTYPES[job.out.dtype].itemsize
+    per_elem = job.source.np_dtype.itemsize + 2 * out_size
     if job.kind == "merge":
-        per_elem += 8 + 8  # fp32 working copy, fp32 delta, and their sum
+        per_elem += 4 + 4 + out_size
     small = 0
     if job.lora:
         small += (job.lora.a.numel + job.lora.b.numel) * 4 + (cols * 8 if job.lora.magnitude else 0)

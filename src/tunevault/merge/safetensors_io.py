@@ -107,12 +107,15 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     return out
 
 
-def read_rows(info: TensorInfo, row0: int, row1: int) -> np.ndarray[Any, Any]:
-    """Rows [row0, row1) of a tensor seen as 2-D (first dim x the rest), read from disk."""
+def read_rows(
+    info: TensorInfo, row0: int, row1: int, out: np.ndarray[Any, Any] | None = None
+) -> np.ndarray[Any, Any]:
+    """Rows [row0, row1) of a tensor seen as 2-D (first dim x the rest), read from disk into
+    `out` (a reusable buffer of that shape and dtype) or a new array."""
     cols = info.numel // info.shape[0] if info.shape and info.shape[0] else info.numel
     rows = row1 - row0
     itemsize = info.np_dtype.itemsize
-    buf = np.empty(rows * cols, dtype=info.np_dtype)
+    buf = np.empty(rows * cols, dtype=info.np_dtype) if out is None else out.reshape(-1)
     with info.path.open("rb", buffering=0) as f:
         f.seek(info.start + row0 * cols * itemsize)
         got = f.readinto(buf.view(np.uint8).data)
