@@ -1,0 +1,364 @@
+"""The publishing API on a live server: uploads, manifests, builds, merges, isolation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from tests.support.server import LiveServer, run_server
+from tunevault.demo import BASE_NAME, TinyLlama, base_weights, write_adapter, write_model
+from tunevault.models import Scope
+from tunevault.services import open_services
+from tunevault.settings import Settings
+
+
+@dataclass(frozen=True)
+class Env:
+    server: LiveServer
+    settings: Settings
+    a: httpx.Client
+    b: httpx.Client
+    a_read: httpx.Client
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    data_dir = tmp_path_factory.mktemp("publish")
+    settings = Settings(data_dir=data_dir)
+    with open_services(settings) as svc:
+        org_a, org_b = svc.store.create_org("a"), svc.store.create_org("b")
+        _, ta = svc.store.create_key(org_a.id, "rw", [Scope.READ, Scope.PUBLISH])
+        _, tr = svc.store.create_key(org_a.id, "ro", [Scope.READ])
+        _, tb = svc.store.create_key(org_b.id, "rw", [Scope.READ, Scope.PUBLISH])
+    with run_server(data_dir, env={"TUNEVAULT_JOB_POLL_SECONDS": "0.1"}) as server:
+
+        def client(token: str) -> httpx.Client:
+            return httpx.Client(
+                base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {token}"}
+            )
+
+        yield Env(server, settings, client(ta), client(tb), client(tr))
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def upload(
+    c: httpx.Client,
+    data: bytes,
+    offset: int = 0,
+    total: int | None = None,
+    digest: str | None = None,
+) -> httpx.Response:
+    return c.put(
+        f"/v1/publish/blobs/{digest or sha(data)}",
+        content=data[offset:],
+        headers={
+            "Upload-Length": str(len(data) if total is None else total),
+            "Upload-Offset": str(offset),
+        },
+    )
+
+
+def manifest(files: dict[str, bytes]) -> list[dict[str, Any]]:
+    return [{"path": p, "size": len(d), "sha256": sha(d)} for p, d in files.items()]
+
+
+def new_ft(c: httpx.Client, lora: bool = False, model: str = "base") -> dict[str, Any]:
+    tt = {"type": "Lora", "lora_r": 8, "lora_alpha": 16} if lora else {"type": "Full"}
+    r = c.post(
+        "/v1/publish/fine-tunes",
+        json={
+            "model": model,
+            "model_output_name": "org/out",
+            "training_type": tt,
+            "status": "running",
+        },
+    )
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def wait_download(c: httpx.Client, query: str, tries: int = 300) -> httpx.Response:
+    """Poll a download until its archive is built (bounded)."""
+    for _ in range(tries):
+        r = c.get(f"/v1/finetune/download?{query}")
+        if r.status_code != 409:
+            return r
+        assert r.json()["error"]["code"] == "archive_not_ready"
+        assert int(r.headers["Retry-After"]) > 0
+        time.sleep(0.1)
+    raise AssertionError(f"archive for {query} never became ready")
+
+
+def staging(env: Env) -> list[Path]:
+    root = env.settings.data_dir / "uploads"
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def test_upload_check_head_and_idempotence(env: Env) -> None:
+    data = os.urandom(3 << 20)
+    digest = sha(data)
+    assert env.a.post("/v1/publish/blobs/check", json={"sha256": [digest]}).json() == {
+        "missing": [digest]
+    }
+    r = upload(env.a, data)
+    assert r.status_code == 201 and r.json() == {"sha256": digest, "size": len(data)}
+    assert env.a.head(f"/v1/publish/blobs/{digest}").headers["content-length"] == str(len(data))
+    assert upload(env.a, data).status_code == 200
+    assert env.a.post("/v1/publish/blobs/check", json={"sha256": [digest]}).json() == {
+        "missing": []
+    }
+    # Another organization learns nothing from our upload, and must prove it has the bytes.
+    assert env.b.post("/v1/publish/blobs/check", json={"sha256": [digest]}).json() == {
+        "missing": [digest]
+    }
+    assert env.b.head(f"/v1/publish/blobs/{digest}").status_code == 404
+    assert upload(env.b, data[:-1] + b"\0", digest=digest).json()["error"]["code"] == (
+        "digest_mismatch"
+    )
+    assert upload(env.b, data).status_code == 201
+    assert staging(env) == []
+
+
+def test_resumable_upload_in_parts(env: Env) -> None:
+    data = os.urandom(5 << 20)
+    digest, half = sha(data), 2 << 20
+    r = env.a.put(
+        f"/v1/publish/blobs/{digest}",
+        content=data[:half],
+        headers={"Upload-Length": str(len(data))},
+    )
+    assert r.status_code == 202 and r.json() == {"offset": half}
+    head = env.a.head(f"/v1/publish/blobs/{digest}")
+    assert head.status_code == 404 and head.headers["upload-offset"] == str(half)
+    r = upload(env.a, data, offset=half + 1)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "upload_offset_mismatch"
+    assert r.headers["upload-offset"] == str(half)
+    assert upload(env.a, data, offset=half).status_code == 201
+
+
+def test_dropped_connection_keeps_what_arrived(env: Env) -> None:
+    data = os.urandom(6 << 20)
+    digest = sha(data)
+    url = urlparse(env.server.url)
+    token = env.a.headers["Authorization"]
+    with socket.create_connection((url.hostname, url.port)) as s:
+        s.sendall(
+            (
+                f"PUT /v1/publish/blobs/{digest} HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {token}\r\nUpload-Length: {len(data)}\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n"
+            ).encode()
+        )
+        s.sendall(data[: 4 << 20])
+        time.sleep(0.5)
+    kept = 0
+    for _ in range(100):
+        head = env.a.head(f"/v1/publish/blobs/{digest}")
+        kept = int(head.headers["upload-offset"])
+        if kept == 4 << 20:
+            break
+        time.sleep(0.05)
+    assert kept == 4 << 20
+    assert upload(env.a, data, offset=kept).status_code == 201
+
+
+def test_refused_uploads_keep_nothing(env: Env) -> None:
+    data = os.urandom(1 << 20)
+    r = upload(env.a, data, digest="0" * 64)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "digest_mismatch"
+    r = upload(env.a, data, total=len(data) - 10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "Upload-Length"
+    assert env.a.head(f"/v1/publish/blobs/{sha(data)}").headers["upload-offset"] == "0"
+    for bad in ("abc", "A" * 64, "../" + "0" * 61):
+        assert env.a.put(
+            f"/v1/publish/blobs/{bad}", content=b"x", headers={"Upload-Length": "1"}
+        ).status_code in (400, 404)
+    assert env.a.put(f"/v1/publish/blobs/{sha(data)}", content=data).status_code == 400
+    assert (
+        env.a_read.put(
+            f"/v1/publish/blobs/{sha(data)}",
+            content=data,
+            headers={"Upload-Length": str(len(data))},
+        ).status_code
+        == 403
+    )
+    assert staging(env) == []
+    with open_services(env.settings) as svc:
+        assert svc.storage.stat(f"blobs/sha256/{sha(data)[:2]}/{sha(data)}") is None
+
+
+BAD_MANIFESTS = {
+    "dotdot": [{"path": "../evil", "size": 1, "sha256": "0" * 64}],
+    "absolute": [{"path": "/etc/passwd", "size": 1, "sha256": "0" * 64}],
+    "inner dotdot": [{"path": "a/../../b", "size": 1, "sha256": "0" * 64}],
+    "empty part": [{"path": "a//b", "size": 1, "sha256": "0" * 64}],
+    "backslash": [{"path": "a\\b", "size": 1, "sha256": "0" * 64}],
+    "control": [{"path": "a\nb", "size": 1, "sha256": "0" * 64}],
+    "symlink": [{"path": "link", "size": 1, "sha256": "0" * 64, "type": "symlink"}],
+    "device": [{"path": "dev", "size": 0, "sha256": "0" * 64, "type": "chardev"}],
+    "reserved": [{"path": "SHA256SUMS", "size": 1, "sha256": "0" * 64}],
+    "negative": [{"path": "a", "size": -1, "sha256": "0" * 64}],
+    "bad digest": [{"path": "a", "size": 1, "sha256": "xyz"}],
+    "empty": [],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
+def test_malformed_manifests_store_nothing(env: Env, case: str) -> None:
+    ft = new_ft(env.a)
+    r = env.a.post(
+        f"/v1/publish/fine-tunes/{ft['id']}/checkpoints",
+        json={"step": 1, "kind": "model_output_path", "final": True, "files": BAD_MANIFESTS[case]},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_manifest"
+    assert env.a.get(f"/v1/fine-tunes/{ft['id']}/checkpoints").json()["data"] == []
+
+
+def test_manifest_refusals_that_need_blobs(env: Env) -> None:
+    ft = new_ft(env.a)
+    one, other = os.urandom(100), os.urandom(200)
+    assert upload(env.a, one).status_code == 201
+    assert upload(env.b, other).status_code == 201  # uploaded by b only
+    url = f"/v1/publish/fine-tunes/{ft['id']}/checkpoints"
+    cases = [
+        [{"path": "a", "size": 101, "sha256": sha(one)}],  # size lies
+        [{"path": "a", "size": 200, "sha256": sha(other)}],  # not ours
+        [{"path": "a", "size": 100, "sha256": sha(one)}] * 2,  # duplicate path
+        [
+            {"path": "a", "size": 100, "sha256": sha(one)},
+            {"path": "A", "size": 100, "sha256": sha(one)},
+        ],  # case collision
+        [
+            {"path": "a", "size": 100, "sha256": sha(one)},
+            {"path": "a/b", "size": 100, "sha256": sha(one)},
+        ],  # file and directory
+    ]
+    for files in cases:
+        r = env.a.post(url, json={"step": 1, "kind": "model_output_path", "files": files})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_manifest", files
+    r = env.a.post(
+        url,
+        json={
+            "step": 1,
+            "kind": "adapter",
+            "files": [{"path": "a", "size": 100, "sha256": sha(one)}],
+        },
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "kind"
+    assert env.a.get(f"/v1/fine-tunes/{ft['id']}/checkpoints").json()["data"] == []
+    # b cannot publish into a's fine-tune at all.
+    r = env.b.post(
+        url,
+        json={
+            "step": 1,
+            "kind": "model_output_path",
+            "files": [{"path": "a", "size": 200, "sha256": sha(other)}],
+        },
+    )
+    assert r.status_code == 404
+
+
+def test_publish_build_download_and_idempotent_manifest(env: Env) -> None:
+    files = {"config.json": b'{"a": 1}', "model.safetensors": os.urandom(2 << 20)}
+    for data in files.values():
+        assert upload(env.a, data).status_code in (200, 201)
+    ft = new_ft(env.a)
+    body = {"step": 5, "kind": "model_output_path", "final": True, "files": manifest(files)}
+    url = f"/v1/publish/fine-tunes/{ft['id']}/checkpoints"
+    first = env.a.post(url, json=body)
+    assert first.status_code == 201
+    again = env.a.post(url, json=body)
+    assert again.status_code == 200 and again.json() == first.json()
+    changed = {**body, "files": manifest({"config.json": b'{"a": 1}'})}
+    assert upload(env.a, b'{"a": 1}').status_code == 200
+    assert env.a.post(url, json=changed).status_code == 409
+    assert (
+        env.a.post(
+            f"/v1/publish/fine-tunes/{ft['id']}/events",
+            json={"events": [{"type": "job_complete", "message": "done", "step": 5}]},
+        ).status_code
+        == 201
+    )
+    assert (
+        env.a.post(
+            f"/v1/publish/fine-tunes/{ft['id']}/metrics",
+            json={"metrics": [{"step": 5, "train/loss": 0.5}]},
+        ).status_code
+        == 201
+    )
+    status = env.a.post(
+        f"/v1/publish/fine-tunes/{ft['id']}/status", json={"status": "completed"}
+    ).json()["status"]
+    assert status in ("completed", "compressing")
+    r = wait_download(env.a, f"ft_id={ft['id']}&checkpoint=model_output_path")
+    assert r.status_code == 200 and r.headers["etag"] == f'"{sha(r.content)}"'
+    assert env.a.get(f"/v1/fine-tunes/{ft['id']}").json()["status"] == "completed"
+    assert env.a.get(f"/v1/fine-tunes/{ft['id']}/events").json()["data"][0]["type"] == (
+        "JOB_COMPLETE"
+    )
+    assert (
+        env.b.get(f"/v1/finetune/download?ft_id={ft['id']}&checkpoint=default").status_code == 404
+    )
+
+
+def _push_dir(c: httpx.Client, root: Path) -> list[dict[str, Any]]:
+    entries = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            assert upload(c, data).status_code in (200, 201)
+            entries.append(
+                {"path": p.relative_to(root).as_posix(), "size": len(data), "sha256": sha(data)}
+            )
+    return entries
+
+
+def test_merged_waits_for_its_base_model_then_builds(env: Env, tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    spec = TinyLlama(vocab=64, hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1)
+    base_dir = write_model(tmp_path / "base", spec, base_weights(spec, rng))
+    adapter = write_adapter(tmp_path / "adapter", spec, rng)
+    name = f"{BASE_NAME}-{tmp_path.name}"
+    ft = new_ft(env.a, lora=True, model=name)
+    r = env.a.post(
+        f"/v1/publish/fine-tunes/{ft['id']}/checkpoints",
+        json={"step": 3, "kind": "adapter", "final": True, "files": _push_dir(env.a, adapter)},
+    )
+    assert r.status_code == 201
+    merged = f"ft_id={ft['id']}&checkpoint=merged"
+    for _ in range(300):
+        r = env.a.get(f"/v1/finetune/download?{merged}")
+        if r.status_code != 409:
+            break
+        time.sleep(0.1)
+    err = r.json()["error"]
+    assert r.status_code == 404 and err["code"] == "base_model_not_found", r.text
+    assert name in err["message"] and "tunevault base push" in err["message"]
+    assert wait_download(env.a, f"ft_id={ft['id']}&checkpoint=adapter").status_code == 200
+    r = env.a.post(
+        "/v1/publish/base-models", json={"name": name, "files": _push_dir(env.a, base_dir)}
+    )
+    assert r.status_code == 201
+    listed = env.a.get("/v1/publish/base-models").json()["data"]
+    assert name in [m["name"] for m in listed]
+    assert name not in json.dumps(env.b.get("/v1/publish/base-models").json())
+    r = wait_download(env.a, merged)
+    assert r.status_code == 200, r.text
+    assert "step3-merged" in r.headers["content-disposition"]

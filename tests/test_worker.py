@@ -1,0 +1,151 @@
+"""Build workers as separate processes: killed mid-build, replaced, never doubled up."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import zstandard
+
+from tests.support.server import LiveServer, run_server
+from tunevault.models import Job, Scope
+from tunevault.services import open_services
+from tunevault.settings import Settings
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, Settings, httpx.Client]]:
+    settings = Settings(data_dir=tmp_path / "data")
+    with open_services(settings) as svc:
+        org = svc.store.create_org("w")
+        _, token = svc.store.create_key(org.id, "rw", [Scope.READ, Scope.PUBLISH])
+    # No in-process workers: builds wait for `tunevault worker` processes.
+    with run_server(settings.data_dir, env={"TUNEVAULT_BUILD_WORKERS": "0"}) as server:
+        yield (
+            server,
+            settings,
+            httpx.Client(
+                base_url=server.url, timeout=120, headers={"Authorization": f"Bearer {token}"}
+            ),
+        )
+
+
+def start_worker(settings: Settings, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tunevault", "worker", "--data-dir", str(settings.data_dir)],
+        env={**os.environ, "TUNEVAULT_JOB_POLL_SECONDS": "0.05", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def publish(c: httpx.Client, files: dict[str, bytes], step: int = 1) -> str:
+    ft = c.post(
+        "/v1/publish/fine-tunes",
+        json={
+            "model": "base",
+            "model_output_name": "w/out",
+            "training_type": {"type": "Full"},
+            "status": "running",
+        },
+    ).json()
+    entries = []
+    for path, data in files.items():
+        digest = hashlib.sha256(data).hexdigest()
+        r = c.put(
+            f"/v1/publish/blobs/{digest}", content=data, headers={"Upload-Length": str(len(data))}
+        )
+        assert r.status_code in (200, 201), r.text
+        entries.append({"path": path, "size": len(data), "sha256": digest})
+    r = c.post(
+        f"/v1/publish/fine-tunes/{ft['id']}/checkpoints",
+        json={"step": step, "kind": "model_output_path", "final": True, "files": entries},
+    )
+    assert r.status_code == 201, r.text
+    assert (
+        c.post(
+            f"/v1/publish/fine-tunes/{ft['id']}/status", json={"status": "completed"}
+        ).status_code
+        == 200
+    )
+    return str(ft["id"])
+
+
+def jobs(settings: Settings, ft_id: str) -> list[Job]:
+    with open_services(settings) as svc:
+        return [
+            j
+            for c in svc.store.list_checkpoints(ft_id)
+            for j in svc.store.jobs_for_checkpoint(c.id)
+        ]
+
+
+def wait_for(pred: object, what: str, tries: int = 1200) -> None:
+    for _ in range(tries):
+        if pred():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_worker_is_replaced_and_nothing_partial_is_visible(
+    setup: tuple[LiveServer, Settings, httpx.Client],
+) -> None:
+    _, settings, c = setup
+    payload = os.urandom(24 << 20)
+    ft_id = publish(c, {"weights.bin": payload})
+    q = f"/v1/finetune/download?ft_id={ft_id}&checkpoint=model_output_path"
+    assert c.get(f"/v1/fine-tunes/{ft_id}").json()["status"] == "compressing"
+    r = c.get(q)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "archive_not_ready"
+    # zstd level 19 makes this build take seconds: long enough to kill it mid-way.
+    slow = start_worker(settings, TUNEVAULT_ZSTD_LEVEL="19", TUNEVAULT_JOB_LEASE_SECONDS="2")
+    wait_for(lambda: jobs(settings, ft_id)[0].state == "running", "the first worker's claim")
+    time.sleep(0.5)
+    slow.send_signal(signal.SIGKILL)
+    slow.wait()
+    assert jobs(settings, ft_id)[0].state == "running"  # it died holding the lease
+    with open_services(settings) as svc:
+        assert list(svc.storage.list("archives/")) == []
+    assert c.get(q).status_code == 409
+    fast = start_worker(settings, TUNEVAULT_ZSTD_LEVEL="1", TUNEVAULT_JOB_LEASE_SECONDS="2")
+    try:
+        wait_for(lambda: c.get(q).status_code == 200, "the second worker's archive")
+    finally:
+        fast.terminate()
+        fast.wait(30)
+    job = jobs(settings, ft_id)[0]
+    assert (job.state, job.attempts) == ("done", 2)
+    body = c.get(q).content
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)).read()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        member = tar.extractfile("weights.bin")
+        assert member is not None and member.read() == payload
+    assert c.get(f"/v1/fine-tunes/{ft_id}").json()["status"] == "completed"
+
+
+def test_two_workers_never_build_the_same_job(
+    setup: tuple[LiveServer, Settings, httpx.Client],
+) -> None:
+    _, settings, c = setup
+    workers = [start_worker(settings) for _ in range(2)]
+    try:
+        ids = [publish(c, {f"f{i}.bin": os.urandom(1 << 20)}, step=i) for i in range(6)]
+        wait_for(
+            lambda: all(j.state == "done" for i in ids for j in jobs(settings, i)), "all builds"
+        )
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(30)
+    assert [j.attempts for i in ids for j in jobs(settings, i)] == [1] * 6
