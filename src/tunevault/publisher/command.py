@@ -40,14 +40,30 @@ def _connection(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
 
 
+def parse_rate(value: str | None) -> int | None:
+    if value is None:
+        return None
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    scale = 1024 ** ("KMG".index(text[-1]) + 1) if text and text[-1] in "KMG" else 1
+    try:
+        rate = int(float(text.rstrip("KMG")) * scale)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected bytes per second, e.g. 500K or 4M") from None
+    if rate <= 0:
+        raise click.BadParameter("the rate must be positive")
+    return rate
+
+
 @contextmanager
-def _client(url: str, api_key: str | None, quiet: bool) -> Iterator[PublishClient]:
+def _client(
+    url: str, api_key: str | None, quiet: bool, rate_limit: int | None = None
+) -> Iterator[PublishClient]:
     """A client whose failures leave as one-line messages and a non-zero exit."""
     if not api_key:
         raise click.UsageError("no API key: pass --api-key or set TUNEVAULT_API_KEY")
     progress = Progress(enabled=False) if quiet else Progress()
     try:
-        with PublishClient(url, api_key, progress=progress) as client:
+        with PublishClient(url, api_key, progress=progress, rate_limit=rate_limit) as client:
             yield client
     except TunevaultError as e:
         raise click.ClickException(f"{e.code}: {e.message}") from e
@@ -68,6 +84,11 @@ def _client(url: str, api_key: str | None, quiet: bool) -> Iterator[PublishClien
     help="Also publish resume state: optimizer.pt, scheduler.pt, rng_state*.pth, "
     "training_args.bin.",
 )
+@click.option(
+    "--limit-rate",
+    callback=lambda _ctx, _param, value: parse_rate(value),
+    help="Upload at most this many bytes per second (suffixes K, M, G: powers of 1024).",
+)
 @click.option("--new", is_flag=True, help=f"Start a new fine-tune, ignoring {STATE_FILE}.")
 @_connection
 def push(
@@ -77,6 +98,7 @@ def push(
     suffix: str | None,
     include_optimizer: bool,
     new: bool,
+    limit_rate: int | None,
     url: str,
     api_key: str | None,
     as_json: bool,
@@ -87,7 +109,7 @@ def push(
     full model. Rerunning after an interruption continues the same fine-tune and sends
     only what the server is missing.
     """
-    with _client(url, api_key, as_json) as client:
+    with _client(url, api_key, as_json, limit_rate) as client:
         plan = detect(directory, include_optimizer=include_optimizer)
         if not as_json:
             for note in plan.notes:

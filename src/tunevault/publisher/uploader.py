@@ -50,6 +50,7 @@ class PublishClient:
         retries: int = 6,
         backoff_s: float = 0.5,
         timeout_s: float = 120.0,
+        rate_limit: int | None = None,
     ) -> None:
         self.url = normalize_url(url)
         self.progress = progress or Progress(enabled=False)
@@ -57,6 +58,8 @@ class PublishClient:
         self.backoff_s = backoff_s
         self.bytes_sent = 0  # blob bytes handed to the connection, retries included
         self.blobs_sent = 0
+        self.rate_limit = rate_limit  # bytes/s of blob upload, None for as fast as possible
+        self._next_send = 0.0
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
@@ -190,17 +193,29 @@ class PublishClient:
                 raise PublishConnectionError(f"upload of {sha256} makes no progress at {offset}")
 
     def _read_from(self, source: Path, offset: int, size: int) -> Iterator[bytes]:
+        chunk_size = CHUNK if self.rate_limit is None else min(CHUNK, max(self.rate_limit // 8, 1))
         with source.open("rb") as f:
             f.seek(offset)
             left = size - offset
             while left > 0:
-                chunk = f.read(min(CHUNK, left))
+                chunk = f.read(min(chunk_size, left))
                 if not chunk:
                     raise OSError(f"{source} shrank while being uploaded")
                 left -= len(chunk)
+                self._throttle(len(chunk))
                 self.bytes_sent += len(chunk)
                 self.progress.advance(len(chunk))
                 yield chunk
+
+    def _throttle(self, n: int) -> None:
+        """Pace chunks so that the average stays under `rate_limit`."""
+        if self.rate_limit is None:
+            return
+        now = time.monotonic()
+        if self._next_send > now:
+            time.sleep(self._next_send - now)
+            now = self._next_send
+        self._next_send = now + n / self.rate_limit
 
     def upload_files(self, files: Sequence[LocalFile], digests: dict[Path, str]) -> None:
         """Upload the blobs of `files` (their sha256 by source path) the server lacks."""
