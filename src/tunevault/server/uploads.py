@@ -61,10 +61,9 @@ def staging_path(svc: Services, org_id: str, sha: str) -> Path:
     return svc.settings.data_dir / "uploads" / org_id / f"{sha}.part"
 
 
-def _append(f: Any, hasher: Any, data: bytes) -> None:
+def _append(f: Any, hasher: Any, data: bytearray) -> None:
     try:
         f.write(data)
-        f.flush()
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise InsufficientStorage("the server's upload disk is full") from e
@@ -150,7 +149,7 @@ async def _receive(
         )
     hasher = await blocking(_hash_prefix, part) if kept else hashlib.sha256()
     buf = bytearray()
-    f = await blocking(part.open, "ab")
+    f = await blocking(part.open, "ab", buffering=0)
     try:
         async for chunk in request.content.iter_chunked(BUFFER):
             if kept + len(buf) + len(chunk) > total:
@@ -159,10 +158,10 @@ async def _receive(
                 )
             buf += chunk
             if len(buf) >= BUFFER:
-                await blocking(_append, f, hasher, bytes(buf))
+                await blocking(_append, f, hasher, buf)
                 kept, buf = kept + len(buf), bytearray()
         if buf:
-            await blocking(_append, f, hasher, bytes(buf))
+            await blocking(_append, f, hasher, buf)
             kept, buf = kept + len(buf), bytearray()
     except (InvalidRequest, InsufficientStorage):
         await blocking(f.close)
@@ -171,7 +170,7 @@ async def _receive(
     except BaseException:
         # The client went away: keep every byte that arrived, for a resume.
         with contextlib.suppress(Exception):
-            await blocking(_append, f, hasher, bytes(buf))
+            await blocking(_append, f, hasher, buf)
         await blocking(f.close)
         raise
     await blocking(f.close)
