@@ -20,7 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -173,9 +173,6 @@ def _command(weed: str, run_dir: Path, config: Path, ports: dict[str, int]) -> l
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         *(f"-{flag}={port}" for flag, port in ports.items()),
-        # Keep weed's unix sockets out of /tmp (the s3 one outlives a clean shutdown).
-        f"-s3.localSocket={run_dir / 's3.sock'}",
-        f"-filer.localSocket={run_dir / 'filer.sock'}",
     ]
 
 
@@ -204,6 +201,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _remove_stale_sockets(ports: Iterable[int]) -> None:
+    # weed keeps unix sockets named by port in Go's temp dir, and leaves some behind when
+    # stopped during start-up or killed; nobody else can own sockets of our ports.
+    tmp = Path(os.environ.get("TMPDIR") or "/tmp")
+    for port in ports:
+        for sock in tmp.glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -238,4 +244,5 @@ def run_seaweedfs(tmpdir: Path, *, timeout: float = 60) -> Iterator[SeaweedFS]:
                 return
         finally:
             _stop(proc)
+            _remove_stale_sockets(ports.values())
     raise RuntimeError(f"SeaweedFS did not start; last output:\n{_tail(output)}")
