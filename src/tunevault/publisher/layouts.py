@@ -105,21 +105,25 @@ def base_model_name(directory: Path, kind: Kind) -> str | None:
 
 
 def trainer_metrics(log_history: list[Any]) -> list[dict[str, Any]]:
-    """`log_history` rows as metric rows, named the way HF's experiment trackers name them."""
+    """`log_history` rows as metric rows."""
     rows = []
     for entry in log_history:
-        if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
-            continue
-        row: dict[str, Any] = {"step": entry["step"]}
-        for key, value in entry.items():
-            if key == "step" or isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            if not math.isfinite(value):
-                continue  # JSON has no NaN; a diverged loss is still visible as missing
-            row[metric_name(key)] = value
-        if len(row) > 1:
-            rows.append(row)
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int):
+            row = metric_row(entry["step"], entry)
+            if row is not None:
+                rows.append(row)
     return rows
+
+
+def metric_row(step: int, logs: dict[str, Any]) -> dict[str, Any] | None:
+    """The numbers of one Trainer log entry, named the way HF's experiment trackers do."""
+    row: dict[str, Any] = {"step": step}
+    for key, value in logs.items():
+        if key == "step" or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):  # JSON has no NaN: a diverged loss shows as a gap
+            row[metric_name(key)] = value
+    return row if len(row) > 1 else None
 
 
 def metric_name(key: str) -> str:

@@ -9,10 +9,12 @@ interruption repeats only what the state file does not record as done.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunevault.errors import NotFound
-from tunevault.publisher.files import LayoutError
+from tunevault.models import Kind
+from tunevault.publisher.files import LayoutError, collect
 from tunevault.publisher.layouts import PublishPlan
 from tunevault.publisher.state import PushState
 from tunevault.publisher.uploader import PublishClient, hash_files, manifest
@@ -79,6 +81,23 @@ def _event(state: PushState, client: PublishClient, ft_id: str, key: str, **even
     if not state.done(key):
         client.add_events(ft_id, [{"level": "info", **event}])
         state.mark(key)
+
+
+def publish_checkpoint(
+    client: PublishClient,
+    ft_id: str,
+    directory: Path,
+    *,
+    step: int,
+    kind: Kind,
+    final: bool,
+    include_resume_state: bool = False,
+) -> dict[str, Any]:
+    """Upload one model directory's missing blobs and commit it as a checkpoint."""
+    files = collect(directory, include_resume_state=include_resume_state)
+    digests = hash_files(files, client.progress)
+    client.upload_files(files, digests)
+    return client.add_checkpoint(ft_id, step, kind.value, final, manifest(files, digests))
 
 
 def push_plan(

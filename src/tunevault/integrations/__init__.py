@@ -1,0 +1,1 @@
+"""Hooks into training frameworks; each module imports its framework, so import it directly."""

@@ -1,0 +1,283 @@
+"""Publish a Hugging Face Trainer run to tunevault as it trains.
+
+    from tunevault.integrations.transformers import TunevaultCallback
+
+    callback = TunevaultCallback(model="org/base-model", name="me/my-run")
+    trainer = Trainer(..., callbacks=[callback])
+    with callback:  # optional: a crash then marks the fine-tune `error`
+        trainer.train()
+
+Training start creates the fine-tune (running). Every save publishes its `checkpoint-N`
+as an intermediate checkpoint, except the last one, which the final model replaces.
+Logs are sent as metrics in batches. At the end of training the model the Trainer holds
+is saved with `save_pretrained` into a temporary directory inside `output_dir` and
+published as the final checkpoint, so nothing depends on the user calling
+`trainer.save_model()`. A cancel through `POST /v1/fine-tunes/{id}/cancel` is noticed
+within `poll_interval` seconds: training stops and the fine-tune ends `cancelled`.
+
+Publishing runs in the training process and blocks it while it uploads; only the main
+process (`state.is_world_process_zero`) publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+try:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+except ImportError as e:  # transformers is not a dependency of tunevault
+    raise ImportError("TunevaultCallback needs transformers: pip install transformers") from e
+
+from tunevault.publisher.layouts import lora_training_type, metric_row, model_kind
+from tunevault.publisher.push import publish_checkpoint
+from tunevault.publisher.uploader import PublishClient
+
+log = logging.getLogger("tunevault.integrations.transformers")
+
+
+class TunevaultCallback(TrainerCallback):
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        model: str | None = None,
+        name: str | None = None,
+        *,
+        suffix: str | None = None,
+        include_optimizer: bool = False,
+        poll_interval: float = 5.0,
+        metrics_batch: int = 50,
+    ) -> None:
+        url = url or os.environ.get("TUNEVAULT_URL")
+        api_key = api_key or os.environ.get("TUNEVAULT_API_KEY")
+        if not url or not api_key:
+            raise ValueError("pass url and api_key, or set TUNEVAULT_URL and TUNEVAULT_API_KEY")
+        self.client = PublishClient(url, api_key)
+        self.model = model
+        self.name = name
+        self.suffix = suffix
+        self.include_optimizer = include_optimizer
+        self.poll_interval = poll_interval
+        self.metrics_batch = metrics_batch
+        self.fine_tune_id: str | None = None
+        self.cancelled = False
+        self.finished = False
+        self._rows: list[dict[str, Any]] = []
+        self._polled = 0.0
+
+    # -- the optional context manager: marks a crashed run ---------------------------
+
+    def __enter__(self) -> TunevaultCallback:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is not None and self.fine_tune_id is not None and not self.finished:
+                if isinstance(exc, KeyboardInterrupt):
+                    self._finish("cancelled", "JOB_CANCELLED", "training interrupted", "warning")
+                else:
+                    self._finish("error", "JOB_ERROR", f"training failed: {exc!r}"[:2000], "error")
+        except Exception:  # never hide the training error behind a publishing one
+            log.exception("could not mark fine-tune %s as failed", self.fine_tune_id)
+        finally:
+            self.client.close()
+
+    # -- Trainer events --------------------------------------------------------------
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero:
+            return
+        body: dict[str, Any] = {
+            "model": self._base_model(model),
+            "model_output_name": self.name or _output_dir(args).name,
+            "training_type": _training_type(model),
+            "status": "running",
+        }
+        if self.suffix:
+            body["suffix"] = self.suffix
+        self.fine_tune_id = str(self.client.create_fine_tune(body)["id"])
+        self._event("JOB_START", "training started", step=state.global_step)
+        self._polled = time.monotonic()
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if self.fine_tune_id is None or not logs:
+            return
+        row = metric_row(state.global_step, logs)
+        if row is not None:
+            self._rows.append(row)
+        if len(self._rows) >= self.metrics_batch:
+            self._flush_metrics()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.fine_tune_id is None or self.cancelled:
+            return
+        now = time.monotonic()
+        if now - self._polled < self.poll_interval:
+            return
+        self._polled = now
+        if self.client.get_fine_tune(self.fine_tune_id)["status"] == "cancel_requested":
+            log.warning("fine-tune %s was cancelled: stopping training", self.fine_tune_id)
+            self.cancelled = True
+            control.should_training_stop = True
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.fine_tune_id is None or self.cancelled:
+            return
+        if control.should_training_stop or state.global_step >= state.max_steps:
+            return  # the last save: the final model is published at this step instead
+        directory = _output_dir(args) / f"checkpoint-{state.global_step}"
+        kind = model_kind(directory)
+        if kind is None:
+            log.warning("%s holds no model weights; not published", directory)
+            return
+        publish_checkpoint(
+            self.client,
+            self.fine_tune_id,
+            directory,
+            step=state.global_step,
+            kind=kind,
+            final=False,
+            include_resume_state=self.include_optimizer,
+        )
+        self._event(
+            "CHECKPOINT_SAVE",
+            f"checkpoint saved at step {state.global_step}",
+            step=state.global_step,
+        )
+        self._flush_metrics()
+
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        processing_class: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if self.fine_tune_id is None or self.finished:
+            return
+        if self.cancelled:
+            self._finish(
+                "cancelled",
+                "JOB_CANCELLED",
+                "training stopped: cancelled",
+                "warning",
+                state.global_step,
+            )
+            return
+        _output_dir(args).mkdir(parents=True, exist_ok=True)
+        # Inside output_dir: the space checkpoints fit in, not a possibly small /tmp.
+        with tempfile.TemporaryDirectory(prefix=".tunevault-final-", dir=_output_dir(args)) as tmp:
+            final_dir = Path(tmp)
+            model.save_pretrained(final_dir)
+            if processing_class is not None and hasattr(processing_class, "save_pretrained"):
+                processing_class.save_pretrained(final_dir)
+            kind = model_kind(final_dir)
+            if kind is None:
+                raise RuntimeError(
+                    f"save_pretrained wrote no weights tunevault recognises in {final_dir}"
+                )
+            publish_checkpoint(
+                self.client,
+                self.fine_tune_id,
+                final_dir,
+                step=state.global_step,
+                kind=kind,
+                final=True,
+            )
+        self._event(
+            "CHECKPOINT_SAVE",
+            f"final model saved at step {state.global_step}",
+            step=state.global_step,
+        )
+        self._finish("completed", "JOB_COMPLETE", "training completed", "info", state.global_step)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _base_model(self, model: Any) -> str:
+        if self.model:
+            return self.model
+        config = _peft_config(model)
+        candidates = [
+            getattr(config, "base_model_name_or_path", None),
+            getattr(getattr(model, "config", None), "_name_or_path", None),
+        ]
+        for name in candidates:
+            if isinstance(name, str) and name:
+                return name
+        raise ValueError(
+            "the model does not name its base model; pass TunevaultCallback(model=...)"
+        )
+
+    def _event(
+        self, type_: str, message: str, level: str = "info", step: int | None = None
+    ) -> None:
+        assert self.fine_tune_id is not None
+        event: dict[str, Any] = {"type": type_, "message": message, "level": level}
+        if step is not None:
+            event["step"] = step
+        self.client.add_events(self.fine_tune_id, [event])
+
+    def _flush_metrics(self) -> None:
+        if self.fine_tune_id is not None and self._rows:
+            rows, self._rows = self._rows, []
+            self.client.add_metrics(self.fine_tune_id, rows)
+
+    def _finish(
+        self, status: str, event: str, message: str, level: str, step: int | None = None
+    ) -> None:
+        assert self.fine_tune_id is not None
+        self.finished = True
+        self._flush_metrics()
+        self._event(event, message, level, step)
+        self.client.set_status(self.fine_tune_id, status)
+
+
+def _output_dir(args: TrainingArguments) -> Path:
+    return Path(str(args.output_dir))  # TrainingArguments fills in a default when None
+
+
+def _peft_config(model: Any) -> Any:
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict) or not configs:
+        return None
+    return configs.get(getattr(model, "active_adapter", "default")) or next(iter(configs.values()))
+
+
+def _training_type(model: Any) -> dict[str, Any]:
+    config = _peft_config(model)
+    if config is None:
+        return {"type": "Full"}
+    if str(getattr(config, "peft_type", "LORA")).rsplit(".", 1)[-1] != "LORA":
+        raise ValueError(f"only LoRA adapters are served, not {config.peft_type}")
+    return lora_training_type(config.to_dict())

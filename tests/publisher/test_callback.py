@@ -1,0 +1,214 @@
+"""TunevaultCallback in a real (tiny, CPU) Trainer run, downloaded with the real together CLI."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from tests.publisher.conftest import Live
+from tests.publisher.test_push import settled, tunevault
+
+training = pytest.importorskip("tests.publisher.training")  # needs transformers, peft, torch
+from transformers import (  # noqa: E402
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+
+from tunevault.integrations.transformers import TunevaultCallback  # noqa: E402
+
+TOGETHER_CLI = str(Path(sys.executable).with_name("together"))
+BASE = "tiny/llama"
+
+
+@dataclass(frozen=True)
+class Run:
+    ft_id: str
+    out: Path
+
+
+@pytest.fixture(scope="module")
+def run(live: Live, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    tmp = tmp_path_factory.mktemp("callback")
+    base = training.tiny_llama()
+    base.save_pretrained(tmp / "base")  # before LoRA wraps it: the model merges go into
+    proc = tunevault(live, "base", "push", BASE, str(tmp / "base"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    callback = TunevaultCallback(url=live.url, api_key=live.token, model=BASE, name="me/tiny")
+    with callback:
+        training.train(training.with_lora(base), tmp / "out", [callback])
+    assert callback.fine_tune_id is not None
+    yield Run(callback.fine_tune_id, tmp / "out")
+
+
+def test_run_is_published(live: Live, run: Run) -> None:
+    ft = settled(live, run.ft_id)
+    assert ft["status"] == "completed" and ft["model"] == BASE
+    lora = {"type": "Lora", "lora_r": 4, "lora_alpha": 8, "lora_trainable_modules": "q_proj,v_proj"}
+    assert lora.items() <= ft["training_type"].items()
+    ckpts = live.get(f"/v1/fine-tunes/{run.ft_id}/checkpoints")["data"]
+    assert sorted(c["step"] for c in ckpts) == [2, 4, 6, 6]
+    events = [e["type"] for e in live.get(f"/v1/fine-tunes/{run.ft_id}/events")["data"]]
+    assert events.count("CHECKPOINT_SAVE") == 3
+    assert {"JOB_START", "JOB_COMPLETE"} <= set(events)
+    metrics = live.get(f"/v1/fine-tunes/{run.ft_id}/metrics")["metrics"]
+    losses = [m for m in metrics if "train/loss" in m]
+    assert [m["train/global_step"] for m in losses] == [1, 2, 3, 4, 5, 6]
+    assert all("train/learning_rate" in m for m in losses)
+
+
+def direct(live: Live, **params: Any) -> bytes:
+    """GET the archive; a merged one builds asynchronously (409 archive_not_ready)."""
+    with live.http() as c:
+        for _ in range(240):
+            r = c.get("/v1/finetune/download", params=params)
+            if r.status_code != 409:
+                assert r.status_code == 200, r.text
+                return r.content
+            time.sleep(0.5)
+    pytest.fail(f"archive {params} never became ready")
+
+
+def together_download(live: Live, out: Path, *args: str) -> bytes:
+    out.mkdir()
+    env = {
+        **os.environ,
+        "TOGETHER_BASE_URL": live.url,
+        "TOGETHER_API_KEY": live.token,
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+    }
+    env.pop("TOGETHER_PROJECT_ID", None)
+    proc = subprocess.run(
+        [TOGETHER_CLI, "fine-tuning", "download", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=out,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [saved] = [p for p in out.rglob("*") if p.is_file()]
+    return saved.read_bytes()
+
+
+def members(archive: bytes) -> dict[str, bytes]:
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(archive)).read()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return {
+            m.name.split("/", 1)[-1]: tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isfile()
+        }
+
+
+@pytest.mark.parametrize(
+    ("args", "params"),
+    [
+        (("-c", "adapter"), {"checkpoint": "adapter"}),
+        (("-s", "2"), {"checkpoint_step": 2}),
+        ((":2",), {"checkpoint_step": 2}),
+        ((), {"checkpoint": "merged"}),
+    ],
+    ids=["adapter", "step", "colon-step", "merged"],
+)
+def test_together_cli_downloads(
+    live: Live, run: Run, tmp_path: Path, args: tuple[str, ...], params: dict[str, Any]
+) -> None:
+    expected = direct(live, ft_id=run.ft_id, **params)  # also waits for the merged build
+    # `FT:STEP` is the CLI's other spelling of --checkpoint-step.
+    args = (run.ft_id + ":2",) if args == (":2",) else (run.ft_id, *args)
+    assert together_download(live, tmp_path / "out", *args) == expected
+    files = members(expected)
+    if params.get("checkpoint_step") == 2:
+        on_disk = (run.out / "checkpoint-2" / "adapter_model.safetensors").read_bytes()
+        assert files["adapter_model.safetensors"] == on_disk
+        assert "optimizer.pt" not in files
+    elif params.get("checkpoint") == "merged":
+        assert "config.json" in files and any(n.endswith(".safetensors") for n in files)
+    else:
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= set(files)
+
+
+class Gate(TrainerCallback):
+    """Holds training at `step` until `opened` is set: the cancel lands at a known point."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.opened = threading.Event()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if state.global_step == self.step:
+            assert self.opened.wait(60), "the cancel never came"
+
+
+def test_cancel_stops_training(live: Live, tmp_path: Path) -> None:
+    gate = Gate(step=3)
+    callback = TunevaultCallback(
+        url=live.url, api_key=live.token, model=BASE, name="me/cancelled", poll_interval=0
+    )
+
+    def cancel_after_first_save() -> None:
+        try:
+            for _ in range(600):
+                ft_id = callback.fine_tune_id
+                if ft_id and live.get(f"/v1/fine-tunes/{ft_id}/checkpoints")["data"]:
+                    live.post(f"/v1/fine-tunes/{ft_id}/cancel", {})
+                    return
+                time.sleep(0.05)
+        finally:
+            gate.opened.set()
+
+    canceller = threading.Thread(target=cancel_after_first_save)
+    canceller.start()
+    with callback:  # the gate comes first: our callback polls right after it opens
+        trainer = training.train(
+            training.with_lora(training.tiny_llama()),
+            tmp_path / "out",
+            [gate, callback],
+            max_steps=200,
+        )
+    canceller.join(30)
+    assert trainer.state.global_step == 3
+    ft = settled(live, callback.fine_tune_id or "")
+    assert ft["status"] == "cancelled"
+    ckpts = live.get(f"/v1/fine-tunes/{ft['id']}/checkpoints")["data"]
+    assert [c["step"] for c in ckpts] == [2]
+    events = [e["type"] for e in live.get(f"/v1/fine-tunes/{ft['id']}/events")["data"]]
+    assert "JOB_CANCELLED" in events and "JOB_COMPLETE" not in events
+
+
+class Explode(TrainerCallback):
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if state.global_step == 3:
+            raise RuntimeError("out of memory, say")
+
+
+def test_crash_marks_error(live: Live, tmp_path: Path) -> None:
+    callback = TunevaultCallback(url=live.url, api_key=live.token, model=BASE, name="me/crash")
+    with pytest.raises(RuntimeError, match="out of memory"), callback:
+        training.train(
+            training.with_lora(training.tiny_llama()), tmp_path / "out", [callback, Explode()]
+        )
+    ft = settled(live, callback.fine_tune_id or "")
+    assert ft["status"] == "error"
+    events = live.get(f"/v1/fine-tunes/{ft['id']}/events")["data"]
+    assert any(e["type"] == "JOB_ERROR" and "out of memory" in e["message"] for e in events)
