@@ -1,19 +1,12 @@
-"""Helpers shared by the benchmarks: data generation, nginx, curl, RSS sampling."""
+"""Helpers shared by the benchmarks: data generation, curl, RSS sampling."""
 
 from __future__ import annotations
 
-import getpass
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-from tests.support.postgres import free_port
-
-NGINX = next((p for p in ("/usr/sbin/nginx", "/usr/bin/nginx") if Path(p).exists()), "nginx")
 
 
 def random_file(path: Path, size: int) -> Path:
@@ -25,53 +18,6 @@ def random_file(path: Path, size: int) -> Path:
             f.write(os.urandom(n))
             left -= n
     return path
-
-
-@contextmanager
-def run_nginx(root: Path, workdir: Path, extra: str = "") -> Iterator[str]:
-    """nginx serving files under `root` on a loopback port, sendfile on."""
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    conf = workdir / "nginx.conf"
-    # Blobs are private (0600, like the rest of the data dir): the worker runs as us.
-    user = f"user {getpass.getuser()};" if os.geteuid() == 0 else ""
-    conf.write_text(f"""
-{user}
-worker_processes 1;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location /files/ {{ alias {root}/; }}
-        {extra}
-    }}
-}}
-""")
-    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(workdir)])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                subprocess.run(["curl", "-sf", "-o", "/dev/null", f"{url}/files/"], timeout=2)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def curl_many(urls: list[str], headers: list[str], expect_bytes: int) -> float:
@@ -92,7 +38,7 @@ def curl_many(urls: list[str], headers: list[str], expect_bytes: int) -> float:
         assert p.returncode == 0, f"curl failed with {p.returncode}"
         total += int(out)
     elapsed = time.perf_counter() - t0
-    assert total == expect_bytes, (total, expect_bytes)
+    assert total == expect_bytes, (urls[0], headers[-1:], total, expect_bytes)
     return total / elapsed / 1e6
 
 

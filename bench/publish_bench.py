@@ -23,7 +23,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from bench.common import random_file, run_nginx
+from bench.common import random_file
+from tests.support.nginx import run_nginx
 from tests.support.server import run_server
 from tunevault.builds import build_archive
 from tunevault.models import Kind, Scope
@@ -110,16 +111,16 @@ def bench_upload(tmp: Path, size: int, repeat: int) -> list[str]:
     tv, ng = [], []
     dav = tmp / "dav"
     dav.mkdir()
-    extra = (
+    dav_location = (
         f"location /dav/ {{ alias {dav}/; dav_methods PUT; create_full_put_path on; "
-        f"client_max_body_size 0; client_body_temp_path {tmp}/davtmp; }}"
+        f"client_max_body_size 0; }}"
     )
     for run in range(repeat):
         data_dir = tmp / f"data{run}"
         with open_services(Settings(data_dir=data_dir)) as svc:
             org = svc.store.create_org("bench")
             _, token = svc.store.create_key(org.id, "b", [Scope.PUBLISH])
-        with run_server(data_dir) as server, run_nginx(dav, tmp / "nginx", extra) as ng_url:
+        with run_server(data_dir) as server, run_nginx(tmp / "nginx", dav_location) as ng_url:
             tv.append(
                 curl_put(
                     f"{server.url}/v1/publish/blobs/{digest}",

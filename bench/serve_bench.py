@@ -15,13 +15,14 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.common import RssSampler, curl_many, random_file, run_nginx
+from bench.common import RssSampler, curl_many, random_file
+from tests.support.nginx import run_nginx
 from tests.support.server import run_server
-from tunevault.builds import build_archive
 from tunevault.models import Kind, Scope
 from tunevault.publish import publish_directory
 from tunevault.services import open_services
 from tunevault.settings import Settings
+from tunevault.worker import Worker
 
 
 def prepare(data_dir: Path, size: int) -> tuple[str, str, Path, int]:
@@ -30,7 +31,7 @@ def prepare(data_dir: Path, size: int) -> tuple[str, str, Path, int]:
     src.mkdir(parents=True)
     random_file(src / "model-00001-of-00002.safetensors", size // 2)
     random_file(src / "model-00002-of-00002.safetensors", size - size // 2)
-    with open_services(Settings(data_dir=data_dir, zstd_level=1)) as svc:
+    with open_services(Settings(data_dir=data_dir)) as svc:
         org = svc.store.create_org("bench")
         _, token = svc.store.create_key(org.id, "bench", [Scope.READ])
         ft = svc.store.create_fine_tune(
@@ -41,9 +42,13 @@ def prepare(data_dir: Path, size: int) -> tuple[str, str, Path, int]:
             status="completed",
         )
         ckpt = publish_directory(
-            svc.store, svc.storage, ft.id, src, step=1, kind=Kind.MODEL_OUTPUT, final=True
+            svc.store, svc.storage, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=True
         )
-        archive = build_archive(svc.store, svc.storage, ckpt.id, level=1)
+        worker = Worker(svc)  # the same builder the server runs, with the same settings
+        while worker.run_once():
+            pass
+        archive = svc.store.get_archive(ckpt.id)
+        assert archive is not None
         path = Path(svc.storage.local_path(archive.storage_key))
     for f in src.iterdir():
         f.unlink()
@@ -62,7 +67,10 @@ def main() -> None:
         half = size // 2
         rows: list[tuple[str, float, float]] = []
         peak_mb = 0.0
-        with run_server(tmp / "data") as server, run_nginx(archive.parent, tmp / "nginx") as ng:
+        with (
+            run_server(tmp / "data") as server,
+            run_nginx(tmp / "nginx", f"location /files/ {{ alias {archive.parent}/; }}") as ng,
+        ):
             tv_url = f"{server.url}/v1/finetune/download?ft_id={ft_id}&checkpoint=model_output_path"
             ng_url = f"{ng}/files/{archive.name}"
             auth = [f"Authorization: Bearer {token}"]

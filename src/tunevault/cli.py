@@ -56,6 +56,8 @@ def serve(demo: bool, **flags: Any) -> None:
         run_server(settings, demo=demo)
     except OSError as e:  # the usual one: the port is taken
         raise click.ClickException(f"cannot serve on {settings.host}:{settings.port}: {e}") from e
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
 
 
 @main.command()

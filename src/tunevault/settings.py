@@ -7,6 +7,7 @@ constructed, and CLI flags of the same name override them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,21 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address the server binds.")
     port: int = Field(default=8000, description="TCP port the server binds.")
+    serve_mode: Literal["proxy", "redirect", "x-accel"] = Field(
+        default="proxy",
+        description="How archive bytes reach clients: sent by tunevault (proxy), a 307 to a "
+        "presigned object-store URL (redirect), or X-Accel-Redirect to nginx (x-accel).",
+    )
+    x_accel_prefix: str = Field(
+        default="/_tunevault_blobs/",
+        description="The nginx internal location that maps to the local storage root.",
+    )
+    presign_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=7 * 24 * 3600,
+        description="Lifetime of the presigned URLs of the redirect mode.",
+    )
     zstd_level: int = Field(default=3, ge=1, le=22, description="zstd level of archives.")
     zstd_threads: int = Field(
         default=-1, description="zstd worker threads for archive builds (-1: one per core)."

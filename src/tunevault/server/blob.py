@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from tunevault.server.ranges import ByteRange, parse_range
+from tunevault.settings import Settings
 from tunevault.storage import Storage, Unsupported
 
 CHUNK = 1 << 20
@@ -65,8 +66,15 @@ def choose_range(request: web.BaseRequest, blob: BlobRef) -> ByteRange | None:
     return parse_range(header, blob.size)
 
 
-async def send_blob(request: web.Request, storage: Storage, blob: BlobRef) -> web.StreamResponse:
+async def send_blob(
+    request: web.Request, storage: Storage, blob: BlobRef, settings: Settings
+) -> web.StreamResponse:
+    """Answer with the blob in the configured mode; validators are checked here in all."""
     span = choose_range(request, blob)
+    if settings.serve_mode == "redirect":
+        return await _redirect(request, storage, blob, settings.presign_seconds)
+    if settings.serve_mode == "x-accel":
+        return _x_accel(storage, blob, settings.x_accel_prefix)
     resp = web.StreamResponse(status=200 if span is None else 206, headers=blob.headers())
     start, end = (0, blob.size) if span is None else (span.start, span.end)
     if span is not None:
@@ -85,6 +93,34 @@ async def send_blob(request: web.Request, storage: Storage, blob: BlobRef) -> we
     else:
         await _stream(request, resp, storage, blob.key, start, end)
     return resp
+
+
+async def _redirect(
+    request: web.Request, storage: Storage, blob: BlobRef, expires: int
+) -> web.Response:
+    # Archive keys are content-derived and never rewritten, so a client that validated our
+    # ETag here may fetch any range of the presigned URL without If-Range.
+    url = await asyncio.to_thread(
+        storage.presigned_url,
+        blob.key,
+        method=request.method,
+        expires=expires,
+        filename=blob.filename,
+    )
+    headers = {k: v for k, v in blob.headers().items() if k != "Content-Type"}
+    headers.update(
+        {"Location": url, "X-Archive-Size": str(blob.size), "Cache-Control": "private, no-store"}
+    )
+    return web.Response(status=307, headers=headers)
+
+
+def _x_accel(storage: Storage, blob: BlobRef, prefix: str) -> web.Response:
+    storage.local_path(blob.key)  # x-accel needs local storage: fail loudly otherwise
+    headers = blob.headers()
+    headers["X-Accel-Redirect"] = prefix.rstrip("/") + "/" + blob.key
+    headers["X-Archive-Size"] = str(blob.size)
+    # nginx sends the file and handles Range itself; our body is empty.
+    return web.Response(status=200, headers=headers)
 
 
 async def _sendfile(

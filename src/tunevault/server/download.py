@@ -100,4 +100,4 @@ async def download(request: web.Request) -> web.StreamResponse:
         sha256=archive.sha256,
         filename=archive_filename(ft, ckpt),
     )
-    return await send_blob(request, svc.storage, blob)
+    return await send_blob(request, svc.storage, blob, svc.settings)

@@ -14,6 +14,7 @@ from tunevault.models import Scope
 from tunevault.server.app import make_app
 from tunevault.services import Services, open_services
 from tunevault.settings import Settings
+from tunevault.storage import Unsupported
 from tunevault.worker import Worker
 
 log = logging.getLogger("tunevault.server")
@@ -55,8 +56,21 @@ def _workers(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]:
     return ctx
 
 
+def check_serve_mode(svc: Services) -> None:
+    """Refuse at start a serve mode the storage cannot do, not at the first download."""
+    mode = svc.settings.serve_mode
+    try:
+        if mode == "redirect":
+            svc.storage.presigned_url("healthcheck", expires=60)
+        elif mode == "x-accel":
+            svc.storage.local_path("healthcheck")
+    except Unsupported as e:
+        raise ValueError(f"serve_mode={mode} does not work with this storage: {e}") from e
+
+
 def run_server(settings: Settings, *, demo: bool = False) -> None:
     with open_services(settings) as svc:
+        check_serve_mode(svc)
         banner = None
         if demo:
             org, _ = seed_demo(svc)

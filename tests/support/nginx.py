@@ -1,0 +1,92 @@
+"""A real nginx on a loopback port, configured per test or benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.support.postgres import free_port
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/bin/nginx") if Path(p).exists()), None
+    )
+
+
+def x_accel_locations(upstream: str, storage_root: Path, prefix: str) -> str:
+    """The nginx side of tunevault's x-accel mode (the same text as in docs/deploy.md)."""
+    return f"""
+        location / {{
+            proxy_pass {upstream};
+            proxy_buffering off;
+            proxy_request_buffering off;
+            client_max_body_size 0;
+        }}
+        location {prefix} {{
+            internal;
+            alias {storage_root}/;
+            etag off;  # nginx's mtime-size tag would replace ours; keep tunevault's sha256
+            add_header ETag $upstream_http_etag always;
+            add_header Repr-Digest $upstream_http_repr_digest always;
+        }}"""
+
+
+@contextlib.contextmanager
+def run_nginx(workdir: Path, locations: str) -> Iterator[str]:
+    """nginx (sendfile on, one worker) with the given `location` blocks; yields its URL."""
+    binary = nginx_binary()
+    if binary is None:
+        raise FileNotFoundError("nginx is not installed (scripts/test installs it)")
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Blobs are private (0600, like the rest of the data dir): the worker runs as us.
+    user = f"user {getpass.getuser()};" if os.geteuid() == 0 else ""
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""
+{user}
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        {locations}
+    }}
+}}
+""")
+    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(workdir)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/", timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break  # nginx answered
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError((workdir / "error.log").read_text()) from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
