@@ -20,7 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,9 +84,12 @@ def _pick_ports() -> dict[str, int]:
         return ports | {"admin.port": admin, "admin.port.grpc": admin + _ADMIN_GRPC_OFFSET}
 
 
-def _die_with_parent() -> None:
-    # If pytest is killed before teardown, the kernel kills weed too (Linux only).
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _die_with_parent() -> Callable[[], object] | None:
+    """A preexec_fn making the kernel kill weed if pytest dies before teardown (Linux)."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None).prctl  # looked up before the fork: the child only calls it
+    return functools.partial(prctl, 1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], server: SeaweedFS, timeout: float
         if proc.poll() is not None:
             return False
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                pass
             server.admin.list_buckets()  # the port can open before the identities load
         except (OSError, BotoCoreError, ClientError):
             time.sleep(0.05)
@@ -236,7 +240,7 @@ def run_seaweedfs(tmpdir: Path, *, timeout: float = 60) -> Iterator[SeaweedFS]:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_die_with_parent(),
             )
         try:
             if _wait_ready(proc, server, timeout):
