@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,14 @@ def test_run_is_published(live: Live, run: Run) -> None:
     losses = [m for m in metrics if "train/loss" in m]
     assert [m["train/global_step"] for m in losses] == [1, 2, 3, 4, 5, 6]
     assert all("train/learning_rate" in m for m in losses)
+
+
+def test_base_ls(live: Live, run: Run) -> None:
+    proc = tunevault(live, "base", "ls", "--json")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    [base] = [m for m in json.loads(out) if m["name"] == BASE]
+    assert base["files"] >= 2 and base["size"] > 0
 
 
 def direct(live: Live, **params: Any) -> bytes:

@@ -1,0 +1,60 @@
+"""The upload client against a real server: resuming, refusals, unreachable servers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.publisher.conftest import Live
+from tests.support.postgres import free_port
+from tunevault.errors import DigestMismatch, Unauthenticated
+from tunevault.publisher.uploader import PublishClient, PublishConnectionError
+
+
+def blob(tmp_path: Path, size: int) -> tuple[Path, str]:
+    path = tmp_path / "blob.bin"
+    path.write_bytes(os.urandom(size))
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resumes_an_interrupted_upload(live: Live, tmp_path: Path) -> None:
+    path, sha = blob(tmp_path, 3 << 20)
+    head = path.read_bytes()[: 1 << 20]
+    with live.http() as c:  # an earlier upload that stopped after 1 MiB
+        r = c.put(
+            f"/v1/publish/blobs/{sha}",
+            content=head,
+            headers={"Upload-Length": str(3 << 20), "Upload-Offset": "0"},
+        )
+    assert r.status_code == 202 and r.json()["offset"] == 1 << 20
+    with PublishClient(live.url, live.token) as client:
+        assert client.remote_offset(sha) == 1 << 20
+        client.upload_blob(path, sha, 3 << 20)
+        assert client.bytes_sent == 2 << 20  # only the rest went up
+        assert client.remote_offset(sha) is None
+        client.upload_blob(path, sha, 3 << 20)  # committed: nothing to send
+        assert client.bytes_sent == 2 << 20
+
+
+def test_changed_file_is_refused(live: Live, tmp_path: Path) -> None:
+    path, sha = blob(tmp_path, 1000)
+    path.write_bytes(os.urandom(1000))  # changed after hashing
+    with PublishClient(live.url, live.token) as client, pytest.raises(DigestMismatch):
+        client.upload_blob(path, sha, 1000)
+    with PublishClient(live.url, live.token) as client:
+        assert client.remote_offset(sha) == 0  # and nothing was kept
+
+
+def test_bad_key(live: Live) -> None:
+    with PublishClient(live.url, "tv_nope") as client, pytest.raises(Unauthenticated):
+        client.missing(["0" * 64])
+
+
+def test_unreachable_server_gives_up() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    client = PublishClient(url, "k", retries=2, backoff_s=0.01)
+    with client, pytest.raises(PublishConnectionError, match="ConnectError"):
+        client.missing(["0" * 64])
