@@ -153,6 +153,21 @@ def test_together_cli_downloads(
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(files)
 
 
+def test_full_fine_tune(live: Live, tmp_path: Path) -> None:
+    callback = TunevaultCallback(url=live.url, api_key=live.token, model=BASE)
+    training.train(training.tiny_llama(), tmp_path / "full-run", [callback], max_steps=4)
+    ft = settled(live, callback.fine_tune_id or "")
+    assert ft["status"] == "completed" and ft["training_type"]["type"] == "Full"
+    assert ft["model_output_name"] == "full-run"
+    ckpts = live.get(f"/v1/fine-tunes/{ft['id']}/checkpoints")["data"]
+    assert sorted(c["step"] for c in ckpts) == [2, 4]
+    files = members(direct(live, ft_id=ft["id"], checkpoint="model_output_path"))
+    assert {"config.json", "model.safetensors"} <= set(files)
+    assert not any(
+        name.startswith(".tunevault-final") for name in os.listdir(tmp_path / "full-run")
+    )
+
+
 class Gate(TrainerCallback):
     """Holds training at `step` until `opened` is set: the cancel lands at a known point."""
 

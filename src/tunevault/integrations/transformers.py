@@ -105,6 +105,8 @@ class TunevaultCallback(TrainerCallback):
     ) -> None:
         if not state.is_world_process_zero:
             return
+        self.cancelled = self.finished = False  # the same callback may see a second train()
+        self._rows = []
         body: dict[str, Any] = {
             "model": self._base_model(model),
             "model_output_name": self.name or _output_dir(args).name,
