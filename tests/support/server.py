@@ -42,6 +42,7 @@ def run_server(
 ) -> Iterator[LiveServer]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
     log = (data_dir / f"server-{port}.log").open("wb")
     proc = subprocess.Popen(
         [
