@@ -47,6 +47,7 @@ CASES: dict[str, tuple[Any, Callable[[], torch.nn.Module], LoraConfig, torch.dty
             lora_alpha=16,
             use_rslora=True,
             target_modules=ALL_LINEAR,
+            exclude_modules=["model.layers.1.self_attn.v_proj"],
             rank_pattern={"q_proj": 4, "layers.1.mlp.down_proj": 2},
             alpha_pattern={"v_proj": 3, r"layers\.0\..*o_proj": 40},
         ),
