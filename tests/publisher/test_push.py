@@ -100,12 +100,12 @@ def missing(live: Live, digests: list[str]) -> set[str]:
 
 
 def test_push_survives_sigkill(live: Live, tmp_path: Path) -> None:
-    # Four ~3 MiB weight files plus small ones, sent at 6 MiB/s: the kill lands mid-upload.
+    # Four ~3 MiB weight files plus small ones, sent at 4 MiB/s: the kill lands mid-upload.
     root = helpers.trainer_output(tmp_path / "big", nbytes=3 << 20)
     sizes = blob_sizes(root)
     digests = sorted(sizes)
     big = [d for d in digests if sizes[d] > 1 << 20]  # small files may be on the server already
-    proc = tunevault(live, "push", str(root), "--model", "org/base", "--json", "--limit-rate", "6M")
+    proc = tunevault(live, "push", str(root), "--model", "org/base", "--json", "--limit-rate", "4M")
     try:
         for _ in range(600):
             left = missing(live, big)
