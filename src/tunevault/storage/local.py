@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,7 @@ class _LocalWriter(BlobWriter):
         self._tmp = Path(name)
         self._f = os.fdopen(fd, "wb")
         self._done = False
+        self._aborted = False
 
     def write(self, data: bytes | memoryview) -> int:
         try:
@@ -67,6 +69,8 @@ class _LocalWriter(BlobWriter):
 
     def commit(self) -> None:
         if self._done:
+            if self._aborted:
+                raise ValueError("commit after abort: nothing was stored")
             return
         try:
             self._f.flush()
@@ -89,7 +93,7 @@ class _LocalWriter(BlobWriter):
     def abort(self) -> None:
         if self._done:
             return
-        self._done = True
+        self._done = self._aborted = True
         with contextlib.suppress(OSError):
             self._f.close()
         self._tmp.unlink(missing_ok=True)
@@ -107,14 +111,17 @@ class LocalStorage(Storage):
         return cls(Path(unquote(urlparse(url).path)))
 
     def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        if check_key(key).split("/", 1)[0] == ".tmp":
+            raise ValueError(f"invalid storage key: {key!r} (reserved for pending writes)")
+        return self.root / key
 
     def stat(self, key: str) -> BlobStat | None:
+        path = self._path(key)
         try:
-            st = self._path(key).stat()
+            st = path.stat()
         except FileNotFoundError:
             return None
-        return BlobStat(size=st.st_size)
+        return BlobStat(size=st.st_size) if stat.S_ISREG(st.st_mode) else None
 
     def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         f = self._path(key).open("rb")
