@@ -59,15 +59,15 @@ def _run(job: Job, writer: ShardWriter, scratch: _Scratch, io: ThreadPoolExecuto
         return
     rows, cols = rows_cols(job.source.shape)
     step = block_rows(job.source.shape)
-    merger = _Merger(job, scratch)
+    merger = _Merger(job, scratch) if job.kind == "merge" else None
     pending: Future[None] | None = None
     try:
         for i, r0 in enumerate(range(0, rows, step)):
             r1 = min(rows, r0 + step)
             slot = f"out{i % 2}"
-            if job.kind == "cast":
+            if merger is None:  # a dtype cast
                 raw = read_rows(job.source, r0, r1, scratch.get("raw", (r1 - r0, cols), job.source))
-                out = scratch.cast(slot, raw, merger.out_dtype)
+                out = scratch.cast(slot, raw, DTYPES[job.out.dtype])
             else:
                 out = merger.block(r0, r1, slot)
             if pending is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from tunevault.errors import MergeRefused
@@ -74,11 +74,6 @@ class Plan:
     peak_bytes: int
 
 
-@dataclass
-class _Module:
-    keys: dict[str, TensorInfo] = field(default_factory=dict)
-
-
 def resolve_dtype(dtype: str | None) -> str | None:
     if dtype is None:
         return None
@@ -99,7 +94,7 @@ def build_plan(
     out_code = resolve_dtype(dtype)
     if max_shard_bytes <= 0:
         raise MergeRefused("max_shard_bytes must be positive")
-    modules: dict[str, _Module] = defaultdict(_Module)
+    modules: dict[str, dict[str, TensorInfo]] = defaultdict(dict)
     replacements: dict[str, TensorInfo] = {}
     for key, info in adapter.items():
         if not key.startswith(PREFIX):
@@ -107,7 +102,7 @@ def build_plan(
         rest = key.removeprefix(PREFIX)
         match = _FACTOR.match(rest)
         if match:
-            modules[match["m"]].keys[match["kind"]] = info
+            modules[match["m"]][match["kind"]] = info
             continue
         if ".lora_" in rest:
             raise MergeRefused(f"adapter tensor {key!r} is a LoRA variant the merge does not know")
@@ -125,8 +120,8 @@ def build_plan(
         jobs[target] = Job(old.out, info, adapter_keys=(info.name,))
 
     lora_modules: set[str] = set()
-    for module, mod in modules.items():
-        _plan_module(module, mod.keys, settings, base, jobs, lora_modules)
+    for module, keys in modules.items():
+        _plan_module(module, keys, settings, base, jobs, lora_modules)
     _check_untouched_targets(base, settings, lora_modules)
     _check_fan_in_fan_out(jobs, settings)
 
@@ -146,8 +141,9 @@ def build_plan(
 
 
 def _out_spec(info: TensorInfo, out_code: str | None) -> OutSpec:
-    floating = info.dtype in MERGEABLE or info.dtype.startswith("F8")
-    return OutSpec(info.name, out_code if out_code and floating else info.dtype, info.shape)
+    # fp8 weights are left as they are: without their scale tensors a cast would be wrong.
+    cast = out_code is not None and info.dtype in MERGEABLE
+    return OutSpec(info.name, out_code if out_code and cast else info.dtype, info.shape)
 
 
 def _check_replacement(target: str, info: TensorInfo, base: TensorInfo | None) -> None:
