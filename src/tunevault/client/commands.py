@@ -1,0 +1,221 @@
+"""Client commands of the `tunevault` CLI: download, ls, checkpoints.
+
+Exit codes (docs/client.md): 0 success, 1 other error, 2 bad usage or request,
+3 unauthorised, 4 not found, 5 integrity failure, 6 network failure,
+7 archive still not ready after waiting, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import click
+
+from tunevault.client.api import Client
+from tunevault.client.download import download as download_file
+from tunevault.client.extract import download_extract
+from tunevault.client.http import NetworkError
+from tunevault.client.progress import Bar
+from tunevault.client.target import CHECKPOINTS, ProtocolError, parse_ft_arg
+from tunevault.errors import (
+    ArchiveNotReady,
+    IntegrityError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RangeNotSatisfiable,
+    TunevaultError,
+    Unauthenticated,
+)
+
+EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_NOT_FOUND = 1, 2, 3, 4
+EXIT_INTEGRITY, EXIT_NETWORK, EXIT_NOT_READY, EXIT_INTERRUPTED = 5, 6, 7, 130
+_EXIT_CODES: tuple[tuple[type[TunevaultError], int], ...] = (
+    (IntegrityError, EXIT_INTEGRITY),
+    (Unauthenticated, EXIT_AUTH),
+    (PermissionDenied, EXIT_AUTH),
+    (NotFound, EXIT_NOT_FOUND),
+    (ArchiveNotReady, EXIT_NOT_READY),
+    (NetworkError, EXIT_NETWORK),
+    (ProtocolError, EXIT_NETWORK),
+    (RangeNotSatisfiable, EXIT_NETWORK),
+    (InvalidRequest, EXIT_USAGE),
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exit_code(e: TunevaultError) -> int:
+    return next((code for klass, code in _EXIT_CODES if isinstance(e, klass)), EXIT_ERROR)
+
+
+def _fail(e: TunevaultError, as_json: bool) -> NoReturn:
+    code = exit_code(e)
+    if as_json:
+        click.echo(json.dumps({"error": {"code": e.code, "message": e.message}, "exit_code": code}))
+    click.echo(f"error: {e.message}", err=True)
+    sys.exit(code)
+
+
+def _client_options(fn: F) -> F:
+    fn = click.option("--api-key", help="API key (TUNEVAULT_API_KEY, else TOGETHER_API_KEY).")(fn)
+    fn = click.option(
+        "--url", help="Server base URL (TUNEVAULT_URL, else TOGETHER_BASE_URL; /v1 optional)."
+    )(fn)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+
+
+def _run(as_json: bool, action: Callable[[], None]) -> None:
+    try:
+        action()
+    except TunevaultError as e:
+        _fail(e, as_json)
+    except KeyboardInterrupt:
+        click.echo("interrupted; run the same command again to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+@click.command()
+@click.argument("ft_ref", metavar="FT_ID[:STEP]")
+@click.option(
+    "--checkpoint",
+    type=click.Choice(CHECKPOINTS),
+    default="default",
+    show_default=True,
+    help="Which archive when no step is given: the merged model, the LoRA adapter, "
+    "or a full fine-tune's output; default is merged for LoRA jobs, the output otherwise.",
+)
+@click.option("--checkpoint-step", type=click.IntRange(min=0), help="Same as FT_ID:STEP.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="File to write, or a directory to save into under the server's file name "
+    "(default: the current directory).",
+)
+@click.option(
+    "--extract",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Unpack into this (new or empty) directory while downloading; "
+    "the archive is never stored.",
+)
+@click.option(
+    "--connections",
+    type=click.IntRange(1, 32),
+    default=1,
+    show_default=True,
+    help="Parallel ranged connections for one archive.",
+)
+@_client_options
+def download(
+    ft_ref: str,
+    checkpoint: str,
+    checkpoint_step: int | None,
+    output: Path | None,
+    extract: Path | None,
+    connections: int,
+    as_json: bool,
+    url: str | None,
+    api_key: str | None,
+) -> None:
+    """Download a checkpoint archive: resumable, verified, optionally extracted on the fly.
+
+    Run the same command again after a failure or ^C: it continues from the exact byte.
+    """
+    try:
+        ft_id, step = parse_ft_arg(ft_ref)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="FT_ID[:STEP]") from e
+    if checkpoint_step is not None:
+        if step is not None and step != checkpoint_step:
+            raise click.UsageError(f"{ft_ref} and --checkpoint-step {checkpoint_step} disagree")
+        step = checkpoint_step
+    if output is not None and extract is not None:
+        raise click.UsageError("use either -o or --extract")
+    label = f"{ft_id}" + (f":{step}" if step is not None else f" ({checkpoint})")
+    bar = Bar(label) if sys.stderr.isatty() and not as_json else None
+    client = Client(url, api_key)
+
+    def action() -> None:
+        if extract is not None:
+            result = download_extract(
+                client, ft_id, extract, step=step, checkpoint=checkpoint, progress=bar
+            )
+        else:
+            result = download_file(
+                client,
+                ft_id,
+                step=step,
+                checkpoint=checkpoint,
+                output=output,
+                connections=connections,
+                progress=bar,
+            )
+        if as_json:
+            click.echo(json.dumps(result.as_dict()))
+            return
+        if not result.verified:
+            click.echo("warning: the server sent no sha256; only the size was checked", err=True)
+        what = f"{result.files} files into" if result.files is not None else "saved"
+        click.echo(f"{what} {result.path} ({result.size} bytes, sha256 {result.sha256})")
+
+    _run(as_json, action)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    for line in (headers, *rows):
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+@click.command("ls")
+@_client_options
+def ls(as_json: bool, url: str | None, api_key: str | None) -> None:
+    """List your fine-tunes."""
+    client = Client(url, api_key)
+
+    def action() -> None:
+        fts = client.list_fine_tunes()
+        if as_json:
+            click.echo(json.dumps([ft.raw for ft in fts]))
+            return
+        rows = [
+            (ft.id, ft.status, ft.training_type, ft.model_output_name, ft.created_at) for ft in fts
+        ]
+        _table(("ID", "STATUS", "TYPE", "OUTPUT NAME", "CREATED"), rows)
+
+    _run(as_json, action)
+
+
+@click.command()
+@click.argument("ft_id")
+@_client_options
+def checkpoints(ft_id: str, as_json: bool, url: str | None, api_key: str | None) -> None:
+    """List a fine-tune's checkpoints, with the command that downloads each."""
+    client = Client(url, api_key)
+
+    def action() -> None:
+        ckpts = client.list_checkpoints(ft_id)
+        if as_json:
+            click.echo(json.dumps([c.__dict__ for c in ckpts]))
+            return
+        rows = []
+        for c in ckpts:
+            kind = _kind_of(c.path)
+            get = f"tunevault download {ft_id}" + (
+                f" --checkpoint {kind}" if kind else f":{c.step}"
+            )
+            rows.append((str(c.step), c.checkpoint_type, c.checkpoint, c.created_at, get))
+        _table(("STEP", "TYPE", "CONTENT", "CREATED", "DOWNLOAD WITH"), rows)
+
+    _run(as_json, action)
+
+
+def _kind_of(path: str) -> str | None:
+    """The `checkpoint=` of a final checkpoint's path, None for an intermediate one."""
+    values = parse_qs(urlsplit(path).query).get("checkpoint")
+    return values[0] if values else None

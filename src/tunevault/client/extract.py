@@ -1,0 +1,170 @@
+"""`--extract`: decompress and unpack while downloading; the archive never lands on disk.
+
+The network body is one byte stream fed to unpack.py. When a connection drops, the stream
+reconnects with `Range` from the exact byte and `If-Range`, so the decompressor never
+notices. A server that ignores Range but still has the same archive is skipped forward;
+a changed archive starts everything over in a fresh temporary directory. Files appear
+in a temporary directory next to the destination, which is renamed into place only
+after every file matched SHA256SUMS and the whole archive matched its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tunevault.client.api import Client
+from tunevault.client.download import DownloadResult, Progress, target_of
+from tunevault.client.fetch import Changed, Fetcher, RetryPolicy
+from tunevault.client.http import NETWORK_ERRORS, NetworkError, Response
+from tunevault.client.state import Target
+from tunevault.client.target import DownloadRequest, ProtocolError, content_range, strong_etag
+from tunevault.errors import IntegrityError, InvalidRequest
+from tunevault.unpack import unpack_stream
+
+CHUNK = 1 << 20
+SKIP_CHUNK = 1 << 20
+
+
+class _Stream:
+    """A `read(n)` view of the archive body that survives dropped connections."""
+
+    def __init__(self, fetcher: Fetcher, target: Target, first: Response) -> None:
+        self.fetcher = fetcher
+        self.target = target
+        self.resp: Response | None = first
+        self.pos = 0
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        n = CHUNK if n < 0 else n
+        while self.pos < self.target.size:
+            if self.resp is None:
+                self.resp = self._reopen()
+            try:
+                data = self.resp.read(min(n, self.target.size - self.pos))
+            except NETWORK_ERRORS as e:
+                data, err = b"", NetworkError(f"read failed at byte {self.pos}: {e}")
+            else:
+                err = NetworkError(f"connection closed at byte {self.pos}")
+            if not data:
+                self.close()
+                self.fetcher.failed(err)
+                continue
+            self.hash.update(data)
+            self.pos += len(data)
+            self.fetcher.progressed(len(data))
+            return data
+        return b""
+
+    def _reopen(self) -> Response:
+        etag = self.target.etag
+        if etag is None:
+            raise Changed(None)  # no validator: bytes from two versions could mix
+        resp = self.fetcher.get({"Range": f"bytes={self.pos}-", "If-Range": etag})
+        if resp.status == 206:
+            begin, _, total = content_range(resp)
+            if begin != self.pos or total != self.target.size:
+                self.fetcher.release(resp)
+                raise ProtocolError(f"asked for bytes {self.pos}-, got {begin}-/{total}")
+            return resp
+        if strong_etag(resp) != etag:
+            self.fetcher.release(resp)
+            raise Changed(strong_etag(resp))
+        self._skip(resp)  # Range ignored, same archive: drop what we already have
+        return resp
+
+    def _skip(self, resp: Response) -> None:
+        left = self.pos
+        while left > 0:
+            data = resp.read(min(SKIP_CHUNK, left))
+            if not data:
+                self.fetcher.release(resp)
+                raise NetworkError("connection closed while skipping to the resume point")
+            left -= len(data)
+
+    def close(self) -> None:
+        self.fetcher.release(self.resp)
+        self.resp = None
+
+
+def _reporter(progress: Progress | None, stream: _Stream) -> Callable[[int], None]:
+    def report(_n: int) -> None:
+        if progress:
+            progress.update(stream.pos)
+
+    return report
+
+
+def check_destination(dest: Path) -> None:
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InvalidRequest(f"--extract destination {dest} exists and is not an empty directory")
+
+
+def download_extract(
+    client: Client,
+    ft_id: str,
+    dest: Path,
+    *,
+    step: int | None = None,
+    checkpoint: str = "default",
+    progress: Progress | None = None,
+    policy: RetryPolicy | None = None,
+) -> DownloadResult:
+    """Stream the archive into `dest` (absent or empty), verifying every file."""
+    began = time.monotonic()
+    policy = policy or RetryPolicy()
+    dest = dest.absolute()
+    check_destination(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    request = DownloadRequest(ft_id, step, checkpoint)
+    fetcher = Fetcher(client, request, policy)
+    identity = request.identity(client.config.base_url)
+    for restarts in range(policy.restarts + 1):
+        first = fetcher.get({})
+        target = target_of(first, client, request, identity)
+        stream = _Stream(fetcher, target, first)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+        try:
+            if progress:
+                progress.start(target.size, 0)
+            unpacked = unpack_stream(stream, tmp, _reporter(progress, stream))
+            digest = stream.hash.hexdigest()
+            if stream.pos != target.size:
+                raise IntegrityError(f"archive ended at byte {stream.pos} of {target.size}")
+            if target.sha256 is not None and digest != target.sha256:
+                raise IntegrityError(
+                    f"archive sha256 {digest} does not match the server's {target.sha256}"
+                )
+            check_destination(dest)
+            tmp.replace(dest)  # an empty directory is replaced atomically too
+        except Changed:
+            shutil.rmtree(tmp, ignore_errors=True)
+            fetcher.reset()
+            continue
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            stream.close()
+        if progress:
+            progress.update(stream.pos)
+            progress.finish()
+        return DownloadResult(
+            path=str(dest),
+            filename=target.filename,
+            size=target.size,
+            sha256=digest,
+            verified=target.sha256 is not None,
+            resumed_bytes=0,
+            transferred=fetcher.transferred,
+            seconds=round(time.monotonic() - began, 3),
+            connections=1,
+            restarts=restarts,
+            files=len(unpacked.files),
+        )
+    raise NetworkError(f"the archive changed {policy.restarts + 1} times during the download")

@@ -1,0 +1,134 @@
+"""Requests of one download, with the retry policy every connection shares.
+
+Transient failures (a dropped or refused connection, 5xx, 429) are retried with
+exponential backoff; `archive_not_ready` is waited out for a bounded time. The failure
+count resets whenever bytes arrive, so a flaky link that keeps moving keeps going, while
+a hard total bounds every loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from tunevault.client.api import Client
+from tunevault.client.http import NetworkError, Response
+from tunevault.client.target import DownloadRequest, ProtocolError
+from tunevault.errors import ArchiveNotReady, RateLimited, StorageUnavailable, TunevaultError
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 8  # consecutive failures without a byte of progress
+    total_failures: int = 200  # over the whole download, whatever the progress
+    backoff: float = 0.2  # first pause; doubled per consecutive failure
+    max_backoff: float = 8.0
+    not_ready_timeout: float = 600.0  # how long to wait for an archive being built
+    restarts: int = 3  # how often the archive may change (or Range be ignored) under us
+
+
+class Changed(Exception):
+    """A ranged request got the whole body: the archive changed or Range was ignored."""
+
+    def __init__(self, etag: str | None) -> None:
+        super().__init__("the server sent a full body for a ranged request")
+        self.etag = etag  # of the full body: the same as ours means Range was ignored
+
+
+def _retryable(e: TunevaultError) -> bool:
+    return (
+        isinstance(e, NetworkError | StorageUnavailable | RateLimited) or type(e) is TunevaultError
+    )
+
+
+class Fetcher:
+    def __init__(self, client: Client, request: DownloadRequest, policy: RetryPolicy) -> None:
+        self.transport = client.transport
+        self.request = request
+        self.url = client.transport.url("/v1/finetune/download", request.params())
+        self.policy = policy
+        self.cancel = threading.Event()
+        self.transferred = 0  # body bytes received in this run
+        self._lock = threading.Lock()
+        self._streak = 0
+        self._failures = 0
+        self._live: set[Response] = set()
+
+    def get(self, headers: dict[str, str]) -> Response:
+        """A 200 or 206 answer; other statuses raise the server's error class."""
+        ready_deadline: float | None = None
+        while True:
+            if self.cancel.is_set():
+                raise NetworkError("download cancelled")
+            try:
+                resp = self.transport.open("GET", self.url, headers)
+                if resp.status in (200, 206):
+                    with self._lock:
+                        self._live.add(resp)
+                    return resp
+                resp.raise_for_error()
+                resp.close()
+                raise ProtocolError(f"unexpected HTTP {resp.status} from the download route")
+            except ArchiveNotReady as e:
+                wait = _retry_after(e, default=5.0)
+                now = time.monotonic()
+                if ready_deadline is None:
+                    ready_deadline = now + self.policy.not_ready_timeout
+                if now + wait > ready_deadline:
+                    raise
+                self.cancel.wait(wait)
+            except TunevaultError as e:
+                if not _retryable(e):
+                    raise
+                self.failed(e)
+
+    def release(self, resp: Response | None) -> None:
+        if resp is None:
+            return
+        with self._lock:
+            self._live.discard(resp)
+        resp.close()
+
+    def failed(self, err: TunevaultError) -> None:
+        """Count a transient failure and back off, or raise when the budget is spent."""
+        with self._lock:
+            self._streak += 1
+            self._failures += 1
+            streak, total = self._streak, self._failures
+        if streak > self.policy.attempts or total > self.policy.total_failures:
+            raise err
+        pause = min(self.policy.backoff * 2 ** (streak - 1), self.policy.max_backoff)
+        if self.cancel.wait(pause):
+            raise err
+
+    def progressed(self, n: int) -> None:
+        with self._lock:
+            self.transferred += n
+            self._streak = 0
+
+    def reset(self) -> None:
+        """Ready for a fresh start, once every thread of the aborted one has stopped."""
+        self.cancel = threading.Event()
+        with self._lock:
+            self._streak = 0
+
+    def abort(self) -> None:
+        """Stop every connection now: blocked reads wake up with an error."""
+        self.cancel.set()
+        with self._lock:
+            live = list(self._live)
+        for resp in live:
+            sock = resp.conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def _retry_after(e: TunevaultError, default: float) -> float:
+    try:
+        return max(0.0, float(e.headers.get("Retry-After", default)))
+    except ValueError:
+        return default

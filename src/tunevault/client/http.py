@@ -1,0 +1,161 @@
+"""HTTP/1.1 over the standard library: one connection per request, manual redirects.
+
+Redirects are followed by hand so that the API key never leaves its origin (a presigned
+object-store URL gets no Authorization) while Range and If-Range go along to every hop.
+Server errors come back as the exception class named by the envelope's `code`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+from tunevault.client.config import ClientConfig
+from tunevault.errors import TunevaultError
+
+USER_AGENT = "tunevault-client/0.1"
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+MAX_ERROR_BODY = 1 << 20
+MAX_JSON_BODY = 64 << 20
+# Raised by the socket layer or http.client when a peer vanishes mid-exchange.
+NETWORK_ERRORS = (OSError, http.client.HTTPException)
+
+
+class NetworkError(TunevaultError):
+    """The server could not be reached, or the connection broke and retries ran out."""
+
+    status = 503
+    error_type = "network_error"
+    code = "network_error"
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+@dataclass(eq=False)  # hashed by identity: the fetcher tracks live responses in a set
+class Response:
+    status: int
+    url: str
+    raw: http.client.HTTPResponse
+    conn: http.client.HTTPConnection
+    hops: list[dict[str, str]] = field(default_factory=list)  # headers of redirects followed
+
+    def header(self, name: str) -> str | None:
+        return self.raw.getheader(name)
+
+    def headers(self) -> dict[str, str]:
+        return dict(self.raw.getheaders())
+
+    def readinto(self, buf: memoryview) -> int:
+        return self.raw.readinto(buf)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.raw.read(n) if n >= 0 else self.raw.read()
+
+    def close(self) -> None:
+        self.raw.close()
+        self.conn.close()
+
+    def raise_for_error(self) -> None:
+        """Turn a 4xx/5xx into the server's exception class, with its useful headers."""
+        if self.status < 400:
+            return
+        try:
+            body: Any = json.loads(self.raw.read(MAX_ERROR_BODY) or b"null")
+        except (ValueError, *NETWORK_ERRORS):
+            body = None
+        finally:
+            self.close()
+        err = TunevaultError.from_envelope(self.status, body)
+        for name in ("Retry-After", "Content-Range"):
+            if (value := self.header(name)) is not None:
+                err.headers[name] = value
+        raise err
+
+
+class Transport:
+    def __init__(self, config: ClientConfig, timeout: float = 60.0) -> None:
+        self.config = config
+        self.timeout = timeout
+        self._origin = origin(config.base_url)
+
+    def url(self, path: str, params: dict[str, Any] | None = None) -> str:
+        query = f"?{urlencode(params)}" if params else ""
+        return f"{self.config.base_url}{path}{query}"
+
+    def open(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """Send one request, following redirects; network failures raise NetworkError."""
+        extra = dict(headers or {})
+        hops: list[dict[str, str]] = []
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._send(method, url, extra)
+            location = resp.header("Location")
+            if resp.status not in REDIRECTS or not location:
+                resp.hops = hops
+                return resp
+            hops.append(resp.headers())
+            resp.close()
+            url = urljoin(url, location)
+            if resp.status == 303:
+                method = "GET"
+        raise NetworkError(f"more than {MAX_REDIRECTS} redirects from {url[:200]}")
+
+    def _send(self, method: str, url: str, headers: dict[str, str]) -> Response:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise NetworkError(f"cannot follow a redirect to {url[:200]!r}")
+        conn_cls = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        conn = conn_cls(parts.hostname, parts.port, timeout=self.timeout)
+        sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
+        # The key goes to the configured origin only: never to a redirect target elsewhere.
+        if self.config.api_key and origin(url) == self._origin:
+            sent["Authorization"] = f"Bearer {self.config.api_key}"
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        try:
+            conn.request(method, target, headers=sent)
+            raw = conn.getresponse()
+        except NETWORK_ERRORS as e:
+            conn.close()
+            raise NetworkError(f"{method} {_redact(url)}: {_describe(e)}") from e
+        return Response(status=raw.status, url=url, raw=raw, conn=conn)
+
+    def json(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        resp = self.open(method, self.url(path, params), {"Accept": "application/json"})
+        resp.raise_for_error()
+        try:
+            data = resp.read(MAX_JSON_BODY)
+        except NETWORK_ERRORS as e:
+            raise NetworkError(f"{method} {path}: {_describe(e)}") from e
+        finally:
+            resp.close()
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise TunevaultError(f"{method} {path}: the server sent invalid JSON") from e
+
+
+def _redact(url: str) -> str:
+    """Presigned URLs carry credentials in the query: keep them out of messages."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
