@@ -36,6 +36,7 @@ class TunevaultError(Exception):
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "server_error"
     code: ClassVar[str] = "internal_error"
+    client_side: ClassVar[bool] = False  # raised by the client only, never sent by a server
     registry: ClassVar[dict[str, type[TunevaultError]]] = {}
 
     def __init__(
@@ -176,6 +177,7 @@ class IntegrityError(TunevaultError):
 
     error_type = "integrity_error"
     code = "integrity_error"
+    client_side = True
 
 
 _by_status: dict[int, type[TunevaultError]] = {

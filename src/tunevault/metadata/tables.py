@@ -203,3 +203,26 @@ build_jobs = sa.Table(
     sa.UniqueConstraint("checkpoint_id", "kind", name="uq_build_job"),
     sa.Index("ix_build_jobs_state", "state", "id"),
 )
+
+# 0003: audit ------------------------------------------------------------------------------
+
+audit_downloads = sa.Table(
+    "audit_downloads",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("org_id", sa.String(64), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("ft_id", sa.String(64), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("archive_sha256", sa.String(64), nullable=False),
+    sa.Column("range_start", sa.BigInteger, nullable=False),
+    sa.Column("bytes_planned", sa.BigInteger, nullable=False),
+    sa.Column("bytes_sent", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("client", sa.String(100), nullable=True),
+    sa.Column("user_agent", sa.String(300), nullable=True),
+    sa.Index("ix_audit_downloads_org", "org_id", "id"),
+)
