@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,11 @@ def main() -> None:
 )
 def serve(demo: bool, **flags: Any) -> None:
     """Run the HTTP server."""
+    from tunevault.server.observability import setup_logging
     from tunevault.server.run import run_server
 
     settings = _settings(**flags)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format)
     try:
         run_server(settings, demo=demo)
     except OSError as e:  # the usual one: the port is taken
@@ -67,13 +65,12 @@ def worker(**flags: Any) -> None:
     import signal
     import threading
 
+    from tunevault.server.observability import setup_logging
     from tunevault.services import open_services
     from tunevault.worker import Worker
 
     settings = _settings(**flags)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

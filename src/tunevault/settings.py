@@ -67,6 +67,24 @@ class Settings(BaseSettings):
     job_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often an idle worker looks for new build jobs."
     )
+    rate_limit_per_minute: int = Field(
+        default=6000,
+        ge=0,
+        description="Requests per minute one API key may make to one replica (0: no limit).",
+    )
+    max_downloads_per_key: int = Field(
+        default=32,
+        ge=0,
+        description="Downloads one API key may have in progress on one replica (0: no limit).",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight requests (downloads) may take to finish.",
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="Log lines as JSON objects (json) or plain text (text)."
+    )
     log_level: str = Field(default="INFO", description="Python logging level.")
 
     def resolved_database_url(self) -> str:

@@ -15,6 +15,7 @@ import socket
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from tunevault.builds import build_archive
@@ -35,8 +36,14 @@ class LeaseLost(Exception):
 
 
 class Worker:
-    def __init__(self, svc: Services, name: str | None = None) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        name: str | None = None,
+        observe: Callable[[str, str, float], None] | None = None,
+    ) -> None:
         self.svc = svc
+        self.observe = observe  # (job kind, outcome, seconds): the server's build metric
         self.owner = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease = svc.settings.job_lease_seconds
 

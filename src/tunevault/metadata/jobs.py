@@ -156,6 +156,13 @@ class JobsMixin(StoreBase):
             )
             return [_job(r._mapping) for r in rows]
 
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each state (the queue depth metric)."""
+        jobs = t.build_jobs.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(jobs.state, sa.func.count()).group_by(jobs.state))
+            return {state: int(n) for state, n in rows}
+
     def requeue_failed(self, error_code: str, checkpoint_ids: list[int]) -> int:
         """Queue again the jobs of these checkpoints that failed with this code."""
         if not checkpoint_ids:

@@ -16,6 +16,7 @@ from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 from tunevault.metadata.accounts import AccountsMixin
+from tunevault.metadata.audit import AuditMixin
 from tunevault.metadata.blobs import BlobsMixin
 from tunevault.metadata.checkpoints import CheckpointsMixin
 from tunevault.metadata.finetunes import FineTunesMixin
@@ -38,7 +39,9 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
-class MetadataStore(AccountsMixin, FineTunesMixin, CheckpointsMixin, BlobsMixin, JobsMixin):
+class MetadataStore(
+    AccountsMixin, FineTunesMixin, CheckpointsMixin, BlobsMixin, JobsMixin, AuditMixin
+):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)

@@ -1,4 +1,5 @@
-"""The aiohttp application: middlewares (errors, auth), routes and their client aliases."""
+"""The aiohttp application: middlewares (request id, errors, auth and limits), routes, and
+the aliases some clients need."""
 
 from __future__ import annotations
 
@@ -11,12 +12,18 @@ import yaml
 from aiohttp import web
 
 from tunevault.errors import NotFound, TunevaultError, Unauthenticated
-from tunevault.server import download, finetunes, publish, uploads, whoami
-from tunevault.server.context import PRINCIPAL, SERVICES, blocking
+from tunevault.server import download, finetunes, ops, publish, uploads, whoami
+from tunevault.server.context import LIMITS, PRINCIPAL, SERVICES, blocking
+from tunevault.server.limits import KeyLimits
+from tunevault.server.observability import (
+    METRICS,
+    Metrics,
+    echo_request_id,
+)
 from tunevault.services import Services
 
 log = logging.getLogger("tunevault.server")
-PUBLIC_PATHS = frozenset({"/healthz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HTTP_CODES = {
     400: "invalid_request",
@@ -46,6 +53,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except TunevaultError as e:
+        request.app[METRICS].errors.labels(e.code).inc()
         resp = web.json_response(e.envelope(), status=e.status, headers=e.headers)
         if e.status == 401:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="tunevault"'
@@ -75,11 +83,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if who is None:
         raise Unauthenticated("invalid or revoked API key")
     request[PRINCIPAL] = who
+    request.app[LIMITS].charge(who.key_id)
     return await handler(request)
-
-
-async def healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
 
 
 def openapi_document() -> dict[str, object]:
@@ -91,13 +96,19 @@ def openapi_document() -> dict[str, object]:
 def make_app(svc: Services) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=32 << 20)
     app[SERVICES] = svc
+    app[METRICS] = Metrics()
+    if svc is not None:  # None only when a test inspects the routing table
+        app[LIMITS] = KeyLimits(
+            svc.settings.rate_limit_per_minute, svc.settings.max_downloads_per_key
+        )
+    app.on_response_prepare.append(echo_request_id)
     spec = json.dumps(openapi_document())
 
     async def openapi_json(_request: web.Request) -> web.Response:
         return web.Response(text=spec, content_type="application/json")
 
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_routes(ops.routes)
     for table in (download.routes, finetunes.routes, whoami.routes, publish.routes, uploads.routes):
         app.router.add_routes(table)
         # Clients configured with a base URL that already ends in /v1 call /v1/v1/... and

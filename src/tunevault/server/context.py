@@ -10,6 +10,7 @@ from aiohttp import web
 
 from tunevault.errors import PermissionDenied, Unauthenticated
 from tunevault.models import Principal, Scope
+from tunevault.server.limits import KeyLimits
 from tunevault.services import Services
 
 P = ParamSpec("P")
@@ -17,6 +18,7 @@ T = TypeVar("T")
 
 
 SERVICES = web.AppKey("services", Services)
+LIMITS = web.AppKey("limits", KeyLimits)
 PRINCIPAL = "tunevault.principal"
 
 

@@ -13,9 +13,12 @@ from tunevault.errors import (
     TunevaultError,
 )
 from tunevault.metadata import MetadataStore
+from tunevault.metadata.audit import DownloadRecord
+from tunevault.metadata.base import now
 from tunevault.models import Archive, Checkpoint, FineTune, Kind
 from tunevault.server.blob import BlobRef, send_blob
-from tunevault.server.context import blocking, principal, services
+from tunevault.server.context import LIMITS, blocking, principal, services
+from tunevault.server.observability import METRICS
 from tunevault.server.query import DownloadQuery, parse_download_query
 
 routes = web.RouteTableDef()
@@ -100,4 +103,44 @@ async def download(request: web.Request) -> web.StreamResponse:
         sha256=archive.sha256,
         filename=archive_filename(ft, ckpt),
     )
-    return await send_blob(request, svc.storage, blob, svc.settings)
+    metrics = request.app[METRICS]
+    mode = svc.settings.serve_mode
+    # 499 (nginx's "client closed request") unless the answer goes out whole.
+    status: int | None = 499
+    sent = planned = start = 0
+    with request.app[LIMITS].download(who.key_id):
+        metrics.downloads_in_flight.inc()
+        try:
+            resp = await send_blob(request, svc.storage, blob, svc.settings)
+        except (web.HTTPException, TunevaultError):
+            status = None  # a validator or range answer (304, 412, 416): nothing was sent
+            raise
+        else:
+            status, planned = resp.status, resp.content_length or 0
+            if span := resp.headers.get("Content-Range"):
+                start = int(span.split()[1].split("-")[0])
+            sent = planned if mode == "proxy" and request.method == "GET" else 0
+            metrics.bytes_served.labels(mode).inc(sent)
+            return resp
+        finally:
+            metrics.downloads_in_flight.dec()
+            if status is not None:
+                await blocking(
+                    svc.store.record_download,
+                    DownloadRecord(
+                        created_at=now(),
+                        org_id=who.org_id,
+                        key_id=who.key_id,
+                        ft_id=ft.id,
+                        step=ckpt.step,
+                        kind=ckpt.kind.value,
+                        archive_sha256=archive.sha256,
+                        range_start=start,
+                        bytes_planned=planned,
+                        bytes_sent=sent,
+                        status=status,
+                        mode=mode,
+                        client=request.remote,
+                        user_agent=request.headers.get("User-Agent", "")[:300] or None,
+                    ),
+                )

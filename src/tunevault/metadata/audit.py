@@ -1,0 +1,55 @@
+"""The download audit: one row per download answered, listed by the organization's admins."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from tunevault.metadata import tables as t
+from tunevault.metadata.base import StoreBase
+
+
+@dataclass(frozen=True)
+class DownloadRecord:
+    created_at: datetime
+    org_id: str
+    key_id: str
+    ft_id: str
+    step: int
+    kind: str
+    archive_sha256: str
+    range_start: int
+    bytes_planned: int
+    bytes_sent: int
+    status: int  # 200/206 sent, 307 redirected, 499 the client went away
+    mode: str
+    client: str | None
+    user_agent: str | None
+    id: int = 0
+
+
+class AuditMixin(StoreBase):
+    def record_download(self, record: DownloadRecord) -> None:
+        row = asdict(record)
+        del row["id"]
+        with self.engine.begin() as conn:
+            conn.execute(t.audit_downloads.insert().values(**row))
+
+    def list_downloads(
+        self, org_id: str, *, limit: int = 100, before_id: int | None = None
+    ) -> list[DownloadRecord]:
+        """Newest first; page with `before_id` (the smallest id of the previous page)."""
+        a = t.audit_downloads.c
+        q = sa.select(t.audit_downloads).where(a.org_id == org_id)
+        if before_id is not None:
+            q = q.where(a.id < before_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(a.id.desc()).limit(limit))
+            return [_record(r._mapping) for r in rows]
+
+
+def _record(m: Any) -> DownloadRecord:
+    return DownloadRecord(**{k: m[k] for k in DownloadRecord.__dataclass_fields__})

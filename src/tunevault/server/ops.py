@@ -1,0 +1,73 @@
+"""Operations routes: liveness, readiness, Prometheus metrics, the download audit."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tunevault.errors import InvalidRequest, StorageUnavailable
+from tunevault.models import Scope
+from tunevault.server.context import blocking, principal, services
+from tunevault.server.observability import METRICS
+from tunevault.server.query import parse_step
+from tunevault.server.render import iso
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers and the storage answers a stat."""
+    svc = services(request)
+    checks = {}
+    for name, probe in (
+        ("database", svc.store.ping),
+        ("storage", lambda: svc.storage.stat("readyz")),
+    ):
+        try:
+            await blocking(probe)
+            checks[name] = "ok"
+        except Exception as e:  # any failure means not ready; say which part, not why
+            checks[name] = f"unavailable ({type(e).__name__})"
+    if any(v != "ok" for v in checks.values()):
+        err = StorageUnavailable(f"not ready: {checks}")
+        return web.json_response({**err.envelope(), "checks": checks}, status=503)
+    return web.json_response({"status": "ready", "checks": checks})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    principal(request, Scope.ADMIN)
+    m = request.app[METRICS]
+    counts = await blocking(services(request).store.job_counts)
+    for state in ("queued", "running"):
+        m.queue_depth.labels(state).set(counts.get(state, 0))
+    return web.Response(
+        body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+@routes.get("/v1/admin/audit/downloads")
+async def audit_downloads(request: web.Request) -> web.Response:
+    """The organization's downloads, newest first (admin scope)."""
+    who = principal(request, Scope.ADMIN)
+    limit = parse_step(request.query.get("limit", "100"), "limit")
+    if not 1 <= limit <= 1000:
+        raise InvalidRequest("limit must be from 1 to 1000", param="limit")
+    before = request.query.get("before_id")
+    rows = await blocking(
+        services(request).store.list_downloads,
+        who.org_id,
+        limit=limit,
+        before_id=parse_step(before, "before_id") if before else None,
+    )
+    return web.json_response(
+        {"data": [{**asdict(r), "created_at": iso(r.created_at)} for r in rows]}
+    )
