@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tunevault.builds import build_archive
 from tunevault.models import Archive, FineTune, Kind, Scope
-from tunevault.publish import publish_directory
+from tunevault.publish import put_directory
 from tunevault.services import open_services
 from tunevault.settings import Settings
 
@@ -41,21 +41,19 @@ def write_random_tree(root: Path, sizes: dict[str, int]) -> None:
                 left -= len(chunk)
 
 
-def seed_store(
-    data_dir: Path,
+def add_fine_tune(
+    settings: Settings,
+    token: str,
     sizes: dict[str, int],
     *,
     name: str = "acme/llama-ft",
     step: int = 100,
-    kind: Kind = Kind.MODEL_OUTPUT,
     level: int = 1,
 ) -> Seeded:
-    settings = Settings(data_dir=data_dir, zstd_level=level)
-    src = data_dir / "src"
-    write_random_tree(src, sizes)
+    """A completed full fine-tune of organization acme with one final checkpoint."""
+    kind = Kind.MODEL_OUTPUT
     with open_services(settings) as svc:
-        org = svc.store.create_org("acme")
-        _, token = svc.store.create_key(org.id, "rw", [Scope.READ, Scope.PUBLISH])
+        org = svc.store.get_org_by_name("acme") or svc.store.create_org("acme")
         ft = svc.store.create_fine_tune(
             org.id,
             model="base/model",
@@ -63,11 +61,21 @@ def seed_store(
             training_type="Full",
             status="completed",
         )
-        ckpt = publish_directory(
-            svc.store, svc.storage, ft.id, src, step=step, kind=kind, final=True
-        )
+        src = settings.data_dir / "src" / ft.id
+        write_random_tree(src, sizes)
+        # No build job: the server's workers would rebuild it at their own zstd level.
+        files = put_directory(svc.store, svc.storage, org.id, src)
+        ckpt = svc.store.add_checkpoint(ft.id, step, kind, True, files)
         archive = build_archive(svc.store, svc.storage, ckpt.id, level=level)
-    return Seeded(data_dir, settings, token, ft, step, kind, archive, ckpt.id)
+    return Seeded(settings.data_dir, settings, token, ft, step, kind, archive, ckpt.id)
+
+
+def seed_store(data_dir: Path, sizes: dict[str, int], *, level: int = 1) -> Seeded:
+    settings = Settings(data_dir=data_dir, zstd_level=level)
+    with open_services(settings) as svc:
+        org = svc.store.create_org("acme")
+        _, token = svc.store.create_key(org.id, "rw", [Scope.READ, Scope.PUBLISH])
+    return add_fine_tune(settings, token, sizes, level=level)
 
 
 def rebuild_archive(seeded: Seeded, level: int) -> Archive:

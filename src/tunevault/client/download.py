@@ -84,11 +84,11 @@ def download(
     (out if into_dir else out.parent).mkdir(parents=True, exist_ok=True)
     identity = request.identity(client.config.base_url)
     state = find_resumable(out, identity) if into_dir else _resumable_file(out, identity)
-    resumed = state.spans.total() if state else 0
     restarts = 0
     while True:
         part, first = _open(fetcher, client, state, out, into_dir, identity, connections > 1)
         state = None
+        resumed = part.spans.total()  # kept from an earlier run, if it is still current
         try:
             digest = _fill(fetcher, part, first, connections, progress)
             break
@@ -102,7 +102,6 @@ def download(
                 ) from None
             if ch.etag == part.target.etag:
                 connections = 1  # same archive, Range ignored: one stream is all we get
-            resumed = 0
         except IntegrityError:
             part.discard()
             raise
@@ -270,14 +269,17 @@ class _Workers:
                 while pos < end:
                     if fetcher.cancel.is_set():
                         return
-                    n = resp.readinto(view[: min(CHUNK, end - pos)])
-                    if n <= 0:
+                    n, err = resp.readinto(view[: min(CHUNK, end - pos)])
+                    if n:
+                        part.pwrite(pos, view[:n])
+                        self.hasher.feed(pos, view[:n])
+                        part.record(pos, pos + n)
+                        pos += n
+                        fetcher.progressed(n)
+                    if err is not None:
+                        raise NetworkError(f"read failed at byte {pos}: {err}") from err
+                    if n == 0:
                         raise NetworkError(f"connection closed at byte {pos} of {end}")
-                    part.pwrite(pos, view[:n])
-                    self.hasher.feed(pos, view[:n])
-                    part.record(pos, pos + n)
-                    pos += n
-                    fetcher.progressed(n)
             except NETWORK_ERRORS as e:
                 self._retry(pos, end, NetworkError(f"read failed at byte {pos}: {e}"))
             except NetworkError as e:

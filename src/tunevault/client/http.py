@@ -28,6 +28,7 @@ NETWORK_ERRORS = (OSError, http.client.HTTPException)
 class NetworkError(TunevaultError):
     """The server could not be reached, or the connection broke and retries ran out."""
 
+    client_side = True
     status = 503
     error_type = "network_error"
     code = "network_error"
@@ -54,8 +55,27 @@ class Response:
     def headers(self) -> dict[str, str]:
         return dict(self.raw.getheaders())
 
-    def readinto(self, buf: memoryview) -> int:
-        return self.raw.readinto(buf)
+    def readinto(self, buf: memoryview) -> tuple[int, BaseException | None]:
+        """Fill `buf` as far as the body goes. A failure midway still returns the bytes
+        that arrived before it, so that they are kept and not fetched again."""
+        raw, got, err = self.raw, 0, None
+        if raw.chunked or raw.fp is None:
+            try:
+                return raw.readinto(buf), None
+            except NETWORK_ERRORS as e:
+                return 0, e
+        want = len(buf) if raw.length is None else min(len(buf), raw.length)
+        try:
+            while got < want:
+                n = raw.fp.readinto1(buf[got:want])
+                if not n:
+                    break
+                got += n
+        except NETWORK_ERRORS as e:
+            err = e
+        if raw.length is not None:
+            raw.length -= got  # http.client's own count of what is left
+        return got, err
 
     def read(self, n: int = -1) -> bytes:
         return self.raw.read(n) if n >= 0 else self.raw.read()

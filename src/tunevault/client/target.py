@@ -20,6 +20,7 @@ CHECKPOINTS = ("merged", "adapter", "model_output_path", "default")
 class ProtocolError(TunevaultError):
     """The server's answer breaks the download contract (no size, a wrong range)."""
 
+    client_side = True
     status = 502
     error_type = "protocol_error"
     code = "protocol_error"
