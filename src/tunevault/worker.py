@@ -14,6 +14,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -67,16 +68,20 @@ class Worker:
         stop_beat = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job, stop_beat), daemon=True)
         beat.start()
+        started, outcome = time.monotonic(), "done"
         try:
             self._run(job)
         except LeaseLost:
+            outcome = "lost"
             log.warning("job %d: lease lost to another worker; result dropped", job.id)
         except TunevaultError as e:  # a definite answer (missing base, refused merge, rot)
+            outcome = "failed"
             log.warning("job %d (%s) failed: %s", job.id, job.kind, e.message)
             self.svc.store.finish_job(
                 job.id, self.owner, error_code=e.code, error_message=e.message
             )
         except Exception as e:  # possibly transient (I/O, network): retry a few times
+            outcome = "crashed"
             log.exception("job %d (%s) crashed", job.id, job.kind)
             self.svc.store.finish_job(
                 job.id,
@@ -90,6 +95,8 @@ class Worker:
         finally:
             stop_beat.set()
             beat.join()
+            if self.observe is not None:
+                self.observe(job.kind, outcome, time.monotonic() - started)
         return True
 
     def _heartbeat(self, job: Job, stop: threading.Event) -> None:

@@ -19,6 +19,7 @@ from tunevault.server.observability import (
     METRICS,
     Metrics,
     echo_request_id,
+    request_id_middleware,
 )
 from tunevault.services import Services
 
@@ -94,7 +95,13 @@ def openapi_document() -> dict[str, object]:
 
 
 def make_app(svc: Services) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=32 << 20)
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+        client_max_size=32 << 20,
+        # Uploads: a 64 KiB read buffer pauses the socket every 64 KiB; 4 MiB lets a
+        # blob stream in at disk speed (BENCHMARKS.md).
+        handler_args={"read_bufsize": 4 << 20},
+    )
     app[SERVICES] = svc
     app[METRICS] = Metrics()
     if svc is not None:  # None only when a test inspects the routing table

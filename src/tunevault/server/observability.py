@@ -77,7 +77,20 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     rid = given if _SANE_ID.match(given) else uuid.uuid4().hex
     REQUEST_ID.set(rid)
     request["request_id"] = rid
-    return await handler(request)
+    started, status = time.monotonic(), 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as e:  # 304 and friends leave as exceptions
+        status = e.status
+        raise
+    finally:
+        # Counted here, not in the access log, so metrics do not depend on the log level.
+        metrics = request.app[METRICS]
+        route = route_name(request)
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.latency.labels(route).observe(time.monotonic() - started)
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -119,11 +132,7 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         who = request.get("tunevault.principal")
-        metrics = request.app.get(METRICS) if isinstance(request, web.Request) else None
         route = route_name(request)
-        if metrics is not None:
-            metrics.requests.labels(route, request.method, str(response.status)).inc()
-            metrics.latency.labels(route).observe(time)
         self.logger.info(
             "%s %s %s",
             request.method,

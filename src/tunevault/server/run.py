@@ -12,6 +12,7 @@ from aiohttp import web
 from tunevault.demo import DEMO_ORG, seed_demo
 from tunevault.models import Scope
 from tunevault.server.app import make_app
+from tunevault.server.observability import METRICS, AccessLogger
 from tunevault.services import Services, open_services
 from tunevault.settings import Settings
 from tunevault.storage import Unsupported
@@ -42,8 +43,18 @@ def _workers(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]:
 
     async def ctx(_app: web.Application) -> AsyncIterator[None]:
         stop = threading.Event()
+        builds = _app[METRICS].builds
+
+        def observe(kind: str, outcome: str, seconds: float) -> None:
+            builds.labels(kind, outcome).observe(seconds)
+
         threads = [
-            threading.Thread(target=Worker(svc).run, args=(stop,), name=f"worker-{i}", daemon=True)
+            threading.Thread(
+                target=Worker(svc, observe=observe).run,
+                args=(stop,),
+                name=f"worker-{i}",
+                daemon=True,
+            )
             for i in range(svc.settings.build_workers)
         ]
         for t in threads:
@@ -86,6 +97,8 @@ def run_server(settings: Settings, *, demo: bool = False) -> None:
             host=settings.host,
             port=settings.port,
             print=None,
-            access_log=log,
-            shutdown_timeout=30,
+            access_log=logging.getLogger("tunevault.access"),
+            access_log_class=AccessLogger,
+            # On SIGTERM: stop accepting, let in-flight downloads finish up to the deadline.
+            shutdown_timeout=settings.shutdown_grace_seconds,
         )

@@ -1,0 +1,241 @@
+"""Operations on a live server: readiness, metrics, request ids and logs, audit, limits,
+revocation and graceful shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from tests.support.postgres import run_postgres
+from tests.support.server import LiveServer, run_server
+from tunevault.models import Kind, Scope
+from tunevault.publish import publish_directory
+from tunevault.services import open_services
+from tunevault.settings import Settings
+from tunevault.worker import Worker
+
+
+@dataclass(frozen=True)
+class Site:
+    settings: Settings
+    admin: str
+    reader: str
+    other_admin: str
+    ft_id: str
+    body: bytes
+
+
+def make_site(data_dir: Path, size: int = 4 << 20) -> Site:
+    settings = Settings(data_dir=data_dir)
+    src = data_dir.parent / f"{data_dir.name}-src"
+    src.mkdir(parents=True)
+    (src / "weights.bin").write_bytes(os.urandom(size))
+    with open_services(settings) as svc:
+        org, other = svc.store.create_org("ops"), svc.store.create_org("else")
+        _, admin = svc.store.create_key(org.id, "admin", [Scope.ADMIN])
+        _, reader = svc.store.create_key(org.id, "reader", [Scope.READ])
+        _, other_admin = svc.store.create_key(other.id, "admin", [Scope.ADMIN])
+        ft = svc.store.create_fine_tune(
+            org.id,
+            model="m",
+            model_output_name="ops/model",
+            training_type="Full",
+            status="completed",
+        )
+        ckpt = publish_directory(
+            svc.store, svc.storage, ft, src, step=7, kind=Kind.MODEL_OUTPUT, final=True
+        )
+        Worker(svc).run_once()
+        archive = svc.store.get_archive(ckpt.id)
+        assert archive is not None
+        body = b"".join(svc.storage.iter_range(archive.storage_key))
+    return Site(settings, admin, reader, other_admin, ft.id, body)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, LiveServer]]:
+    s = make_site(tmp_path_factory.mktemp("ops") / "data")
+    with run_server(s.settings.data_dir) as server:
+        yield s, server
+
+
+def h(token: str, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **extra}
+
+
+def dl_url(server: LiveServer, site: Site) -> str:
+    return f"{server.url}/v1/finetune/download?ft_id={site.ft_id}&checkpoint=model_output_path"
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_readyz_and_healthz_are_public(site: tuple[Site, LiveServer]) -> None:
+    _, server = site
+    assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(server.url + "/readyz").json()
+    assert ready == {"status": "ready", "checks": {"database": "ok", "storage": "ok"}}
+
+
+def test_readyz_fails_when_the_database_goes_away(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        pg = contextlib.ExitStack()
+        url = pg.enter_context(run_postgres())
+        stack.callback(pg.close)
+        server = stack.enter_context(
+            run_server(tmp_path / "data", env={"TUNEVAULT_DATABASE_URL": url})
+        )
+        assert httpx.get(server.url + "/readyz").status_code == 200
+        pg.close()  # the database stops under the running server
+        r = httpx.get(server.url + "/readyz")
+        assert r.status_code == 503
+        assert r.json()["checks"]["database"].startswith("unavailable")
+        assert r.json()["checks"]["storage"] == "ok"
+        assert httpx.get(server.url + "/healthz").status_code == 200  # alive, not ready
+
+
+def test_metrics_need_admin_and_count_downloads(site: tuple[Site, LiveServer]) -> None:
+    s, server = site
+    assert httpx.get(server.url + "/metrics", headers=h(s.reader)).status_code == 403
+    before = httpx.get(server.url + "/metrics", headers=h(s.admin)).text
+    r = httpx.get(dl_url(server, s), headers=h(s.reader))
+    assert r.content == s.body
+    httpx.get(server.url + "/v1/fine-tunes/ft-nope", headers=h(s.reader))
+    after = httpx.get(server.url + "/metrics", headers=h(s.admin)).text
+    sent = metric(after, "tunevault_bytes_served_total") - metric(
+        before, "tunevault_bytes_served_total"
+    )
+    assert sent == len(s.body)
+    assert 'tunevault_errors_total{code="fine_tune_not_found"}' in after
+    assert "tunevault_downloads_in_flight 0.0" in after
+    assert 'tunevault_build_queue_depth{state="queued"} 0.0' in after
+    assert 'route="/v1/finetune/download"' in after  # templates, never raw ids
+    assert s.ft_id not in after
+
+
+def test_request_ids_and_logs_without_secrets(site: tuple[Site, LiveServer]) -> None:
+    s, server = site
+    r = httpx.get(dl_url(server, s), headers=h(s.reader, **{"X-Request-Id": "trace-42"}))
+    assert r.headers["x-request-id"] == "trace-42"
+    generated = httpx.get(
+        server.url + "/v1/fine-tunes", headers=h(s.reader, **{"X-Request-Id": "bad id with spaces"})
+    ).headers["x-request-id"]
+    assert len(generated) == 32 and " " not in generated
+    assert httpx.get(server.url + "/v1/nothing").headers["x-request-id"]
+    log_path = next(s.settings.data_dir.glob("server-*.log"))
+    lines = []
+    for _ in range(50):  # the access line is written right after the response
+        lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+        if any(x.get("request_id") == "trace-42" for x in lines):
+            break
+        time.sleep(0.05)
+    mine = [x for x in lines if x.get("request_id") == "trace-42"]
+    assert mine and mine[-1]["status"] == 200 and mine[-1]["route"] == "/v1/finetune/download"
+    text = log_path.read_text()
+    for token in (s.admin, s.reader, s.other_admin):
+        assert token.split("_", 2)[2] not in text
+
+
+def test_audit_lists_who_downloaded_what(site: tuple[Site, LiveServer]) -> None:
+    s, server = site
+    half = len(s.body) // 2
+    httpx.get(dl_url(server, s), headers=h(s.reader, Range=f"bytes={half}-"))
+    rows = httpx.get(server.url + "/v1/admin/audit/downloads?limit=5", headers=h(s.admin)).json()[
+        "data"
+    ]
+    latest = rows[0]
+    assert latest["ft_id"] == s.ft_id and latest["status"] == 206
+    assert latest["range_start"] == half and latest["bytes_sent"] == len(s.body) - half
+    assert latest["archive_sha256"] == hashlib.sha256(s.body).hexdigest()
+    assert latest["kind"] == "model_output_path" and latest["step"] == 7
+    assert (
+        httpx.get(server.url + "/v1/admin/audit/downloads", headers=h(s.reader)).status_code == 403
+    )
+    assert (
+        httpx.get(server.url + "/v1/admin/audit/downloads", headers=h(s.other_admin)).json()["data"]
+        == []
+    )
+    page = httpx.get(
+        server.url + f"/v1/admin/audit/downloads?before_id={latest['id']}", headers=h(s.admin)
+    ).json()["data"]
+    assert all(r["id"] < latest["id"] for r in page)
+
+
+def test_revocation_is_effective_at_once(site: tuple[Site, LiveServer]) -> None:
+    s, server = site
+    with open_services(s.settings) as svc:
+        org = svc.store.get_org_by_name("ops")
+        assert org is not None
+        key, token = svc.store.create_key(org.id, "short-lived", [Scope.READ])
+    assert httpx.get(server.url + "/v1/fine-tunes", headers=h(token)).status_code == 200
+    with open_services(s.settings) as svc:
+        svc.store.revoke_key(key.id)
+    assert httpx.get(server.url + "/v1/fine-tunes", headers=h(token)).status_code == 401
+
+
+def test_rate_and_concurrency_limits(tmp_path: Path) -> None:
+    s = make_site(tmp_path / "data", size=64 << 20)
+    env = {"TUNEVAULT_RATE_LIMIT_PER_MINUTE": "5", "TUNEVAULT_MAX_DOWNLOADS_PER_KEY": "1"}
+    with run_server(s.settings.data_dir, env=env) as server:
+        url = urlparse(server.url)
+        # Hold one download open without reading it: the key's only download slot.
+        slow = socket.create_connection((url.hostname, url.port))
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        path = dl_url(server, s).removeprefix(server.url)
+        slow.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {s.reader}\r\n\r\n".encode()
+        )
+        assert b"200 OK" in slow.recv(4096)
+        busy = httpx.get(dl_url(server, s), headers=h(s.reader))
+        assert busy.status_code == 429 and busy.json()["error"]["code"] == "rate_limited"
+        assert int(busy.headers["retry-after"]) > 0
+        slow.close()
+        codes = [
+            httpx.get(server.url + "/v1/fine-tunes", headers=h(s.admin)).status_code
+            for _ in range(7)
+        ]
+        assert codes[:5] == [200] * 5 and codes[-1] == 429
+        # Another key has its own budget.
+        assert httpx.get(server.url + "/v1/whoami", headers=h(s.other_admin)).status_code == 200
+
+
+def test_sigterm_lets_a_download_in_flight_finish(tmp_path: Path) -> None:
+    s = make_site(tmp_path / "data", size=48 << 20)
+    with run_server(s.settings.data_dir) as server:
+        url = urlparse(server.url)
+        path = dl_url(server, s).removeprefix(server.url)
+        conn = socket.create_connection((url.hostname, url.port))
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        conn.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {s.reader}"
+            f"\r\nConnection: close\r\n\r\n".encode()
+        )
+        received = bytearray(conn.recv(65536))
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        # New connections are refused while the old download goes on.
+        with pytest.raises(OSError):
+            socket.create_connection((url.hostname, url.port), timeout=2).close()
+        while chunk := conn.recv(1 << 20):
+            received += chunk
+        conn.close()
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert b"200 OK" in head and body == s.body
+        assert server.process.wait(30) == 0
