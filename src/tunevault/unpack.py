@@ -1,9 +1,10 @@
 """A safe, streaming reader of tunevault's tar.zst archives (the writer is archive.py).
 
 Bytes go in once, in order, from any `read(n)` source (a network stream, a file), and
-come out as regular files under a destination directory; the archive itself never lands
-on disk. The first member must be `SHA256SUMS`: every later file is hashed while it is
-written and must match its line there, and every line must be matched by a file.
+come out as regular files (SHA256SUMS included, as tar gives it) under a destination
+directory; the archive itself never lands on disk. The first member must be
+`SHA256SUMS`: every later file is hashed while it is written and must match its line
+there, and every line must be matched by a file.
 
 Anything that could write outside the destination or surprise a later reader is refused
 before a byte of it is written: absolute paths, `..` or `.` or empty components, links of
@@ -133,7 +134,10 @@ def unpack_stream(
     try:
         reader = dctx.stream_reader(source, read_size=CHUNK, closefd=False)  # type: ignore[arg-type]
         with reader as plain, tarfile.open(fileobj=plain, mode="r|") as tar:
-            sums = _read_sums(tar)
+            text = _read_sums(tar)
+            sums = parse_sums(text)
+            # Kept, as tar would: `sha256sum -c SHA256SUMS` works on the tree later.
+            tree.claim(SUMS_NAME, is_dir=False).write_bytes(text)
             while (member := tar.next()) is not None:
                 _extract_member(tar, member, sums, tree, result, on_bytes)
             while plain.read(CHUNK):  # zero padding after the end-of-archive blocks
@@ -154,7 +158,7 @@ def unpack_stream(
     return result
 
 
-def _read_sums(tar: tarfile.TarFile) -> dict[str, str]:
+def _read_sums(tar: tarfile.TarFile) -> bytes:
     first = tar.next()
     if first is None or first.name != SUMS_NAME or not first.isreg():
         raise IntegrityError(
@@ -164,7 +168,7 @@ def _read_sums(tar: tarfile.TarFile) -> dict[str, str]:
         raise UnsafeArchive(f"{SUMS_NAME} is {first.size} bytes, more than any real manifest")
     f = tar.extractfile(first)
     assert f is not None  # a regular member always has a reader
-    return parse_sums(f.read())
+    return f.read()
 
 
 def _extract_member(

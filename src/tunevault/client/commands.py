@@ -19,6 +19,7 @@ import click
 from tunevault.client.api import Client
 from tunevault.client.download import download as download_file
 from tunevault.client.extract import download_extract
+from tunevault.client.fetch import RetryPolicy
 from tunevault.client.http import NetworkError
 from tunevault.client.progress import Bar
 from tunevault.client.target import CHECKPOINTS, ProtocolError, parse_ft_arg
@@ -110,6 +111,13 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
     show_default=True,
     help="Parallel ranged connections for one archive.",
 )
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait for an archive the server is still building (409).",
+)
 @_client_options
 def download(
     ft_ref: str,
@@ -118,6 +126,7 @@ def download(
     output: Path | None,
     extract: Path | None,
     connections: int,
+    wait: float,
     as_json: bool,
     url: str | None,
     api_key: str | None,
@@ -139,11 +148,18 @@ def download(
     label = f"{ft_id}" + (f":{step}" if step is not None else f" ({checkpoint})")
     bar = Bar(label) if sys.stderr.isatty() and not as_json else None
     client = Client(url, api_key)
+    policy = RetryPolicy(not_ready_timeout=wait)
 
     def action() -> None:
         if extract is not None:
             result = download_extract(
-                client, ft_id, extract, step=step, checkpoint=checkpoint, progress=bar
+                client,
+                ft_id,
+                extract,
+                step=step,
+                checkpoint=checkpoint,
+                progress=bar,
+                policy=policy,
             )
         else:
             result = download_file(
@@ -154,6 +170,7 @@ def download(
                 output=output,
                 connections=connections,
                 progress=bar,
+                policy=policy,
             )
         if as_json:
             click.echo(json.dumps(result.as_dict()))

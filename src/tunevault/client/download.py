@@ -86,7 +86,7 @@ def download(
     state = find_resumable(out, identity) if into_dir else _resumable_file(out, identity)
     restarts = 0
     while True:
-        part, first = _open(fetcher, client, state, out, into_dir, identity, connections > 1)
+        part, first = _open(fetcher, client, state, out, into_dir, identity, connections)
         state = None
         resumed = part.spans.total()  # kept from an earlier run, if it is still current
         try:
@@ -179,15 +179,15 @@ def _open(
     out: Path,
     into_dir: bool,
     identity: str,
-    reserve: bool,
+    connections: int,
 ) -> tuple[PartFile, Response]:
-    """The .part to fill and a response whose body starts at its first missing byte."""
+    """The .part to fill and a response whose body is its first missing piece."""
     fresh: Response | None = None
     if state is not None and state.target.etag is not None:
-        gaps = state.missing()
+        pieces = _pieces(state.missing(), connections)
         # Nothing missing: ask for the last byte anyway, to learn whether it is still current.
-        start = gaps[0][0] if gaps else state.target.size - 1
-        headers = {"Range": f"bytes={start}-", "If-Range": state.target.etag}
+        start, end = pieces[0] if pieces else (state.target.size - 1, state.target.size)
+        headers = {"Range": f"bytes={start}-{end - 1}", "If-Range": state.target.etag}
         try:
             resp: Response | None = fetcher.get(headers)
         except RangeNotSatisfiable:
@@ -209,7 +209,7 @@ def _open(
     target = target_of(fresh, client, fetcher.request, identity)
     final = out / target.filename if into_dir else out
     try:
-        return PartFile.create(final, target, reserve=reserve), fresh
+        return PartFile.create(final, target, reserve=connections > 1), fresh
     except BaseException:
         fetcher.release(fresh)
         raise

@@ -1,0 +1,88 @@
+"""Redirects to another origin, the typed API calls, and where the client finds its server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.client.conftest import FAST, Live, MiB
+from tests.client.origins import blob_host, redirector
+from tests.client.seeding import add_fine_tune
+from tunevault.client import Client, ClientConfig, download
+from tunevault.client.config import TOGETHER_URL
+from tunevault.client.extract import download_extract
+from tunevault.errors import Conflict, FineTuneNotFound
+
+
+def test_redirect_to_another_origin_drops_the_key_and_keeps_range(
+    live: Live, tmp_path: Path
+) -> None:
+    with (
+        blob_host(live.data, cut_first_after=3 * MiB + 7) as blobs,
+        redirector(blobs.url + "/bucket/archive?X-Sig=abc") as api,
+    ):
+        result = download(Client(api.url, "secret-key"), live.ft, output=tmp_path, policy=FAST)
+    # The blob host's hostile file name is reduced to a plain name in the output dir.
+    assert Path(result.path) == tmp_path / "evil_name.tar.zst"
+    assert Path(result.path).read_bytes() == live.data and result.verified
+    assert [h.get("authorization") for h in api.seen] == ["Bearer secret-key"] * 2
+    assert [h.get("authorization") for h in blobs.seen] == [None, None]
+    assert blobs.seen[1]["range"] == f"bytes={3 * MiB + 7}-{len(live.data) - 1}"
+    assert blobs.seen[1]["if-range"] == f'"{live.sha256}"'
+
+
+def test_extract_through_a_redirect(live: Live, tmp_path: Path) -> None:
+    with blob_host(live.data, cut_first_after=MiB) as blobs, redirector(blobs.url) as api:
+        result = download_extract(Client(api.url, "k"), live.ft, tmp_path / "m", policy=FAST)
+    assert result.sha256 == live.sha256 and (tmp_path / "m" / "config.json").exists()
+    assert all("authorization" not in h for h in blobs.seen)
+
+
+def test_read_routes(live: Live) -> None:
+    client = Client(live.url, live.seeded.token)
+    assert live.ft in [ft.id for ft in client.list_fine_tunes()]
+    ft = client.get_fine_tune(live.ft)
+    assert (ft.model_output_name, ft.training_type, ft.status) == (
+        "acme/llama-ft",
+        "Full",
+        "completed",
+    )
+    [ckpt] = client.list_checkpoints(live.ft)
+    assert (ckpt.step, ckpt.checkpoint_type, ckpt.checkpoint) == (100, "Final", "model")
+    assert isinstance(client.list_events(live.ft), list)
+    assert client.metrics(live.ft) == []
+    assert client.whoami()["organization"]["name"] == "acme"
+    with pytest.raises(Conflict):
+        client.cancel_fine_tune(live.ft)  # completed jobs cannot be cancelled
+
+
+def test_delete(live: Live) -> None:
+    own = add_fine_tune(live.seeded.settings, live.seeded.token, {"w": 10}, name="x/del")
+    client = Client(live.url, live.seeded.token)
+    client.delete_fine_tune(own.ft.id)
+    with pytest.raises(FineTuneNotFound):
+        client.get_fine_tune(own.ft.id)
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/"])
+def test_together_variables_with_or_without_v1(live: Live, suffix: str) -> None:
+    env = {"TOGETHER_BASE_URL": live.url + suffix, "TOGETHER_API_KEY": live.seeded.token}
+    config = ClientConfig.resolve(env=env)
+    assert config.base_url == live.url
+    assert live.ft in [ft.id for ft in Client(config=config).list_fine_tunes()]
+
+
+def test_configuration_precedence() -> None:
+    env = {
+        "TUNEVAULT_URL": "http://tv:1",
+        "TUNEVAULT_API_KEY": "a",
+        "TOGETHER_BASE_URL": "http://tg:2/v1",
+        "TOGETHER_API_KEY": "b",
+    }
+    assert ClientConfig.resolve(env=env) == ClientConfig("http://tv:1", "a")
+    assert ClientConfig.resolve("http://flag:3/v1", "c", env=env) == ClientConfig(
+        "http://flag:3", "c"
+    )
+    assert ClientConfig.resolve(env={"TOGETHER_API_KEY": "b"}).base_url == TOGETHER_URL
+    assert ClientConfig.resolve(env={}).base_url == "http://127.0.0.1:8000"
