@@ -47,7 +47,6 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cluster")
-    (root / "seaweed").mkdir()
     with run_seaweedfs(root / "seaweed") as seaweed, seaweed.bucket() as bucket:
         query = urlencode({"endpoint_url": seaweed.endpoint_url, "region": seaweed.region})
         settings = Settings(

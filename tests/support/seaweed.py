@@ -224,6 +224,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 def run_seaweedfs(tmpdir: Path, *, timeout: float = 60) -> Iterator[SeaweedFS]:
     """Start SeaweedFS with its state under tmpdir; stop it when the block exits."""
     weed = weed_binary()
+    tmpdir.mkdir(parents=True, exist_ok=True)
     access_key = "TV" + secrets.token_hex(9).upper()
     secret_key = secrets.token_urlsafe(30)
     config = tmpdir / "s3.json"

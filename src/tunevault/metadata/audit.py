@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -32,11 +33,10 @@ class DownloadRecord:
 
 
 class AuditMixin(StoreBase):
-    def record_download(self, record: DownloadRecord) -> None:
-        row = asdict(record)
-        del row["id"]
+    def record_downloads(self, records: Sequence[DownloadRecord]) -> None:
+        rows = [{k: v for k, v in asdict(r).items() if k != "id"} for r in records]
         with self.engine.begin() as conn:
-            conn.execute(t.audit_downloads.insert().values(**row))
+            conn.execute(t.audit_downloads.insert(), rows)
 
     def list_downloads(
         self, org_id: str, *, limit: int = 100, before_id: int | None = None

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from tunevault.errors import NotFound, TunevaultError, Unauthenticated
 from tunevault.server import download, finetunes, ops, publish, uploads, whoami
+from tunevault.server.audit import AUDIT, AuditWriter, audit_ctx
 from tunevault.server.context import LIMITS, PRINCIPAL, SERVICES, blocking
 from tunevault.server.limits import KeyLimits
 from tunevault.server.observability import (
@@ -105,6 +106,8 @@ def make_app(svc: Services) -> web.Application:
     app[SERVICES] = svc
     app[METRICS] = Metrics()
     if svc is not None:  # None only when a test inspects the routing table
+        app[AUDIT] = AuditWriter(svc.store)
+        app.cleanup_ctx.append(audit_ctx)
         app[LIMITS] = KeyLimits(
             svc.settings.rate_limit_per_minute, svc.settings.max_downloads_per_key
         )

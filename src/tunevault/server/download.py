@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 
 from aiohttp import web
 
@@ -16,6 +17,7 @@ from tunevault.metadata import MetadataStore
 from tunevault.metadata.audit import DownloadRecord
 from tunevault.metadata.base import now
 from tunevault.models import Archive, Checkpoint, FineTune, Kind
+from tunevault.server.audit import AUDIT
 from tunevault.server.blob import BlobRef, send_blob
 from tunevault.server.context import LIMITS, blocking, principal, services
 from tunevault.server.observability import METRICS
@@ -108,7 +110,10 @@ async def download(request: web.Request) -> web.StreamResponse:
     # 499 (nginx's "client closed request") unless the answer goes out whole.
     status: int | None = 499
     sent = planned = start = 0
-    with request.app[LIMITS].download(who.key_id):
+    # Download slots bound the bytes this process sends; a redirect or an X-Accel answer
+    # hands the sending to the object store or nginx, and takes none.
+    slot = request.app[LIMITS].download(who.key_id) if mode == "proxy" else nullcontext()
+    with slot:
         metrics.downloads_in_flight.inc()
         try:
             resp = await send_blob(request, svc.storage, blob, svc.settings)
@@ -125,8 +130,7 @@ async def download(request: web.Request) -> web.StreamResponse:
         finally:
             metrics.downloads_in_flight.dec()
             if status is not None:
-                await blocking(
-                    svc.store.record_download,
+                request.app[AUDIT].add(
                     DownloadRecord(
                         created_at=now(),
                         org_id=who.org_id,
