@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase, now
 from tunevault.metadata.jobs import enqueue
-from tunevault.models import Archive, Checkpoint, FileEntry, Kind
+from tunevault.models import Archive, Checkpoint, FileEntry, FineTune, Kind
 
 
 class CheckpointsMixin(StoreBase):
@@ -119,6 +119,63 @@ class CheckpointsMixin(StoreBase):
                     for f in files
                 ],
             )
+
+    def fine_tune_with_archives(
+        self, org_id: str, ft_id: str
+    ) -> tuple[FineTune | None, list[tuple[Checkpoint, Archive | None]]]:
+        """A fine-tune with its checkpoints and their archives, in one round trip.
+
+        The download route's resolve: it runs on every download, so it is one query.
+        """
+        f, c, a = t.fine_tunes, t.checkpoints, t.archives
+        q = (
+            sa.select(
+                f,
+                c.c.id.label("c_id"),
+                c.c.step.label("c_step"),
+                c.c.kind.label("c_kind"),
+                c.c.final.label("c_final"),
+                c.c.created_at.label("c_created_at"),
+                a.c.storage_key.label("a_key"),
+                a.c.sha256.label("a_sha256"),
+                a.c.size.label("a_size"),
+                a.c.created_at.label("a_created_at"),
+            )
+            .select_from(
+                f.outerjoin(c, c.c.ft_id == f.c.id).outerjoin(a, a.c.checkpoint_id == c.c.id)
+            )
+            .where(f.c.id == ft_id, f.c.org_id == org_id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        if not rows:
+            return None, []
+        ft = FineTune(**{col.name: rows[0]._mapping[col.name] for col in f.c})
+        found = []
+        for r in rows:
+            if r.c_id is None:
+                continue
+            ckpt = Checkpoint(
+                id=r.c_id,
+                ft_id=ft.id,
+                step=r.c_step,
+                kind=Kind(r.c_kind),
+                final=r.c_final,
+                created_at=r.c_created_at,
+            )
+            archive = (
+                None
+                if r.a_key is None
+                else Archive(
+                    checkpoint_id=r.c_id,
+                    storage_key=r.a_key,
+                    sha256=r.a_sha256,
+                    size=r.a_size,
+                    created_at=r.a_created_at,
+                )
+            )
+            found.append((ckpt, archive))
+        return ft, found
 
     def merged_checkpoints_for_base(self, org_id: str, base_name: str) -> list[int]:
         """Merged checkpoints of the organization's LoRA fine-tunes of this base model."""

@@ -64,18 +64,18 @@ def _pick_kind(ft: FineTune, ckpts: list[Checkpoint], checkpoint: str) -> Checkp
 def resolve(
     store: MetadataStore, org_id: str, q: DownloadQuery
 ) -> tuple[FineTune, Checkpoint, Archive]:
-    ft = store.get_fine_tune(org_id, q.ft_id)
+    ft, rows = store.fine_tune_with_archives(org_id, q.ft_id)
     if ft is None:
         raise FineTuneNotFound(
             f"fine-tune {q.ft_id} not found; GET /v1/fine-tunes lists yours", param="ft_id"
         )
-    ckpts = store.list_checkpoints(ft.id)
+    ckpts = [c for c, _ in rows]
     if q.step is not None:
         ckpt = _pick_step(ft, ckpts, q.step)
     else:
         assert q.checkpoint is not None
         ckpt = _pick_kind(ft, ckpts, q.checkpoint)
-    archive = store.get_archive(ckpt.id)
+    archive = dict((c.id, a) for c, a in rows)[ckpt.id]
     if archive is None:
         failed = [j for j in store.jobs_for_checkpoint(ckpt.id) if j.state == "failed"]
         if failed:  # say why, with the class the build failed with (e.g. a missing base)
