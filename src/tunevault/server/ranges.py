@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from tunevault.errors import RangeNotSatisfiable
 
-_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+# ASCII digits only (RFC 9110 DIGIT), and few enough that int() never meets Python's
+# 4300-digit limit: a longer number is past any archive anyway.
+_SPEC = re.compile(r"^\s*([0-9]{0,30})\s*-\s*([0-9]{0,30})\s*$")
 MAX_RANGES = 100
 
 
