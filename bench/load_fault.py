@@ -1,0 +1,327 @@
+"""Load and fault run: 100 clients download and resume for a few minutes across two
+replicas (PostgreSQL + shared storage) while one replica is killed and restarted and a
+publish runs. Reports requests, bytes, errors (recovered or not), corrupt files, and the
+servers' memory over time. Bounded in time and count; loopback only.
+
+    .venv/bin/python -m bench.load_fault [--clients 100] [--seconds 150] [--size-mib 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+from bench.common import random_file
+from tests.support.postgres import create_database, free_port, run_postgres
+from tests.support.server import wait_healthy
+from tunevault.models import Kind, Scope
+from tunevault.publish import publish_directory
+from tunevault.services import open_services
+from tunevault.settings import Settings
+from tunevault.worker import Worker
+
+CHUNK = 256 << 10
+MAX_ATTEMPTS = 30
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    bytes: int = 0
+    recovered_errors: int = 0
+    downloads_ok: int = 0
+    downloads_failed: int = 0
+    corrupt: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+
+class Replica:
+    def __init__(self, name: str, data_dir: Path, env: dict[str, str]) -> None:
+        self.name, self.data_dir, self.env = name, data_dir, env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.rss: list[tuple[float, int]] = []
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tunevault",
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.port),
+            ],
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_healthy(self.url, self.proc)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def sample(self, t: float) -> None:
+        if self.proc and self.proc.poll() is None:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.rss.append((t, int(line.split()[1]) // 1024))
+
+
+async def download(
+    session: aiohttp.ClientSession,
+    replicas: list[Replica],
+    path: str,
+    token: str,
+    want_sha: str,
+    stats: Stats,
+    rng: random.Random,
+) -> None:
+    """One download, cut at random points and resumed (If-Range) on random replicas."""
+    h = hashlib.sha256()
+    have, etag, total = 0, None, None
+    for _ in range(MAX_ATTEMPTS):
+        replica = rng.choice(replicas)
+        headers = {"Authorization": f"Bearer {token}"}
+        if have:
+            headers |= {"Range": f"bytes={have}-", "If-Range": etag or ""}
+        cut = rng.randrange(CHUNK, 64 << 20) if rng.random() < 0.4 else None
+        try:
+            stats.requests += 1
+            async with session.get(replica.url + path, headers=headers) as r:
+                stats.statuses[r.status] = stats.statuses.get(r.status, 0) + 1
+                if r.status == 200 and have:  # the archive changed: start over
+                    h, have = hashlib.sha256(), 0
+                elif r.status not in (200, 206):
+                    stats.recovered_errors += 1
+                    await asyncio.sleep(0.2)
+                    continue
+                etag = r.headers["ETag"]
+                total = (
+                    int(r.headers["Content-Range"].split("/")[1])
+                    if r.status == 206
+                    else (int(r.headers["Content-Length"]))
+                )
+                got = 0
+                async for chunk in r.content.iter_chunked(CHUNK):
+                    h.update(chunk)
+                    have += len(chunk)
+                    got += len(chunk)
+                    stats.bytes += len(chunk)
+                    if cut is not None and got >= cut:
+                        break  # the client hangs up mid-body; resume on the next attempt
+            if total is not None and have == total:
+                ok = f'"{h.hexdigest()}"' == etag == f'"{want_sha}"'
+                stats.downloads_ok += ok
+                stats.corrupt += not ok
+                return
+        except (TimeoutError, aiohttp.ClientError, ConnectionError):
+            stats.recovered_errors += 1
+            await asyncio.sleep(0.2)
+    stats.downloads_failed += 1
+
+
+async def clients(
+    n: int,
+    seconds: float,
+    replicas: list[Replica],
+    targets: list[tuple[str, str]],
+    token: str,
+    stats: Stats,
+) -> None:
+    deadline = time.monotonic() + seconds
+    timeout = aiohttp.ClientTimeout(sock_connect=5, sock_read=30)
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+    ) as session:
+
+        async def one(i: int) -> None:
+            rng = random.Random(i)
+            while time.monotonic() < deadline:
+                path, sha = rng.choice(targets)
+                await download(session, replicas, path, token, sha, stats, rng)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def chaos(victim: Replica, at: float, down_for: float, log: list[str]) -> None:
+    time.sleep(at)
+    victim.kill()
+    log.append(f"t={at:.0f}s: replica {victim.name} killed (SIGKILL)")
+    time.sleep(down_for)
+    victim.start()
+    log.append(f"t={at + down_for:.0f}s: replica {victim.name} restarted on the same port")
+
+
+def publish_during(replica: Replica, token: str, src: Path, log: list[str]) -> None:
+    time.sleep(10)
+    c = httpx.Client(
+        base_url=replica.url, timeout=120, headers={"Authorization": f"Bearer {token}"}
+    )
+    t0 = time.monotonic()
+    ft = c.post(
+        "/v1/publish/fine-tunes",
+        json={
+            "model": "m",
+            "model_output_name": "load/published",
+            "training_type": {"type": "Full"},
+            "status": "running",
+        },
+    ).json()
+    data = src.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    c.put(f"/v1/publish/blobs/{sha}", content=data, headers={"Upload-Length": str(len(data))})
+    c.post(
+        f"/v1/publish/fine-tunes/{ft['id']}/checkpoints",
+        json={
+            "step": 1,
+            "kind": "model_output_path",
+            "final": True,
+            "files": [{"path": "model.safetensors", "size": len(data), "sha256": sha}],
+        },
+    )
+    c.post(f"/v1/publish/fine-tunes/{ft['id']}/status", json={"status": "completed"})
+    q = f"/v1/finetune/download?ft_id={ft['id']}&checkpoint=model_output_path"
+    for _ in range(600):
+        r = c.get(q)
+        if r.status_code == 200:
+            log.append(
+                f"publish of {len(data) >> 20} MiB during the load: downloadable "
+                f"after {time.monotonic() - t0:.1f}s"
+            )
+            return
+        time.sleep(0.5)
+    log.append("publish during the load: NOT downloadable in time")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=150)
+    ap.add_argument("--size-mib", type=int, default=24)
+    args = ap.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="tv-load-", dir="/var/tmp") as tmp_name,
+        run_postgres() as pg,
+    ):
+        tmp = Path(tmp_name)
+        shared = tmp / "blobs"
+        env = {
+            "TUNEVAULT_DATABASE_URL": create_database(pg, "load"),
+            "TUNEVAULT_STORAGE_URL": shared.resolve().as_uri(),
+            "TUNEVAULT_RATE_LIMIT_PER_MINUTE": "0",
+            "TUNEVAULT_MAX_DOWNLOADS_PER_KEY": "0",
+            "TUNEVAULT_LOG_LEVEL": "WARNING",
+        }
+        settings = Settings(
+            data_dir=tmp / "seed",
+            database_url=env["TUNEVAULT_DATABASE_URL"],
+            storage_url=env["TUNEVAULT_STORAGE_URL"],
+        )
+        targets = []
+        with open_services(settings) as svc:
+            org = svc.store.create_org("load")
+            _, token = svc.store.create_key(org.id, "load", [Scope.READ, Scope.PUBLISH])
+            for i in range(3):
+                src = tmp / f"src{i}"
+                src.mkdir()
+                random_file(src / "model.safetensors", (args.size_mib << 20) + i * 12345)
+                ft = svc.store.create_fine_tune(
+                    org.id,
+                    model="m",
+                    model_output_name=f"load/{i}",
+                    training_type="Full",
+                    status="completed",
+                )
+                ckpt = publish_directory(
+                    svc.store, svc.storage, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=True
+                )
+                Worker(svc).run_once()
+                archive = svc.store.get_archive(ckpt.id)
+                assert archive is not None
+                targets.append(
+                    (
+                        f"/v1/finetune/download?ft_id={ft.id}&checkpoint=model_output_path",
+                        archive.sha256,
+                    )
+                )
+        pub_src = random_file(tmp / "publish.bin", 96 << 20)
+        replicas = [Replica("A", tmp / "a", env), Replica("B", tmp / "b", env)]
+        for r in replicas:
+            r.start()
+        events: list[str] = []
+        stats = Stats()
+        threads = [
+            threading.Thread(target=chaos, args=(replicas[0], args.seconds / 3, 5, events)),
+            threading.Thread(target=publish_during, args=(replicas[1], token, pub_src, events)),
+        ]
+        for t in threads:
+            t.start()
+        stop = threading.Event()
+        t0 = time.monotonic()
+
+        def sampler() -> None:
+            while not stop.wait(1.0):
+                for r in replicas:
+                    r.sample(time.monotonic() - t0)
+
+        threading.Thread(target=sampler, daemon=True).start()
+        asyncio.run(clients(args.clients, args.seconds, replicas, targets, token, stats))
+        elapsed = time.monotonic() - t0
+        stop.set()
+        for t in threads:
+            t.join()
+        for r in replicas:
+            if r.proc:
+                r.proc.terminate()
+                r.proc.wait(60)
+    print(
+        f"{args.clients} clients for {elapsed:.0f}s, 3 archives of ~{args.size_mib} MiB, "
+        f"2 replicas on PostgreSQL + shared local storage; 40% of requests cut mid-body "
+        f"and resumed with Range + If-Range on a random replica.\n"
+    )
+    for e in events:
+        print(f"- {e}")
+    print(
+        f"\n| figure | value |\n|---|---|\n| requests | {stats.requests} |\n"
+        f"| bytes received | {stats.bytes / 2**30:.1f} GiB |\n"
+        f"| downloads completed and verified | {stats.downloads_ok} |\n"
+        f"| errors recovered by retry/resume | {stats.recovered_errors} |\n"
+        f"| downloads that could not complete | {stats.downloads_failed} |\n"
+        f"| corrupt files | {stats.corrupt} |\n"
+        f"| statuses | {dict(sorted(stats.statuses.items()))} |"
+    )
+    print("\nServer RSS (MB) over time:\n")
+    print("| t (s) | " + " | ".join(f"replica {r.name}" for r in replicas) + " |")
+    print("|---|" + "---|" * len(replicas))
+    for mark in range(0, int(elapsed) + 1, 15):
+        cells = []
+        for r in replicas:
+            near = [mb for t, mb in r.rss if mark <= t < mark + 15]
+            cells.append(str(max(near)) if near else "down")
+        print(f"| {mark} | " + " | ".join(cells) + " |")
+    print("\nPeak RSS: " + ", ".join(f"{r.name} {max(mb for _, mb in r.rss)} MB" for r in replicas))
+
+
+if __name__ == "__main__":
+    main()
