@@ -56,7 +56,12 @@ def test_exit_codes(live: Live, proxy: FaultProxy, tmp_path: Path) -> None:
             2,
         ),
         "not ready": (["download", live.pending_ft, "-o", out, "--wait", "0"], live.url, token, 7),
-        "network": (["download", live.ft, "-o", out], "http://127.0.0.1:9", token, 6),
+        "network": (
+            ["download", live.ft, "-o", out, "--retries", "1"],
+            "http://127.0.0.1:9",
+            token,
+            6,
+        ),
         "ls unauthorised": (["ls"], live.url, "tv_wrong", 3),
     }
     for name, (args, url, key, code) in cases.items():

@@ -154,3 +154,10 @@ def test_unreachable_server_is_a_network_error(tmp_path: Path) -> None:
     client = Client("http://127.0.0.1:9", "k")  # discard port: nothing listens
     with pytest.raises(NetworkError):
         download(client, "ft-1", output=tmp_path, policy=FAST)
+
+
+def test_output_with_trailing_slash_is_a_new_directory(
+    live: Live, client: Client, tmp_path: Path
+) -> None:
+    result = download(client, live.ft, output=str(tmp_path / "new") + "/")
+    assert Path(result.path) == tmp_path / "new" / live.filename

@@ -146,8 +146,11 @@ class FaultProxy:
                 at = fault.corrupt_at - offset - ex.body_bytes
                 if 0 <= at < len(body):
                     body = body[:at] + bytes([body[at] ^ 0xFF]) + body[at + 1 :]
-            client.sendall(body)
-            ex.body_bytes += len(body)
+            view = memoryview(body)
+            while view:  # counted send by send: the count is what reached the socket
+                n = client.send(view)
+                view = view[n:]
+                ex.body_bytes += n
             if limit is not None and ex.body_bytes >= limit:
                 break
             body = upstream.recv(RECV)

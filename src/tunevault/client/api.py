@@ -89,8 +89,15 @@ class Client:
     def list_events(self, ft_id: str) -> list[dict[str, Any]]:
         return _data(self.transport.json("GET", self._ft(ft_id, "/events")))
 
-    def metrics(self, ft_id: str) -> list[dict[str, Any]]:
-        body = self.transport.json("GET", self._ft(ft_id, "/metrics"))
+    def metrics(
+        self, ft_id: str, *, step_from: int | None = None, step_to: int | None = None
+    ) -> list[dict[str, Any]]:
+        params = {
+            k: v
+            for k, v in (("global_step_from", step_from), ("global_step_to", step_to))
+            if v is not None
+        }
+        body = self.transport.json("GET", self._ft(ft_id, "/metrics"), params or None)
         rows = body.get("metrics") if isinstance(body, dict) else None
         return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 

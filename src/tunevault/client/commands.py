@@ -94,9 +94,9 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
-    help="File to write, or a directory to save into under the server's file name "
-    "(default: the current directory).",
+    type=click.Path(),
+    help="File to write, or a directory (existing, or ending in /) to save into under "
+    "the server's file name (default: the current directory).",
 )
 @click.option(
     "--extract",
@@ -118,15 +118,24 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
     show_default=True,
     help="Seconds to wait for an archive the server is still building (409).",
 )
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Consecutive failed attempts (with backoff up to 8 s) before giving up; "
+    "any progress resets the count.",
+)
 @_client_options
 def download(
     ft_ref: str,
     checkpoint: str,
     checkpoint_step: int | None,
-    output: Path | None,
+    output: str | None,
     extract: Path | None,
     connections: int,
     wait: float,
+    retries: int,
     as_json: bool,
     url: str | None,
     api_key: str | None,
@@ -148,7 +157,7 @@ def download(
     label = f"{ft_id}" + (f":{step}" if step is not None else f" ({checkpoint})")
     bar = Bar(label) if sys.stderr.isatty() and not as_json else None
     client = Client(url, api_key)
-    policy = RetryPolicy(not_ready_timeout=wait)
+    policy = RetryPolicy(attempts=retries, not_ready_timeout=wait)
 
     def action() -> None:
         if extract is not None:

@@ -69,7 +69,7 @@ def download(
     *,
     step: int | None = None,
     checkpoint: str = "default",
-    output: Path | None = None,
+    output: Path | str | None = None,
     connections: int = 1,
     progress: Progress | None = None,
     policy: RetryPolicy | None = None,
@@ -79,8 +79,9 @@ def download(
     policy = policy or RetryPolicy()
     request = DownloadRequest(ft_id, step, checkpoint)
     fetcher = Fetcher(client, request, policy)
-    into_dir = output is None or output.is_dir() or str(output).endswith(os.sep)
-    out = (output or Path.cwd()).absolute()
+    # A str keeps a trailing "/", which says "a directory" even before it exists.
+    into_dir = output is None or Path(output).is_dir() or str(output).endswith(os.sep)
+    out = Path(output or Path.cwd()).absolute()
     (out if into_dir else out.parent).mkdir(parents=True, exist_ok=True)
     identity = request.identity(client.config.base_url)
     state = find_resumable(out, identity) if into_dir else _resumable_file(out, identity)

@@ -10,6 +10,7 @@ after every file matched SHA256SUMS and the whole archive matched its digest.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import shutil
 import tempfile
@@ -121,6 +122,8 @@ def download_extract(
     dest = dest.absolute()
     check_destination(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run into the same DIR
     request = DownloadRequest(ft_id, step, checkpoint)
     fetcher = Fetcher(client, request, policy)
     identity = request.identity(client.config.base_url)

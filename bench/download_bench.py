@@ -1,0 +1,185 @@
+"""Downloading one 2 GiB archive: the `tunevault download` CLI versus `curl -o`.
+
+Same server (a live tunevault, sendfile), same disk, same run, alternating tools; before
+each download the previous output is deleted and `sync` flushes dirty pages, so no run
+pays for another's writeback. tunevault's wall includes interpreter start, the sha256
+verification and the rename; curl verifies nothing. Then a resume measurement: the CLI
+downloads through a counting proxy, is stopped (SIGSTOP) once half the archive is in its
+.part, the socket queues are read with `ss`, it is SIGKILLed, and run again.
+
+    .venv/bin/python -m bench.download_bench [--size-mib 2048] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.client.seeding import seed_store
+from tests.support.faultproxy import FaultProxy
+from tests.support.server import run_server
+from tunevault.client.state import PartFile
+
+OUT = Path(__file__).parent / "out" / "download"
+MiB = 1 << 20
+
+
+def prepare(data_dir: Path, size: int) -> tuple[str, str, int]:
+    """(token, ft_id, archive size), reusing an earlier seed of the same size."""
+    meta = data_dir / "seed.json"
+    if meta.exists():
+        seed = json.loads(meta.read_text())
+        if seed["requested"] == size:
+            return seed["token"], seed["ft"], seed["size"]
+    if data_dir.exists():
+        subprocess.run(["rm", "-rf", str(data_dir)], check=True)
+    parts = 4
+    sizes = {f"model-{i + 1:05d}-of-{parts:05d}.safetensors": size // parts for i in range(parts)}
+    seeded = seed_store(data_dir, sizes, level=1)
+    subprocess.run(["rm", "-rf", str(data_dir / "src")], check=True)
+    seed = {
+        "requested": size,
+        "token": seeded.token,
+        "ft": seeded.ft.id,
+        "size": seeded.archive.size,
+    }
+    meta.write_text(json.dumps(seed))
+    return seeded.token, seeded.ft.id, seeded.archive.size
+
+
+def _clean(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    for p in path.iterdir():
+        p.unlink()
+    subprocess.run(["sync"], check=True)
+
+
+def _env(url: str, token: str) -> dict[str, str]:
+    return {**os.environ, "TUNEVAULT_URL": url, "TUNEVAULT_API_KEY": token}
+
+
+def run_curl(url: str, token: str, ft: str, dest: Path, size: int) -> float:
+    _clean(dest)
+    target = f"{url}/v1/finetune/download?ft_id={ft}&checkpoint=model_output_path"
+    t0 = time.perf_counter()
+    auth = f"Authorization: Bearer {token}"
+    subprocess.run(
+        ["curl", "-sS", "-f", "-o", str(dest / "a.tar.zst"), "-H", auth, target], check=True
+    )
+    elapsed = time.perf_counter() - t0
+    assert (dest / "a.tar.zst").stat().st_size == size
+    return elapsed
+
+
+def run_cli(url: str, token: str, ft: str, dest: Path, size: int, connections: int) -> float:
+    _clean(dest)
+    cmd = [sys.executable, "-m", "tunevault", "download", ft, "-o", str(dest), "--json"]
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [*cmd, "--connections", str(connections)],
+        env=_env(url, token),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    elapsed = time.perf_counter() - t0
+    result = json.loads(out)
+    assert result["size"] == size and result["verified"], result
+    return elapsed
+
+
+def _socket_queues(port: int) -> int:
+    """Bytes sitting in kernel socket queues on the proxy's client-side connections."""
+    out = subprocess.run(
+        ["ss", "-tnH", "state", "established", f"( sport = :{port} or dport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(cols[0]) + int(cols[1]) for cols in (ln.split() for ln in out.splitlines()))
+
+
+def kill_and_resume(url: str, token: str, ft: str, dest: Path, size: int) -> dict[str, int]:
+    _clean(dest)
+    with FaultProxy(url) as proxy:
+        port = int(proxy.url.rsplit(":", 1)[1])
+        cmd = [sys.executable, "-m", "tunevault", "download", ft, "-o", str(dest), "--json"]
+        proc = subprocess.Popen(cmd, env=_env(proxy.url, token))
+        sidecar = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            found = list(dest.glob("*.part.tv"))
+            if found:
+                sidecar = found[0]
+                part = PartFile.load(sidecar.with_name(sidecar.name.removesuffix(".part.tv")))
+                if part is not None:
+                    present = part.spans.total()
+                    part.close()
+                    if present >= size // 2:
+                        break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)  # the proxy fills the socket buffers of the stopped process
+        forwarded = sum(ex.body_bytes for ex in proxy.downloads())
+        queued = _socket_queues(port)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert sidecar is not None
+        part = PartFile.load(sidecar.with_name(sidecar.name.removesuffix(".part.tv")))
+        assert part is not None
+        present = part.spans.total()
+        part.close()
+        before = len(proxy.downloads())
+        out = subprocess.run(
+            cmd, env=_env(proxy.url, token), check=True, capture_output=True, text=True
+        ).stdout
+        result = json.loads(out)
+        assert result["verified"] and result["resumed_bytes"] == present
+        second = sum(ex.body_bytes for ex in proxy.downloads()[before:])
+    return {
+        "killed_at_bytes": present,
+        "first_run_sent": forwarded,
+        "in_kernel_queues": queued,
+        "rerun_sent": second,
+        "retransferred": forwarded + second - size,
+        "beyond_in_flight": forwarded - queued - present,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=2048)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--data-dir", type=Path, default=OUT / "data")
+    args = parser.parse_args()
+    token, ft, size = prepare(args.data_dir, args.size_mib * MiB)
+    dest = OUT / "dl"
+    times: dict[str, list[float]] = {"curl": [], "tunevault": [], "tunevault-4": []}
+    with run_server(args.data_dir) as server:
+        for _ in range(args.repeat):
+            times["curl"].append(run_curl(server.url, token, ft, dest, size))
+            times["tunevault"].append(run_cli(server.url, token, ft, dest, size, 1))
+            times["tunevault-4"].append(run_cli(server.url, token, ft, dest, size, 4))
+        resume = kill_and_resume(server.url, token, ft, dest, size)
+    _clean(dest)
+    print(f"archive: {size} bytes; machine: {platform.platform()}, {os.cpu_count()} cores")
+    curl = statistics.median(times["curl"])
+    for name, walls in times.items():
+        med = statistics.median(walls)
+        print(
+            f"{name:12} median {med:6.2f} s  {size / med / 1e6:7.0f} MB/s  "
+            f"{curl / med:4.2f}x curl  runs: {', '.join(f'{w:.2f}' for w in walls)}"
+        )
+    print("kill at 50% then rerun:", json.dumps(resume))
+
+
+if __name__ == "__main__":
+    main()
