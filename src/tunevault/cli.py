@@ -166,3 +166,8 @@ from tunevault.publisher.command import push as _push  # noqa: E402
 
 main.add_command(_push)
 main.add_command(_base)
+
+
+from tunevault.gc_command import gc as _gc  # noqa: E402
+
+main.add_command(_gc)

@@ -20,6 +20,7 @@ from tunevault.metadata.audit import AuditMixin
 from tunevault.metadata.blobs import BlobsMixin
 from tunevault.metadata.checkpoints import CheckpointsMixin
 from tunevault.metadata.finetunes import FineTunesMixin
+from tunevault.metadata.gc import GcMixin
 from tunevault.metadata.jobs import JobsMixin
 
 
@@ -40,7 +41,7 @@ def make_engine(url: str) -> Engine:
 
 
 class MetadataStore(
-    AccountsMixin, FineTunesMixin, CheckpointsMixin, BlobsMixin, JobsMixin, AuditMixin
+    AccountsMixin, FineTunesMixin, CheckpointsMixin, BlobsMixin, JobsMixin, AuditMixin, GcMixin
 ):
     def __init__(self, url: str) -> None:
         self.url = url

@@ -1,0 +1,58 @@
+"""`tunevault gc`: free the storage no manifest or archive refers to (see tunevault.gc)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tunevault.settings import Settings
+
+
+@click.command("gc")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="TUNEVAULT_DATA_DIR")
+@click.option("--database-url", help="TUNEVAULT_DATABASE_URL")
+@click.option("--storage-url", help="TUNEVAULT_STORAGE_URL")
+@click.option(
+    "--grace-hours",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    help="Keep blobs recorded, and scratch files touched, less than this long ago.",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def gc(
+    data_dir: Path | None,
+    database_url: str | None,
+    storage_url: str | None,
+    grace_hours: float,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Delete unreferenced blobs and archives, and stale partial uploads and scratch files.
+
+    Safe while servers and workers run.
+    """
+    from tunevault.gc import collect
+    from tunevault.services import open_services
+
+    flags: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "storage_url": storage_url,
+    }
+    settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    with open_services(settings) as svc:
+        report = collect(svc, grace_seconds=grace_hours * 3600, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+        return
+    verb = "would free" if dry_run else "freed"
+    click.echo(
+        f"{verb} {report.freed_bytes / 2**20:.1f} MiB: {report.blobs_deleted} blobs, "
+        f"{report.archives_deleted} archives, {report.debris_deleted} stale scratch files; "
+        f"{report.blobs_registered} unrecorded blobs now under the grace period"
+    )
