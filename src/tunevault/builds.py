@@ -32,6 +32,13 @@ def build_archive(
         return storage.open_read(blob_key(entry.sha256))
 
     key = archive_key(ckpt.files, level)
-    with storage.writer(key) as sink:
-        result = write_archive(ckpt.files, open_file, sink, level=level, threads=threads)
-    return store.set_archive(ckpt.id, key, result.sha256, result.size)
+    for _ in range(3):
+        with storage.writer(key) as sink:
+            result = write_archive(ckpt.files, open_file, sink, level=level, threads=threads)
+        archive = store.set_archive(ckpt.id, key, result.sha256, result.size)
+        # gc deletes archive keys no row points to: confirm ours survived the moment between
+        # the write and the row (see tunevault.gc), or build it again.
+        with store.gc_lock():
+            if storage.stat(key) is not None:
+                return archive
+    raise RuntimeError(f"the archive {key} was collected three times while being recorded")

@@ -89,9 +89,15 @@ def _prefixes(directory: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def check_blobs(store: MetadataStore, org_id: str, files: Sequence[FileEntry]) -> None:
-    """Every file must be a blob this organization uploaded, of the size it says."""
-    sizes = store.org_blob_sizes(org_id, (f.sha256 for f in files))
+def check_blobs(
+    store: MetadataStore, org_id: str, files: Sequence[FileEntry], *, confirm: bool = False
+) -> None:
+    """Every file must be a blob this organization uploaded, of the size it says.
+
+    `confirm` reads under the gc lock: the check after a manifest commit (see tunevault.gc).
+    """
+    lookup = store.locked_blob_sizes if confirm else store.org_blob_sizes
+    sizes = lookup(org_id, (f.sha256 for f in files))
     for f in files:
         if f.sha256 not in sizes:
             raise InvalidManifest(
@@ -140,6 +146,12 @@ def commit_checkpoint(
                 f"step {step} of {ft.id} already has a different {kind.value} checkpoint"
             ) from None
         ckpt = existing
+    try:  # gc may have collected a blob between the check and the commit
+        check_blobs(store, ft.org_id, files, confirm=True)
+    except InvalidManifest:
+        if created:
+            store.forget_checkpoint(ckpt.id)
+        raise
     if ft.is_lora and final:
         _ensure_merged(store, ft, step)
     return ckpt, created
@@ -168,6 +180,11 @@ def register_base_model(
         model = store.create_base_model(org_id, name, files)
     except sa.exc.IntegrityError:
         raise Conflict(f"base model {name!r} was registered concurrently; retry") from None
+    try:  # gc may have collected a blob between the check and the commit
+        check_blobs(store, org_id, files, confirm=True)
+    except InvalidManifest:
+        store.forget_base_model(model.id)
+        raise
     store.requeue_failed("base_model_not_found", store.merged_checkpoints_for_base(org_id, name))
     return model, True
 
@@ -191,11 +208,15 @@ def put_file(
     """Store a local file as a blob owned by the organization (skipped if stored)."""
     size, sha = file_digest(path)
     key = blob_key(sha)
-    if storage.stat(key) is None:
-        with storage.writer(key) as w, path.open("rb") as f:
-            while chunk := f.read(CHUNK):
-                w.write(chunk)
-    store.record_blob(sha, size, org_id)
+
+    def ensure_stored() -> None:
+        if storage.stat(key) is None:
+            with storage.writer(key) as w, path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    w.write(chunk)
+
+    ensure_stored()  # the long write outside the gc lock; again under it, in case gc took it
+    store.record_stored_blob(sha, size, org_id, ensure_stored)
     return FileEntry(path=name, size=size, sha256=sha)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tunevault.builds import build_archive
 from tunevault.errors import BaseModelNotFound, CheckpointNotFound, TunevaultError
+from tunevault.inuse import claim
 from tunevault.merge import merge_lora
 from tunevault.models import Checkpoint, FileEntry, FineTune, Job, Kind
 from tunevault.publish import put_directory
@@ -144,12 +145,23 @@ class Worker:
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch, prefix="merge-") as tmp_name:
             tmp = Path(tmp_name)
-            self._materialize(base.files, tmp / "base")
-            self._materialize(adapter.files, tmp / "adapter")
-            merge_lora(tmp / "base", tmp / "adapter", tmp / "merged")
-            self._still_mine(job)
-            files = put_directory(store, self.svc.storage, ft.org_id, tmp / "merged")
+            held = os.open(tmp, os.O_RDONLY)  # locked while we merge: gc takes dead ones only
+            try:
+                if not claim(held, tmp):
+                    raise RuntimeError(f"{tmp} was removed before the merge began")
+                self._materialize(base.files, tmp / "base")
+                self._materialize(adapter.files, tmp / "adapter")
+                merge_lora(tmp / "base", tmp / "adapter", tmp / "merged")
+                self._still_mine(job)
+                files = put_directory(store, self.svc.storage, ft.org_id, tmp / "merged")
+            finally:
+                os.close(held)
         store.set_checkpoint_files(ckpt.id, files)
+        # gc may have collected an output blob between its upload and this manifest: check
+        # under the gc lock, and merge again (a retry) if so (see tunevault.gc).
+        digests = {f.sha256 for f in files}
+        if digests - store.locked_blob_sizes(ft.org_id, digests).keys():
+            raise RuntimeError("gc collected merged blobs before they were recorded; retrying")
 
     def _materialize(self, files: tuple[FileEntry, ...], root: Path) -> None:
         """Lay blobs out as a directory: links to local blobs, copies from object storage."""

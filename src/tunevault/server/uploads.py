@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tunevault.errors import (
     NotFound,
     UploadOffsetMismatch,
 )
+from tunevault.inuse import claim
 from tunevault.models import Scope
 from tunevault.server.context import blocking, principal, services
 from tunevault.services import Services
@@ -63,7 +65,9 @@ def staging_path(svc: Services, org_id: str, sha: str) -> Path:
 
 def _append(f: Any, hasher: Any, data: bytearray) -> None:
     try:
-        f.write(data)
+        view = memoryview(data)
+        while view:  # an unbuffered write may store less than asked (a nearly full disk)
+            view = view[f.write(view) :]
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise InsufficientStorage("the server's upload disk is full") from e
@@ -79,13 +83,30 @@ def _hash_prefix(path: Path) -> Any:
     return hasher
 
 
+def _open_part(part: Path) -> Any:
+    """The staging file, open for appending and locked: no other process (another server on
+    this data dir, `tunevault gc`) touches it until we close it."""
+    for _ in range(3):
+        f = part.open("ab", buffering=0)
+        if claim(f.fileno(), part):
+            return f
+        f.close()  # held elsewhere, or gc removed it between our open and our lock
+    raise Conflict(f"another upload of blob {part.stem} is in progress; retry when it ends")
+
+
 def _commit(svc: Services, org_id: str, sha: str, size: int, part: Path) -> None:
     key = blob_key(sha)
     if svc.storage.stat(key) is None:
-        svc.storage.adopt_file(key, part)
-    else:  # stored for someone already; this organization just proved it has the bytes
-        part.unlink()
-    svc.store.record_blob(sha, size, org_id)
+        svc.storage.adopt_file(key, part)  # new bytes: the long copy outside the gc lock
+
+    def ensure_stored() -> None:
+        if svc.storage.stat(key) is None:  # collected since: our part has the bytes
+            if not part.exists():
+                raise Conflict(f"blob {sha} was collected while being stored; upload it again")
+            svc.storage.adopt_file(key, part)
+
+    svc.store.record_stored_blob(sha, size, org_id, ensure_stored)
+    part.unlink(missing_ok=True)  # stored for someone already: this organization proved it
 
 
 @routes.post("/v1/publish/blobs/check")
@@ -141,15 +162,43 @@ async def _receive(
 ) -> web.Response:
     part = staging_path(svc, org_id, sha)
     part.parent.mkdir(parents=True, exist_ok=True)
-    kept = part.stat().st_size if part.exists() else 0
-    if offset != kept:
-        raise UploadOffsetMismatch(
-            f"this upload resumes at byte {kept}, not {offset}",
-            headers={"Upload-Offset": str(kept)},
-        )
+    f = await blocking(_open_part, part)
+    try:  # the lock lasts until the blob is committed: gc never takes a live part
+        kept = os.fstat(f.fileno()).st_size
+        if offset != kept:
+            if not kept:
+                part.unlink(missing_ok=True)  # opening created it; no upload is under way
+            raise UploadOffsetMismatch(
+                f"this upload resumes at byte {kept}, not {offset}",
+                headers={"Upload-Offset": str(kept)},
+            )
+        kept, hasher = await _stream(request, f, part, kept, total)
+        if kept < total:
+            return web.json_response(
+                {"offset": kept}, status=202, headers={"Upload-Offset": str(kept)}
+            )
+        if hasher.hexdigest() != sha:
+            part.unlink(missing_ok=True)
+            raise DigestMismatch(
+                f"the uploaded bytes hash to {hasher.hexdigest()}, not {sha}; nothing was kept",
+                param="sha256",
+            )
+        try:
+            await blocking(_commit, svc, org_id, sha, total, part)
+        except InsufficientStorage:
+            part.unlink(missing_ok=True)  # an unstorable upload leaves no debris
+            raise
+    finally:
+        await blocking(f.close)
+    return web.json_response({"sha256": sha, "size": total}, status=201)
+
+
+async def _stream(
+    request: web.Request, f: Any, part: Path, kept: int, total: int
+) -> tuple[int, Any]:
+    """Append the body to the part, hashing as it goes: the new offset and the hasher."""
     hasher = await blocking(_hash_prefix, part) if kept else hashlib.sha256()
     buf = bytearray()
-    f = await blocking(part.open, "ab", buffering=0)
     try:
         async for chunk in request.content.iter_chunked(BUFFER):
             if kept + len(buf) + len(chunk) > total:
@@ -164,26 +213,14 @@ async def _receive(
             await blocking(_append, f, hasher, buf)
             kept, buf = kept + len(buf), bytearray()
     except (InvalidRequest, InsufficientStorage):
-        await blocking(f.close)
         part.unlink(missing_ok=True)  # a refused or unstorable upload leaves no debris
         raise
     except BaseException:
         # The client went away: keep every byte that arrived, for a resume.
         with contextlib.suppress(Exception):
             await blocking(_append, f, hasher, buf)
-        await blocking(f.close)
         raise
-    await blocking(f.close)
-    if kept < total:
-        return web.json_response({"offset": kept}, status=202, headers={"Upload-Offset": str(kept)})
-    if hasher.hexdigest() != sha:
-        part.unlink(missing_ok=True)
-        raise DigestMismatch(
-            f"the uploaded bytes hash to {hasher.hexdigest()}, not {sha}; nothing was kept",
-            param="sha256",
-        )
-    await blocking(_commit, svc, org_id, sha, total, part)
-    return web.json_response({"sha256": sha, "size": total}, status=201)
+    return kept, hasher
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

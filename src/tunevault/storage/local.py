@@ -17,6 +17,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from tunevault.errors import InsufficientStorage
+from tunevault.inuse import claim
 from tunevault.storage.base import BlobStat, BlobWriter, Storage, check_key
 
 
@@ -50,7 +51,14 @@ class _LocalWriter(BlobWriter):
     def __init__(self, final: Path, tmp_dir: Path) -> None:
         super().__init__()
         self._final = final
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="w-")
+        for _ in range(3):  # locked while we write: `tunevault gc` takes only dead writers' files
+            fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="w-")
+            if claim(fd, Path(name)):
+                break
+            os.close(fd)  # gc took it between its creation and our lock: make another
+            Path(name).unlink(missing_ok=True)
+        else:
+            raise OSError(f"could not lock a temporary file in {tmp_dir}")
         self._tmp = Path(name)
         self._f = os.fdopen(fd, "wb")
         self._done = False
