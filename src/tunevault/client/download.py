@@ -11,10 +11,12 @@ what the server announced takes its final name, by an atomic rename.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +37,7 @@ from tunevault.client.target import (
 from tunevault.errors import IntegrityError, RangeNotSatisfiable, TunevaultError
 
 CHUNK = 1 << 20  # one pwrite and one sidecar line per chunk: resume loses at most this
+BUFFERS = 4  # per connection
 MIN_PIECE = 4 << 20
 MAX_PIECE = 64 << 20
 
@@ -260,7 +263,10 @@ class _Workers:
 
     def _run(self, resp: Response | None) -> None:
         fetcher, part = self.fetcher, self.part
-        view = memoryview(bytearray(CHUNK))
+        # Buffers cycle through the hasher: receiving the next overlaps hashing the last.
+        pool: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(BUFFERS):
+            pool.put(memoryview(bytearray(CHUNK)))
         while not fetcher.cancel.is_set() and (piece := self.take()) is not None:
             start, end = piece
             pos = start
@@ -270,13 +276,16 @@ class _Workers:
                 while pos < end:
                     if fetcher.cancel.is_set():
                         return
+                    view = pool.get()
                     n, err = resp.readinto(view[: min(CHUNK, end - pos)])
                     if n:
                         part.pwrite(pos, view[:n])
-                        self.hasher.feed(pos, view[:n])
+                        self.hasher.submit(pos, view[:n], partial(pool.put, view))
                         part.record(pos, pos + n)
                         pos += n
                         fetcher.progressed(n)
+                    else:
+                        pool.put(view)
                     if err is not None:
                         raise NetworkError(f"read failed at byte {pos}: {err}") from err
                     if n == 0:
@@ -288,6 +297,7 @@ class _Workers:
             finally:
                 fetcher.release(resp)
                 resp = None
+                self.hasher.nudge()
 
     def _retry(self, pos: int, end: int, err: NetworkError) -> None:
         if pos < end:
@@ -357,6 +367,7 @@ def _fill(
                 t.join()
     if workers.error is not None:
         raise workers.error
+    hasher.nudge()
     hasher.join()
     if progress:
         progress.update(part.spans.total())

@@ -1,20 +1,26 @@
 """The sha256 of a .part, in file order, while its bytes arrive in any order.
 
-A writer whose bytes extend the hashed prefix hashes them on the spot, from its buffer
-while they are hot in cache (`feed`, called after the write and before the span is
-recorded, so it usually wins); the thread catches up from the file itself (mmap, no
-copy) on whatever arrived out of order or was already there from an earlier run.
+Writers hand each written buffer to the hasher thread (`submit`), which hashes it while
+the writer already receives the next one: on two cores the hash costs no wall time. A
+buffer that is not next in file order is skipped; the thread reads those bytes back from
+the file itself (mmap, no copy) once they join the written prefix, as it does for bytes
+already there from an earlier run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import mmap
+import queue
 import threading
+from collections.abc import Callable
 
 from tunevault.client.state import PartFile
 
 CHUNK = 4 << 20
+POLL_S = 0.2
+
+_Item = tuple[int, memoryview, Callable[[], None]] | None
 
 
 class Hasher(threading.Thread):
@@ -26,46 +32,68 @@ class Hasher(threading.Thread):
         self.error: BaseException | None = None
         self._hash = hashlib.sha256()
         self._pos = 0
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._done = False
 
-    def feed(self, offset: int, data: memoryview) -> None:
-        if offset != self._pos or not self._lock.acquire(blocking=False):
-            return  # not next in line, or the thread is busy: it will read it from the file
-        try:
-            if offset == self._pos:
-                self._hash.update(data)
-                self._pos += len(data)
-        finally:
-            self._lock.release()
+    def submit(self, offset: int, data: memoryview, release: Callable[[], None]) -> None:
+        """Hash these written bytes if they are next in order; `release()` when done."""
+        with self._lock:
+            if not self._done:
+                self._queue.put((offset, data, release))
+                return
+        release()
+
+    def nudge(self) -> None:
+        """The written prefix may have grown by bytes nobody submitted: go and look."""
+        self._queue.put(None)
 
     def run(self) -> None:
         try:
-            self._follow()
+            size = self.part.target.size
+            if size > 0:
+                with mmap.mmap(self.part.fd, size, prot=mmap.PROT_READ) as mm:
+                    view = memoryview(mm)
+                    try:
+                        self._follow(view, size)
+                    finally:
+                        view.release()
+            if self._pos == size:
+                self.digest = self._hash.hexdigest()
         except BaseException as e:
             self.error = e
+        finally:
+            with self._lock:
+                self._done = True
+            self._drain()
 
-    def _follow(self) -> None:
-        part, size = self.part, self.part.target.size
-        if size > 0:
-            with mmap.mmap(part.fd, size, prot=mmap.PROT_READ) as mm:
-                mm.madvise(mmap.MADV_SEQUENTIAL)
-                view = memoryview(mm)
-                try:
-                    self._catch_up(view, size)
-                finally:
-                    view.release()
-        if self._pos == size:
-            self.digest = self._hash.hexdigest()
+    def _drain(self) -> None:
+        """Give every pending buffer back, so that no writer waits for one forever."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item[2]()
 
-    def _catch_up(self, view: memoryview, size: int) -> None:
-        part = self.part
+    def _follow(self, view: memoryview, size: int) -> None:
         while self._pos < size and not self.stop.is_set():
-            with part.changed:
-                while part.spans.prefix() <= self._pos < size and not self.stop.is_set():
-                    part.changed.wait(0.2)
-                end = part.spans.prefix()
+            try:
+                item = self._queue.get(timeout=POLL_S)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                offset, data, release = item
+                try:
+                    if offset == self._pos:
+                        self._hash.update(data)
+                        self._pos += len(data)
+                finally:
+                    release()
+            with self.part.changed:
+                end = self.part.spans.prefix()
             while self._pos < end and not self.stop.is_set():
-                with self._lock:
-                    n = min(CHUNK, end - self._pos)
-                    self._hash.update(view[self._pos : self._pos + n])
-                    self._pos += n
+                n = min(CHUNK, end - self._pos)
+                self._hash.update(view[self._pos : self._pos + n])
+                self._pos += n
