@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from tunevault.errors import Conflict, FineTuneNotFound
@@ -12,13 +14,18 @@ from tunevault.server.query import parse_step
 
 routes = web.RouteTableDef()
 _CANCELLABLE = {"pending", "queued", "running", "compressing", "uploading"}
+# What ids look like (ft-<uuid>); anything else is unknown without asking the database,
+# which may refuse it outright (PostgreSQL: a NUL character is an error, not a miss).
+_ID = re.compile(r"ft-[0-9a-f-]{1,64}")
 
 
 async def owned_fine_tune(request: web.Request, scope: Scope = Scope.READ) -> FineTune:
     """The fine-tune in the path, if the caller's organization owns it; else 404."""
     who = principal(request, scope)
     ft_id = request.match_info["ft_id"]
-    ft = await blocking(services(request).store.get_fine_tune, who.org_id, ft_id)
+    ft = None
+    if _ID.fullmatch(ft_id):
+        ft = await blocking(services(request).store.get_fine_tune, who.org_id, ft_id)
     if ft is None:
         raise FineTuneNotFound(
             f"fine-tune {ft_id[:80]!r} not found; GET /v1/fine-tunes lists yours", param="id"
