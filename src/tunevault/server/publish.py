@@ -20,6 +20,7 @@ from tunevault.server.uploads import json_body
 
 routes = web.RouteTableDef()
 MAX_ROWS = 10_000
+MAX_SUFFIX = 100
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,300}$")
 _EVENT_TYPE = re.compile(r"^[A-Za-z_]{1,64}$")
 
@@ -69,6 +70,9 @@ def _training_type(raw: Any) -> dict[str, Any]:
 async def create_fine_tune(request: web.Request) -> web.Response:
     who = principal(request, Scope.PUBLISH)
     body = await json_body(request)
+    suffix = _text(body, "suffix", required=False)
+    if suffix is not None and len(suffix) > MAX_SUFFIX:  # the column's size: else a 500
+        raise InvalidRequest(f"suffix must be at most {MAX_SUFFIX} characters", param="suffix")
     status = body.get("status", "pending")
     if status not in ("pending", "queued", "running"):
         raise InvalidRequest("a new fine-tune starts pending, queued or running", param="status")
@@ -77,7 +81,7 @@ async def create_fine_tune(request: web.Request) -> web.Response:
         who.org_id,
         model=_name(body, "model"),
         model_output_name=_name(body, "model_output_name"),
-        suffix=_text(body, "suffix", required=False),
+        suffix=suffix,
         status=status,
         **_training_type(body.get("training_type")),
     )
