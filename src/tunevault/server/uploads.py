@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -54,7 +55,7 @@ def _header_int(request: web.Request, name: str, default: int | None = None) -> 
         if default is None:
             raise InvalidRequest(f"the {name} header is required", param=name)
         return default
-    if not re.fullmatch(r"\d{1,15}", raw.strip()) or int(raw) > MAX_BLOB:
+    if not re.fullmatch(r"[0-9]{1,15}", raw.strip()) or int(raw) > MAX_BLOB:  # ASCII only
         raise InvalidRequest(f"{name} must be an integer from 0 to {MAX_BLOB}", param=name)
     return int(raw)
 
@@ -226,8 +227,14 @@ async def _stream(
 async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except ValueError:
-        raise InvalidRequest("the body must be a JSON object") from None
+        # Valid JSON, yet no database stores it: "\u0000" (PostgreSQL refuses NUL) and lone
+        # surrogates like "\ud800" (no UTF-8 encodes them); both were 500s further down.
+        text = json.dumps(body, ensure_ascii=False)
+        text.encode()
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+        raise InvalidRequest("the body must be a JSON object of UTF-8 text") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
+    if "\\u0000" in text:
+        raise InvalidRequest("strings in the body must not contain NUL characters")
     return body
