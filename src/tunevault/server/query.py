@@ -34,7 +34,8 @@ def _single(params: Mapping[str, Sequence[str]], name: str) -> str | None:
 
 
 def parse_step(text: str, param: str = "checkpoint_step") -> int:
-    if not re.fullmatch(r"\d{1,10}", text.strip()) or int(text) > MAX_STEP:
+    # ASCII digits only: int() also reads Arabic-Indic and fullwidth ones (U+FF15 is 5).
+    if not re.fullmatch(r"[0-9]{1,10}", text.strip()) or int(text) > MAX_STEP:
         raise InvalidRequest(
             f"{param} must be a non-negative integer step (got {text[:40]!r})", param=param
         )
