@@ -1,13 +1,16 @@
 """A throwaway live server for the security tests: the fuzzer may delete and cancel freely.
 
-The `fuzz` organization owns a published full fine-tune with a built archive, events and
-metrics (so generated requests reach real rows, not only 404s); the seeded `demo`
-organization is a neighbour whose ids must never leak into `fuzz`'s answers.
+The `fuzz` organization owns a published full fine-tune with a built archive (8 MiB, so a
+download can be dropped half-way), events and metrics, so generated requests reach real
+rows, not only 404s; the seeded `demo` organization is a neighbour whose ids must never
+leak into `fuzz`'s answers. The metadata lives in PostgreSQL, the stricter of the two
+databases (it refuses NUL characters that SQLite stores).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from tests.support.postgres import create_database
 from tests.support.server import LiveServer, run_server
 from tunevault.models import Scope
 from tunevault.services import open_services
@@ -25,6 +29,10 @@ from tunevault.settings import Settings
 class Target:
     server: LiveServer
     token: str  # fuzz organization, read + publish
+    read_token: str  # fuzz, read only
+    revoked_token: str  # fuzz, revoked
+    admin_token: str  # fuzz, admin
+    other_token: str  # demo organization, read + publish
     ft_ids: tuple[str, ...]  # fuzz's own fine-tunes
     foreign_ft_ids: tuple[str, ...]  # the demo organization's
 
@@ -39,7 +47,7 @@ class Target:
 
 def _publish(c: httpx.Client) -> str:
     """A full fine-tune with one final checkpoint, published the way `tunevault push` does."""
-    files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": b"\0" * 4096}
+    files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": os.urandom(8 << 20)}
     for data in files.values():
         digest = hashlib.sha256(data).hexdigest()
         r = c.put(
@@ -76,17 +84,33 @@ def _publish(c: httpx.Client) -> str:
 
 
 @pytest.fixture(scope="session")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def target(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> Iterator[Target]:
     from tunevault.demo import seed_demo  # imports the merge engine: only when needed
 
     data_dir = tmp_path_factory.mktemp("security")
-    with open_services(Settings(data_dir=data_dir)) as svc:
-        _, demo_fts = seed_demo(svc)
+    db = create_database(pg_admin_url, "security")
+    with open_services(Settings(data_dir=data_dir, database_url=db)) as svc:
+        demo, demo_fts = seed_demo(svc)
+        _, other_token = svc.store.create_key(demo.id, "rw", [Scope.READ, Scope.PUBLISH])
         org = svc.store.create_org("fuzz")
         _, token = svc.store.create_key(org.id, "fuzz", [Scope.READ, Scope.PUBLISH])
-    with run_server(data_dir, env={"TUNEVAULT_JOB_POLL_SECONDS": "0.1"}) as server:
+        _, read_token = svc.store.create_key(org.id, "ro", [Scope.READ])
+        _, admin_token = svc.store.create_key(org.id, "admin", [Scope.ADMIN])
+        revoked, revoked_token = svc.store.create_key(org.id, "old", [Scope.READ, Scope.PUBLISH])
+        svc.store.revoke_key(revoked.id)
+    env = {"TUNEVAULT_JOB_POLL_SECONDS": "0.1", "TUNEVAULT_DATABASE_URL": db}
+    with run_server(data_dir, env=env) as server:
         with httpx.Client(
             base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {token}"}
         ) as c:
             own = (_publish(c),)
-        yield Target(server, token, own, tuple(ft.id for ft in demo_fts))
+        yield Target(
+            server=server,
+            token=token,
+            read_token=read_token,
+            revoked_token=revoked_token,
+            admin_token=admin_token,
+            other_token=other_token,
+            ft_ids=own,
+            foreign_ft_ids=tuple(ft.id for ft in demo_fts),
+        )
