@@ -63,14 +63,20 @@ class _LocalWriter(BlobWriter):
         self._f = os.fdopen(fd, "wb")
         self._done = False
         self._aborted = False
+        self._failure: InsufficientStorage | None = None
 
     def write(self, data: bytes | memoryview) -> int:
+        if self._failure is not None:
+            # A stream above us (zstd, tar) flushes again while unwinding: repeat the cause,
+            # not "write to closed file", so the job fails as insufficient_storage.
+            raise self._failure
         try:
             n = self._f.write(data)
         except OSError as e:
             self.abort()
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientStorage("the storage disk is full") from e
+                self._failure = InsufficientStorage("the storage disk is full")
+                raise self._failure from e
             raise
         self.size += n
         return n
