@@ -518,11 +518,6 @@ def test_dropped_uploads_keep_what_arrived_and_refuse_nothing_else(target: Targe
 # -- audit ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a User-Agent that is not UTF-8 fails the audit INSERT: the download (and every "
-    "record batched with it) is never audited",
-)
 def test_downloads_with_binary_user_agents_are_audited(target: Target) -> None:
     path = dl_path(target.ft_ids[0]).encode()
     answer = raw(

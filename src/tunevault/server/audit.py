@@ -40,8 +40,13 @@ class AuditWriter:
             batch.append(self.queue.get_nowait())
         try:
             await asyncio.to_thread(self.store.record_downloads, batch)
-        except Exception:  # keep serving; the database may come back
-            log.exception("could not write %d audit records", len(batch))
+        except Exception:
+            # One bad row must not take its batch down with it: retry the rows one by one.
+            for record in batch:
+                try:
+                    await asyncio.to_thread(self.store.record_downloads, [record])
+                except Exception:  # keep serving; the database may come back
+                    log.exception("could not write an audit record of %s", record.ft_id)
 
     async def run(self) -> None:
         while True:

@@ -27,6 +27,11 @@ routes = web.RouteTableDef()
 RETRY_AFTER_S = 30
 
 
+def _printable(text: str) -> str:
+    """Header text as the database can store it: raw bytes arrive as surrogates."""
+    return text.encode("utf-8", "replace").decode()[:300]
+
+
 def archive_filename(ft: FineTune, ckpt: Checkpoint) -> str:
     """`<output name>-step<N>-<kind>.tar.zst`: checkpoints never overwrite each other."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", ft.model_output_name.rsplit("/", 1)[-1]).strip("._")
@@ -145,6 +150,6 @@ async def download(request: web.Request) -> web.StreamResponse:
                         status=status,
                         mode=mode,
                         client=request.remote,
-                        user_agent=request.headers.get("User-Agent", "")[:300] or None,
+                        user_agent=_printable(request.headers.get("User-Agent", "")) or None,
                     ),
                 )

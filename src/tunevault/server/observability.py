@@ -67,7 +67,10 @@ METRICS = web.AppKey("metrics", Metrics)
 
 def route_name(request: web.BaseRequest) -> str:
     """The route template, not the raw path: ids must not explode metric cardinality."""
-    resource = request.match_info.route.resource if isinstance(request, web.Request) else None
+    # Requests the HTTP parser refused never reached routing: they have no match_info.
+    if not isinstance(request, web.Request) or request._match_info is None:
+        return "unmatched"
+    resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
 
 
