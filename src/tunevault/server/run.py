@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -21,9 +23,16 @@ from tunevault.worker import Worker
 log = logging.getLogger("tunevault.server")
 
 
+def _tool(name: str) -> str:
+    """The tool next to this interpreter (the venv's), else the bare name for PATH."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
 def demo_banner(svc: Services, token: str, base_url: str) -> str:
     org = svc.store.get_org_by_name(DEMO_ORG)
     assert org is not None
+    together, tunevault = _tool("together"), _tool("tunevault")
     lines = ["", "tunevault demo is ready.", f"  API key (shown once): {token}", ""]
     for ft in svc.store.list_fine_tunes(org.id):
         kind = "merged" if ft.is_lora else "model_output_path"
@@ -32,7 +41,9 @@ def demo_banner(svc: Services, token: str, base_url: str) -> str:
             f"    curl -fSL -H 'Authorization: Bearer {token}' -o {ft.suffix}.tar.zst \\",
             f"      '{base_url}/v1/finetune/download?ft_id={ft.id}&checkpoint={kind}'",
             f"    TOGETHER_BASE_URL={base_url} TOGETHER_API_KEY={token} \\",
-            f"      together fine-tuning download {ft.id}",
+            f"      {together} fine-tuning download {ft.id}",
+            f"    TUNEVAULT_URL={base_url} TUNEVAULT_API_KEY={token} \\",
+            f"      {tunevault} download {ft.id}:10 --extract ./{ft.suffix}-step10",
             "",
         ]
     return "\n".join(lines)
