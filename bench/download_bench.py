@@ -79,7 +79,10 @@ def run_curl(url: str, token: str, ft: str, dest: Path, size: int) -> float:
     return elapsed
 
 
-def run_cli(url: str, token: str, ft: str, dest: Path, size: int, connections: int) -> float:
+def run_cli(
+    url: str, token: str, ft: str, dest: Path, size: int, connections: int
+) -> tuple[float, float]:
+    """(process wall, the download's own seconds from --json: no interpreter start)."""
     _clean(dest)
     cmd = [sys.executable, "-m", "tunevault", "download", ft, "-o", str(dest), "--json"]
     t0 = time.perf_counter()
@@ -93,7 +96,7 @@ def run_cli(url: str, token: str, ft: str, dest: Path, size: int, connections: i
     elapsed = time.perf_counter() - t0
     result = json.loads(out)
     assert result["size"] == size and result["verified"], result
-    return elapsed
+    return elapsed, float(result["seconds"])
 
 
 def _socket_queues(port: int) -> int:
@@ -162,12 +165,20 @@ def main() -> None:
     args = parser.parse_args()
     token, ft, size = prepare(args.data_dir, args.size_mib * MiB)
     dest = OUT / "dl"
-    times: dict[str, list[float]] = {"curl": [], "tunevault": [], "tunevault-4": []}
+    times: dict[str, list[float]] = {
+        "curl": [],
+        "tunevault": [],
+        "tunevault-4": [],
+        "engine": [],
+        "engine-4": [],
+    }
     with run_server(args.data_dir) as server:
         for _ in range(args.repeat):
             times["curl"].append(run_curl(server.url, token, ft, dest, size))
-            times["tunevault"].append(run_cli(server.url, token, ft, dest, size, 1))
-            times["tunevault-4"].append(run_cli(server.url, token, ft, dest, size, 4))
+            for n, name in ((1, ""), (4, "-4")):
+                wall, engine = run_cli(server.url, token, ft, dest, size, n)
+                times["tunevault" + name].append(wall)
+                times["engine" + name].append(engine)
         resume = kill_and_resume(server.url, token, ft, dest, size)
     _clean(dest)
     print(f"archive: {size} bytes; machine: {platform.platform()}, {os.cpu_count()} cores")
