@@ -68,6 +68,7 @@ class GcReport:
     archive_bytes: int = 0
     debris_deleted: int = 0  # partial uploads, temp files, merge scratch directories
     debris_bytes: int = 0
+    builds_requeued: int = 0  # builds that had failed for a full disk, tried again
 
     @property
     def freed_bytes(self) -> int:
@@ -84,6 +85,9 @@ def collect(svc: Services, *, grace_seconds: float, dry_run: bool) -> GcReport:
     _register_unrecorded(svc, report)
     _collect_archives(svc, report)
     _collect_debris(svc, time.time() - grace_seconds, report)
+    if not dry_run and report.freed_bytes:
+        # Builds that failed for a full disk may fit now.
+        report.builds_requeued = svc.store.requeue_failed("insufficient_storage")
     log.info("gc: %s", report.as_dict())
     return report
 

@@ -17,27 +17,6 @@ from tunevault.models import BaseModel, FileEntry
 
 
 class BlobsMixin(StoreBase):
-    def record_blob(self, sha256: str, size: int, org_id: str | None = None) -> None:
-        """Note a committed blob, and that `org_id` proved it has the bytes."""
-        with self.engine.begin() as conn:
-            if not conn.execute(
-                sa.select(t.blobs.c.sha256).where(t.blobs.c.sha256 == sha256)
-            ).first():
-                conn.execute(t.blobs.insert().values(sha256=sha256, size=size, created_at=now()))
-            if (
-                org_id is not None
-                and not conn.execute(
-                    sa.select(t.org_blobs.c.sha256).where(
-                        t.org_blobs.c.org_id == org_id, t.org_blobs.c.sha256 == sha256
-                    )
-                ).first()
-            ):
-                conn.execute(
-                    t.org_blobs.insert().values(
-                        org_id=org_id, sha256=sha256, size=size, created_at=now()
-                    )
-                )
-
     def org_blob_sizes(self, org_id: str, digests: Iterable[str]) -> dict[str, int]:
         """The sizes of those blobs this organization owns."""
         wanted = sorted(set(digests))

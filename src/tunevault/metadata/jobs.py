@@ -18,6 +18,7 @@ from tunevault.metadata.base import StoreBase, now
 from tunevault.models import Job
 
 ACTIVE = ("queued", "running")
+MAX_CLAIMS = 10
 
 
 def _job(m: Any) -> Job:
@@ -82,6 +83,22 @@ class JobsMixin(StoreBase):
             sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at < ts),
         )
         with self.engine.begin() as conn:
+            # A job whose workers keep dying (or cannot record an outcome) stops here.
+            conn.execute(
+                jobs.update()
+                .where(
+                    jobs.c.state == "running",
+                    jobs.c.lease_expires_at < ts,
+                    jobs.c.attempts >= MAX_CLAIMS,
+                )
+                .values(
+                    state="failed",
+                    error_code="internal_error",
+                    error_message=f"gave up after {MAX_CLAIMS} attempts",
+                    lease_owner=None,
+                    updated_at=ts,
+                )
+            )
             candidates = (
                 conn.execute(sa.select(jobs.c.id).where(claimable).order_by(jobs.c.id).limit(8))
                 .scalars()
@@ -163,19 +180,18 @@ class JobsMixin(StoreBase):
             rows = conn.execute(sa.select(jobs.state, sa.func.count()).group_by(jobs.state))
             return {state: int(n) for state, n in rows}
 
-    def requeue_failed(self, error_code: str, checkpoint_ids: list[int]) -> int:
-        """Queue again the jobs of these checkpoints that failed with this code."""
-        if not checkpoint_ids:
+    def requeue_failed(self, error_code: str, checkpoint_ids: list[int] | None = None) -> int:
+        """Queue again the jobs (of these checkpoints, or all) that failed with this code."""
+        if checkpoint_ids is not None and not checkpoint_ids:
             return 0
         jobs = t.build_jobs
+        which = [jobs.c.state == "failed", jobs.c.error_code == error_code]
+        if checkpoint_ids is not None:
+            which.append(jobs.c.checkpoint_id.in_(checkpoint_ids))
         with self.engine.begin() as conn:
             return conn.execute(
                 jobs.update()
-                .where(
-                    jobs.c.checkpoint_id.in_(checkpoint_ids),
-                    jobs.c.state == "failed",
-                    jobs.c.error_code == error_code,
-                )
+                .where(*which)
                 .values(
                     state="queued",
                     attempts=0,
