@@ -1,173 +1,44 @@
-"""The `tunevault` command: a thin shell over the server, the store and the client."""
+"""The `tunevault` command: a thin shell over the server, the store and the client.
+
+Subcommands are imported when they run, not when the command starts: `tunevault download`
+should not pay for numpy (merge), httpx (push) or pydantic-settings (serve).
+"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+import importlib
 
 import click
 
-from tunevault.models import Scope
-from tunevault.settings import Settings
+COMMANDS = {
+    "serve": "tunevault.service_commands:serve",
+    "worker": "tunevault.service_commands:worker",
+    "keys": "tunevault.service_commands:keys",
+    "download": "tunevault.client.commands:download",
+    "ls": "tunevault.client.commands:ls",
+    "checkpoints": "tunevault.client.commands:checkpoints",
+    "push": "tunevault.publisher.command:push",
+    "base": "tunevault.publisher.command:base",
+    "merge": "tunevault.merge.command:merge",
+    "gc": "tunevault.gc_command:gc",
+}
 
 
-def _settings(**flags: Any) -> Settings:
-    """Flags override `TUNEVAULT_*` variables, which override defaults."""
-    return Settings(**{k: v for k, v in flags.items() if v is not None})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
 
 
-def _store_options(fn: Any) -> Any:
-    for opt in (
-        click.option("--data-dir", type=click.Path(path_type=Path), help="TUNEVAULT_DATA_DIR"),
-        click.option("--database-url", help="TUNEVAULT_DATABASE_URL"),
-        click.option("--storage-url", help="TUNEVAULT_STORAGE_URL"),
-    ):
-        fn = opt(fn)
-    return fn
-
-
-@click.group()
+@click.group(cls=LazyGroup)
 @click.version_option(package_name="tunevault")
 def main() -> None:
     """tunevault: store and download fine-tuned model checkpoints."""
-
-
-@main.command()
-@_store_options
-@click.option("--host", help="Bind address (TUNEVAULT_HOST, default 127.0.0.1).")
-@click.option("--port", type=int, help="TCP port (TUNEVAULT_PORT, default 8000).")
-@click.option(
-    "--demo",
-    is_flag=True,
-    help="Seed a demo organization with real small models "
-    "and print a fresh key with commands to try.",
-)
-def serve(demo: bool, **flags: Any) -> None:
-    """Run the HTTP server."""
-    from tunevault.server.observability import setup_logging
-    from tunevault.server.run import run_server
-
-    settings = _settings(**flags)
-    setup_logging(settings.log_level, settings.log_format)
-    try:
-        run_server(settings, demo=demo)
-    except OSError as e:  # the usual one: the port is taken
-        raise click.ClickException(f"cannot serve on {settings.host}:{settings.port}: {e}") from e
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
-
-
-@main.command()
-@_store_options
-def worker(**flags: Any) -> None:
-    """Run build jobs (archives, merges) until interrupted; run as many as you like."""
-    import signal
-    import threading
-
-    from tunevault.server.observability import setup_logging
-    from tunevault.services import open_services
-    from tunevault.worker import Worker
-
-    settings = _settings(**flags)
-    setup_logging(settings.log_level, settings.log_format)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    with open_services(settings) as svc:
-        Worker(svc).run(stop)
-
-
-@main.group()
-def keys() -> None:
-    """Create, list and revoke API keys."""
-
-
-@keys.command("create")
-@_store_options
-@click.option("--org", "org_name", required=True, help="Organization name (created if new).")
-@click.option("--name", default="default", show_default=True, help="A label for the key.")
-@click.option(
-    "--scope",
-    "scopes",
-    multiple=True,
-    type=click.Choice([s.value for s in Scope]),
-    default=["read"],
-    show_default=True,
-    help="Repeat for several scopes.",
-)
-def keys_create(org_name: str, name: str, scopes: tuple[str, ...], **flags: Any) -> None:
-    """Create a key; the token is printed once and never stored."""
-    from tunevault.services import open_services
-
-    with open_services(_settings(**flags)) as svc:
-        org = svc.store.get_org_by_name(org_name) or svc.store.create_org(org_name)
-        key, token = svc.store.create_key(org.id, name, [Scope(s) for s in scopes])
-    click.echo(
-        json.dumps(
-            {
-                "id": key.id,
-                "org": org.name,
-                "org_id": org.id,
-                "scopes": sorted(scopes),
-                "token": token,
-            }
-        )
-    )
-
-
-@keys.command("list")
-@_store_options
-@click.option("--org", "org_name", help="Only this organization's keys.")
-def keys_list(org_name: str | None, **flags: Any) -> None:
-    """List keys (never their secrets)."""
-    from tunevault.services import open_services
-
-    with open_services(_settings(**flags)) as svc:
-        org_id = None
-        if org_name:
-            org = svc.store.get_org_by_name(org_name)
-            if org is None:
-                raise click.ClickException(f"no organization named {org_name!r}")
-            org_id = org.id
-        for k in svc.store.list_keys(org_id):
-            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
-            click.echo(f"{k.id}  {k.org_id}  {k.name:<16} {','.join(sorted(k.scopes)):<20} {state}")
-
-
-@keys.command("revoke")
-@_store_options
-@click.argument("key_id")
-def keys_revoke(key_id: str, **flags: Any) -> None:
-    """Revoke a key at once."""
-    from tunevault.services import open_services
-
-    with open_services(_settings(**flags)) as svc:
-        if not svc.store.revoke_key(key_id):
-            raise click.ClickException(f"no active key {key_id!r}")
-    click.echo(f"revoked {key_id}")
-
-
-from tunevault.merge.command import merge as _merge  # noqa: E402
-
-main.add_command(_merge)
-
-
-from tunevault.client.commands import checkpoints as _checkpoints  # noqa: E402
-from tunevault.client.commands import download as _download  # noqa: E402
-from tunevault.client.commands import ls as _ls  # noqa: E402
-
-for _cmd in (_download, _ls, _checkpoints):
-    main.add_command(_cmd)
-
-
-from tunevault.publisher.command import base as _base  # noqa: E402
-from tunevault.publisher.command import push as _push  # noqa: E402
-
-main.add_command(_push)
-main.add_command(_base)
-
-
-from tunevault.gc_command import gc as _gc  # noqa: E402
-
-main.add_command(_gc)

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
-from tunevault.settings import Settings
+from tunevault.service_commands import settings_from_flags, store_options
 
 
 @click.command("gc")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="TUNEVAULT_DATA_DIR")
-@click.option("--database-url", help="TUNEVAULT_DATABASE_URL")
-@click.option("--storage-url", help="TUNEVAULT_STORAGE_URL")
+@store_options
 @click.option(
     "--grace-hours",
     type=click.FloatRange(min=0),
@@ -24,14 +21,7 @@ from tunevault.settings import Settings
 )
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def gc(
-    data_dir: Path | None,
-    database_url: str | None,
-    storage_url: str | None,
-    grace_hours: float,
-    dry_run: bool,
-    as_json: bool,
-) -> None:
+def gc(grace_hours: float, dry_run: bool, as_json: bool, **flags: Any) -> None:
     """Delete unreferenced blobs and archives, and stale partial uploads and scratch files.
 
     Safe while servers and workers run.
@@ -39,13 +29,7 @@ def gc(
     from tunevault.gc import collect
     from tunevault.services import open_services
 
-    flags: dict[str, Any] = {
-        "data_dir": data_dir,
-        "database_url": database_url,
-        "storage_url": storage_url,
-    }
-    settings = Settings(**{k: v for k, v in flags.items() if v is not None})
-    with open_services(settings) as svc:
+    with open_services(settings_from_flags(**flags)) as svc:
         report = collect(svc, grace_seconds=grace_hours * 3600, dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
