@@ -10,7 +10,6 @@ that rotted on disk fails the build instead of reaching a user.
 from __future__ import annotations
 
 import hashlib
-import io
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -140,12 +139,3 @@ def _copy_verified(
             f"stored content of {entry.path!r} does not match its manifest "
             f"(size {seen} vs {entry.size}); the blob is corrupt, re-push the checkpoint"
         )
-
-
-def file_entry_for(path: str, data: bytes) -> FileEntry:
-    """The manifest line of in-memory content (used for generated files)."""
-    return FileEntry(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
-
-
-def read_bytes(data: bytes) -> BinaryIO:
-    return io.BytesIO(data)
