@@ -26,12 +26,11 @@ import httpx
 
 from bench.common import random_file
 from tests.support.postgres import create_database, free_port, run_postgres
+from tests.support.seeding import publish_and_build
 from tests.support.server import wait_healthy
-from tunevault.models import Kind, Scope
-from tunevault.publish import publish_directory
+from tunevault.models import Scope
 from tunevault.services import open_services
 from tunevault.settings import Settings
-from tunevault.worker import Worker
 
 CHUNK = 256 << 10
 MAX_ATTEMPTS = 30
@@ -253,12 +252,7 @@ def main() -> None:
                     training_type="Full",
                     status="completed",
                 )
-                ckpt = publish_directory(
-                    svc.store, svc.storage, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=True
-                )
-                Worker(svc).run_once()
-                archive = svc.store.get_archive(ckpt.id)
-                assert archive is not None
+                archive = publish_and_build(svc, ft, src)
                 targets.append(
                     (
                         f"/v1/finetune/download?ft_id={ft.id}&checkpoint=model_output_path",

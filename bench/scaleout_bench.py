@@ -28,12 +28,11 @@ from bench.common import random_file
 from tests.support.nginx import run_nginx, x_accel_locations
 from tests.support.postgres import create_database, run_postgres
 from tests.support.seaweed import run_seaweedfs
+from tests.support.seeding import publish_and_build
 from tests.support.server import run_server
-from tunevault.models import Kind, Scope
-from tunevault.publish import publish_directory
+from tunevault.models import Scope
 from tunevault.services import open_services
 from tunevault.settings import Settings
-from tunevault.worker import Worker
 
 
 def seed(settings: Settings, src: Path) -> tuple[str, str, str, str]:
@@ -48,14 +47,7 @@ def seed(settings: Settings, src: Path) -> tuple[str, str, str, str]:
             training_type="Full",
             status="completed",
         )
-        ckpt = publish_directory(
-            svc.store, svc.storage, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=True
-        )
-        worker = Worker(svc)
-        while worker.run_once():
-            pass
-        archive = svc.store.get_archive(ckpt.id)
-        assert archive is not None
+        archive = publish_and_build(svc, ft, src)
         return token, ft.id, archive.storage_key, archive.sha256
 
 

@@ -17,12 +17,11 @@ from pathlib import Path
 
 from bench.common import RssSampler, curl_many, random_file
 from tests.support.nginx import run_nginx
+from tests.support.seeding import publish_and_build
 from tests.support.server import run_server
-from tunevault.models import Kind, Scope
-from tunevault.publish import publish_directory
+from tunevault.models import Scope
 from tunevault.services import open_services
 from tunevault.settings import Settings
-from tunevault.worker import Worker
 
 
 def prepare(data_dir: Path, size: int) -> tuple[str, str, Path, int]:
@@ -41,14 +40,7 @@ def prepare(data_dir: Path, size: int) -> tuple[str, str, Path, int]:
             training_type="Full",
             status="completed",
         )
-        ckpt = publish_directory(
-            svc.store, svc.storage, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=True
-        )
-        worker = Worker(svc)  # the same builder the server runs, with the same settings
-        while worker.run_once():
-            pass
-        archive = svc.store.get_archive(ckpt.id)
-        assert archive is not None
+        archive = publish_and_build(svc, ft, src)
         path = Path(svc.storage.local_path(archive.storage_key))
     for f in src.iterdir():
         f.unlink()

@@ -20,12 +20,11 @@ import httpx
 import pytest
 
 from tests.support.postgres import run_postgres
+from tests.support.seeding import publish_and_build
 from tests.support.server import LiveServer, run_server
-from tunevault.models import Kind, Scope
-from tunevault.publish import publish_directory
+from tunevault.models import Scope
 from tunevault.services import open_services
 from tunevault.settings import Settings
-from tunevault.worker import Worker
 
 
 @dataclass(frozen=True)
@@ -55,12 +54,7 @@ def make_site(data_dir: Path, size: int = 4 << 20) -> Site:
             training_type="Full",
             status="completed",
         )
-        ckpt = publish_directory(
-            svc.store, svc.storage, ft, src, step=7, kind=Kind.MODEL_OUTPUT, final=True
-        )
-        Worker(svc).run_once()
-        archive = svc.store.get_archive(ckpt.id)
-        assert archive is not None
+        archive = publish_and_build(svc, ft, src, step=7)
         body = b"".join(svc.storage.iter_range(archive.storage_key))
     return Site(settings, admin, reader, other_admin, ft.id, body)
 

@@ -1,0 +1,24 @@
+"""Publishing a directory and building its archive through the normal path, for tests
+and benchmarks that need a downloadable fine-tune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunevault.models import Archive, FineTune, Kind
+from tunevault.publish import publish_directory
+from tunevault.services import Services
+from tunevault.worker import Worker
+
+
+def publish_and_build(
+    svc: Services, ft: FineTune, src: Path, *, step: int = 1, kind: Kind = Kind.MODEL_OUTPUT
+) -> Archive:
+    """Commit src as the final checkpoint of ft and run the build jobs it queues."""
+    ckpt = publish_directory(svc.store, svc.storage, ft, src, step=step, kind=kind, final=True)
+    worker = Worker(svc)  # the builder the server runs, with the same settings
+    while worker.run_once():
+        pass
+    archive = svc.store.get_archive(ckpt.id)
+    assert archive is not None
+    return archive
