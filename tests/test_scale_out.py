@@ -27,7 +27,7 @@ from tests.support.nginx import nginx_binary, run_nginx, x_accel_locations
 from tests.support.postgres import create_database
 from tests.support.seaweed import SeaweedFS, run_seaweedfs
 from tests.support.server import LiveServer, run_server
-from tests.test_together_clients import TOGETHER_CLI
+from tests.support.together import together_download
 from tunevault.demo import seed_demo
 from tunevault.models import FineTune, Kind, Scope
 from tunevault.services import open_services
@@ -95,23 +95,6 @@ def archive_of(c: Cluster, ft: FineTune, kind: Kind) -> bytes:
         return b"".join(svc.storage.iter_range(archive.storage_key))
 
 
-def together_cli(
-    base_url: str, token: str, out: Path, *args: str, env: dict[str, str] | None = None
-) -> Path:
-    out.mkdir()
-    proc = subprocess.run(
-        [TOGETHER_CLI, "fine-tuning", "download", *args],
-        cwd=out,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {}), "TOGETHER_BASE_URL": base_url, "TOGETHER_API_KEY": token},
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (saved,) = [p for p in out.rglob("*") if p.is_file()]
-    return saved
-
-
 def auth(c: Cluster) -> dict[str, str]:
     return {"Authorization": f"Bearer {c.token}"}
 
@@ -130,7 +113,7 @@ def test_redirect_mode_with_the_together_cli_and_sdk(cluster: Cluster, tmp_path:
         # The presigned URL honours Range by itself, without our key.
         part = httpx.get(target, headers={"Range": "bytes=10-19"})
         assert part.status_code == 206 and part.content == expected[10:20]
-        saved = together_cli(server.url, cluster.token, tmp_path / "cli", cluster.lora.id)
+        saved = together_download(server.url, cluster.token, tmp_path / "cli", cluster.lora.id)
         assert saved.read_bytes() == expected
         client = together.Together(api_key=cluster.token, base_url=server.url, max_retries=0)
         got = client.fine_tuning.content(ft_id=cluster.lora.id, checkpoint="merged").read()
@@ -279,5 +262,5 @@ def test_x_accel_behind_real_nginx(tmp_path: Path) -> None:
         assert stale.status_code == 200 and stale.content == expected
         assert httpx.get(q, headers={"Authorization": "Bearer nope"}).status_code == 401
         assert httpx.get(f"{front}{prefix}{archive.storage_key}").status_code == 404
-        saved = together_cli(front, token, tmp_path / "cli", lora.id)
+        saved = together_download(front, token, tmp_path / "cli", lora.id)
         assert saved.read_bytes() == expected

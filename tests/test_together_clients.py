@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import together
 
 from tests.conftest import Demo
+from tests.support.together import TOGETHER_CLI, together_download
 from tunevault.models import Kind
-
-TOGETHER_CLI = str(Path(sys.executable).with_name("together"))
 
 
 def sdk(demo: Demo, token: str | None = None) -> together.Together:
@@ -69,30 +65,7 @@ def test_sdk_errors(demo: Demo) -> None:
 
 
 def run_cli(demo: Demo, out: Path, *args: str, project: bool = False) -> Path:
-    """`together fine-tuning download` run in `out` (its -o DIR saves under a random name)."""
-    out.mkdir()
-    env = {
-        **os.environ,
-        "TOGETHER_BASE_URL": demo.url,
-        "TOGETHER_API_KEY": demo.token,
-        "NO_COLOR": "1",
-        "TERM": "dumb",
-    }
-    env.pop("TOGETHER_PROJECT_ID", None)
-    if project:  # the CLI skips GET /v3/whoami when it knows the project
-        env["TOGETHER_PROJECT_ID"] = "demo"
-    proc = subprocess.run(
-        [TOGETHER_CLI, "fine-tuning", "download", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=out,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    files = [p for p in out.rglob("*") if p.is_file()]
-    assert len(files) == 1, files
-    return files[0]
+    return together_download(demo.url, demo.token, out, *args, project="demo" if project else None)
 
 
 @pytest.mark.skipif(shutil.which(TOGETHER_CLI) is None, reason="together CLI not installed")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -20,6 +18,7 @@ import zstandard
 
 from tests.publisher.conftest import Live
 from tests.publisher.test_push import settled, tunevault
+from tests.support.together import together_download as run_together
 
 training = pytest.importorskip("tests.publisher.training")  # needs transformers, peft, torch
 from transformers import (  # noqa: E402
@@ -31,7 +30,6 @@ from transformers import (  # noqa: E402
 
 from tunevault.integrations.transformers import TunevaultCallback  # noqa: E402
 
-TOGETHER_CLI = str(Path(sys.executable).with_name("together"))
 BASE = "tiny/llama"
 
 
@@ -93,26 +91,7 @@ def direct(live: Live, **params: Any) -> bytes:
 
 
 def together_download(live: Live, out: Path, *args: str) -> bytes:
-    out.mkdir()
-    env = {
-        **os.environ,
-        "TOGETHER_BASE_URL": live.url,
-        "TOGETHER_API_KEY": live.token,
-        "NO_COLOR": "1",
-        "TERM": "dumb",
-    }
-    env.pop("TOGETHER_PROJECT_ID", None)
-    proc = subprocess.run(
-        [TOGETHER_CLI, "fine-tuning", "download", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=out,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    [saved] = [p for p in out.rglob("*") if p.is_file()]
-    return saved.read_bytes()
+    return run_together(live.url, live.token, out, *args).read_bytes()
 
 
 def members(archive: bytes) -> dict[str, bytes]:
