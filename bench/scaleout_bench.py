@@ -28,27 +28,15 @@ from bench.common import random_file
 from tests.support.nginx import run_nginx, x_accel_locations
 from tests.support.postgres import create_database, run_postgres
 from tests.support.seaweed import run_seaweedfs
-from tests.support.seeding import publish_and_build
+from tests.support.seeding import seed_fine_tune
 from tests.support.server import run_server
-from tunevault.models import Scope
-from tunevault.services import open_services
 from tunevault.settings import Settings
 
 
 def seed(settings: Settings, src: Path) -> tuple[str, str, str, str]:
     """One fine-tune with the files of src; returns (token, ft_id, archive key, sha256)."""
-    with open_services(settings) as svc:
-        org = svc.store.create_org("bench")
-        _, token = svc.store.create_key(org.id, "bench", [Scope.READ])
-        ft = svc.store.create_fine_tune(
-            org.id,
-            model="b",
-            model_output_name="bench/big",
-            training_type="Full",
-            status="completed",
-        )
-        archive = publish_and_build(svc, ft, src)
-        return token, ft.id, archive.storage_key, archive.sha256
+    token, ft, archive = seed_fine_tune(settings, src)
+    return token, ft.id, archive.storage_key, archive.sha256
 
 
 async def redirect_latency(

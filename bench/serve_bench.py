@@ -17,9 +17,8 @@ from pathlib import Path
 
 from bench.common import RssSampler, curl_many, random_file
 from tests.support.nginx import run_nginx
-from tests.support.seeding import publish_and_build
+from tests.support.seeding import seed_fine_tune
 from tests.support.server import run_server
-from tunevault.models import Scope
 from tunevault.services import open_services
 from tunevault.settings import Settings
 
@@ -30,17 +29,9 @@ def prepare(data_dir: Path, size: int) -> tuple[str, str, Path, int]:
     src.mkdir(parents=True)
     random_file(src / "model-00001-of-00002.safetensors", size // 2)
     random_file(src / "model-00002-of-00002.safetensors", size - size // 2)
-    with open_services(Settings(data_dir=data_dir)) as svc:
-        org = svc.store.create_org("bench")
-        _, token = svc.store.create_key(org.id, "bench", [Scope.READ])
-        ft = svc.store.create_fine_tune(
-            org.id,
-            model="base",
-            model_output_name="bench/big",
-            training_type="Full",
-            status="completed",
-        )
-        archive = publish_and_build(svc, ft, src)
+    settings = Settings(data_dir=data_dir)
+    token, ft, archive = seed_fine_tune(settings, src)
+    with open_services(settings) as svc:
         path = Path(svc.storage.local_path(archive.storage_key))
     for f in src.iterdir():
         f.unlink()

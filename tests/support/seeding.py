@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunevault.models import Archive, FineTune, Kind
+from tunevault.models import Archive, FineTune, Kind, Scope
 from tunevault.publish import publish_directory
-from tunevault.services import Services
+from tunevault.services import Services, open_services
+from tunevault.settings import Settings
 from tunevault.worker import Worker
 
 
@@ -22,3 +23,19 @@ def publish_and_build(
     archive = svc.store.get_archive(ckpt.id)
     assert archive is not None
     return archive
+
+
+def seed_fine_tune(settings: Settings, src: Path) -> tuple[str, FineTune, Archive]:
+    """A `bench` organization with a read key and one completed full fine-tune holding
+    the files of src, built; returns (token, fine-tune, archive)."""
+    with open_services(settings) as svc:
+        org = svc.store.create_org("bench")
+        _, token = svc.store.create_key(org.id, "bench", [Scope.READ])
+        ft = svc.store.create_fine_tune(
+            org.id,
+            model="base",
+            model_output_name="bench/big",
+            training_type="Full",
+            status="completed",
+        )
+        return token, ft, publish_and_build(svc, ft, src)
