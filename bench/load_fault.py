@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import httpx
 
 from bench.common import random_file
 from tests.support.postgres import create_database, free_port, run_postgres
+from tests.support.publishing import api_client, publish_files
 from tests.support.seeding import publish_and_build
 from tests.support.server import wait_healthy
 from tunevault.models import Scope
@@ -174,33 +174,11 @@ def chaos(victim: Replica, at: float, down_for: float, log: list[str]) -> None:
 
 def publish_during(replica: Replica, token: str, src: Path, log: list[str]) -> None:
     time.sleep(10)
-    c = httpx.Client(
-        base_url=replica.url, timeout=120, headers={"Authorization": f"Bearer {token}"}
-    )
+    c = api_client(replica.url, token, timeout=120)
     t0 = time.monotonic()
-    ft = c.post(
-        "/v1/publish/fine-tunes",
-        json={
-            "model": "m",
-            "model_output_name": "load/published",
-            "training_type": {"type": "Full"},
-            "status": "running",
-        },
-    ).json()
     data = src.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    c.put(f"/v1/publish/blobs/{sha}", content=data, headers={"Upload-Length": str(len(data))})
-    c.post(
-        f"/v1/publish/fine-tunes/{ft['id']}/checkpoints",
-        json={
-            "step": 1,
-            "kind": "model_output_path",
-            "final": True,
-            "files": [{"path": "model.safetensors", "size": len(data), "sha256": sha}],
-        },
-    )
-    c.post(f"/v1/publish/fine-tunes/{ft['id']}/status", json={"status": "completed"})
-    q = f"/v1/finetune/download?ft_id={ft['id']}&checkpoint=model_output_path"
+    ft_id = publish_files(c, {"model.safetensors": data}, name="load/published")
+    q = f"/v1/finetune/download?ft_id={ft_id}&checkpoint=model_output_path"
     for _ in range(600):
         r = c.get(q)
         if r.status_code == 200:

@@ -25,6 +25,7 @@ import together
 
 from tests.support.nginx import nginx_binary, run_nginx, x_accel_locations
 from tests.support.postgres import create_database
+from tests.support.publishing import api_client, commit, upload
 from tests.support.seaweed import SeaweedFS, run_seaweedfs
 from tests.support.server import LiveServer, run_server
 from tests.support.together import together_download
@@ -142,19 +143,10 @@ def test_download_resumes_on_another_replica(cluster: Cluster, tmp_path: Path) -
 
 
 def _publish(server: LiveServer, token: str, files: dict[str, bytes], ft_id: str) -> int:
-    c = httpx.Client(base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {token}"})
-    entries = []
-    for path, data in files.items():
-        digest = hashlib.sha256(data).hexdigest()
-        c.put(
-            f"/v1/publish/blobs/{digest}", content=data, headers={"Upload-Length": str(len(data))}
-        )
-        entries.append({"path": path, "size": len(data), "sha256": digest})
-    r = c.post(
-        f"/v1/publish/fine-tunes/{ft_id}/checkpoints",
-        json={"step": 1, "kind": "model_output_path", "final": True, "files": entries},
-    )
-    return r.status_code
+    c = api_client(server.url, token)
+    for data in files.values():
+        upload(c, data)
+    return commit(c, ft_id, files).status_code
 
 
 def _worker(c: Cluster, tmp_path: Path, **env: str) -> subprocess.Popen[bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import signal
@@ -17,6 +16,7 @@ import httpx
 import pytest
 import zstandard
 
+from tests.support.publishing import publish_files
 from tests.support.server import LiveServer, run_server
 from tunevault.models import Job, Scope
 from tunevault.services import open_services
@@ -50,35 +50,7 @@ def start_worker(settings: Settings, **env: str) -> subprocess.Popen[bytes]:
 
 
 def publish(c: httpx.Client, files: dict[str, bytes], step: int = 1) -> str:
-    ft = c.post(
-        "/v1/publish/fine-tunes",
-        json={
-            "model": "base",
-            "model_output_name": "w/out",
-            "training_type": {"type": "Full"},
-            "status": "running",
-        },
-    ).json()
-    entries = []
-    for path, data in files.items():
-        digest = hashlib.sha256(data).hexdigest()
-        r = c.put(
-            f"/v1/publish/blobs/{digest}", content=data, headers={"Upload-Length": str(len(data))}
-        )
-        assert r.status_code in (200, 201), r.text
-        entries.append({"path": path, "size": len(data), "sha256": digest})
-    r = c.post(
-        f"/v1/publish/fine-tunes/{ft['id']}/checkpoints",
-        json={"step": step, "kind": "model_output_path", "final": True, "files": entries},
-    )
-    assert r.status_code == 201, r.text
-    assert (
-        c.post(
-            f"/v1/publish/fine-tunes/{ft['id']}/status", json={"status": "completed"}
-        ).status_code
-        == 200
-    )
-    return str(ft["id"])
+    return publish_files(c, files, step, name="w/out")
 
 
 def jobs(settings: Settings, ft_id: str) -> list[Job]:

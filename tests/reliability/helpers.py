@@ -3,7 +3,6 @@ check every crash and gc test ends with."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 import time
@@ -14,6 +13,7 @@ import httpx
 import sqlalchemy as sa
 import zstandard
 
+from tests.support.publishing import commit, create_fine_tune, sha, upload
 from tunevault.metadata import tables as t
 from tunevault.models import Scope
 from tunevault.services import open_services
@@ -27,46 +27,9 @@ def make_key(settings: Settings, org: str = "rel") -> str:
         return svc.store.create_key(found.id, "rw", [Scope.READ, Scope.PUBLISH])[1]
 
 
-def client(url: str, token: str) -> httpx.Client:
-    return httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"})
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def create_fine_tune(c: httpx.Client) -> str:
-    r = c.post(
-        "/v1/publish/fine-tunes",
-        json={
-            "model": "base",
-            "model_output_name": "rel/out",
-            "training_type": {"type": "Full"},
-            "status": "running",
-        },
-    )
-    assert r.status_code == 201, r.text
-    return str(r.json()["id"])
-
-
-def upload(c: httpx.Client, data: bytes) -> None:
-    r = c.put(
-        f"/v1/publish/blobs/{sha(data)}", content=data, headers={"Upload-Length": str(len(data))}
-    )
-    assert r.status_code in (200, 201), r.text
-
-
-def commit(c: httpx.Client, ft_id: str, files: dict[str, bytes], step: int = 1) -> httpx.Response:
-    entries = [{"path": p, "size": len(d), "sha256": sha(d)} for p, d in files.items()]
-    return c.post(
-        f"/v1/publish/fine-tunes/{ft_id}/checkpoints",
-        json={"step": step, "kind": "model_output_path", "final": True, "files": entries},
-    )
-
-
 def publish(c: httpx.Client, files: dict[str, bytes], tries: int = 10) -> str:
     """Upload and commit, uploading again when a concurrent gc took a blob (grace 0)."""
-    ft_id = create_fine_tune(c)
+    ft_id = create_fine_tune(c, "rel/out")
     for _ in range(tries):
         for data in files.values():
             upload(c, data)

@@ -20,18 +20,15 @@ import pytest
 from tests.reliability.helpers import (
     archive_members,
     check_consistent,
-    client,
-    commit,
-    create_fine_tune,
     download_query,
     make_key,
     publish,
     scratch_files,
-    sha,
-    upload,
     wait_archive,
     wait_for,
 )
+from tests.support.publishing import api_client as client
+from tests.support.publishing import commit, create_fine_tune, sha, upload
 from tests.support.server import LiveServer, run_server
 from tunevault.gc import collect
 from tunevault.services import open_services

@@ -18,13 +18,13 @@ import pytest
 from tests.reliability.helpers import (
     archive_members,
     check_consistent,
-    client,
     make_key,
     publish,
     scratch_files,
-    sha,
     wait_archive,
 )
+from tests.support.publishing import api_client as client
+from tests.support.publishing import sha
 from tests.support.seaweed import SeaweedFS, run_seaweedfs
 from tests.support.server import run_server
 from tunevault.builds import archive_key, build_archive
