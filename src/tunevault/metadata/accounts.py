@@ -38,11 +38,6 @@ class AccountsMixin(StoreBase):
             ).first()
         return Organization(**row._mapping) if row else None
 
-    def list_orgs(self) -> list[Organization]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.organizations).order_by(t.organizations.c.name))
-            return [Organization(**r._mapping) for r in rows]
-
     def create_key(self, org_id: str, name: str, scopes: Iterable[Scope]) -> tuple[ApiKey, str]:
         """Create a key; the returned token is shown once and never stored."""
         key_id = secrets.token_hex(8)

@@ -68,10 +68,6 @@ class CheckpointsMixin(StoreBase):
             )
             return [_checkpoint(r._mapping) for r in rows]
 
-    def checkpoint_files(self, checkpoint_id: int) -> tuple[FileEntry, ...]:
-        with self.engine.connect() as conn:
-            return _files(conn, checkpoint_id)
-
     def get_checkpoint(self, checkpoint_id: int) -> Checkpoint | None:
         with self.engine.connect() as conn:
             row = conn.execute(

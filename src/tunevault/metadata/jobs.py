@@ -70,10 +70,6 @@ def enqueue(conn: sa.Connection, checkpoint_id: int, kind: str) -> None:
 
 
 class JobsMixin(StoreBase):
-    def enqueue_job(self, checkpoint_id: int, kind: str) -> None:
-        with self.engine.begin() as conn:
-            enqueue(conn, checkpoint_id, kind)
-
     def claim_job(self, owner: str, lease_seconds: float) -> Job | None:
         """Take the oldest claimable job, or None; safe against any number of workers."""
         jobs = t.build_jobs
