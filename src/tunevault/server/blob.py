@@ -68,13 +68,14 @@ def choose_range(request: web.BaseRequest, blob: BlobRef) -> ByteRange | None:
 
 async def send_blob(
     request: web.Request, storage: Storage, blob: BlobRef, settings: Settings
-) -> web.StreamResponse:
-    """Answer with the blob in the configured mode; validators are checked here in all."""
+) -> tuple[web.StreamResponse, ByteRange | None]:
+    """Answer with the blob in the configured mode; validators are checked here in all.
+    Returns the response and the span asked for (None: the whole blob)."""
     span = choose_range(request, blob)
     if settings.serve_mode == "redirect":
-        return await _redirect(request, storage, blob, settings.presign_seconds)
+        return await _redirect(request, storage, blob, settings.presign_seconds), span
     if settings.serve_mode == "x-accel":
-        return _x_accel(storage, blob, settings.x_accel_prefix)
+        return _x_accel(storage, blob, settings.x_accel_prefix), span
     resp = web.StreamResponse(status=200 if span is None else 206, headers=blob.headers())
     start, end = (0, blob.size) if span is None else (span.start, span.end)
     if span is not None:
@@ -87,12 +88,12 @@ async def send_blob(
     if request.method == "HEAD":
         await resp.prepare(request)
         await resp.write_eof()
-        return resp
+        return resp, span
     if path is not None:
         await _sendfile(request, resp, path, start, end - start)
     else:
         await _stream(request, resp, storage, blob.key, start, end)
-    return resp
+    return resp, span
 
 
 async def _redirect(

@@ -121,14 +121,13 @@ async def download(request: web.Request) -> web.StreamResponse:
     with slot:
         metrics.downloads_in_flight.inc()
         try:
-            resp = await send_blob(request, svc.storage, blob, svc.settings)
+            resp, span = await send_blob(request, svc.storage, blob, svc.settings)
         except (web.HTTPException, TunevaultError):
             status = None  # a validator or range answer (304, 412, 416): nothing was sent
             raise
         else:
             status, planned = resp.status, resp.content_length or 0
-            if span := resp.headers.get("Content-Range"):
-                start = int(span.split()[1].split("-")[0])
+            start = span.start if span is not None else 0
             sent = planned if mode == "proxy" and request.method == "GET" else 0
             metrics.bytes_served.labels(mode).inc(sent)
             return resp
