@@ -99,8 +99,8 @@ def make_app(svc: Services) -> web.Application:
     app = web.Application(
         middlewares=[request_id_middleware, error_middleware, auth_middleware],
         client_max_size=32 << 20,
-        # Uploads: a 64 KiB read buffer pauses the socket every 64 KiB; 4 MiB lets a
-        # blob stream in at disk speed (BENCHMARKS.md).
+        # Uploads: with aiohttp's 64 KiB read buffer the socket is paused and resumed
+        # every 64 KiB of a multi-GB blob; 4 MiB keeps it streaming.
         handler_args={"read_bufsize": 4 << 20},
     )
     app[SERVICES] = svc

@@ -34,7 +34,7 @@ from tunevault.services import Services
 from tunevault.storage.base import blob_key
 
 routes = web.RouteTableDef()
-BUFFER = 1 << 20  # per write+hash call off the loop; 8 MiB writes measured 2x slower here
+BUFFER = 1 << 20  # bytes per write+hash call off the event loop (BENCHMARKS.md, upload)
 MAX_BLOB = 1 << 40
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _active: set[tuple[str, str]] = set()
