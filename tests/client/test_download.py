@@ -10,13 +10,21 @@ import pytest
 from tests.client.conftest import FAST, Live, MiB, leftovers
 from tests.client.seeding import add_fine_tune, archive_bytes, rebuild_archive
 from tests.support.faultproxy import Fault, FaultProxy
-from tunevault.client import Client, download
+from tunevault.client import Client, download, splice
 from tunevault.client.fetch import RetryPolicy
 from tunevault.client.http import NetworkError
 from tunevault.client.state import PartFile
 from tunevault.errors import ArchiveNotReady, FineTuneNotFound, IntegrityError, Unauthenticated
 
 NO_RETRY = RetryPolicy(attempts=0, backoff=0.01)
+
+
+@pytest.fixture(autouse=True, params=["splice", "buffers"])
+def receive_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs both ways bytes reach the .part: spliced in the kernel (plain HTTP
+    on Linux), and read into buffers (TLS, or elsewhere), which the hasher gets directly."""
+    if request.param == "buffers":
+        monkeypatch.setattr(splice, "SUPPORTED", False)
 
 
 def test_plain_download_is_named_by_the_server_and_verified(

@@ -8,8 +8,6 @@ a hard total bounds every loop.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -121,10 +119,7 @@ class Fetcher:
         with self._lock:
             live = list(self._live)
         for resp in live:
-            sock = resp.conn.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            resp.shutdown()
 
 
 def _retry_after(e: TunevaultError, default: float) -> float:

@@ -1,10 +1,11 @@
 """The sha256 of a .part, in file order, while its bytes arrive in any order.
 
-Writers hand each written buffer to the hasher thread (`submit`), which hashes it while
-the writer already receives the next one: on two cores the hash costs no wall time. A
-buffer that is not next in file order is skipped; the thread reads those bytes back from
-the file itself (mmap, no copy) once they join the written prefix, as it does for bytes
-already there from an earlier run.
+Writers that read into buffers hand each written buffer to the hasher thread (`submit`),
+which hashes it while the writer already receives the next one: on two cores the hash
+costs no wall time. Everything else is read back from the file itself (mmap, no copy)
+once it joins the written prefix (`nudge` says it may have grown): spliced bytes, which
+never pass through a buffer, a buffer that was not next in file order, and bytes already
+there from an earlier run.
 """
 
 from __future__ import annotations

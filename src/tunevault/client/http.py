@@ -7,12 +7,16 @@ Server errors come back as the exception class named by the envelope's `code`.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
+from tunevault.client import splice
 from tunevault.client.config import ClientConfig
 from tunevault.errors import TunevaultError
 
@@ -47,7 +51,12 @@ class Response:
     url: str
     raw: http.client.HTTPResponse
     conn: http.client.HTTPConnection
+    # http.client drops `conn.sock` when the server says `Connection: close`; the socket
+    # lives on in the response's stream, and this keeps a handle on it.
+    sock: socket.socket | None = None
     hops: list[dict[str, str]] = field(default_factory=list)  # headers of redirects followed
+    _pipe: splice.Pipe | None = field(default=None, init=False)
+    _drained: bool = field(default=False, init=False)  # http.client's read-ahead is used up
 
     def header(self, name: str) -> str | None:
         return self.raw.getheader(name)
@@ -77,12 +86,68 @@ class Response:
             raw.length -= got  # http.client's own count of what is left
         return got, err
 
+    def shutdown(self) -> None:
+        """Wake any thread blocked reading this response: its read fails at once."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def can_splice(self) -> bool:
+        """Whether the body can go socket-to-file in the kernel: plain TCP, known length."""
+        raw = self.raw
+        return (
+            splice.SUPPORTED
+            and type(self.sock) is socket.socket  # not TLS: its bytes are sealed
+            and self.sock.fileno() >= 0
+            and not raw.chunked
+            and raw.length is not None
+            and raw.fp is not None
+        )
+
+    def splice_into(self, fd: int, offset: int, limit: int) -> tuple[int, BaseException | None]:
+        """Like `readinto` followed by a pwrite at `offset`, without the bytes passing
+        through Python; only when `can_splice()`. Returns what landed and any failure."""
+        raw, sock = self.raw, self.sock
+        assert raw.length is not None and raw.fp is not None and sock is not None
+        want, got, err = min(limit, raw.length), 0, None
+        try:
+            if not self._drained:
+                # Body bytes http.client read ahead with the headers go first, by hand.
+                # peek() returns the whole read-ahead buffer, so after read1 it is empty
+                # and the socket holds the rest of the body in order.
+                ahead = raw.fp.peek()
+                head = ahead[:want]
+                raw.fp.read1(len(head))
+                self._drained = len(head) == len(ahead)
+                view = memoryview(head)
+                while got < len(head):
+                    got += os.pwrite(fd, view[got:], offset + got)
+                if not head:
+                    want = 0  # end of stream
+            if self._drained:
+                if self._pipe is None:
+                    self._pipe = splice.Pipe()
+                while got < want:
+                    n = self._pipe.move(
+                        sock.fileno(), sock.gettimeout(), fd, offset + got, want - got
+                    )
+                    if not n:
+                        break
+                    got += n
+        except NETWORK_ERRORS as e:
+            err = e
+        raw.length -= got
+        return got, err
+
     def read(self, n: int = -1) -> bytes:
         return self.raw.read(n) if n >= 0 else self.raw.read()
 
     def close(self) -> None:
         self.raw.close()
         self.conn.close()
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
 
     def raise_for_error(self) -> None:
         """Turn a 4xx/5xx into the server's exception class, with its useful headers."""
@@ -150,11 +215,12 @@ class Transport:
             target += "?" + parts.query
         try:
             conn.request(method, target, headers=sent)
+            sock = conn.sock
             raw = conn.getresponse()
         except NETWORK_ERRORS as e:
             conn.close()
             raise NetworkError(f"{method} {_redact(url)}: {_describe(e)}") from e
-        return Response(status=raw.status, url=url, raw=raw, conn=conn)
+        return Response(status=raw.status, url=url, raw=raw, conn=conn, sock=sock)
 
     def json(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         resp = self.open(method, self.url(path, params), {"Accept": "application/json"})
