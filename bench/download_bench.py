@@ -5,7 +5,8 @@ each download the previous output is deleted and `sync` flushes dirty pages, so 
 pays for another's writeback. tunevault's wall includes interpreter start, the sha256
 verification and the rename; curl verifies nothing. Then a resume measurement: the CLI
 downloads through a counting proxy, is stopped (SIGSTOP) once half the archive is in its
-.part, the socket queues are read with `ss`, it is SIGKILLed, and run again.
+.part, the TCP counters of its socket are read with `ss` (received, still unread: what
+the process itself had read), it is SIGKILLed, and run again.
 
     .venv/bin/python -m bench.download_bench [--size-mib 2048] [--repeat 3]
 """
@@ -16,6 +17,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -66,26 +69,33 @@ def _env(url: str, token: str) -> dict[str, str]:
     return {**os.environ, "TUNEVAULT_URL": url, "TUNEVAULT_API_KEY": token}
 
 
-def run_curl(url: str, token: str, ft: str, dest: Path, size: int) -> float:
+def _children_cpu() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime, usage.ru_stime
+
+
+def run_curl(url: str, token: str, ft: str, dest: Path, size: int) -> tuple[float, float, float]:
+    """(wall, user CPU, system CPU) of one curl download."""
     _clean(dest)
     target = f"{url}/v1/finetune/download?ft_id={ft}&checkpoint=model_output_path"
-    t0 = time.perf_counter()
     auth = f"Authorization: Bearer {token}"
+    cpu0, t0 = _children_cpu(), time.perf_counter()
     subprocess.run(
         ["curl", "-sS", "-f", "-o", str(dest / "a.tar.zst"), "-H", auth, target], check=True
     )
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu1 = time.perf_counter() - t0, _children_cpu()
     assert (dest / "a.tar.zst").stat().st_size == size
-    return elapsed
+    return elapsed, cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
 
 
 def run_cli(
     url: str, token: str, ft: str, dest: Path, size: int, connections: int
-) -> tuple[float, float]:
-    """(process wall, the download's own seconds from --json: no interpreter start)."""
+) -> tuple[float, float, float, float]:
+    """(process wall, user CPU, system CPU, the download's own seconds from --json: no
+    interpreter start)."""
     _clean(dest)
     cmd = [sys.executable, "-m", "tunevault", "download", ft, "-o", str(dest), "--json"]
-    t0 = time.perf_counter()
+    cpu0, t0 = _children_cpu(), time.perf_counter()
     out = subprocess.run(
         [*cmd, "--connections", str(connections)],
         env=_env(url, token),
@@ -93,21 +103,24 @@ def run_cli(
         capture_output=True,
         text=True,
     ).stdout
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu1 = time.perf_counter() - t0, _children_cpu()
     result = json.loads(out)
     assert result["size"] == size and result["verified"], result
-    return elapsed, float(result["seconds"])
+    return elapsed, cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], float(result["seconds"])
 
 
-def _socket_queues(port: int) -> int:
-    """Bytes sitting in kernel socket queues on the proxy's client-side connections."""
+def _client_socket(port: int) -> tuple[int, int]:
+    """(bytes received, bytes still unread) of the CLI's connection to the proxy, from
+    its own TCP counters: one consistent snapshot of one socket."""
     out = subprocess.run(
-        ["ss", "-tnH", "state", "established", f"( sport = :{port} or dport = :{port} )"],
+        ["ss", "-tinH", "state", "established", f"( dport = :{port} )"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return sum(int(cols[0]) + int(cols[1]) for cols in (ln.split() for ln in out.splitlines()))
+    match = re.search(r"bytes_received:(\d+)", out)
+    assert match is not None, out
+    return int(match.group(1)), int(out.split()[0])
 
 
 def kill_and_resume(url: str, token: str, ft: str, dest: Path, size: int) -> dict[str, int]:
@@ -131,8 +144,8 @@ def kill_and_resume(url: str, token: str, ft: str, dest: Path, size: int) -> dic
             time.sleep(0.01)
         proc.send_signal(signal.SIGSTOP)
         time.sleep(0.5)  # the proxy fills the socket buffers of the stopped process
-        forwarded = sum(ex.body_bytes for ex in proxy.downloads())
-        queued = _socket_queues(port)
+        received, unread = _client_socket(port)
+        (first,) = proxy.downloads()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert sidecar is not None
@@ -140,20 +153,21 @@ def kill_and_resume(url: str, token: str, ft: str, dest: Path, size: int) -> dic
         assert part is not None
         present = part.spans.total()
         part.close()
-        before = len(proxy.downloads())
         out = subprocess.run(
             cmd, env=_env(proxy.url, token), check=True, capture_output=True, text=True
         ).stdout
         result = json.loads(out)
         assert result["verified"] and result["resumed_bytes"] == present
-        second = sum(ex.body_bytes for ex in proxy.downloads()[before:])
+        second = sum(ex.body_bytes for ex in proxy.downloads()[1:])
+    read_by_process = received - unread - first.head_bytes
     return {
-        "killed_at_bytes": present,
-        "first_run_sent": forwarded,
-        "in_kernel_queues": queued,
+        "recorded_when_killed": present,
+        "sent_to_killed_process": first.body_bytes,
+        "read_by_killed_process": read_by_process,
         "rerun_sent": second,
-        "retransferred": forwarded + second - size,
-        "beyond_in_flight": forwarded - queued - present,
+        "retransferred": first.body_bytes + second - size,
+        "lost_in_flight": first.body_bytes - read_by_process,
+        "lost_beyond_in_flight": read_by_process - present,
     }
 
 
@@ -161,35 +175,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=1, help="kill-at-50%% measurements")
     parser.add_argument("--data-dir", type=Path, default=OUT / "data")
     args = parser.parse_args()
     token, ft, size = prepare(args.data_dir, args.size_mib * MiB)
     dest = OUT / "dl"
-    times: dict[str, list[float]] = {
-        "curl": [],
-        "tunevault": [],
-        "tunevault-4": [],
-        "engine": [],
-        "engine-4": [],
-    }
+    walls: dict[str, list[float]] = {}
+    cpus: dict[str, list[tuple[float, float]]] = {}
+
+    def record(name: str, wall: float, user: float, system: float) -> None:
+        walls.setdefault(name, []).append(wall)
+        cpus.setdefault(name, []).append((user, system))
+
     with run_server(args.data_dir) as server:
         for _ in range(args.repeat):
-            times["curl"].append(run_curl(server.url, token, ft, dest, size))
+            record("curl", *run_curl(server.url, token, ft, dest, size))
             for n, name in ((1, ""), (4, "-4")):
-                wall, engine = run_cli(server.url, token, ft, dest, size, n)
-                times["tunevault" + name].append(wall)
-                times["engine" + name].append(engine)
-        resume = kill_and_resume(server.url, token, ft, dest, size)
+                wall, user, system, engine = run_cli(server.url, token, ft, dest, size, n)
+                record("tunevault" + name, wall, user, system)
+                walls.setdefault("engine" + name, []).append(engine)
+        kills = [kill_and_resume(server.url, token, ft, dest, size) for _ in range(args.kills)]
     _clean(dest)
     print(f"archive: {size} bytes; machine: {platform.platform()}, {os.cpu_count()} cores")
-    curl = statistics.median(times["curl"])
-    for name, walls in times.items():
-        med = statistics.median(walls)
+    curl = statistics.median(walls["curl"])
+    for name, runs in walls.items():
+        med = statistics.median(runs)
+        cpu = ""
+        if name in cpus:
+            user = statistics.median(u for u, _ in cpus[name])
+            system = statistics.median(s for _, s in cpus[name])
+            cpu = f"  CPU user {user:.2f} s sys {system:.2f} s"
         print(
             f"{name:12} median {med:6.2f} s  {size / med / 1e6:7.0f} MB/s  "
-            f"{curl / med:4.2f}x curl  runs: {', '.join(f'{w:.2f}' for w in walls)}"
+            f"{curl / med:4.2f}x curl{cpu}  runs: {', '.join(f'{w:.2f}' for w in runs)}"
         )
-    print("kill at 50% then rerun:", json.dumps(resume))
+    for resume in kills:
+        print("kill at 50% then rerun:", json.dumps(resume))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class Exchange:
     path: str
     headers: dict[str, str]
     status: int = 0
+    head_bytes: int = 0  # the response head as sent to the client, blank line included
     body_bytes: int = 0
     fault: Fault = field(default_factory=Fault)
 
@@ -138,6 +139,7 @@ class FaultProxy:
         cr = re.match(r"bytes (\d+)-", _headers(lines).get("content-range", ""))
         offset = int(cr.group(1)) if cr and ex.status == 206 else 0
         client.sendall(head + b"\r\n\r\n")
+        ex.head_bytes = len(head) + 4
         limit = fault.cut_after if fault.cut_after is not None else fault.stall_after
         while True:
             if limit is not None and ex.body_bytes + len(body) > limit:
