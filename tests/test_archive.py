@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
+import xxhash
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -79,12 +82,52 @@ def test_level_changes_the_bytes_not_the_content() -> None:
     assert [m.name for m in members(fast)] == [m.name for m in members(default)]
 
 
+@pytest.mark.parametrize("recorded", ["sha256 only", "xxh3"])
 @pytest.mark.parametrize("damage", ["flip", "short", "long"])
-def test_a_corrupt_blob_fails_the_build(damage: str) -> None:
+def test_a_corrupt_blob_fails_the_build(damage: str, recorded: str) -> None:
     good = b"x" * 10000
     bad = {"flip": b"y" + good[1:], "short": good[:-1], "long": good + b"!"}[damage]
+    e = entry("w.bin", good)
+    xxh3 = {e.sha256: xxhash.xxh3_128_hexdigest(good)} if recorded == "xxh3" else None
     with pytest.raises(IntegrityError, match=r"w\.bin"):
-        write_archive([entry("w.bin", good)], lambda e: io.BytesIO(bad), io.BytesIO())
+        write_archive([e], lambda _: io.BytesIO(bad), io.BytesIO(), xxh3=xxh3)
+
+
+def test_a_recorded_xxh3_is_what_the_bytes_are_checked_against() -> None:
+    e = entry("w.bin", b"weights")
+    ok = write_archive([e], lambda _: io.BytesIO(b"weights"), io.BytesIO(), xxh3=None)
+    same = write_archive(
+        [e],
+        lambda _: io.BytesIO(b"weights"),
+        io.BytesIO(),
+        xxh3={e.sha256: xxhash.xxh3_128_hexdigest(b"weights")},
+    )
+    assert same == ok  # the check changes nothing in the archive
+    with pytest.raises(IntegrityError):
+        write_archive(
+            [e], lambda _: io.BytesIO(b"weights"), io.BytesIO(), xxh3={e.sha256: "0" * 32}
+        )
+
+
+class _FailingSink:
+    """Storage that fails after a few writes, like a disk that fills up."""
+
+    def __init__(self, fail_after: int) -> None:
+        self.left = fail_after
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.left == 0:
+            raise OSError(28, "No space left on device")
+        self.left -= 1
+        return len(data)
+
+
+def test_a_storage_failure_stops_the_build_with_its_cause() -> None:
+    big = os.urandom(8 << 20)  # incompressible: many compressed chunks reach the sink
+    before = threading.active_count()
+    with pytest.raises(OSError, match="No space"):
+        write_archive([entry("big.bin", big)], lambda _: io.BytesIO(big), _FailingSink(2))
+    assert threading.active_count() == before  # the writer thread is gone, nothing leaks
 
 
 def test_duplicate_or_reserved_paths_are_refused() -> None:

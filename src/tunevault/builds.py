@@ -32,9 +32,12 @@ def build_archive(
         return storage.open_read(blob_key(entry.sha256))
 
     key = archive_key(ckpt.files, level)
+    xxh3 = store.blob_xxh3(f.sha256 for f in ckpt.files)
     for _ in range(3):
         with storage.writer(key) as sink:
-            result = write_archive(ckpt.files, open_file, sink, level=level, threads=threads)
+            result = write_archive(
+                ckpt.files, open_file, sink, level=level, threads=threads, xxh3=xxh3
+            )
         archive = store.set_archive(ckpt.id, key, result.sha256, result.size)
         # gc deletes archive keys no row points to: confirm ours survived the moment between
         # the write and the row (see tunevault.gc), or build it again.

@@ -8,7 +8,6 @@ backed by a blob that the publishing organization uploaded, with the size it upl
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tunevault.archive import SUMS_NAME
+from tunevault.checksums import BlobHasher
 from tunevault.errors import Conflict, InvalidManifest, InvalidRequest
 from tunevault.metadata import MetadataStore
 from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, Kind
@@ -192,21 +192,22 @@ def register_base_model(
 # Local files -> blobs (the demo, the worker's merge output) ---------------------------------
 
 
-def file_digest(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
+def file_digest(path: Path) -> tuple[int, BlobHasher]:
+    h = BlobHasher()
     size = 0
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
             size += len(chunk)
-    return size, h.hexdigest()
+    return size, h
 
 
 def put_file(
     store: MetadataStore, storage: Storage, org_id: str, path: Path, name: str
 ) -> FileEntry:
     """Store a local file as a blob owned by the organization (skipped if stored)."""
-    size, sha = file_digest(path)
+    size, digests = file_digest(path)
+    sha = digests.sha256()
     key = blob_key(sha)
 
     def ensure_stored() -> None:
@@ -216,7 +217,7 @@ def put_file(
                     w.write(chunk)
 
     ensure_stored()  # the long write outside the gc lock; again under it, in case gc took it
-    store.record_stored_blob(sha, size, org_id, ensure_stored)
+    store.record_stored_blob(sha, size, org_id, ensure_stored, digests.xxh3())
     return FileEntry(path=name, size=size, sha256=sha)
 
 

@@ -15,12 +15,14 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+import xxhash
 
 from tests.support.server import LiveServer, run_server
 from tunevault.demo import BASE_NAME, TinyLlama, base_weights, write_adapter, write_model
 from tunevault.models import Scope
 from tunevault.services import open_services
 from tunevault.settings import Settings
+from tunevault.storage.base import blob_key
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,30 @@ def test_publish_build_download_and_idempotent_manifest(env: Env) -> None:
     assert (
         env.b.get(f"/v1/finetune/download?ft_id={ft['id']}&checkpoint=default").status_code == 404
     )
+
+
+def test_a_blob_that_rots_after_upload_fails_its_build(env: Env) -> None:
+    data = os.urandom(300_000)
+    first = env.a.put(
+        f"/v1/publish/blobs/{sha(data)}",
+        content=data[:100_000],
+        headers={"Upload-Length": str(len(data)), "Upload-Offset": "0"},
+    )
+    assert first.status_code == 202
+    assert upload(env.a, data, offset=100_000).status_code == 201
+    with open_services(env.settings) as svc:
+        # Recorded for the whole blob, although the upload was resumed half-way.
+        assert svc.store.blob_xxh3([sha(data)]) == {sha(data): xxhash.xxh3_128_hexdigest(data)}
+        stored = Path(svc.storage.local_path(blob_key(sha(data))))
+    rotten = bytearray(stored.read_bytes())
+    rotten[150_000] ^= 0x01  # one bit, same size: only a digest can tell
+    stored.write_bytes(bytes(rotten))
+    ft = new_ft(env.a)
+    body = {"step": 1, "kind": "model_output_path", "final": True, "files": manifest({"w": data})}
+    assert env.a.post(f"/v1/publish/fine-tunes/{ft['id']}/checkpoints", json=body).is_success
+    r = wait_download(env.a, f"ft_id={ft['id']}&checkpoint=model_output_path")
+    assert r.json()["error"]["code"] == "integrity_error"
+    assert "corrupt" in r.json()["error"]["message"]
 
 
 def _push_dir(c: httpx.Client, root: Path) -> list[dict[str, Any]]:

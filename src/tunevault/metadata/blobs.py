@@ -32,6 +32,21 @@ class BlobsMixin(StoreBase):
                 found.update({r.sha256: r.size for r in rows})
         return found
 
+    def blob_xxh3(self, digests: Iterable[str]) -> dict[str, str]:
+        """The recorded xxh3 of those blobs that have one (see tunevault.checksums)."""
+        wanted = sorted(set(digests))
+        found: dict[str, str] = {}
+        b = t.blobs.c
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    sa.select(b.sha256, b.xxh3).where(
+                        b.sha256.in_(wanted[i : i + 500]), b.xxh3.is_not(None)
+                    )
+                )
+                found.update({r.sha256: r.xxh3 for r in rows})
+        return found
+
     def create_base_model(self, org_id: str, name: str, files: Sequence[FileEntry]) -> BaseModel:
         ts = now()
         with self.engine.begin() as conn:

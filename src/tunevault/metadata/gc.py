@@ -80,14 +80,24 @@ class GcMixin(StoreBase):
     # Writers ------------------------------------------------------------------------------
 
     def record_stored_blob(
-        self, sha256: str, size: int, org_id: str, ensure_stored: Callable[[], None]
+        self,
+        sha256: str,
+        size: int,
+        org_id: str,
+        ensure_stored: Callable[[], None],
+        xxh3: str,
     ) -> None:
         """Record that `org_id` has the blob, with `ensure_stored` (which puts the bytes back
-        if gc took them) run under the gc lock. The blob's grace period starts again."""
+        if gc took them) run under the gc lock. The blob's grace period starts again, and
+        a row from before xxh3 digests were recorded gets one."""
         with self._gc_locked() as conn:
             ensure_stored()
             row = {"sha256": sha256, "size": size, "created_at": now()}
-            _insert(conn, t.blobs, row, touch="created_at")
+            _insert(conn, t.blobs, {**row, "xxh3": xxh3}, touch="created_at")
+            b = t.blobs.c
+            conn.execute(
+                t.blobs.update().where(b.sha256 == sha256, b.xxh3.is_(None)).values(xxh3=xxh3)
+            )
             _insert(conn, t.org_blobs, {**row, "org_id": org_id})
 
     def locked_blob_sizes(self, org_id: str, digests: Iterable[str]) -> dict[str, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tunevault.checksums import BlobHasher
 from tunevault.errors import (
     Conflict,
     DigestMismatch,
@@ -64,7 +64,7 @@ def staging_path(svc: Services, org_id: str, sha: str) -> Path:
     return svc.settings.data_dir / "uploads" / org_id / f"{sha}.part"
 
 
-def _append(f: Any, hasher: Any, data: bytearray) -> None:
+def _append(f: Any, hasher: BlobHasher, data: bytearray) -> None:
     try:
         view = memoryview(data)
         while view:  # an unbuffered write may store less than asked (a nearly full disk)
@@ -76,8 +76,8 @@ def _append(f: Any, hasher: Any, data: bytearray) -> None:
     hasher.update(data)
 
 
-def _hash_prefix(path: Path) -> Any:
-    hasher = hashlib.sha256()
+def _hash_prefix(path: Path) -> BlobHasher:
+    hasher = BlobHasher()
     with path.open("rb") as f:
         while chunk := f.read(BUFFER):
             hasher.update(chunk)
@@ -95,7 +95,7 @@ def _open_part(part: Path) -> Any:
     raise Conflict(f"another upload of blob {part.stem} is in progress; retry when it ends")
 
 
-def _commit(svc: Services, org_id: str, sha: str, size: int, part: Path) -> None:
+def _commit(svc: Services, org_id: str, sha: str, size: int, part: Path, xxh3: str) -> None:
     key = blob_key(sha)
     if svc.storage.stat(key) is None:
         svc.storage.adopt_file(key, part)  # new bytes: the long copy outside the gc lock
@@ -106,7 +106,7 @@ def _commit(svc: Services, org_id: str, sha: str, size: int, part: Path) -> None
                 raise Conflict(f"blob {sha} was collected while being stored; upload it again")
             svc.storage.adopt_file(key, part)
 
-    svc.store.record_stored_blob(sha, size, org_id, ensure_stored)
+    svc.store.record_stored_blob(sha, size, org_id, ensure_stored, xxh3)
     part.unlink(missing_ok=True)  # stored for someone already: this organization proved it
 
 
@@ -178,14 +178,14 @@ async def _receive(
             return web.json_response(
                 {"offset": kept}, status=202, headers={"Upload-Offset": str(kept)}
             )
-        if hasher.hexdigest() != sha:
+        if hasher.sha256() != sha:
             part.unlink(missing_ok=True)
             raise DigestMismatch(
-                f"the uploaded bytes hash to {hasher.hexdigest()}, not {sha}; nothing was kept",
+                f"the uploaded bytes hash to {hasher.sha256()}, not {sha}; nothing was kept",
                 param="sha256",
             )
         try:
-            await blocking(_commit, svc, org_id, sha, total, part)
+            await blocking(_commit, svc, org_id, sha, total, part, hasher.xxh3())
         except InsufficientStorage:
             part.unlink(missing_ok=True)  # an unstorable upload leaves no debris
             raise
@@ -196,9 +196,9 @@ async def _receive(
 
 async def _stream(
     request: web.Request, f: Any, part: Path, kept: int, total: int
-) -> tuple[int, Any]:
+) -> tuple[int, BlobHasher]:
     """Append the body to the part, hashing as it goes: the new offset and the hasher."""
-    hasher = await blocking(_hash_prefix, part) if kept else hashlib.sha256()
+    hasher = await blocking(_hash_prefix, part) if kept else BlobHasher()
     buf = bytearray()
     try:
         async for chunk in request.content.iter_chunked(BUFFER):
