@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from tunevault.metadata import MetadataStore
-from tunevault.models import FileEntry, Kind, MetricRow, Scope
+from tunevault.models import FileEntry, Kind, MetricRow, NewEvent, Scope
 
 
 def _store(url: str) -> MetadataStore:
@@ -19,7 +19,7 @@ def test_migrate_is_idempotent_and_reaches_head(database_url: str) -> None:
     store.migrate()
     with store.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == "0004"
+    assert version == "0005"
     store.close()
 
 
@@ -86,4 +86,25 @@ def test_checkpoints_archives_events_metrics_and_delete(database_url: str) -> No
     assert store.get_checkpoint(ckpt.id) is None
     assert store.get_archive(ckpt.id) is None
     assert store.list_events(ft.id) == [] and store.list_metrics(ft.id) == []
+    store.close()
+
+
+def test_rows_with_ids_are_appended_once(database_url: str) -> None:
+    store = _store(database_url)
+    org = store.create_org("acme")
+    ft = store.create_fine_tune(org.id, model="m", model_output_name="o", training_type="Full")
+    other = store.create_fine_tune(org.id, model="m", model_output_name="p", training_type="Full")
+    batch = [
+        NewEvent("a", "1", client_id="e1"),
+        NewEvent("b", "2"),
+        NewEvent("c", "3", client_id="e1"),
+    ]
+    assert store.add_events(ft.id, batch) == 2  # the id repeated in the batch is skipped
+    assert store.add_events(ft.id, batch) == 1  # a retry: only the row without an id again
+    assert [e.type for e in store.list_events(ft.id)] == ["A", "B", "B"]
+    assert store.add_events(other.id, batch) == 2  # ids are per fine-tune
+    rows = [MetricRow(1, {"loss": 2.0}, "log:0"), MetricRow(2, {"loss": 1.5}, "log:1")]
+    assert store.add_metrics(ft.id, rows) == 2
+    assert store.add_metrics(ft.id, [*rows, MetricRow(3, {"loss": 1.0}, "log:2")]) == 1
+    assert [m.step for m in store.list_metrics(ft.id)] == [1, 2, 3]
     store.close()

@@ -99,6 +99,15 @@ class Event:
 
 
 @dataclass(frozen=True)
+class NewEvent:
+    type: str
+    message: str
+    level: str = "info"
+    step: int | None = None
+    client_id: str | None = None  # the publisher's id for the row: sent again, it is skipped
+
+
+@dataclass(frozen=True)
 class FileEntry:
     path: str
     size: int
@@ -129,6 +138,7 @@ class Archive:
 class MetricRow:
     step: int
     values: dict[str, Any]
+    client_id: str | None = None  # the publisher's id for the row: sent again, it is skipped
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.publisher.conftest import Live
+from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.postgres import free_port
 from tunevault.errors import DigestMismatch, Unauthenticated
 from tunevault.publisher.uploader import PublishClient, PublishConnectionError
@@ -58,3 +59,27 @@ def test_unreachable_server_gives_up() -> None:
     client = PublishClient(url, "k", retries=2, backoff_s=0.01)
     with client, pytest.raises(PublishConnectionError, match="ConnectError"):
         client.missing(["0" * 64])
+
+
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_rows_with_ids_are_retried_after_lost_answers_and_stored_once(
+    live: Live, with_ids: bool
+) -> None:
+    body = {"model": "m", "model_output_name": "o", "training_type": {"type": "Full"}}
+    ft = live.post("/v1/publish/fine-tunes", body)
+    rows = [{"type": "x"}, {"type": "y"}]
+    if with_ids:
+        rows = [{**row, "id": f"e:{i}"} for i, row in enumerate(rows)]
+    with FaultProxy(live.url) as proxy:
+        proxy.default = Fault(cut_after=1)  # every answer is lost after its first byte
+        client = PublishClient(proxy.url, live.token, retries=2, backoff_s=0.01)
+        with client, pytest.raises(PublishConnectionError):
+            client.add_events(ft["id"], rows)
+        delivered = len(proxy.log)
+    events = live.get(f"/v1/fine-tunes/{ft['id']}/events")["data"]
+    if with_ids:
+        assert delivered == 3  # retried, since the server skips rows it already has
+        assert sorted(e["type"] for e in events) == ["X", "Y"]
+    else:
+        assert delivered == 1  # a retry could double the rows: not attempted
+        assert sorted(e["type"] for e in events) == ["X", "Y"]

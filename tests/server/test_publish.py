@@ -342,6 +342,25 @@ def test_a_blob_that_rots_after_upload_fails_its_build(env: Env) -> None:
     assert "corrupt" in r.json()["error"]["message"]
 
 
+def test_events_and_metrics_with_ids_survive_a_retried_batch(env: Env) -> None:
+    ft = new_ft(env.a)
+    url = f"/v1/publish/fine-tunes/{ft['id']}"
+    events = {"events": [{"type": "x", "id": "e:0"}, {"type": "y", "id": "e:1"}]}
+    assert env.a.post(f"{url}/events", json=events).json() == {"count": 2, "added": 2}
+    assert env.a.post(f"{url}/events", json=events).json() == {"count": 2, "added": 0}
+    metrics = {"metrics": [{"step": 1, "loss": 2.0, "id": "log:0"}]}
+    assert env.a.post(f"{url}/metrics", json=metrics).json() == {"count": 1, "added": 1}
+    assert env.a.post(f"{url}/metrics", json=metrics).json() == {"count": 1, "added": 0}
+    assert [e["type"] for e in env.a.get(f"/v1/fine-tunes/{ft['id']}/events").json()["data"]][
+        -2:
+    ] == ["X", "Y"]
+    listed = env.a.get(f"/v1/fine-tunes/{ft['id']}/metrics").json()["metrics"]
+    assert listed == [{"train/global_step": 1, "loss": 2.0}]  # the id is not a metric
+    for bad in ("", "a b", "x" * 101, 7):
+        r = env.a.post(f"{url}/events", json={"events": [{"type": "x", "id": bad}]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "events"
+
+
 def _push_dir(c: httpx.Client, root: Path) -> list[dict[str, Any]]:
     entries = []
     for p in sorted(root.rglob("*")):

@@ -21,6 +21,7 @@ process (`state.is_world_process_zero`) publishes.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
@@ -107,6 +108,8 @@ class TunevaultCallback(TrainerCallback):
             return
         self.cancelled = self.finished = False  # the same callback may see a second train()
         self._rows = []
+        # Row ids, so that a batch the client retries after a lost answer adds nothing twice.
+        self._ids = itertools.count()
         body: dict[str, Any] = {
             "model": self._base_model(model),
             "model_output_name": self.name or _output_dir(args).name,
@@ -131,7 +134,7 @@ class TunevaultCallback(TrainerCallback):
             return
         row = metric_row(state.global_step, logs)
         if row is not None:
-            self._rows.append(row)
+            self._rows.append({**row, "id": f"log:{next(self._ids)}"})
         if len(self._rows) >= self.metrics_batch:
             self._flush_metrics()
 
@@ -245,7 +248,12 @@ class TunevaultCallback(TrainerCallback):
         self, type_: str, message: str, level: str = "info", step: int | None = None
     ) -> None:
         assert self.fine_tune_id is not None
-        event: dict[str, Any] = {"type": type_, "message": message, "level": level}
+        event: dict[str, Any] = {
+            "type": type_,
+            "message": message,
+            "level": level,
+            "id": f"event:{next(self._ids)}",
+        }
         if step is not None:
             event["step"] = step
         self.client.add_events(self.fine_tune_id, [event])

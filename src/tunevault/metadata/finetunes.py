@@ -9,9 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from tunevault.metadata import tables as t
-from tunevault.metadata.base import StoreBase, now
+from tunevault.metadata.base import StoreBase, now, upsert
 from tunevault.metadata.jobs import ACTIVE
-from tunevault.models import Event, FineTune, MetricRow
+from tunevault.models import Event, FineTune, MetricRow, NewEvent
 
 
 def _select_fine_tunes() -> sa.Select[Any]:
@@ -124,17 +124,27 @@ class FineTunesMixin(StoreBase):
     def add_event(
         self, ft_id: str, type_: str, message: str, level: str = "info", step: int | None = None
     ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                t.events.insert().values(
-                    ft_id=ft_id,
-                    created_at=now(),
-                    level=level,
-                    type=type_.upper(),
-                    message=message,
-                    step=step,
-                )
-            )
+        self.add_events(ft_id, [NewEvent(type_, message, level, step)])
+
+    def add_events(self, ft_id: str, events: Sequence[NewEvent]) -> int:
+        """Append events in one transaction; returns how many were new (a row whose id is
+        already stored, or repeated in the batch, is skipped)."""
+        ts = now()
+        return self._append(
+            t.events,
+            [
+                {
+                    "ft_id": ft_id,
+                    "created_at": ts,
+                    "level": e.level,
+                    "type": e.type.upper(),
+                    "message": e.message,
+                    "step": e.step,
+                    "client_id": e.client_id,
+                }
+                for e in events
+            ],
+        )
 
     def list_events(self, ft_id: str) -> list[Event]:
         with self.engine.connect() as conn:
@@ -152,14 +162,26 @@ class FineTunesMixin(StoreBase):
                 for r in rows
             ]
 
-    def add_metrics(self, ft_id: str, rows: Sequence[MetricRow]) -> None:
+    def add_metrics(self, ft_id: str, rows: Sequence[MetricRow]) -> int:
+        """Append metric rows like `add_events`; returns how many were new."""
+        return self._append(
+            t.metrics,
+            [
+                {"ft_id": ft_id, "step": r.step, "data": r.values, "client_id": r.client_id}
+                for r in rows
+            ],
+        )
+
+    def _append(self, table: sa.Table, rows: list[dict[str, Any]]) -> int:
         if not rows:
-            return
+            return 0
         with self.engine.begin() as conn:
-            conn.execute(
-                t.metrics.insert(),
-                [{"ft_id": ft_id, "step": r.step, "data": r.values} for r in rows],
+            stmt = (
+                upsert(conn, table)
+                .on_conflict_do_nothing(index_elements=["ft_id", "client_id"])
+                .returning(table.c.id)
             )
+            return len(conn.execute(stmt, rows).all())  # RETURNING lists inserted rows only
 
     def list_metrics(self, ft_id: str) -> list[MetricRow]:
         with self.engine.connect() as conn:

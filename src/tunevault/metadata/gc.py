@@ -13,11 +13,10 @@ from contextlib import contextmanager
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from tunevault.metadata import tables as t
-from tunevault.metadata.base import StoreBase, now
+from tunevault.metadata.base import StoreBase, now, upsert
 
 _LOCK_ID = 0x7475_6E65_6763  # "tunegc": the advisory lock key, any constant of our own
 _BATCH = 500
@@ -53,9 +52,7 @@ def _insert(
     conn: Connection, table: sa.Table, values: dict[str, object], *, touch: str | None = None
 ) -> int:
     """Insert a row unless its key exists; then set the `touch` column to its new value."""
-    stmt = (
-        (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table).values(values)
-    )
+    stmt = upsert(conn, table).values(values)
     if touch is None:
         stmt = stmt.on_conflict_do_nothing()
     else:

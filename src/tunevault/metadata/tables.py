@@ -80,7 +80,9 @@ events = sa.Table(
     sa.Column("type", sa.String(64), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("step", sa.Integer, nullable=True),
+    sa.Column("client_id", sa.String(100), nullable=True),  # 0005
     sa.Index("ix_events_ft", "ft_id", "id"),
+    sa.Index("ux_events_client_id", "ft_id", "client_id", unique=True),  # 0005
 )
 
 metrics = sa.Table(
@@ -92,7 +94,9 @@ metrics = sa.Table(
     ),
     sa.Column("step", sa.Integer, nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("client_id", sa.String(100), nullable=True),  # 0005
     sa.Index("ix_metrics_ft", "ft_id", "step"),
+    sa.Index("ux_metrics_client_id", "ft_id", "client_id", unique=True),  # 0005
 )
 
 checkpoints = sa.Table(

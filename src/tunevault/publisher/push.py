@@ -79,7 +79,7 @@ def _open_fine_tune(
 
 def _event(state: PushState, client: PublishClient, ft_id: str, key: str, **event: Any) -> None:
     if not state.done(key):
-        client.add_events(ft_id, [{"level": "info", **event}])
+        client.add_events(ft_id, [{"level": "info", "id": key, **event}])
         state.mark(key)
 
 
@@ -144,7 +144,8 @@ def push_plan(
             message=f"{what} saved at step {c.step}",
             step=c.step,
         )
-    rows = plan.metrics[state.metrics_sent :]
+    # Ids by position in the trainer's log: the same on every rerun of this directory.
+    rows = [{**r, "id": f"log:{i}"} for i, r in enumerate(plan.metrics)][state.metrics_sent :]
     for i in range(0, len(rows), METRICS_BATCH):
         batch = rows[i : i + METRICS_BATCH]
         client.add_metrics(ft_id, batch)

@@ -1,9 +1,9 @@
 """`DIR/.tunevault-push.json`: what a push already did, so that a rerun continues it.
 
 Per server URL: the fine-tune created and the steps done (checkpoints, events, metrics,
-status), because events and metrics are appended by the server, not deduplicated. Beside
-them, a cache of file digests keyed by (size, mtime) so a rerun does not hash gigabytes
-again.
+status), so that a rerun sends only what is left (the server also skips event and metric
+rows whose ids it has, so a step done but not recorded here is not doubled). Beside them,
+a cache of file digests keyed by (size, mtime) so a rerun does not hash gigabytes again.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Blob uploads stream from disk and resume: `HEAD` says how many bytes of an interrupted
 upload the server kept, and the `PUT` continues from there. Every call is retried on
 connection failures with bounded exponential backoff; calls that are not idempotent
-(events, metrics) only when the request provably never reached the server.
+(creating a fine-tune, events or metrics rows without ids) only when the request provably
+never reached the server.
 """
 
 from __future__ import annotations
@@ -249,23 +250,17 @@ class PublishClient:
         )
         return out
 
-    def add_events(self, ft_id: str, events: list[dict[str, Any]]) -> None:
-        if events:
-            self.call(
-                "POST",
-                f"/v1/publish/fine-tunes/{ft_id}/events",
-                json={"events": events},
-                idempotent=False,
-            )
+    def add_events(self, ft_id: str, events: Sequence[dict[str, Any]]) -> None:
+        self._append(f"/v1/publish/fine-tunes/{ft_id}/events", "events", events)
 
     def add_metrics(self, ft_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        self._append(f"/v1/publish/fine-tunes/{ft_id}/metrics", "metrics", rows)
+
+    def _append(self, path: str, name: str, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            self.call(
-                "POST",
-                f"/v1/publish/fine-tunes/{ft_id}/metrics",
-                json={"metrics": list(rows)},
-                idempotent=False,
-            )
+            # The server skips rows whose id it already has: with ids, a retry is safe.
+            idempotent = all("id" in row for row in rows)
+            self.call("POST", path, json={name: list(rows)}, idempotent=idempotent)
 
     def set_status(self, ft_id: str, status: str) -> dict[str, Any]:
         out: dict[str, Any] = self.call(

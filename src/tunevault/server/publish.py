@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from tunevault.errors import InvalidRequest
-from tunevault.models import FT_STATUSES, Kind, MetricRow, Scope
+from tunevault.models import FT_STATUSES, Kind, MetricRow, NewEvent, Scope
 from tunevault.publish import commit_checkpoint, register_base_model, validate_manifest
 from tunevault.server import render
 from tunevault.server.context import blocking, principal, services
@@ -23,6 +23,7 @@ MAX_ROWS = 10_000
 MAX_SUFFIX = 100
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,300}$")
 _EVENT_TYPE = re.compile(r"^[A-Za-z_]{1,64}$")
+_ROW_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,100}$")
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -137,11 +138,9 @@ async def add_events(request: web.Request) -> web.Response:
                 "level is info, warning or error; message a string", param="events"
             )
         step = _int(e, "step") if e.get("step") is not None else None
-        rows.append((str(e["type"]), message[:10_000], level, step))
-    store = services(request).store
-    for type_, message, level, step in rows:
-        await blocking(store.add_event, ft.id, type_, message, level, step)
-    return web.json_response({"count": len(rows)}, status=201)
+        rows.append(NewEvent(str(e["type"]), message[:10_000], level, step, _row_id(e, "events")))
+    added = await blocking(services(request).store.add_events, ft.id, rows)
+    return web.json_response({"count": len(rows), "added": added}, status=201)
 
 
 @routes.post("/v1/publish/fine-tunes/{ft_id}/metrics")
@@ -154,7 +153,7 @@ async def add_metrics(request: web.Request) -> web.Response:
     for row in raw:
         if not isinstance(row, dict):
             raise InvalidRequest("every metrics row is an object with a step", param="metrics")
-        values = {k: v for k, v in row.items() if k != "step"}
+        values = {k: v for k, v in row.items() if k not in ("step", "id")}
         if not all(
             isinstance(v, int | float)
             and not isinstance(v, bool)
@@ -164,9 +163,22 @@ async def add_metrics(request: web.Request) -> web.Response:
             for k, v in values.items()
         ):
             raise InvalidRequest("metric values must be finite numbers", param="metrics")
-        rows.append(MetricRow(step=_int(row, "step"), values=values))
-    await blocking(services(request).store.add_metrics, ft.id, rows)
-    return web.json_response({"count": len(rows)}, status=201)
+        rows.append(MetricRow(_int(row, "step"), values, _row_id(row, "metrics")))
+    added = await blocking(services(request).store.add_metrics, ft.id, rows)
+    return web.json_response({"count": len(rows), "added": added}, status=201)
+
+
+def _row_id(row: dict[str, Any], param: str) -> str | None:
+    """The publisher's optional id of an event or metrics row: a row sent again with the
+    same id is skipped, so a batch retried after a lost answer adds nothing twice."""
+    value = row.get("id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ROW_ID.match(value):
+        raise InvalidRequest(
+            "a row id is 1 to 100 characters of letters, digits and . _ : / -", param=param
+        )
+    return value
 
 
 @routes.post("/v1/publish/fine-tunes/{ft_id}/status")
