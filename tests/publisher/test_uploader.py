@@ -83,3 +83,18 @@ def test_rows_with_ids_are_retried_after_lost_answers_and_stored_once(
     else:
         assert delivered == 1  # a retry could double the rows: not attempted
         assert sorted(e["type"] for e in events) == ["X", "Y"]
+
+
+def test_a_fine_tune_whose_answer_was_lost_is_created_once(live: Live) -> None:
+    name = f"o/{os.urandom(4).hex()}"
+    body = {"model": "m", "model_output_name": name, "training_type": {"type": "Full"}}
+    with FaultProxy(live.url) as proxy:
+        proxy.default = Fault(cut_after=1)
+        client = PublishClient(proxy.url, live.token, retries=2, backoff_s=0.01)
+        with client, pytest.raises(PublishConnectionError):
+            client.create_fine_tune(body, "push:lost")
+        assert len(proxy.log) == 3  # retried: the key makes it safe
+    with PublishClient(live.url, live.token) as client:  # e.g. the rerun of a push
+        ft = client.create_fine_tune(body, "push:lost")
+    made = [f["id"] for f in live.get("/v1/fine-tunes")["data"] if f["model_output_name"] == name]
+    assert made == [ft["id"]]

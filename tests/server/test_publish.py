@@ -361,6 +361,21 @@ def test_events_and_metrics_with_ids_survive_a_retried_batch(env: Env) -> None:
         assert r.status_code == 400 and r.json()["error"]["param"] == "events"
 
 
+def test_idempotency_key_creates_one_fine_tune_per_organization(env: Env) -> None:
+    body = {"model": "base", "model_output_name": "a/keyed", "training_type": {"type": "Full"}}
+    key = {"Idempotency-Key": "run:1"}
+    first = env.a.post("/v1/publish/fine-tunes", json=body, headers=key)
+    again = env.a.post("/v1/publish/fine-tunes", json=body, headers=key)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    other = env.b.post("/v1/publish/fine-tunes", json=body, headers=key)
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"]  # per org
+    changed = env.a.post("/v1/publish/fine-tunes", json={**body, "suffix": "x"}, headers=key)
+    assert changed.status_code == 409 and first.json()["id"] in changed.json()["error"]["message"]
+    bad = env.a.post("/v1/publish/fine-tunes", json=body, headers={"Idempotency-Key": "a b"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "Idempotency-Key"
+
+
 def _push_dir(c: httpx.Client, root: Path) -> list[dict[str, Any]]:
     entries = []
     for p in sorted(root.rglob("*")):

@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -118,7 +119,8 @@ class TunevaultCallback(TrainerCallback):
         }
         if self.suffix:
             body["suffix"] = self.suffix
-        self.fine_tune_id = str(self.client.create_fine_tune(body)["id"])
+        key = f"callback:{uuid.uuid4()}"
+        self.fine_tune_id = str(self.client.create_fine_tune(body, key)["id"])
         self._event("JOB_START", "training started", step=state.global_step)
         self._polled = time.monotonic()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -146,7 +147,7 @@ class CheckpointsMixin(StoreBase):
             rows = conn.execute(q).all()
         if not rows:
             return None, []
-        ft = FineTune(**{col.name: rows[0]._mapping[col.name] for col in f.c})
+        ft = FineTune(**{fl.name: rows[0]._mapping[fl.name] for fl in dataclasses.fields(FineTune)})
         found = []
         for r in rows:
             if r.c_id is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,9 @@ def _select_fine_tunes() -> sa.Select[Any]:
     )
     status = sa.case((sa.and_(f.status == "completed", building), "compressing"), else_=f.status)
     return sa.select(
-        *(col for col in t.fine_tunes.c if col.name != "status"), status.label("status")
+        # The model's fields, not every column: bookkeeping like idempotency_key stays here.
+        *(f[fl.name] for fl in dataclasses.fields(FineTune) if fl.name != "status"),
+        status.label("status"),
     )
 
 
@@ -43,7 +46,10 @@ class FineTunesMixin(StoreBase):
         lora_alpha: int | None = None,
         lora_dropout: float | None = None,
         lora_trainable_modules: str | None = None,
+        idempotency_key: str | None = None,
     ) -> FineTune:
+        """A new fine-tune; with an `idempotency_key` already used in this organization,
+        the fine-tune that key created (see `created_with_key`) and nothing new."""
         ts = now()
         ft = FineTune(
             id=f"ft-{uuid.uuid4()}",
@@ -60,9 +66,24 @@ class FineTunesMixin(StoreBase):
             created_at=ts,
             updated_at=ts,
         )
+        if idempotency_key is None:
+            with self.engine.begin() as conn:
+                conn.execute(t.fine_tunes.insert().values(**ft.__dict__))
+            return ft
         with self.engine.begin() as conn:
-            conn.execute(t.fine_tunes.insert().values(**ft.__dict__))
-        return ft
+            stmt = upsert(conn, t.fine_tunes).values(**ft.__dict__, idempotency_key=idempotency_key)
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=["org_id", "idempotency_key"]))
+        made = self.created_with_key(org_id, idempotency_key)
+        assert made is not None  # inserted now, or earlier by the same key
+        return made
+
+    def created_with_key(self, org_id: str, idempotency_key: str) -> FineTune | None:
+        f = t.fine_tunes.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                _select_fine_tunes().where(f.org_id == org_id, f.idempotency_key == idempotency_key)
+            ).first()
+        return FineTune(**row._mapping) if row else None
 
     def get_fine_tune(self, org_id: str, ft_id: str) -> FineTune | None:
         with self.engine.connect() as conn:

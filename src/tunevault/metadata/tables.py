@@ -65,7 +65,9 @@ fine_tunes = sa.Table(
     sa.Column("lora_trainable_modules", sa.String(500), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("idempotency_key", sa.String(100), nullable=True),  # 0006
     sa.Index("ix_fine_tunes_org", "org_id", "created_at"),
+    sa.Index("ux_fine_tunes_idempotency_key", "org_id", "idempotency_key", unique=True),  # 0006
 )
 
 events = sa.Table(

@@ -72,7 +72,7 @@ def _open_fine_tune(
             return ft_id, True
         except NotFound:
             pass  # deleted since, or another organization's key: start a new one
-    ft_id = str(client.create_fine_tune(body)["id"])
+    ft_id = str(client.create_fine_tune(body, state.creation_key())["id"])
     state.start(ft_id)
     return ft_id, False
 

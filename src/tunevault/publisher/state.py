@@ -9,6 +9,7 @@ a cache of file digests keyed by (size, mtime) so a rerun does not hash gigabyte
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,15 @@ class PushState:
     def fine_tune_id(self) -> str | None:
         value = self.run.get("fine_tune_id")
         return value if isinstance(value, str) else None
+
+    def creation_key(self) -> str:
+        """The Idempotency-Key for creating this push's fine-tune, saved before it is
+        used: a rerun after a lost answer gets the fine-tune that request created."""
+        key = self.run.get("creation_key")
+        if not isinstance(key, str):
+            key = self.run["creation_key"] = f"push:{uuid.uuid4()}"
+            self.save()
+        return key
 
     def start(self, ft_id: str) -> None:
         self.run.clear()

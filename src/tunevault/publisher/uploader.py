@@ -3,8 +3,8 @@
 Blob uploads stream from disk and resume: `HEAD` says how many bytes of an interrupted
 upload the server kept, and the `PUT` continues from there. Every call is retried on
 connection failures with bounded exponential backoff; calls that are not idempotent
-(creating a fine-tune, events or metrics rows without ids) only when the request provably
-never reached the server.
+(events or metrics rows without ids) only when the request provably never reached the
+server.
 """
 
 from __future__ import annotations
@@ -122,8 +122,16 @@ class PublishClient:
             return resp
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def call(self, method: str, path: str, *, json: Any = None, idempotent: bool = True) -> Any:
-        resp = self.send(method, path, json=json, idempotent=idempotent)
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        idempotent: bool = True,
+    ) -> Any:
+        resp = self.send(method, path, json=json, headers=headers, idempotent=idempotent)
         if resp.status_code >= 400:
             raise error_of(resp)
         return resp.json()
@@ -230,10 +238,14 @@ class PublishClient:
 
     # -- fine-tunes -------------------------------------------------------------------
 
-    def create_fine_tune(self, body: dict[str, Any]) -> dict[str, Any]:
-        # Not idempotent: a retry after a lost answer would create a second fine-tune.
+    def create_fine_tune(self, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """The key makes a retry after a lost answer (or a rerun that reuses it) return
+        the fine-tune the first request created, instead of a second one."""
         ft: dict[str, Any] = self.call(
-            "POST", "/v1/publish/fine-tunes", json=body, idempotent=False
+            "POST",
+            "/v1/publish/fine-tunes",
+            json=body,
+            headers={"Idempotency-Key": idempotency_key},
         )
         return ft
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tunevault.errors import InvalidRequest
+from tunevault.errors import Conflict, InvalidRequest
 from tunevault.models import FT_STATUSES, Kind, MetricRow, NewEvent, Scope
 from tunevault.publish import commit_checkpoint, register_base_model, validate_manifest
 from tunevault.server import render
@@ -77,14 +77,31 @@ async def create_fine_tune(request: web.Request) -> web.Response:
     status = body.get("status", "pending")
     if status not in ("pending", "queued", "running"):
         raise InvalidRequest("a new fine-tune starts pending, queued or running", param="status")
-    ft = await blocking(
-        services(request).store.create_fine_tune,
-        who.org_id,
-        model=_name(body, "model"),
-        model_output_name=_name(body, "model_output_name"),
-        suffix=suffix,
-        status=status,
+    fields = {
+        "model": _name(body, "model"),
+        "model_output_name": _name(body, "model_output_name"),
+        "suffix": suffix,
         **_training_type(body.get("training_type")),
+    }
+    store = services(request).store
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        if not _ROW_ID.match(key):
+            raise InvalidRequest(
+                "Idempotency-Key is 1 to 100 characters of letters, digits and . _ : / -",
+                param="Idempotency-Key",
+            )
+        earlier = await blocking(store.created_with_key, who.org_id, key)
+        if earlier is not None:  # a retry: the fine-tune that request created
+            if any(getattr(earlier, name) != value for name, value in fields.items()):
+                raise Conflict(
+                    f"Idempotency-Key {key!r} already created {earlier.id} with other "
+                    "parameters; use a new key for a new fine-tune"
+                )
+            events = await blocking(store.list_events, earlier.id)
+            return web.json_response(render.fine_tune(earlier, events))
+    ft = await blocking(
+        store.create_fine_tune, who.org_id, status=status, idempotency_key=key, **fields
     )
     return web.json_response(render.fine_tune(ft, []), status=201)
 
