@@ -24,7 +24,7 @@ from `code`; the CLI maps the branches to exit codes.
     ├── RateLimited                     429 rate_limited
     ├── StorageUnavailable              503 storage_unavailable
     ├── InsufficientStorage             507 insufficient_storage
-    └── IntegrityError                  (client side) integrity_error
+    └── IntegrityError                  500 integrity_error
 """
 
 from __future__ import annotations
@@ -173,11 +173,11 @@ class InsufficientStorage(TunevaultError):
 
 
 class IntegrityError(TunevaultError):
-    """A downloaded or uploaded byte stream does not match its announced digest or size."""
+    """Bytes do not match their digest or size: a download in the client, or a stored
+    blob that rotted, which fails its archive build (and downloads of that archive)."""
 
     error_type = "integrity_error"
     code = "integrity_error"
-    client_side = True
 
 
 _by_status: dict[int, type[TunevaultError]] = {

@@ -40,6 +40,7 @@ class UnsafeArchive(IntegrityError):
     """The archive holds a member that cannot be extracted safely; nothing was kept."""
 
     code = "unsafe_archive"
+    client_side = True
 
 
 @dataclass

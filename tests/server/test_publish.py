@@ -176,6 +176,10 @@ def test_dropped_connection_keeps_what_arrived(env: Env) -> None:
         time.sleep(0.05)
     assert kept == 4 << 20
     assert upload(env.a, data, offset=kept).status_code == 201
+    log = (env.server.data_dir / f"server-{url.port}.log").read_text()
+    cut = [line for line in log.splitlines() if digest in line and "PUT" in line]
+    assert cut and not any("unhandled error" in line for line in cut)  # not a server error
+    assert any('"status": 499' in line for line in cut)
 
 
 def test_refused_uploads_keep_nothing(env: Env) -> None:

@@ -69,6 +69,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "ETag")}
         code = _HTTP_CODES.get(e.status, "http_error")
         return _envelope(e.status, e.reason, code, headers)
+    except ConnectionResetError:
+        # The client went away mid-request (a cut upload keeps what arrived): not a server
+        # error. 499 as nginx logs it; nobody receives this answer.
+        log.info("client closed the connection during %s %s", request.method, request.path)
+        return _envelope(499, "the client closed the connection", "client_closed_request")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _envelope(500, "internal error; the server log has details", "internal_error")
