@@ -7,7 +7,9 @@ What goes:
 - an archive (`archives/..tar.zst`) that no `archives` row points to;
 - debris no live process holds (see `tunevault.inuse`) and untouched for the grace period:
   partial uploads `<data_dir>/uploads/**.part`, local-storage temp files
-  `<root>/.tmp/*`, merge scratch directories `<data_dir>/tmp/merge-*`.
+  `<root>/.tmp/*`, merge scratch directories `<data_dir>/tmp/merge-*`;
+- S3 multipart uploads started longer than the grace period ago and never completed (a
+  build or upload killed mid-write): aborted, which frees their parts.
 A blob key found without any row (a process died between storing and recording it) is
 given a row recorded now, so its grace starts when gc first sees it: no storage mtimes,
 no clocks of other machines.
@@ -68,6 +70,7 @@ class GcReport:
     archive_bytes: int = 0
     debris_deleted: int = 0  # partial uploads, temp files, merge scratch directories
     debris_bytes: int = 0
+    writes_aborted: int = 0  # S3 multipart uploads of dead writers
     builds_requeued: int = 0  # builds that had failed for a full disk, tried again
 
     @property
@@ -85,6 +88,9 @@ def collect(svc: Services, *, grace_seconds: float, dry_run: bool) -> GcReport:
     _register_unrecorded(svc, report)
     _collect_archives(svc, report)
     _collect_debris(svc, time.time() - grace_seconds, report)
+    report.writes_aborted = svc.storage.abort_stale_writes(
+        now() - timedelta(seconds=grace_seconds), dry_run=dry_run
+    )
     if not dry_run and report.freed_bytes:
         # Builds that failed for a full disk may fit now.
         report.builds_requeued = svc.store.requeue_failed("insufficient_storage")

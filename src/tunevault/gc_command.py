@@ -22,7 +22,8 @@ from tunevault.service_commands import settings_from_flags, store_options
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def gc(grace_hours: float, dry_run: bool, as_json: bool, **flags: Any) -> None:
-    """Delete unreferenced blobs and archives, and stale partial uploads and scratch files.
+    """Delete unreferenced blobs and archives, stale partial uploads and scratch files,
+    and abandoned S3 multipart uploads.
 
     Safe while servers and workers run.
     """
@@ -37,6 +38,7 @@ def gc(grace_hours: float, dry_run: bool, as_json: bool, **flags: Any) -> None:
     verb = "would free" if dry_run else "freed"
     click.echo(
         f"{verb} {report.freed_bytes / 2**20:.1f} MiB: {report.blobs_deleted} blobs, "
-        f"{report.archives_deleted} archives, {report.debris_deleted} stale scratch files; "
+        f"{report.archives_deleted} archives, {report.debris_deleted} stale scratch files, "
+        f"{report.writes_aborted} abandoned S3 multipart uploads; "
         f"{report.blobs_registered} unrecorded blobs now under the grace period"
     )

@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
 from tests.storage.conftest import PART_SIZE_MIB, s3_url
 from tests.support.seaweed import SeaweedFS
 from tunevault.errors import StorageUnavailable
+from tunevault.metadata.base import now
 from tunevault.storage import open_storage
 from tunevault.storage.s3 import MiB, S3Storage
 
@@ -198,3 +200,25 @@ def test_no_credentials(
         store.stat("k")
     with pytest.raises(StorageUnavailable, match="NoCredentialsError"):
         store.presigned_url("k")
+
+
+def test_gc_aborts_multipart_uploads_of_dead_writers_only(
+    s3: S3Storage, seaweedfs: SeaweedFS
+) -> None:
+    admin = seaweedfs.admin
+    dead = s3.writer("archives/dead.tar.zst")
+    dead.write(b"x" * (PART + 1))  # a part is stored, then the process "dies": no abort
+    foreign = admin.create_multipart_upload(Bucket=s3.bucket, Key="elsewhere/x")["UploadId"]
+
+    def pending() -> set[str]:
+        uploads = admin.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", [])
+        return {u["Key"] for u in uploads}
+
+    assert pending() == {"pre/fix/archives/dead.tar.zst", "elsewhere/x"}
+    assert s3.abort_stale_writes(now() - timedelta(hours=1), dry_run=False) == 0  # too young
+    later = now() + timedelta(minutes=1)
+    assert s3.abort_stale_writes(later, dry_run=True) == 1
+    assert pending() == {"pre/fix/archives/dead.tar.zst", "elsewhere/x"}
+    assert s3.abort_stale_writes(later, dry_run=False) == 1
+    assert pending() == {"elsewhere/x"}  # outside our prefix: not ours to abort
+    admin.abort_multipart_upload(Bucket=s3.bucket, Key="elsewhere/x", UploadId=foreign)

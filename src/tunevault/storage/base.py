@@ -12,6 +12,7 @@ import abc
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -141,6 +142,12 @@ class Storage(abc.ABC):
     ) -> str:
         """A time-limited URL that lets a client fetch the key without our credentials."""
         raise Unsupported(f"{type(self).__name__} cannot presign URLs")
+
+    def abort_stale_writes(self, started_before: datetime, *, dry_run: bool) -> int:
+        """Abort writes that dead processes left pending inside the store, started before
+        the cutoff; returns how many. Backends whose pending writes are plain files (local
+        `.tmp`) have none here: gc removes those files itself."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default holds none."""

@@ -13,6 +13,7 @@ import io
 import logging
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -347,6 +348,27 @@ class S3Storage(Storage):
                         keys.append(check_key(key))
         # SeaweedFS lists directory by directory ("a/b" before "a-c"), not in byte order.
         yield from sorted(keys)
+
+    def abort_stale_writes(self, started_before: datetime, *, dry_run: bool) -> int:
+        """Multipart uploads under our prefix that a killed writer never completed nor
+        aborted: invisible, but their parts take space. The store's own `Initiated` time
+        is compared, so keep the grace far above any clock skew (it is hours)."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        stale: list[tuple[str, str]] = []
+        with _unavailable_on_error():
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=base
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < started_before:
+                        stale.append((upload["Key"], upload["UploadId"]))
+            if not dry_run:
+                for key, upload_id in stale:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id
+                    )
+        return len(stale)
 
     def presigned_url(
         self,
