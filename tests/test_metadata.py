@@ -108,3 +108,17 @@ def test_rows_with_ids_are_appended_once(database_url: str) -> None:
     assert store.add_metrics(ft.id, [*rows, MetricRow(3, {"loss": 1.0}, "log:2")]) == 1
     assert [m.step for m in store.list_metrics(ft.id)] == [1, 2, 3]
     store.close()
+
+
+def test_base_models_are_listed_by_name_with_their_files(database_url: str) -> None:
+    store = _store(database_url)
+    acme, other = store.create_org("acme"), store.create_org("other")
+    b_files = [FileEntry("w.bin", 3, "b" * 64), FileEntry("config.json", 2, "c" * 64)]
+    store.create_base_model(acme.id, "zeta", [FileEntry("z.bin", 1, "d" * 64)])
+    store.create_base_model(acme.id, "alpha", b_files)
+    store.create_base_model(other.id, "beta", [FileEntry("x", 1, "e" * 64)])
+    listed = store.list_base_models(acme.id)
+    assert [m.name for m in listed] == ["alpha", "zeta"]
+    assert listed[0] == store.get_base_model(acme.id, "alpha")
+    assert [f.path for f in listed[0].files] == ["config.json", "w.bin"]
+    store.close()

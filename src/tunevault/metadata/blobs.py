@@ -90,14 +90,25 @@ class BlobsMixin(StoreBase):
             )
 
     def list_base_models(self, org_id: str) -> list[BaseModel]:
-        with self.engine.connect() as conn:
-            names = (
-                conn.execute(
-                    sa.select(t.base_models.c.name)
-                    .where(t.base_models.c.org_id == org_id)
-                    .order_by(t.base_models.c.name)
-                )
-                .scalars()
-                .all()
+        bm, bf = t.base_models.c, t.base_model_files.c
+        with self.engine.connect() as conn:  # one query, not one per model
+            rows = conn.execute(
+                sa.select(bm.id, bm.name, bm.created_at, bf.path, bf.size, bf.sha256)
+                .select_from(t.base_models.join(t.base_model_files, bf.base_model_id == bm.id))
+                .where(bm.org_id == org_id)
+                .order_by(bm.name, bf.path)
+            ).all()
+        files: dict[int, list[FileEntry]] = {}
+        for r in rows:
+            files.setdefault(r.id, []).append(FileEntry(path=r.path, size=r.size, sha256=r.sha256))
+        heads = {r.id: r for r in rows}
+        return [
+            BaseModel(
+                id=i,
+                org_id=org_id,
+                name=heads[i].name,
+                created_at=heads[i].created_at,
+                files=tuple(entries),
             )
-        return [m for m in (self.get_base_model(org_id, n) for n in names) if m is not None]
+            for i, entries in files.items()  # in name order, as the rows came
+        ]
