@@ -179,9 +179,10 @@ def test_deleting_a_fine_tune_frees_its_space(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.content == expected
 
 
-def test_gc_while_a_live_server_publishes_and_serves(tmp_path: Path) -> None:
-    """gc with no grace in a loop, against a server publishing, building and serving."""
-    settings = Settings(data_dir=tmp_path / "data")
+def test_gc_while_a_live_server_publishes_and_serves(tmp_path: Path, database_url: str) -> None:
+    """gc with no grace in a loop, against a server publishing, building and serving; on
+    SQLite (its write lock) and PostgreSQL (an advisory lock) as the gc lock."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
     token = make_key(settings)
     stop, passes, rng = threading.Event(), [0], random.Random(7)
     errors: list[Exception] = []
@@ -203,7 +204,8 @@ def test_gc_while_a_live_server_publishes_and_serves(tmp_path: Path) -> None:
 
     published: dict[str, dict[str, bytes]] = {}
     shared = os.urandom(300_000)
-    with run_server(settings.data_dir) as server, client(server.url, token) as c:
+    env = {"TUNEVAULT_DATABASE_URL": database_url}
+    with run_server(settings.data_dir, env=env) as server, client(server.url, token) as c:
         gc = threading.Thread(target=gc_loop)
         gc.start()
         try:
