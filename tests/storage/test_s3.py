@@ -6,6 +6,7 @@ import socket
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 
@@ -150,6 +151,23 @@ def test_presigned_head_and_unicode_filename(s3: S3Storage) -> None:
         assert resp.headers["Content-Disposition"] == (
             "attachment; filename=\"na_ve _x_.bin\"; filename*=UTF-8''na%C3%AFve%20%22x%22.bin"
         )
+
+
+def test_presigned_urls_can_name_a_public_endpoint(seaweedfs: SeaweedFS, s3_bucket: str) -> None:
+    # The same store under another name, as a public hostname in front of an internal one.
+    public = seaweedfs.endpoint_url.replace("127.0.0.1", "localhost")
+    url = s3_url(seaweedfs, s3_bucket, "pub") + "&" + urlencode({"public_endpoint_url": public})
+    store = open_storage(url)
+    assert isinstance(store, S3Storage)
+    try:
+        store.put("k", b"abc")
+        signed = store.presigned_url("k")
+        assert signed.startswith(f"{public}/")
+        with urllib.request.urlopen(signed) as resp:  # signed for the host it names
+            assert resp.read() == b"abc"
+        assert S3Storage.from_url(store.url).url == store.url
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ MAX_PARTS = 10_000
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600  # SigV4 limit
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_URL_PARAMS = {"endpoint_url", "region", "part_size_mib"}
+_URL_PARAMS = {"endpoint_url", "public_endpoint_url", "region", "part_size_mib"}
 _MISSING = {"404", "NoSuchKey", "NotFound"}  # HEAD errors carry only the status code
 
 
@@ -223,6 +223,22 @@ class _S3Writer(BlobWriter):
             )
 
 
+def _client(endpoint_url: str | None, region: str | None) -> S3Client:
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            connect_timeout=10,
+            read_timeout=60,
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=32,  # one per concurrent download or upload
+        ),
+    )
+
+
 class S3Storage(Storage):
     def __init__(
         self,
@@ -230,6 +246,7 @@ class S3Storage(Storage):
         prefix: str = "",
         *,
         endpoint_url: str | None = None,
+        public_endpoint_url: str | None = None,
         region: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
     ) -> None:
@@ -242,25 +259,22 @@ class S3Storage(Storage):
         self.bucket = bucket
         self.prefix = prefix
         self.part_size = part_size
-        query = {"endpoint_url": endpoint_url, "region": region}
+        query = {
+            "endpoint_url": endpoint_url,
+            "public_endpoint_url": public_endpoint_url,
+            "region": region,
+        }
         if part_size != DEFAULT_PART_SIZE:
             query["part_size_mib"] = str(part_size // MiB)
         self.url = f"s3://{bucket}/{prefix}"
         if params := {k: v for k, v in query.items() if v is not None}:
             self.url += "?" + urlencode(params)
         # endpoint_url/region None defer to AWS_ENDPOINT_URL[_S3], AWS_REGION and config files.
-        self.client: S3Client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            config=Config(
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                connect_timeout=10,
-                read_timeout=60,
-                retries={"mode": "standard", "max_attempts": 3},
-                max_pool_connections=32,  # one per concurrent download or upload
-            ),
+        self.client: S3Client = _client(endpoint_url, region)
+        # SigV4 signs the host, so URLs for clients that reach the store by another address
+        # (a public name in front of an internal endpoint) are signed by a client of their own.
+        self._presigner = (
+            _client(public_endpoint_url, region) if public_endpoint_url else self.client
         )
         # Honour AWS_REQUEST_CHECKSUM_CALCULATION=when_required for stores without checksums.
         calculation = getattr(self.client.meta.config, "request_checksum_calculation", None)
@@ -268,7 +282,7 @@ class S3Storage(Storage):
 
     @classmethod
     def from_url(cls, url: str) -> S3Storage:
-        """`s3://bucket[/prefix][?endpoint_url=...&region=...&part_size_mib=...]`."""
+        """`s3://bucket[/prefix][?endpoint_url=...&public_endpoint_url=...&region=...&part_size_mib=...]`."""
         parts = urlsplit(url)
         if parts.scheme != "s3":
             raise ValueError("not an s3:// URL")
@@ -283,6 +297,7 @@ class S3Storage(Storage):
             parts.netloc,
             parts.path.strip("/"),
             endpoint_url=params.get("endpoint_url") or None,
+            public_endpoint_url=params.get("public_endpoint_url") or None,
             region=params.get("region") or None,
             part_size=int(part_mib) * MiB if part_mib else DEFAULT_PART_SIZE,
         )
@@ -387,9 +402,11 @@ class S3Storage(Storage):
         if filename is not None:
             params["ResponseContentDisposition"] = _content_disposition(filename)
         with _unavailable_on_error():
-            return self.client.generate_presigned_url(
+            return self._presigner.generate_presigned_url(
                 operation, Params=params, ExpiresIn=expires, HttpMethod=method.upper()
             )
 
     def close(self) -> None:
         self.client.close()
+        if self._presigner is not self.client:
+            self._presigner.close()
