@@ -8,24 +8,15 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
+
+from tests.support import llama
 
 torch.set_num_threads(2)
 
 
-def tiny_llama(*, tie: bool = False, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tie,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
+def tiny_llama(*, tie: bool = False, seed: int = 0, intermediate: int = 96) -> LlamaForCausalLM:
+    return llama.tiny_llama(tie=tie, seed=seed, intermediate=intermediate).eval()
 
 
 def perturb_adapter(model: torch.nn.Module, seed: int = 1) -> None:

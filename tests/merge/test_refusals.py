@@ -11,7 +11,6 @@ import torch
 from click.testing import CliRunner
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.merge.helpers import save_pair, tiny_llama
 from tunevault.cli import main
@@ -86,17 +85,7 @@ def test_config_refusals(
 
 def test_shape_mismatch(tmp_path: Path) -> None:
     base, _ = save_pair(tiny_llama(), LoraConfig(target_modules=["q_proj"]), tmp_path / "a")
-    torch.manual_seed(0)
-    wider = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=96,
-            hidden_size=64,
-            intermediate_size=80,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    )
+    wider = tiny_llama(intermediate=80)
     _, adapter = save_pair(wider, LoraConfig(target_modules=["gate_proj"]), tmp_path / "b")
     refused(base, adapter, r"gate_proj: base weight \[96, 64\] does not fit")
 

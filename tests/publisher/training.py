@@ -12,28 +12,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from configs, never 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import (
-    LlamaConfig,
     LlamaForCausalLM,
     Trainer,
     TrainerCallback,
     TrainingArguments,
 )
 
+from tests.support import llama
+
 VOCAB = 128
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
+    return llama.tiny_llama(hidden=32, intermediate=64, vocab=VOCAB, seed=seed)
 
 
 def with_lora(model: LlamaForCausalLM) -> Any:

@@ -128,6 +128,11 @@ class FaultProxy:
             dropped |= {b"range", b"if-range"}
         kept = [ln for ln in lines if ln.split(b":", 1)[0].strip().lower() not in dropped]
         upstream.sendall(b"\r\n".join([request_line, *kept, b"Connection: close", b"", b""]) + rest)
+        # The request body may arrive after the head: forward all of it, or a POST hangs.
+        left = int(exchange.headers.get("content-length", "0") or 0) - len(rest)
+        while left > 0 and (data := client.recv(min(RECV, left))):
+            upstream.sendall(data)
+            left -= len(data)
         self._respond(client, upstream, exchange, fault)
 
     def _respond(
