@@ -2,10 +2,10 @@
 
 The sha256 names the blob and is what clients verify. The xxh3-128, recorded when the
 upload's sha256 checked out, is what archive builds re-check stored bytes against: it
-catches bytes that rotted on disk as surely as the sha256 does, at memory speed (58 GB/s
+catches bytes that rotted on disk as surely as the sha256 does, at memory speed (49 GB/s
 from cache against sha256's 1.8 on this project's machine: read + check + zstd -3 runs at
-1057 MB/s with it, 754 with the sha256, bench.build_stages). It is not a defence against
-someone who can write to the storage: they could replace the archives as well.
+989 MB/s with it, 727 with the sha256; BENCHMARKS.md, bench.build_stages). It is not a
+defence against someone who can write to the storage: they could replace the archives too.
 """
 
 from __future__ import annotations
