@@ -24,9 +24,9 @@ from typing import Protocol
 
 import zstandard
 
+from tunevault.archive import SUMS_NAME
 from tunevault.errors import IntegrityError
 
-SUMS_NAME = "SHA256SUMS"
 MAX_SUMS_BYTES = 16 << 20
 CHUNK = 1 << 20
 _SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
@@ -46,7 +46,6 @@ class UnsafeArchive(IntegrityError):
 @dataclass
 class UnpackResult:
     files: dict[str, str] = field(default_factory=dict)  # path -> sha256, as verified
-    bytes_written: int = 0
 
 
 def check_member_path(name: str) -> str:
@@ -87,6 +86,8 @@ class _Tree:
         self.dirs: set[str] = set()
 
     def claim(self, path: str, *, is_dir: bool) -> Path:
+        # `dirs` holds every parent of every claimed path, so this also refuses a file
+        # where a directory with contents already is.
         if path in self.files or (path in self.dirs and not is_dir):
             raise UnsafeArchive(f"duplicate member {path!r}")
         parents = path.split("/")[:-1]
@@ -95,8 +96,6 @@ class _Tree:
             if parent in self.files:
                 raise UnsafeArchive(f"member {path!r} would go under the file {parent!r}")
             self.dirs.add(parent)
-        if any(d == path or d.startswith(path + "/") for d in self.dirs) and not is_dir:
-            raise UnsafeArchive(f"member {path!r} clashes with a directory")
         (self.dirs if is_dir else self.files).add(path)
         target = self.root.joinpath(*path.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -195,4 +194,3 @@ def _extract_member(
     if actual != sums[path]:
         raise IntegrityError(f"{path!r} has sha256 {actual}, but {SUMS_NAME} says {sums[path]}")
     result.files[path] = actual
-    result.bytes_written += member.size

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.client.conftest import FAST, Live, MiB, leftovers
 from tests.client.seeding import add_fine_tune, archive_bytes, rebuild_archive
+from tests.support.disk import fill
 from tests.support.faultproxy import Fault, FaultProxy
 from tunevault.client import Client, download, splice
 from tunevault.client.fetch import RetryPolicy
 from tunevault.client.http import NetworkError
 from tunevault.client.state import PartFile
-from tunevault.errors import ArchiveNotReady, FineTuneNotFound, IntegrityError, Unauthenticated
+from tunevault.errors import (
+    ArchiveNotReady,
+    FineTuneNotFound,
+    InsufficientStorage,
+    IntegrityError,
+    Unauthenticated,
+)
 
 NO_RETRY = RetryPolicy(attempts=0, backoff=0.01)
 
@@ -143,6 +152,52 @@ def test_multi_connection_state_survives_a_failed_run(
     assert result.resumed_bytes == present > 0
     assert result.transferred == len(live.data) - present
     assert leftovers(tmp_path) == []
+
+
+def recorded(final: Path) -> int:
+    """How many bytes the sidecar of `final`'s .part says are written."""
+    part = PartFile.load(final)
+    if part is None:
+        return 0
+    part.close()
+    return part.spans.total()
+
+
+def test_a_full_disk_fails_at_once_and_keeps_the_part(
+    live: Live, client: Client, proxy: FaultProxy, small_disk: Path
+) -> None:
+    out = small_disk / "out"
+    out.mkdir()
+    whole = 3 * MiB  # whole chunks on either path; the 17 bytes after it wait in a part-chunk
+    proxy.push(Fault(stall_after=whole + 17))
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            download(client, live.ft, output=out, policy=FAST)
+        except BaseException as e:
+            failures.append(e)
+
+    # A thread, so that a download hung on the full disk fails the test instead of hanging it.
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert proxy.stalled.wait(30)
+        # Once the whole chunks before the stall are written, the disk fills up.
+        deadline = time.monotonic() + 30
+        while recorded(out / live.filename) < whole:
+            assert time.monotonic() < deadline, "the bytes before the stall were never written"
+            time.sleep(0.01)
+        fill(small_disk, 0)
+    finally:
+        proxy.release()
+    thread.join(30)
+    assert not thread.is_alive(), "the download hangs on a full disk"
+    # Not retried as a network failure: the disk is named, and the .part kept for a rerun.
+    (err,) = failures
+    assert isinstance(err, InsufficientStorage), repr(err)
+    assert "the download disk is full" in err.message
+    assert leftovers(out) == [live.filename + ".part", live.filename + ".part.tv"]
 
 
 def test_server_errors_become_their_classes(live: Live, proxy: FaultProxy, tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from tunevault.client import Client, ClientConfig, download
 from tunevault.client.config import TOGETHER_URL
 from tunevault.client.extract import download_extract
 from tunevault.errors import Conflict, FineTuneNotFound
+from tunevault.models import MetricRow
+from tunevault.services import open_services
 
 
 def test_redirect_to_another_origin_drops_the_key_and_keeps_range(
@@ -30,6 +32,16 @@ def test_redirect_to_another_origin_drops_the_key_and_keeps_range(
     assert [h.get("authorization") for h in blobs.seen] == [None, None]
     assert blobs.seen[1]["range"] == f"bytes={3 * MiB + 7}-{len(live.data) - 1}"
     assert blobs.seen[1]["if-range"] == f'"{live.sha256}"'
+
+
+def test_without_an_etag_one_connection_is_used_and_reported(live: Live, tmp_path: Path) -> None:
+    with blob_host(live.data, etag=False) as blobs, redirector(blobs.url) as api:
+        result = download(
+            Client(api.url, "k"), live.ft, output=tmp_path, connections=4, policy=FAST
+        )
+    assert Path(result.path).read_bytes() == live.data and result.verified
+    assert result.connections == 1
+    assert [h.get("range") for h in blobs.seen] == [None]  # one plain GET, no pieces
 
 
 def test_extract_through_a_redirect(live: Live, tmp_path: Path) -> None:
@@ -50,11 +62,31 @@ def test_read_routes(live: Live) -> None:
     )
     [ckpt] = client.list_checkpoints(live.ft)
     assert (ckpt.step, ckpt.checkpoint_type, ckpt.checkpoint) == (100, "Final", "model")
-    assert isinstance(client.list_events(live.ft), list)
-    assert client.metrics(live.ft) == []
     assert client.whoami()["organization"]["name"] == "acme"
     with pytest.raises(Conflict):
         client.cancel_fine_tune(live.ft)  # completed jobs cannot be cancelled
+
+
+def test_events_and_metrics(live: Live) -> None:
+    own = add_fine_tune(live.seeded.settings, live.seeded.token, {"w": 10}, name="x/log")
+    with open_services(live.seeded.settings) as svc:
+        svc.store.add_event(own.ft.id, "JOB_START", "training started")
+        svc.store.add_event(own.ft.id, "CHECKPOINT_SAVE", "saved", level="warning", step=20)
+        svc.store.add_metrics(
+            own.ft.id, [MetricRow(step, {"train/loss": 1 / step}) for step in (10, 20, 30)]
+        )
+    client = Client(live.url, live.seeded.token)
+    events = client.list_events(own.ft.id)
+    assert [(e["type"], e["message"], e["level"], e.get("step")) for e in events] == [
+        ("JOB_START", "training started", "info", None),
+        ("CHECKPOINT_SAVE", "saved", "warning", 20),
+    ]
+    assert client.metrics(own.ft.id) == [
+        {"train/loss": 1 / step, "train/global_step": step} for step in (10, 20, 30)
+    ]
+    assert client.metrics(own.ft.id, step_from=15, step_to=20) == [
+        {"train/loss": 1 / 20, "train/global_step": 20}
+    ]
 
 
 def test_delete(live: Live) -> None:

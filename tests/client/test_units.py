@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tunevault.client import progress
 from tunevault.client.progress import Bar
 from tunevault.client.state import Spans
 from tunevault.client.target import disposition_filename, parse_ft_arg
@@ -43,11 +46,18 @@ def test_ft_argument() -> None:
     assert parse_ft_arg("ft-1:500") == ("ft-1", 500)
 
 
-def test_progress_bar_shows_speed_and_eta() -> None:
+def test_progress_bar_shows_speed_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: now[0]))
     out = io.StringIO()
     bar = Bar("ft-1", out)
-    bar.start(4 << 20, 1 << 20)
+    bar.start(4 << 20, 1 << 20)  # 1 MiB from an earlier run: not part of the speed
+    now[0] = 102.0
+    bar.update(2 << 20)  # 1 MiB in 2 s: 2 MiB left take 4 s
+    now[0] = 104.0
     bar.update(4 << 20)
     bar.finish()
-    text = out.getvalue()
-    assert "100.0%" in text and "4.0 MiB/4.0 MiB" in text and "/s ETA" in text
+    lines = out.getvalue().split("\r")[1:]
+    assert "0 B/s ETA --:--" in lines[0]
+    assert " 50.0% 2.0 MiB/4.0 MiB 512.0 KiB/s ETA 0:04 " in lines[1]
+    assert "100.0% 4.0 MiB/4.0 MiB 768.0 KiB/s ETA 0:00 " in lines[2]

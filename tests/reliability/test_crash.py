@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tests.reliability.helpers import (
     wait_archive,
     wait_for,
 )
+from tests.support.disk import fill
 from tests.support.publishing import api_client as client
 from tests.support.publishing import commit, create_fine_tune, sha, upload
 from tests.support.server import LiveServer, run_server
@@ -64,7 +64,7 @@ def test_kill_mid_upload_and_before_commit(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     token = make_key(settings)
     rng = random.Random(20261125)
-    size = 12 << 20  # more than the server's 8 MiB write buffer
+    size = 12 << 20  # many of the server's 1 MiB write buffers (server/uploads.py BUFFER)
     # Kill points: seeded offsets into the body, the very end, and after a full upload.
     points = [rng.randrange(CHUNK, size) for _ in range(3)] + [size, None]
     published: dict[str, bytes] = {}
@@ -146,36 +146,6 @@ def test_kill_mid_download_then_resume(tmp_path: Path) -> None:
 
 
 # A full disk --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB tmpfs: a real ENOSPC (needs root, as in CI)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def fill(disk: Path, leave: int) -> None:
-    """Take all but `leave` bytes of the disk with a filler file."""
-    with (disk / "filler").open("ab") as f:
-        f.write(b"\0" * max(0, free_bytes(disk) - leave))
 
 
 def test_full_disk_upload_answers_507_and_leaves_nothing(small_disk: Path) -> None:

@@ -114,17 +114,17 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
 @click.option(
     "--wait",
     type=click.FloatRange(min=0),
-    default=600.0,
+    default=RetryPolicy.not_ready_timeout,
     show_default=True,
     help="Seconds to wait for an archive the server is still building (409).",
 )
 @click.option(
     "--retries",
     type=click.IntRange(min=0),
-    default=8,
+    default=RetryPolicy.attempts,
     show_default=True,
-    help="Consecutive failed attempts (with backoff up to 8 s) before giving up; "
-    "any progress resets the count.",
+    help=f"Consecutive failed attempts (with backoff up to {RetryPolicy.max_backoff:g} s) "
+    "before giving up; any progress resets the count.",
 )
 @_client_options
 def download(

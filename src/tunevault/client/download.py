@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from tunevault.client import splice
 from tunevault.client.api import Client
 from tunevault.client.fetch import Changed, Fetcher, RetryPolicy
 from tunevault.client.hasher import Hasher
@@ -29,7 +30,6 @@ from tunevault.client.state import PartFile, Target, find_resumable
 from tunevault.client.target import (
     DownloadRequest,
     ProtocolError,
-    content_range,
     disposition_filename,
     expected_sha256,
     full_size,
@@ -40,7 +40,7 @@ from tunevault.errors import IntegrityError, RangeNotSatisfiable, TunevaultError
 # One sidecar line per chunk: a killed process loses at most the chunk it was writing.
 CHUNK = 1 << 20  # read into buffers: bigger buffers, fewer interpreter turns
 SPLICED_CHUNK = 256 << 10  # spliced: Python does no per-byte work, so log more often
-BUFFERS = 4  # per connection
+BUFFERS = 4  # at most, per connection
 MIN_PIECE = 4 << 20
 MAX_PIECE = 64 << 20
 
@@ -93,11 +93,11 @@ def download(
     state = find_resumable(out, identity) if into_dir else _resumable_file(out, identity)
     restarts = 0
     while True:
-        part, first = _open(fetcher, client, state, out, into_dir, identity, connections)
+        part, first, used = _open(fetcher, client, state, out, into_dir, identity, connections)
         state = None
         resumed = part.spans.total()  # kept from an earlier run, if it is still current
         try:
-            digest = _fill(fetcher, part, first, connections, progress)
+            digest = _fill(fetcher, part, first, used, progress)
             break
         except Changed as ch:
             part.discard()
@@ -115,7 +115,7 @@ def download(
         except BaseException:
             part.close()  # a network failure or ^C keeps the .part for the next run
             raise
-    return _finish(part, digest, resumed, fetcher, began, connections, restarts)
+    return _finish(part, digest, resumed, fetcher, began, used, restarts)
 
 
 def _finish(
@@ -127,9 +127,11 @@ def _finish(
     connections: int,
     restarts: int,
 ) -> DownloadResult:
+    # A digest means every byte was hashed, so none is missing; but another process can
+    # still have resized the .part under us.
     size = os.fstat(part.fd).st_size
     target = part.target
-    if part.missing() or size != target.size:
+    if size != target.size:
         part.discard()
         raise IntegrityError(f"{part.final.name}: got {size} bytes, expected {target.size}")
     if target.sha256 is not None and digest != target.sha256:
@@ -187,23 +189,20 @@ def _open(
     into_dir: bool,
     identity: str,
     connections: int,
-) -> tuple[PartFile, Response]:
-    """The .part to fill and a response whose body is its first missing piece."""
+) -> tuple[PartFile, Response, int]:
+    """The .part to fill, a response whose body is its first missing piece, and how many
+    connections to fill it with."""
     fresh: Response | None = None
     if state is not None and state.target.etag is not None:
         pieces = _pieces(state.missing(), connections)
         # Nothing missing: ask for the last byte anyway, to learn whether it is still current.
         start, end = pieces[0] if pieces else (state.target.size - 1, state.target.size)
-        headers = {"Range": f"bytes={start}-{end - 1}", "If-Range": state.target.etag}
         try:
-            resp: Response | None = fetcher.get(headers)
-        except RangeNotSatisfiable:
-            resp = None  # the archive shrank: it is another one
+            resp: Response | None = fetcher.get_range(state.target, start, end)
+        except (RangeNotSatisfiable, ProtocolError):
+            resp = None  # the archive shrank, or this 206 is of another one
         if resp is not None and resp.status == 206:
-            if _continues(resp, state.target, start):
-                return state, resp
-            fetcher.release(resp)
-            resp = None
+            return state, resp, connections
         state.discard()
         fresh = resp
     elif state is not None:
@@ -214,18 +213,14 @@ def _open(
         fetcher.release(fresh)
         raise ProtocolError(f"expected 200 to a plain GET, got {fresh.status}")
     target = target_of(fresh, client, fetcher.request, identity)
+    if target.etag is None:
+        connections = 1  # pieces would be ranges that no If-Range guards against a change
     final = out / target.filename if into_dir else out
     try:
-        return PartFile.create(final, target, reserve=connections > 1), fresh
+        return PartFile.create(final, target, reserve=connections > 1), fresh, connections
     except BaseException:
         fetcher.release(fresh)
         raise
-
-
-def _continues(resp: Response, target: Target, start: int) -> bool:
-    etag = resp.header("ETag")
-    begin, _, total = content_range(resp)
-    return begin == start and total == target.size and (etag is None or etag == target.etag)
 
 
 def _pieces(gaps: list[tuple[int, int]], connections: int) -> deque[tuple[int, int]]:
@@ -235,6 +230,25 @@ def _pieces(gaps: list[tuple[int, int]], connections: int) -> deque[tuple[int, i
     missing = sum(b - a for a, b in gaps)
     size = min(max(missing // (connections * 16), MIN_PIECE), MAX_PIECE)
     return deque((p, min(p + size, b)) for a, b in gaps for p in range(a, b, size))
+
+
+class _Buffers:
+    """One connection's receive buffers. They cycle through the hasher, so receiving the
+    next overlaps hashing the last; made on demand, as a spliced body needs none."""
+
+    def __init__(self) -> None:
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        self._made = 0
+
+    def get(self) -> memoryview:
+        # Only the owning thread takes: a queue it sees non-empty stays so until its get.
+        if self._made < BUFFERS and self._free.empty():
+            self._made += 1
+            return memoryview(bytearray(CHUNK))
+        return self._free.get()
+
+    def put(self, view: memoryview) -> None:
+        self._free.put(view)
 
 
 class _Workers:
@@ -265,11 +279,8 @@ class _Workers:
             self.fetcher.abort()
 
     def _run(self, resp: Response | None) -> None:
-        fetcher, part = self.fetcher, self.part
-        # Buffers cycle through the hasher: receiving the next overlaps hashing the last.
-        pool: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        for _ in range(BUFFERS):
-            pool.put(memoryview(bytearray(CHUNK)))
+        fetcher = self.fetcher
+        buffers = _Buffers()
         while not fetcher.cancel.is_set() and (piece := self.take()) is not None:
             start, end = piece
             pos = start
@@ -279,10 +290,8 @@ class _Workers:
                 while pos < end:
                     if fetcher.cancel.is_set():
                         return
-                    n, err = self._receive(resp, pos, end - pos, pool)
+                    n, err = self._receive(resp, pos, end - pos, buffers)
                     if n:
-                        part.record(pos, pos + n)
-                        self.hasher.nudge()  # spliced bytes are read back from the file
                         pos += n
                         fetcher.progressed(n)
                     if err is not None:
@@ -299,18 +308,33 @@ class _Workers:
                 self.hasher.nudge()
 
     def _receive(
-        self, resp: Response, pos: int, limit: int, pool: queue.SimpleQueue[memoryview]
+        self, resp: Response, pos: int, limit: int, buffers: _Buffers
     ) -> tuple[int, BaseException | None]:
-        """Up to `limit` body bytes written to the .part at `pos`, and any failure."""
+        """Up to `limit` body bytes written to the .part at `pos` and recorded, and any
+        failure of the connection. A failed write raises: the disk's fault, not retried."""
+        part = self.part
         if resp.can_splice():
-            return resp.splice_into(self.part.fd, pos, min(SPLICED_CHUNK, limit))
-        view = pool.get()
-        n, err = resp.readinto(view[: min(CHUNK, limit)])
-        if n:
-            self.part.pwrite(pos, view[:n])
-            self.hasher.submit(pos, view[:n], partial(pool.put, view))
-        else:
-            pool.put(view)
+            try:
+                n, err = resp.splice_into(part.fd, pos, min(SPLICED_CHUNK, limit))
+            except splice.WriteFailed as e:
+                raise part.write_failed(e.error) from e.error
+            if n:
+                part.record(pos, pos + n)
+                self.hasher.nudge()  # spliced bytes are read back from the file
+            return n, err
+        view = buffers.get()
+        try:
+            n, err = resp.readinto(view[: min(CHUNK, limit)])
+            if n:
+                part.pwrite(pos, view[:n])
+        except BaseException:
+            buffers.put(view)  # a lost buffer would leave a later get() waiting forever
+            raise
+        if not n:
+            buffers.put(view)
+            return n, err
+        self.hasher.submit(pos, view[:n], partial(buffers.put, view))  # wakes the hasher
+        part.record(pos, pos + n)
         return n, err
 
     def _retry(self, pos: int, end: int, err: NetworkError) -> None:
@@ -320,20 +344,10 @@ class _Workers:
             self.fetcher.failed(err)
 
     def _request(self, start: int, end: int) -> Response:
-        target = self.part.target
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        if target.etag is not None:
-            headers["If-Range"] = target.etag
-        resp = self.fetcher.get(headers)
+        resp = self.fetcher.get_range(self.part.target, start, end)
         if resp.status == 200:
             self.fetcher.release(resp)
             raise Changed(strong_etag(resp))
-        begin, stop, total = content_range(resp)
-        if begin != start or stop > end or total != target.size:
-            self.fetcher.release(resp)
-            raise ProtocolError(
-                f"asked for bytes {start}-{end - 1}, got {begin}-{stop - 1}/{total}"
-            )
         return resp
 
 
@@ -348,7 +362,7 @@ def _fill(
     gaps = part.missing()
     if not gaps:
         fetcher.release(first)
-    pieces = _pieces(gaps, connections if part.target.etag else 1)
+    pieces = _pieces(gaps, connections)
     hasher = Hasher(part)
     workers = _Workers(fetcher, part, hasher, pieces)
     hasher.start()

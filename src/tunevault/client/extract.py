@@ -23,7 +23,7 @@ from tunevault.client.download import DownloadResult, Progress, target_of
 from tunevault.client.fetch import Changed, Fetcher, RetryPolicy
 from tunevault.client.http import NETWORK_ERRORS, NetworkError, Response
 from tunevault.client.state import Target
-from tunevault.client.target import DownloadRequest, ProtocolError, content_range, strong_etag
+from tunevault.client.target import DownloadRequest, strong_etag
 from tunevault.errors import IntegrityError, InvalidRequest
 from tunevault.unpack import unpack_stream
 
@@ -66,12 +66,8 @@ class _Stream:
         etag = self.target.etag
         if etag is None:
             raise Changed(None)  # no validator: bytes from two versions could mix
-        resp = self.fetcher.get({"Range": f"bytes={self.pos}-", "If-Range": etag})
+        resp = self.fetcher.get_range(self.target, self.pos)
         if resp.status == 206:
-            begin, _, total = content_range(resp)
-            if begin != self.pos or total != self.target.size:
-                self.fetcher.release(resp)
-                raise ProtocolError(f"asked for bytes {self.pos}-, got {begin}-/{total}")
             return resp
         if strong_etag(resp) != etag:
             self.fetcher.release(resp)

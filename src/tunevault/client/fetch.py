@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from tunevault.client.api import Client
 from tunevault.client.http import NetworkError, Response
-from tunevault.client.target import DownloadRequest, ProtocolError
+from tunevault.client.state import Target
+from tunevault.client.target import DownloadRequest, ProtocolError, content_range
 from tunevault.errors import ArchiveNotReady, RateLimited, StorageUnavailable, TunevaultError
 
 
@@ -82,6 +83,35 @@ class Fetcher:
                 if not _retryable(e):
                     raise
                 self.failed(e)
+
+    def get_range(self, target: Target, start: int, end: int | None = None) -> Response:
+        """Bytes `start` to `end` (exclusive; None: to the end) of `target`, guarded by
+        If-Range when it has an ETag.
+
+        Returns a 206 of exactly those bytes, or a 200 with the whole of what the server
+        has now (the archive changed, or Range was ignored) for the caller to judge. A 206
+        of other bytes, or of an archive of another size or ETag, raises ProtocolError.
+        """
+        last = "" if end is None else str(end - 1)
+        headers = {"Range": f"bytes={start}-{last}"}
+        if target.etag is not None:
+            headers["If-Range"] = target.etag
+        resp = self.get(headers)
+        if resp.status == 200:
+            return resp
+        try:
+            begin, stop, total = content_range(resp)
+            if begin != start or (end is not None and stop > end) or total != target.size:
+                raise ProtocolError(
+                    f"asked for bytes {start}-{last}/{target.size}, got {begin}-{stop - 1}/{total}"
+                )
+            etag = resp.header("ETag")
+            if target.etag is not None and etag not in (None, target.etag):
+                raise ProtocolError(f"If-Range {target.etag} was ignored: got bytes of {etag}")
+        except ProtocolError:
+            self.release(resp)
+            raise
+        return resp
 
     def release(self, resp: Response | None) -> None:
         if resp is None:

@@ -1,11 +1,10 @@
 """The sha256 of a .part, in file order, while its bytes arrive in any order.
 
 Writers that read into buffers hand each written buffer to the hasher thread (`submit`),
-which hashes it while the writer already receives the next one: on two cores the hash
-costs no wall time. Everything else is read back from the file itself (mmap, no copy)
-once it joins the written prefix (`nudge` says it may have grown): spliced bytes, which
-never pass through a buffer, a buffer that was not next in file order, and bytes already
-there from an earlier run.
+which hashes it while the writer already receives the next one. Everything else is read
+back from the file itself (mmap, no copy) once it joins the written prefix (`nudge` says
+it may have grown): spliced bytes, which never pass through a buffer, a buffer that was
+not next in file order, and bytes already there from an earlier run.
 """
 
 from __future__ import annotations
@@ -92,8 +91,7 @@ class Hasher(threading.Thread):
                         self._pos += len(data)
                 finally:
                     release()
-            with self.part.changed:
-                end = self.part.spans.prefix()
+            end = self.part.prefix()
             while self._pos < end and not self.stop.is_set():
                 n = min(CHUNK, end - self._pos)
                 self._hash.update(view[self._pos : self._pos + n])

@@ -48,7 +48,6 @@ def origin(url: str) -> tuple[str, str, int]:
 @dataclass(eq=False)  # hashed by identity: the fetcher tracks live responses in a set
 class Response:
     status: int
-    url: str
     raw: http.client.HTTPResponse
     conn: http.client.HTTPConnection
     # http.client drops `conn.sock` when the server says `Connection: close`; the socket
@@ -106,7 +105,8 @@ class Response:
 
     def splice_into(self, fd: int, offset: int, limit: int) -> tuple[int, BaseException | None]:
         """Like `readinto` followed by a pwrite at `offset`, without the bytes passing
-        through Python; only when `can_splice()`. Returns what landed and any failure."""
+        through Python; only when `can_splice()`. Returns what landed and any failure of
+        the socket; a failed write to `fd` raises splice.WriteFailed."""
         raw, sock = self.raw, self.sock
         assert raw.length is not None and raw.fp is not None and sock is not None
         want, got, err = min(limit, raw.length), 0, None
@@ -121,7 +121,10 @@ class Response:
                 self._drained = len(head) == len(ahead)
                 view = memoryview(head)
                 while got < len(head):
-                    got += os.pwrite(fd, view[got:], offset + got)
+                    try:
+                        got += os.pwrite(fd, view[got:], offset + got)
+                    except OSError as e:
+                        raise splice.WriteFailed(e) from e
                 if not head:
                     want = 0  # end of stream
             if self._drained:
@@ -220,7 +223,7 @@ class Transport:
         except NETWORK_ERRORS as e:
             conn.close()
             raise NetworkError(f"{method} {_redact(url)}: {_describe(e)}") from e
-        return Response(status=raw.status, url=url, raw=raw, conn=conn, sock=sock)
+        return Response(status=raw.status, raw=raw, conn=conn, sock=sock)
 
     def json(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         resp = self.open(method, self.url(path, params), {"Accept": "application/json"})

@@ -17,6 +17,15 @@ SUPPORTED = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 PIPE_SIZE = 1 << 20  # Linux's default limit for unprivileged processes (pipe-max-size)
 
 
+class WriteFailed(Exception):
+    """Writing to the file failed: the disk's fault, not the socket's. Deliberately not an
+    OSError, which callers take for a dropped connection and retry."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Pipe:
     """One pipe for one connection: socket -> pipe -> file, drained after every move."""
 
@@ -30,7 +39,8 @@ class Pipe:
         """Up to `limit` bytes from `sock` to `fd` at `offset`; 0 at the end of the stream.
 
         Sockets with a timeout are non-blocking underneath, so waiting is done here with
-        poll; a wait longer than `timeout` raises TimeoutError, as a recv would.
+        poll; a wait longer than `timeout` raises TimeoutError, as a recv would. Socket
+        failures raise OSError, file failures WriteFailed.
         """
         while True:
             try:
@@ -43,9 +53,14 @@ class Pipe:
                     raise TimeoutError("timed out") from None
         done = 0
         while done < n:  # the pipe must be empty again before the next move
-            moved = os.splice(self.r, fd, n - done, offset_dst=offset + done)
+            try:
+                moved = os.splice(self.r, fd, n - done, offset_dst=offset + done)
+            except OSError as e:
+                raise WriteFailed(e) from e
             if moved == 0:
-                raise OSError(f"could not write {n - done} bytes at offset {offset + done}")
+                raise WriteFailed(
+                    OSError(f"could not write {n - done} bytes at offset {offset + done}")
+                )
             done += moved
         return n
 

@@ -11,13 +11,14 @@ work for several connections writing different places of a preallocated file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunevault.errors import InsufficientStorage
+from tunevault.errors import InsufficientStorage, TunevaultError
 
 PART_SUFFIX = ".part"
 SIDECAR_SUFFIX = ".part.tv"
@@ -87,7 +88,6 @@ class PartFile:
         self.fd = fd
         self._log_fd = log_fd
         self._lock = threading.Lock()
-        self.changed = threading.Condition(self._lock)
 
     @classmethod
     def create(cls, final: Path, target: Target, *, reserve: bool = False) -> PartFile:
@@ -133,16 +133,30 @@ class PartFile:
 
     def pwrite(self, offset: int, data: memoryview) -> None:
         view, pos = data, offset
-        while view:
-            n = os.pwrite(self.fd, view, pos)
-            view, pos = view[n:], pos + n
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, pos)
+                view, pos = view[n:], pos + n
+        except OSError as e:
+            raise self.write_failed(e) from e
+
+    def write_failed(self, e: OSError) -> TunevaultError:
+        """What a failed write into the .part means, by whatever route the bytes came."""
+        return _disk_error(self.part, e)
 
     def record(self, start: int, end: int) -> None:
         """Log bytes as present: only ever after they were written."""
         with self._lock:
-            os.write(self._log_fd, f"{start} {end}\n".encode())
+            try:
+                os.write(self._log_fd, f"{start} {end}\n".encode())
+            except OSError as e:
+                raise _disk_error(self.sidecar, e) from e
             self.spans.add(start, end)
-            self.changed.notify_all()
+
+    def prefix(self) -> int:
+        """Where the first missing byte is: everything before it is written."""
+        with self._lock:
+            return self.spans.prefix()
 
     def missing(self) -> list[tuple[int, int]]:
         with self._lock:
@@ -179,10 +193,20 @@ def _check_space(directory: Path, size: int) -> None:
         )
 
 
+def _disk_error(path: Path, e: OSError) -> TunevaultError:
+    """A failed write to our own files is the local disk's fault: unlike an OSError from
+    the socket, it must not be retried as a dropped connection."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(
+            f"the download disk is full: cannot write {path} ({e.strerror})", param="output"
+        )
+    return TunevaultError(f"cannot write {path}: {e}")
+
+
 def _preallocate(fd: int, size: int, reserve: bool) -> None:
     """Pieces written out of order fragment a sparse file: reserve the blocks for those.
     A single in-order stream appends cheaply to a sparse file (fallocate on tmpfs zeroes
-    every page up front, which costs as much as a second of the download)."""
+    every page up front)."""
     if reserve:
         try:
             os.posix_fallocate(fd, 0, size)
