@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.security.conftest import Target
+from tunevault.server.blob import SNDBUF
 
 UNKNOWN = "ft-00000000-0000-0000-0000-000000000000"
 
@@ -53,6 +54,17 @@ def raw(t: Target, request: bytes, limit: int = 1 << 16) -> bytes:
 
 def raw_status(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1]) if answer else 0
+
+
+def raw_head(t: Target, path: str, extra: bytes = b"") -> tuple[int, bytes]:
+    """HEAD over a raw socket (httpx never reads a HEAD body): the status and whatever
+    followed the headers before the server closed, which must be nothing."""
+    answer = raw(
+        t,
+        b"HEAD " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + t.token.encode() + b"\r\n" + extra + b"\r\n",
+    )
+    return raw_status(answer), answer.partition(b"\r\n\r\n")[2]
 
 
 def dl_path(ft_id: str, rest: str = "&checkpoint=model_output_path") -> str:
@@ -99,8 +111,7 @@ def test_foreign_ids_on_the_download_route(target: Target) -> None:
         e1 = envelope(call(target, "GET", dl_path(foreign, rest)), 404, "fine_tune_not_found")
         e2 = envelope(call(target, "GET", dl_path(UNKNOWN, rest)), 404, "fine_tune_not_found")
         assert e1["message"].replace(foreign, "X") == e2["message"].replace(UNKNOWN, "X")
-    r = call(target, "HEAD", dl_path(foreign, "&checkpoint=merged"))
-    assert r.status_code == 404 and r.content == b""
+    assert raw_head(target, dl_path(foreign, "&checkpoint=merged")) == (404, b"")
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -194,9 +205,15 @@ def test_hostile_ids_in_the_download_query(target: Target, ft_id: str) -> None:
 
 
 def test_path_traversal_in_blob_names(target: Target) -> None:
-    for name in ("..%2F..%2Fetc%2Fpasswd", "%2e%2e", "0" * 63 + "%00", "0" * 64 + "%2F.."):
-        r = call(target, "HEAD", f"/v1/publish/blobs/{name}")
-        assert r.status_code in (400, 404) and r.content == b""
+    for name in (
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e",
+        "0" * 63 + "%00",
+        "0" * 64 + "%2F..",
+        "0" * 64 + "%0A",  # a regex's $ matches before a trailing newline
+    ):
+        status, body = raw_head(target, f"/v1/publish/blobs/{name}")
+        assert status in (400, 404) and body == b""
         r = call(target, "PUT", f"/v1/publish/blobs/{name}", headers={"Upload-Length": "1"})
         assert r.status_code in (400, 404)
         envelope(r, r.status_code, "invalid_request" if r.status_code == 400 else "not_found")
@@ -239,6 +256,9 @@ def test_huge_steps_in_metrics_filters(target: Target) -> None:
     for q in ("global_step_from=-1", "global_step_to=" + "9" * 5000, "global_step_from=x"):
         r = call(target, "GET", f"/v1/fine-tunes/{ft}/metrics?{q}")
         envelope(r, 400, "invalid_request")
+    # Checked before the fine-tune is looked up.
+    r = call(target, "GET", f"/v1/fine-tunes/{UNKNOWN}/metrics?global_step_to=x")
+    assert envelope(r, 400, "invalid_request")["param"] == "global_step_to"
 
 
 # -- bodies ---------------------------------------------------------------------------------
@@ -255,6 +275,7 @@ def test_oversized_json_body_is_413(target: Target) -> None:
     [
         b"[" * 100_000 + b"]" * 100_000,  # was a 500: RecursionError
         b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        b'{"a":' * 900 + b'"\\u0000"' + b"}" * 900,  # parses; the NUL is 900 levels down
         b'{"model": "\\ud800", "model_output_name": "x", "training_type": {"type": "Full"}}',
         b'{"model": "m\\u0000", "model_output_name": "x", "training_type": {"type": "Full"}}',
         b"\xff\xfe{}",
@@ -288,6 +309,18 @@ def test_unstorable_strings_in_publish_bodies(target: Target, route: str, body: 
         headers={"Content-Type": "application/json"},
     )
     envelope(r, 400, "invalid_request")
+
+
+def test_backslash_then_u0000_is_text_not_nul(target: Target) -> None:
+    # A backslash, then "u0000" (on the wire "C:\\u0000x"): text any database stores, once
+    # refused as a NUL.
+    message = "C:\\u0000x"
+    ft = target.ft_ids[0]
+    events = {"events": [{"type": "X", "message": message}]}
+    r = call(target, "POST", f"/v1/publish/fine-tunes/{ft}/events", json=events)
+    assert r.status_code == 201, r.text
+    listed = call(target, "GET", f"/v1/fine-tunes/{ft}/events").json()["data"]
+    assert message in [e["message"] for e in listed]
 
 
 def test_suffix_longer_than_its_column_is_400(target: Target) -> None:
@@ -382,12 +415,13 @@ def test_head_on_the_download_route(target: Target) -> None:
     get = call(target, "GET", path, headers={"Range": "bytes=0-0"})
     size = int(get.headers["content-range"].rsplit("/", 1)[1])
     r = call(target, "HEAD", path)
-    assert r.status_code == 200 and r.content == b""
+    assert r.status_code == 200
     assert r.headers["content-length"] == str(size) and r.headers["etag"] == get.headers["etag"]
+    assert raw_head(target, path) == (200, b"")
     r = call(target, "HEAD", path, headers={"Range": "bytes=10-19"})
     assert r.status_code == 206 and r.headers["content-length"] == "10"
-    r = call(target, "HEAD", path, headers={"Range": f"bytes={size}-"})
-    assert r.status_code == 416 and r.content == b""
+    assert raw_head(target, path, b"Range: bytes=10-19\r\n") == (206, b"")
+    assert raw_head(target, path, f"Range: bytes={size}-\r\n".encode()) == (416, b"")
 
 
 @pytest.mark.parametrize(
@@ -419,7 +453,8 @@ def test_huge_ranges_within_limits_still_answer_206(target: Target) -> None:
     r = call(target, "GET", path, headers={"Range": "bytes=0-" + "9" * 30})
     assert r.status_code == 206  # RFC 9110: a last position past the end means the end
     r = call(target, "GET", path, headers={"Range": "bytes=" + ",".join(["0-0"] * 100)})
-    assert r.status_code == 206 and r.content == r.content[:1]
+    assert r.status_code == 206 and len(r.content) == 1  # coalesced into one span
+    assert r.headers["content-range"].startswith("bytes 0-0/")
 
 
 # -- limits of the HTTP layer ---------------------------------------------------------------
@@ -532,3 +567,31 @@ def test_downloads_with_binary_user_agents_are_audited(target: Target) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("the download was not audited")
+
+
+def test_dropped_downloads_are_audited_with_their_range(target: Target) -> None:
+    path = dl_path(target.ft_ids[0])
+    size = int(call(target, "HEAD", path).headers["content-length"])
+    # Not above SNDBUF: the server keeps its default send buffer, which holds far less.
+    start = size - SNDBUF
+    agent = f"dropper-{time.time_ns()}"
+    u = urlparse(target.url)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes={start}-\r\n"
+            f"User-Agent: {agent}\r\nAuthorization: Bearer {target.token}\r\n\r\n".encode()
+        )
+        assert s.recv(4096).startswith(b"HTTP/1.1 206")
+        # Close with unread data: the kernel answers with a reset, mid-body.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    for _ in range(50):  # the audit is written in batches, off the request path
+        rows = call(target, "GET", "/v1/admin/audit/downloads", token=target.admin_token)
+        mine = [row for row in rows.json()["data"] if row["user_agent"] == agent]
+        if mine:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the dropped download was not audited")
+    assert mine[0]["status"] == 499
+    assert mine[0]["range_start"] == start and mine[0]["bytes_planned"] == size - start

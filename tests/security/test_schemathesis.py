@@ -43,9 +43,6 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-# Statuses the server sends that the document does not list (found by this test; the
-# document is not ours to edit). Fuzzing runs against the document plus these, and
-# `test_document_lists_every_status_the_server_sends` fails until the document has them.
 schema = schemathesis.openapi.from_dict(openapi_document(), config=CONFIG)
 # Filled from the `target` fixture before generation starts: real ids of both tenants.
 _IDS: dict[str, tuple[str, ...]] = {"own": (), "foreign": ()}

@@ -191,7 +191,7 @@ def test_fine_tune_routes(demo: Demo) -> None:
         "lora_r": 8,
         "lora_alpha": 16,
         "lora_dropout": 0.05,
-        "lora_trainable_modules": ft["training_type"]["lora_trainable_modules"],
+        "lora_trainable_modules": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
     }
     assert all(e["type"].isupper() and e["level"] == "info" for e in ft["events"])
     assert get(demo, f"/v1/fine-tunes/{demo.full.id}").json()["training_type"] == {"type": "Full"}

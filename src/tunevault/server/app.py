@@ -29,7 +29,6 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HTTP_CODES = {
     400: "invalid_request",
-    404: "not_found",
     405: "method_not_allowed",
     412: "precondition_failed",
     413: "payload_too_large",
@@ -69,9 +68,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "ETag")}
         code = _HTTP_CODES.get(e.status, "http_error")
         return _envelope(e.status, e.reason, code, headers)
-    except ConnectionResetError:
-        # The client went away mid-request (a cut upload keeps what arrived): not a server
-        # error. 499 as nginx logs it; nobody receives this answer.
+    except (ConnectionResetError, BrokenPipeError):
+        # The client went away mid-request (a cut upload keeps what arrived; a cut download's
+        # sendfile raises either): not a server error. 499 as nginx logs it; nobody receives
+        # this answer. Not all of ConnectionError: ConnectionRefusedError is us failing to
+        # reach a backend, a 500.
         log.info("client closed the connection during %s %s", request.method, request.path)
         return _envelope(499, "the client closed the connection", "client_closed_request")
     except Exception:
@@ -104,8 +105,8 @@ def make_app(svc: Services) -> web.Application:
     app = web.Application(
         middlewares=[request_id_middleware, error_middleware, auth_middleware],
         client_max_size=32 << 20,
-        # Uploads: with aiohttp's 64 KiB read buffer the socket is paused and resumed
-        # every 64 KiB of a multi-GB blob; 4 MiB keeps it streaming.
+        # Uploads are written and hashed off the loop 1 MiB at a time (uploads.BUFFER): a
+        # 4 MiB read buffer (aiohttp's default is 64 KiB) holds what arrives meanwhile.
         handler_args={"read_bufsize": 4 << 20},
     )
     app[SERVICES] = svc

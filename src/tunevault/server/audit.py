@@ -17,6 +17,7 @@ from aiohttp import web
 
 from tunevault.metadata import MetadataStore
 from tunevault.metadata.audit import DownloadRecord
+from tunevault.server.context import blocking
 
 log = logging.getLogger("tunevault.audit")
 BATCH = 500
@@ -39,12 +40,12 @@ class AuditWriter:
         while len(batch) < BATCH and not self.queue.empty():
             batch.append(self.queue.get_nowait())
         try:
-            await asyncio.to_thread(self.store.record_downloads, batch)
+            await blocking(self.store.record_downloads, batch)
         except Exception:
             # One bad row must not take its batch down with it: retry the rows one by one.
             for record in batch:
                 try:
-                    await asyncio.to_thread(self.store.record_downloads, [record])
+                    await blocking(self.store.record_downloads, [record])
                 except Exception:  # keep serving; the database may come back
                     log.exception("could not write an audit record of %s", record.ft_id)
 

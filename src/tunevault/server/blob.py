@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from tunevault.server.context import blocking
 from tunevault.server.ranges import ByteRange, parse_range
 from tunevault.settings import Settings
 from tunevault.storage import Storage, Unsupported
@@ -67,15 +68,18 @@ def choose_range(request: web.BaseRequest, blob: BlobRef) -> ByteRange | None:
 
 
 async def send_blob(
-    request: web.Request, storage: Storage, blob: BlobRef, settings: Settings
-) -> tuple[web.StreamResponse, ByteRange | None]:
-    """Answer with the blob in the configured mode; validators are checked here in all.
-    Returns the response and the span asked for (None: the whole blob)."""
-    span = choose_range(request, blob)
+    request: web.Request,
+    storage: Storage,
+    blob: BlobRef,
+    settings: Settings,
+    span: ByteRange | None,
+) -> web.StreamResponse:
+    """Answer with the blob in the configured mode: `span` of it (None: all of it), as
+    `choose_range` picked it for this request."""
     if settings.serve_mode == "redirect":
-        return await _redirect(request, storage, blob, settings.presign_seconds), span
+        return await _redirect(request, storage, blob, settings.presign_seconds)
     if settings.serve_mode == "x-accel":
-        return _x_accel(storage, blob, settings.x_accel_prefix), span
+        return _x_accel(storage, blob, settings.x_accel_prefix)
     resp = web.StreamResponse(status=200 if span is None else 206, headers=blob.headers())
     start, end = (0, blob.size) if span is None else (span.start, span.end)
     if span is not None:
@@ -88,12 +92,12 @@ async def send_blob(
     if request.method == "HEAD":
         await resp.prepare(request)
         await resp.write_eof()
-        return resp, span
+        return resp
     if path is not None:
         await _sendfile(request, resp, path, start, end - start)
     else:
         await _stream(request, resp, storage, blob.key, start, end)
-    return resp, span
+    return resp
 
 
 async def _redirect(
@@ -101,7 +105,7 @@ async def _redirect(
 ) -> web.Response:
     # Archive keys are content-derived and never rewritten, so a client that validated our
     # ETag here may fetch any range of the presigned URL without If-Range.
-    url = await asyncio.to_thread(
+    url = await blocking(
         storage.presigned_url,
         blob.key,
         method=request.method,
@@ -128,7 +132,7 @@ async def _sendfile(
     request: web.Request, resp: web.StreamResponse, path: str, offset: int, count: int
 ) -> None:
     loop = asyncio.get_running_loop()
-    fobj = await loop.run_in_executor(None, open, path, "rb")
+    fobj = await blocking(open, path, "rb")
     try:
         await resp.prepare(request)
         transport = request.transport
@@ -137,21 +141,14 @@ async def _sendfile(
         sock = transport.get_extra_info("socket")
         if sock is not None and count > SNDBUF:
             # A bigger send buffer means fewer sendfile calls and event-loop wakeups per
-            # byte; it closed most of the gap to nginx under concurrency (BENCHMARKS.md).
+            # byte (no bench isolates its share of the serving figures, BENCHMARKS.md).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        try:
-            if count:
-                await loop.sendfile(transport, fobj, offset, count)
-        except NotImplementedError:  # TLS or a transport without sendfile: copy in chunks
-            fobj.seek(offset)
-            while count > 0 and (
-                chunk := await loop.run_in_executor(None, fobj.read, min(CHUNK, count))
-            ):
-                await resp.write(chunk)
-                count -= len(chunk)
+        # count=0 is refused; over TLS asyncio falls back to copying chunks itself.
+        if count:
+            await loop.sendfile(transport, fobj, offset, count)
         await resp.write_eof()
     finally:
-        await loop.run_in_executor(None, fobj.close)
+        await blocking(fobj.close)
 
 
 async def _stream(
@@ -162,12 +159,11 @@ async def _stream(
     start: int,
     end: int,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    reader = await loop.run_in_executor(None, storage.open_read, key, start, end)
+    reader = await blocking(storage.open_read, key, start, end)
     try:
         await resp.prepare(request)
-        while chunk := await loop.run_in_executor(None, reader.read, CHUNK):
+        while chunk := await blocking(reader.read, CHUNK):
             await resp.write(chunk)
         await resp.write_eof()
     finally:
-        await loop.run_in_executor(None, reader.close)
+        await blocking(reader.close)

@@ -18,7 +18,7 @@ from tunevault.metadata.audit import DownloadRecord
 from tunevault.metadata.base import now
 from tunevault.models import Archive, Checkpoint, FineTune, Kind
 from tunevault.server.audit import AUDIT
-from tunevault.server.blob import BlobRef, send_blob
+from tunevault.server.blob import BlobRef, choose_range, send_blob
 from tunevault.server.context import LIMITS, blocking, principal, services
 from tunevault.server.observability import METRICS
 from tunevault.server.query import DownloadQuery, parse_download_query
@@ -121,13 +121,17 @@ async def download(request: web.Request) -> web.StreamResponse:
     with slot:
         metrics.downloads_in_flight.inc()
         try:
-            resp, span = await send_blob(request, svc.storage, blob, svc.settings)
+            span = choose_range(request, blob)
+            # Known before the first byte: a download cut short is audited with its range.
+            start = span.start if span is not None else 0
+            if mode == "proxy":  # else the object store or nginx sends the bytes
+                planned = span.length if span is not None else blob.size
+            resp = await send_blob(request, svc.storage, blob, svc.settings, span)
         except (web.HTTPException, TunevaultError):
             status = None  # a validator or range answer (304, 412, 416): nothing was sent
             raise
         else:
-            status, planned = resp.status, resp.content_length or 0
-            start = span.start if span is not None else 0
+            status = resp.status
             sent = planned if mode == "proxy" and request.method == "GET" else 0
             metrics.bytes_served.labels(mode).inc(sent)
             return resp

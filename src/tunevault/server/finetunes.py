@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
 from tunevault.errors import Conflict, FineTuneNotFound
 from tunevault.models import FineTune, Kind, Scope
 from tunevault.server import render
 from tunevault.server.context import blocking, principal, services
-from tunevault.server.query import parse_step
+from tunevault.server.query import FT_ID, parse_step
 
 routes = web.RouteTableDef()
 _CANCELLABLE = {"pending", "queued", "running", "compressing", "uploading"}
-# What ids look like (ft-<uuid>); anything else is unknown without asking the database,
-# which may refuse it outright (PostgreSQL: a NUL character is an error, not a miss).
-_ID = re.compile(r"ft-[0-9a-f-]{1,64}")
 
 
 async def owned_fine_tune(request: web.Request, scope: Scope = Scope.READ) -> FineTune:
@@ -24,7 +19,7 @@ async def owned_fine_tune(request: web.Request, scope: Scope = Scope.READ) -> Fi
     who = principal(request, scope)
     ft_id = request.match_info["ft_id"]
     ft = None
-    if _ID.fullmatch(ft_id):
+    if FT_ID.fullmatch(ft_id):
         ft = await blocking(services(request).store.get_fine_tune, who.org_id, ft_id)
     if ft is None:
         raise FineTuneNotFound(
@@ -65,11 +60,12 @@ async def list_checkpoints(request: web.Request) -> web.Response:
 
 @routes.get("/v1/fine-tunes/{ft_id}/metrics")
 async def list_metrics(request: web.Request) -> web.Response:
-    ft = await owned_fine_tune(request)
     lo, hi = (
         parse_step(request.query[name], name) if name in request.query else None
         for name in ("global_step_from", "global_step_to")
     )
+    ft = await owned_fine_tune(request)
+    # The store has no step bounds: filter here.
     rows = await blocking(services(request).store.list_metrics, ft.id)
     rows = [m for m in rows if (lo is None or m.step >= lo) and (hi is None or m.step <= hi)]
     return web.json_response({"metrics": [render.metric(m) for m in rows]})

@@ -15,7 +15,9 @@ from tunevault.errors import InvalidRequest
 CHECKPOINT_VALUES = ("merged", "adapter", "model_output_path")
 # Spellings other clients send: 1.x's camelCase and the 3.x CLI's "default".
 _ALIASES = {"modelOutputPath": "model_output_path", "default": "default"}
-_FT_ID = re.compile(r"^ft-[0-9a-f-]{1,64}$")
+# What ids look like (ft-<uuid>); anything else is unknown without asking the database,
+# which may refuse it outright (PostgreSQL: a NUL character is an error, not a miss).
+FT_ID = re.compile(r"ft-[0-9a-f-]{1,64}")
 MAX_STEP = 2**31 - 1
 
 
@@ -47,7 +49,7 @@ def parse_download_query(params: Mapping[str, Sequence[str]]) -> DownloadQuery:
     if not raw_id:
         raise InvalidRequest("ft_id is required: the id of a fine-tune, ft-...", param="ft_id")
     ft_id, colon, id_step = raw_id.strip().partition(":")
-    if not _FT_ID.match(ft_id):
+    if not FT_ID.fullmatch(ft_id):
         raise InvalidRequest(
             f"ft_id must be a fine-tune id that starts with 'ft-' (got {raw_id[:80]!r})",
             param="ft_id",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import re
 from pathlib import Path
@@ -29,20 +28,20 @@ from tunevault.errors import (
 )
 from tunevault.inuse import claim
 from tunevault.models import Scope
-from tunevault.server.context import blocking, principal, services
+from tunevault.publish import _SHA256
+from tunevault.server.context import blocking, json_body, principal, services
 from tunevault.services import Services
 from tunevault.storage.base import blob_key
 
 routes = web.RouteTableDef()
 BUFFER = 1 << 20  # bytes per write+hash call off the event loop (BENCHMARKS.md, upload)
 MAX_BLOB = 1 << 40
-_SHA = re.compile(r"^[0-9a-f]{64}$")
 _active: set[tuple[str, str]] = set()
 
 
 def _digest(request: web.Request) -> str:
     sha = request.match_info["sha256"]
-    if not _SHA.match(sha):
+    if not _SHA256.fullmatch(sha):  # match() would let a trailing newline through
         raise InvalidRequest(
             "a blob is named by its sha256: 64 lower-case hex digits", param="sha256"
         )
@@ -118,7 +117,7 @@ async def check_blobs(request: web.Request) -> web.Response:
     if (
         not isinstance(digests, list)
         or len(digests) > 10_000
-        or not all(isinstance(d, str) and _SHA.match(d) for d in digests)
+        or not all(isinstance(d, str) and _SHA256.fullmatch(d) for d in digests)
     ):
         raise InvalidRequest("sha256 must be a list of at most 10,000 hex digests", param="sha256")
     owned = await blocking(services(request).store.org_blob_sizes, who.org_id, digests)
@@ -222,19 +221,3 @@ async def _stream(
             await blocking(_append, f, hasher, buf)
         raise
     return kept, hasher
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-        # Valid JSON, yet no database stores it: "\u0000" (PostgreSQL refuses NUL) and lone
-        # surrogates like "\ud800" (no UTF-8 encodes them); both were 500s further down.
-        text = json.dumps(body, ensure_ascii=False)
-        text.encode()
-    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
-        raise InvalidRequest("the body must be a JSON object of UTF-8 text") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    if "\\u0000" in text:
-        raise InvalidRequest("strings in the body must not contain NUL characters")
-    return body
