@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from tunevault.metadata import MetadataStore
+from tunevault.metadata import tables as t
 from tunevault.models import FileEntry, Kind, MetricRow, NewEvent, Scope
 
 
@@ -19,7 +20,7 @@ def test_migrate_is_idempotent_and_reaches_head(database_url: str) -> None:
     store.migrate()
     with store.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == "0006"
+    assert version == "0007"
     store.close()
 
 
@@ -71,7 +72,7 @@ def test_checkpoints_archives_events_metrics_and_delete(database_url: str) -> No
     org = store.create_org("acme")
     ft = store.create_fine_tune(org.id, model="m", model_output_name="o", training_type="Full")
     files = [FileEntry("b.bin", 3, "b" * 64), FileEntry("a.json", 2, "a" * 64)]
-    ckpt = store.add_checkpoint(ft.id, 10, Kind.MODEL_OUTPUT, False, files)
+    ckpt = store.add_checkpoint(ft.id, 10, Kind.MODEL_OUTPUT, False, files, jobs=["archive"])
     assert [f.path for f in ckpt.files] == ["a.json", "b.bin"]
     again = store.get_checkpoint(ckpt.id)
     assert again is not None and again.files == ckpt.files and again.kind == Kind.MODEL_OUTPUT
@@ -86,6 +87,47 @@ def test_checkpoints_archives_events_metrics_and_delete(database_url: str) -> No
     assert store.get_checkpoint(ckpt.id) is None
     assert store.get_archive(ckpt.id) is None
     assert store.list_events(ft.id) == [] and store.list_metrics(ft.id) == []
+    assert store.jobs_for_checkpoint(ckpt.id) == []
+    assert _count(store, t.checkpoint_files) == 0
+    assert store.delete_fine_tune(org.id, ft.id) is False
+    store.close()
+
+
+def _count(store: MetadataStore, table: sa.Table) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def test_forgetting_a_checkpoint_or_base_model_drops_its_rows(database_url: str) -> None:
+    store = _store(database_url)
+    org = store.create_org("acme")
+    ft = store.create_fine_tune(org.id, model="m", model_output_name="o", training_type="Full")
+    ckpt = store.add_checkpoint(
+        ft.id, 1, Kind.MODEL_OUTPUT, True, [FileEntry("w", 1, "a" * 64)], jobs=["archive"]
+    )
+    store.set_archive(ckpt.id, "archives/x.tar.zst", "c" * 64, 1)
+    base = store.create_base_model(org.id, "base", [FileEntry("b", 1, "b" * 64)])
+    store.forget_checkpoint(ckpt.id)
+    store.forget_base_model(base.id)
+    assert store.get_checkpoint(ckpt.id) is None and store.get_base_model(org.id, "base") is None
+    for table in (t.checkpoint_files, t.archives, t.build_jobs, t.base_model_files):
+        assert _count(store, table) == 0, table.name
+    assert store.get_fine_tune(org.id, ft.id) is not None
+    store.close()
+
+
+def test_the_download_lookup_reads_the_status_as_get_fine_tune_does(database_url: str) -> None:
+    store = _store(database_url)
+    org = store.create_org("acme")
+    ft = store.create_fine_tune(
+        org.id, model="m", model_output_name="o", training_type="Full", status="completed"
+    )
+    ckpt = store.add_checkpoint(ft.id, 1, Kind.MODEL_OUTPUT, True, [], jobs=["archive"])
+    found, rows = store.fine_tune_with_archives(org.id, ft.id)
+    assert found is not None and found.status == "compressing"  # the build is pending
+    assert found == store.get_fine_tune(org.id, ft.id)
+    assert [(c.id, a) for c, a in rows] == [(ckpt.id, None)]
+    assert store.fine_tune_with_archives("other", ft.id) == (None, [])
     store.close()
 
 

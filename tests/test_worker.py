@@ -16,28 +16,29 @@ import httpx
 import pytest
 import zstandard
 
+from tests.reliability.helpers import wait_for
 from tests.support.publishing import publish_files
-from tests.support.server import LiveServer, run_server
+from tests.support.server import run_server
 from tunevault.models import Job, Scope
-from tunevault.services import open_services
+from tunevault.services import Services, open_services
 from tunevault.settings import Settings
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, Settings, httpx.Client]]:
+def setup(tmp_path: Path) -> Iterator[tuple[Services, httpx.Client]]:
+    """The test's own view of the store and storage (opened once: tests poll it), and a
+    client of a server without in-process workers: builds wait for `tunevault worker`s."""
     settings = Settings(data_dir=tmp_path / "data")
     with open_services(settings) as svc:
         org = svc.store.create_org("w")
         _, token = svc.store.create_key(org.id, "rw", [Scope.READ, Scope.PUBLISH])
-    # No in-process workers: builds wait for `tunevault worker` processes.
-    with run_server(settings.data_dir, env={"TUNEVAULT_BUILD_WORKERS": "0"}) as server:
-        yield (
-            server,
-            settings,
+        with (
+            run_server(settings.data_dir, env={"TUNEVAULT_BUILD_WORKERS": "0"}) as server,
             httpx.Client(
                 base_url=server.url, timeout=120, headers={"Authorization": f"Bearer {token}"}
-            ),
-        )
+            ) as client,
+        ):
+            yield svc, client
 
 
 def start_worker(settings: Settings, **env: str) -> subprocess.Popen[bytes]:
@@ -53,27 +54,17 @@ def publish(c: httpx.Client, files: dict[str, bytes], step: int = 1) -> str:
     return publish_files(c, files, step, name="w/out")
 
 
-def jobs(settings: Settings, ft_id: str) -> list[Job]:
-    with open_services(settings) as svc:
-        return [
-            j
-            for c in svc.store.list_checkpoints(ft_id)
-            for j in svc.store.jobs_for_checkpoint(c.id)
-        ]
-
-
-def wait_for(pred: object, what: str, tries: int = 1200) -> None:
-    for _ in range(tries):
-        if pred():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+def jobs(svc: Services, ft_id: str) -> list[Job]:
+    return [
+        j for c in svc.store.list_checkpoints(ft_id) for j in svc.store.jobs_for_checkpoint(c.id)
+    ]
 
 
 def test_killed_worker_is_replaced_and_nothing_partial_is_visible(
-    setup: tuple[LiveServer, Settings, httpx.Client],
+    setup: tuple[Services, httpx.Client],
 ) -> None:
-    _, settings, c = setup
+    svc, c = setup
+    settings = svc.settings
     payload = os.urandom(24 << 20)
     ft_id = publish(c, {"weights.bin": payload})
     q = f"/v1/finetune/download?ft_id={ft_id}&checkpoint=model_output_path"
@@ -82,13 +73,12 @@ def test_killed_worker_is_replaced_and_nothing_partial_is_visible(
     assert r.status_code == 409 and r.json()["error"]["code"] == "archive_not_ready"
     # zstd level 19 makes this build take seconds: long enough to kill it mid-way.
     slow = start_worker(settings, TUNEVAULT_ZSTD_LEVEL="19", TUNEVAULT_JOB_LEASE_SECONDS="2")
-    wait_for(lambda: jobs(settings, ft_id)[0].state == "running", "the first worker's claim")
+    wait_for(lambda: jobs(svc, ft_id)[0].state == "running", "the first worker's claim")
     time.sleep(0.5)
     slow.send_signal(signal.SIGKILL)
     slow.wait()
-    assert jobs(settings, ft_id)[0].state == "running"  # it died holding the lease
-    with open_services(settings) as svc:
-        assert list(svc.storage.list("archives/")) == []
+    assert jobs(svc, ft_id)[0].state == "running"  # it died holding the lease
+    assert list(svc.storage.list("archives/")) == []
     assert c.get(q).status_code == 409
     fast = start_worker(settings, TUNEVAULT_ZSTD_LEVEL="1", TUNEVAULT_JOB_LEASE_SECONDS="2")
     try:
@@ -96,7 +86,7 @@ def test_killed_worker_is_replaced_and_nothing_partial_is_visible(
     finally:
         fast.terminate()
         fast.wait(30)
-    job = jobs(settings, ft_id)[0]
+    job = jobs(svc, ft_id)[0]
     assert (job.state, job.attempts) == ("done", 2)
     body = c.get(q).content
     raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)).read()
@@ -106,18 +96,14 @@ def test_killed_worker_is_replaced_and_nothing_partial_is_visible(
     assert c.get(f"/v1/fine-tunes/{ft_id}").json()["status"] == "completed"
 
 
-def test_two_workers_never_build_the_same_job(
-    setup: tuple[LiveServer, Settings, httpx.Client],
-) -> None:
-    _, settings, c = setup
-    workers = [start_worker(settings) for _ in range(2)]
+def test_two_workers_never_build_the_same_job(setup: tuple[Services, httpx.Client]) -> None:
+    svc, c = setup
+    workers = [start_worker(svc.settings) for _ in range(2)]
     try:
         ids = [publish(c, {f"f{i}.bin": os.urandom(1 << 20)}, step=i) for i in range(6)]
-        wait_for(
-            lambda: all(j.state == "done" for i in ids for j in jobs(settings, i)), "all builds"
-        )
+        wait_for(lambda: all(j.state == "done" for i in ids for j in jobs(svc, i)), "all builds")
     finally:
         for w in workers:
             w.terminate()
             w.wait(30)
-    assert [j.attempts for i in ids for j in jobs(settings, i)] == [1] * 6
+    assert [j.attempts for i in ids for j in jobs(svc, i)] == [1] * 6

@@ -31,7 +31,7 @@ from tunevault.models import FileEntry
 FORMAT_VERSION = "tv-archive-1"
 SUMS_NAME = "SHA256SUMS"
 MTIME = 1577836800  # 2020-01-01T00:00:00Z: fixed so that rebuilds are byte-identical
-CHUNK = 1 << 20  # reads and compressed writes; stays in L2 cache (4 MiB was slower)
+CHUNK = 1 << 20  # reads (into one buffer, reused: no allocation per read) and compressed writes
 WRITE_QUEUE = 8  # compressed chunks waiting for the writer thread: bounds memory
 _BLOCK = 512
 _RECORD = 20 * _BLOCK

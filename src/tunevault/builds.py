@@ -6,7 +6,7 @@ from typing import BinaryIO
 
 from tunevault.archive import input_digest, write_archive
 from tunevault.metadata import MetadataStore
-from tunevault.models import Archive, FileEntry
+from tunevault.models import Archive, Checkpoint, FileEntry
 from tunevault.storage import Storage
 from tunevault.storage.base import blob_key
 
@@ -18,15 +18,16 @@ def archive_key(files: tuple[FileEntry, ...], level: int) -> str:
 def build_archive(
     store: MetadataStore,
     storage: Storage,
-    checkpoint_id: int,
+    checkpoint: int | Checkpoint,
     *,
     level: int = 3,
     threads: int = -1,
 ) -> Archive:
-    """Build and record the archive of a checkpoint; a crash leaves no visible archive."""
-    ckpt = store.get_checkpoint(checkpoint_id)
+    """Build and record the archive of a checkpoint, given by id or as read with its files
+    (the worker's); a crash leaves no visible archive."""
+    ckpt = store.get_checkpoint(checkpoint) if isinstance(checkpoint, int) else checkpoint
     if ckpt is None:
-        raise LookupError(f"checkpoint {checkpoint_id} does not exist")
+        raise LookupError(f"checkpoint {checkpoint} does not exist")
 
     def open_file(entry: FileEntry) -> BinaryIO:
         return storage.open_read(blob_key(entry.sha256))

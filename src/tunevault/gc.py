@@ -53,7 +53,6 @@ from tunevault.inuse import remove_if_idle
 from tunevault.metadata.base import now
 from tunevault.services import Services
 from tunevault.storage.base import blob_key
-from tunevault.storage.local import LocalStorage
 
 log = logging.getLogger("tunevault.gc")
 _BLOB_KEY = re.compile(r"^blobs/sha256/[0-9a-f]{2}/([0-9a-f]{64})$")
@@ -149,9 +148,11 @@ def _collect_archives(svc: Services, report: GcReport) -> None:
 
 def _collect_debris(svc: Services, cutoff: float, report: GcReport) -> None:
     data = svc.settings.data_dir
-    paths = [*(data / "uploads").glob("*/*.part"), *(data / "tmp").glob("merge-*")]
-    if isinstance(svc.storage, LocalStorage):
-        paths += (svc.storage.root / ".tmp").iterdir()
+    paths = [
+        *(data / "uploads").glob("*/*.part"),
+        *(data / "tmp").glob("merge-*"),
+        *svc.storage.scratch_paths(),
+    ]
     for path in sorted(paths):
         size = remove_if_idle(path, cutoff, dry_run=report.dry_run)
         if size is not None:

@@ -8,6 +8,7 @@ that died. Runs inside `tunevault serve` (threads) or alone as `tunevault worker
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -114,13 +115,13 @@ class Worker:
         if ckpt is None:
             raise CheckpointNotFound(f"checkpoint {job.checkpoint_id} was deleted")
         if job.kind == "merge":
-            self._merge(job, ckpt)
+            ckpt = self._merge(job, ckpt)
         self._still_mine(job)
         settings = self.svc.settings
         build_archive(
             self.svc.store,
             self.svc.storage,
-            ckpt.id,
+            ckpt,
             level=settings.zstd_level,
             threads=settings.zstd_threads,
         )
@@ -132,7 +133,8 @@ class Worker:
             ckpt.step,
         )
 
-    def _merge(self, job: Job, ckpt: Checkpoint) -> None:
+    def _merge(self, job: Job, ckpt: Checkpoint) -> Checkpoint:
+        """Merge and record the merged files as the checkpoint's; the checkpoint with them."""
         store = self.svc.store
         ft = store.fine_tune_by_id(ckpt.ft_id)
         adapter = store.find_checkpoint(ckpt.ft_id, ckpt.step, Kind.ADAPTER)
@@ -162,6 +164,7 @@ class Worker:
         digests = {f.sha256 for f in files}
         if digests - store.locked_blob_sizes(ft.org_id, digests).keys():
             raise RuntimeError("gc collected merged blobs before they were recorded; retrying")
+        return dataclasses.replace(ckpt, files=tuple(sorted(files, key=lambda f: f.path)))
 
     def _materialize(self, files: tuple[FileEntry, ...], root: Path) -> None:
         """Lay blobs out as a directory: links to local blobs, copies from object storage."""

@@ -172,6 +172,18 @@ def test_adopt_file(storage: Storage, tmp_path: Path) -> None:
     assert list(storage.list()) == ["adopted"]
 
 
+def test_scratch_paths_do_not_outlive_their_writes(storage: Storage) -> None:
+    # gc removes what `scratch_paths` lists once no live writer holds it.
+    assert list(storage.scratch_paths()) == []
+    with storage.writer("k") as w:
+        w.write(data_of(1000))
+        assert all(p.exists() for p in storage.scratch_paths())
+    with pytest.raises(RuntimeError), storage.writer("j") as w:
+        w.write(data_of(1000))
+        raise RuntimeError
+    assert list(storage.scratch_paths()) == []
+
+
 def test_delete(storage: Storage) -> None:
     storage.put("d/x", b"x")
     assert storage.delete("d/x") is True

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
+
+# Values per `IN (...)` list: well under SQLite's bound-parameter limit (999 before 3.32),
+# with room for the query's other parameters.
+IN_BATCH = 500
 
 
 def now() -> datetime:
@@ -18,6 +24,17 @@ def upsert(conn: Connection, table: sa.Table) -> postgresql.Insert | sqlite.Inse
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+def select_in(
+    conn: Connection, query: Callable[[list[str]], sa.Select[Any]], values: Iterable[str]
+) -> list[Row[Any]]:
+    """The rows of `query(chunk)` over the distinct values, `IN_BATCH` at a time."""
+    wanted = sorted(set(values))
+    rows: list[Row[Any]] = []
+    for i in range(0, len(wanted), IN_BATCH):
+        rows.extend(conn.execute(query(wanted[i : i + IN_BATCH])))
+    return rows
 
 
 class StoreBase:

@@ -10,42 +10,43 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from tunevault.metadata import tables as t
-from tunevault.metadata.base import StoreBase, now
+from tunevault.metadata.base import StoreBase, now, select_in
 from tunevault.models import BaseModel, FileEntry
+
+
+def _org_blob_sizes(conn: Connection, org_id: str, digests: Iterable[str]) -> dict[str, int]:
+    ob = t.org_blobs.c
+    rows = select_in(
+        conn,
+        lambda chunk: sa.select(ob.sha256, ob.size).where(
+            ob.org_id == org_id, ob.sha256.in_(chunk)
+        ),
+        digests,
+    )
+    return {r.sha256: r.size for r in rows}
 
 
 class BlobsMixin(StoreBase):
     def org_blob_sizes(self, org_id: str, digests: Iterable[str]) -> dict[str, int]:
         """The sizes of those blobs this organization owns."""
-        wanted = sorted(set(digests))
-        found: dict[str, int] = {}
-        ob = t.org_blobs.c
         with self.engine.connect() as conn:
-            for i in range(0, len(wanted), 500):
-                rows = conn.execute(
-                    sa.select(ob.sha256, ob.size).where(
-                        ob.org_id == org_id, ob.sha256.in_(wanted[i : i + 500])
-                    )
-                )
-                found.update({r.sha256: r.size for r in rows})
-        return found
+            return _org_blob_sizes(conn, org_id, digests)
 
     def blob_xxh3(self, digests: Iterable[str]) -> dict[str, str]:
         """The recorded xxh3 of those blobs that have one (see tunevault.checksums)."""
-        wanted = sorted(set(digests))
-        found: dict[str, str] = {}
         b = t.blobs.c
         with self.engine.connect() as conn:
-            for i in range(0, len(wanted), 500):
-                rows = conn.execute(
-                    sa.select(b.sha256, b.xxh3).where(
-                        b.sha256.in_(wanted[i : i + 500]), b.xxh3.is_not(None)
-                    )
-                )
-                found.update({r.sha256: r.xxh3 for r in rows})
-        return found
+            rows = select_in(
+                conn,
+                lambda chunk: sa.select(b.sha256, b.xxh3).where(
+                    b.sha256.in_(chunk), b.xxh3.is_not(None)
+                ),
+                digests,
+            )
+        return {r.sha256: r.xxh3 for r in rows}
 
     def create_base_model(self, org_id: str, name: str, files: Sequence[FileEntry]) -> BaseModel:
         ts = now()

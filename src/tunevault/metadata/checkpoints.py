@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase, now
+from tunevault.metadata.finetunes import _select_fine_tunes
 from tunevault.metadata.jobs import enqueue
 from tunevault.models import Archive, Checkpoint, FileEntry, FineTune, Kind
 
@@ -122,12 +123,13 @@ class CheckpointsMixin(StoreBase):
     ) -> tuple[FineTune | None, list[tuple[Checkpoint, Archive | None]]]:
         """A fine-tune with its checkpoints and their archives, in one round trip.
 
-        The download route's resolve: it runs on every download, so it is one query.
+        The download route's resolve: it runs on every download, so it is one query. The
+        fine-tune reads as from `get_fine_tune` (`compressing` while builds are pending).
         """
         f, c, a = t.fine_tunes, t.checkpoints, t.archives
         q = (
-            sa.select(
-                f,
+            _select_fine_tunes()
+            .add_columns(
                 c.c.id.label("c_id"),
                 c.c.step.label("c_step"),
                 c.c.kind.label("c_kind"),

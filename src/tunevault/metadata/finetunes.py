@@ -120,25 +120,14 @@ class FineTunesMixin(StoreBase):
 
     def delete_fine_tune(self, org_id: str, ft_id: str) -> bool:
         """Delete the fine-tune and everything that hangs off it (blobs are left to gc)."""
+        f = t.fine_tunes.c
         with self.engine.begin() as conn:
-            ckpt_ids = sa.select(t.checkpoints.c.id).where(t.checkpoints.c.ft_id == ft_id)
-            owned = conn.execute(
-                sa.select(t.fine_tunes.c.id).where(
-                    t.fine_tunes.c.id == ft_id, t.fine_tunes.c.org_id == org_id
-                )
-            ).first()
-            if owned is None:
-                return False
-            # Explicit child deletes: SQLite only cascades with foreign_keys=ON per connection.
-            for child in (t.archives, t.build_jobs):
-                conn.execute(child.delete().where(child.c.checkpoint_id.in_(ckpt_ids)))
-            conn.execute(
-                t.checkpoint_files.delete().where(t.checkpoint_files.c.checkpoint_id.in_(ckpt_ids))
-            )
-            for table in (t.checkpoints, t.events, t.metrics):
-                conn.execute(table.delete().where(table.c.ft_id == ft_id))
-            conn.execute(t.fine_tunes.delete().where(t.fine_tunes.c.id == ft_id))
-        return True
+            # Events, metrics, checkpoints and their files, archives and build jobs go by
+            # ON DELETE CASCADE (tables.py); SQLite too: make_engine turns foreign_keys on.
+            gone = conn.execute(
+                t.fine_tunes.delete().where(f.id == ft_id, f.org_id == org_id)
+            ).rowcount
+        return gone == 1
 
     # Events and metrics -------------------------------------------------------------------
 

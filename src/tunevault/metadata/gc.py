@@ -16,10 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tunevault.metadata import tables as t
-from tunevault.metadata.base import StoreBase, now, upsert
+from tunevault.metadata.base import StoreBase, now, select_in, upsert
+from tunevault.metadata.blobs import _org_blob_sizes
 
 _LOCK_ID = 0x7475_6E65_6763  # "tunegc": the advisory lock key, any constant of our own
-_BATCH = 500
 
 
 class _Referenced(Exception):
@@ -99,31 +99,18 @@ class GcMixin(StoreBase):
 
     def locked_blob_sizes(self, org_id: str, digests: Iterable[str]) -> dict[str, int]:
         """`org_blob_sizes` read under the gc lock: the check after a manifest commit."""
-        wanted = sorted(set(digests))
-        ob = t.org_blobs.c
-        found: dict[str, int] = {}
         with self._gc_locked() as conn:
-            for i in range(0, len(wanted), _BATCH):
-                rows = conn.execute(
-                    sa.select(ob.sha256, ob.size).where(
-                        ob.org_id == org_id, ob.sha256.in_(wanted[i : i + _BATCH])
-                    )
-                )
-                found.update({r.sha256: r.size for r in rows})
-        return found
+            return _org_blob_sizes(conn, org_id, digests)
 
     def forget_checkpoint(self, checkpoint_id: int) -> None:
         """Undo a checkpoint commit whose blobs gc collected meanwhile."""
         with self.engine.begin() as conn:
-            for child in (t.archives, t.build_jobs, t.checkpoint_files):
-                conn.execute(child.delete().where(child.c.checkpoint_id == checkpoint_id))
+            # Its files, archive and build jobs go by ON DELETE CASCADE (tables.py).
             conn.execute(t.checkpoints.delete().where(t.checkpoints.c.id == checkpoint_id))
 
     def forget_base_model(self, base_model_id: int) -> None:
         """Undo a base model registration whose blobs gc collected meanwhile."""
-        bf = t.base_model_files
-        with self.engine.begin() as conn:
-            conn.execute(bf.delete().where(bf.c.base_model_id == base_model_id))
+        with self.engine.begin() as conn:  # its file rows go by ON DELETE CASCADE
             conn.execute(t.base_models.delete().where(t.base_models.c.id == base_model_id))
 
     # gc -----------------------------------------------------------------------------------
@@ -169,18 +156,13 @@ class GcMixin(StoreBase):
 
     def unrecorded_blobs(self, digests: Iterable[str]) -> set[str]:
         """Those digests without a `blobs` row."""
-        wanted = sorted(set(digests))
-        known: set[str] = set()
+        wanted = set(digests)
+        b = t.blobs.c
         with self.engine.connect() as conn:
-            for i in range(0, len(wanted), _BATCH):
-                known.update(
-                    conn.execute(
-                        sa.select(t.blobs.c.sha256).where(
-                            t.blobs.c.sha256.in_(wanted[i : i + _BATCH])
-                        )
-                    ).scalars()
-                )
-        return set(wanted) - known
+            rows = select_in(
+                conn, lambda chunk: sa.select(b.sha256).where(b.sha256.in_(chunk)), wanted
+            )
+        return wanted - {r.sha256 for r in rows}
 
     def register_blob(self, sha256: str, size: int) -> bool:
         """Give a stored key found without a row one, recorded now: gc's grace then applies
@@ -192,17 +174,13 @@ class GcMixin(StoreBase):
 
     def unrecorded_archives(self, keys: Iterable[str]) -> set[str]:
         """Those archive keys no `archives` row points to."""
-        wanted = sorted(set(keys))
-        known: set[str] = set()
+        wanted = set(keys)
         a = t.archives.c
         with self.engine.connect() as conn:
-            for i in range(0, len(wanted), _BATCH):
-                known.update(
-                    conn.execute(
-                        sa.select(a.storage_key).where(a.storage_key.in_(wanted[i : i + _BATCH]))
-                    ).scalars()
-                )
-        return set(wanted) - known
+            rows = select_in(
+                conn, lambda chunk: sa.select(a.storage_key).where(a.storage_key.in_(chunk)), wanted
+            )
+        return wanted - {r.storage_key for r in rows}
 
     def delete_unrecorded_archive(self, key: str, delete: Callable[[], object]) -> bool:
         """Under the gc lock, run `delete` if no `archives` row points to the key."""

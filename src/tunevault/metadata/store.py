@@ -32,7 +32,7 @@ def make_engine(url: str) -> Engine:
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA foreign_keys=ON")  # off by default: deletes rely on CASCADE
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 

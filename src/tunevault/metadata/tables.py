@@ -127,6 +127,7 @@ checkpoint_files = sa.Table(
     sa.Column("path", sa.String(1000), primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Index("ix_checkpoint_files_sha256", "sha256"),  # 0007
 )
 
 archives = sa.Table(
@@ -163,6 +164,7 @@ org_blobs = sa.Table(
     sa.Column("sha256", sa.String(64), primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_org_blobs_sha256", "sha256"),  # 0007: the primary key leads with org_id
 )
 
 base_models = sa.Table(
@@ -187,6 +189,7 @@ base_model_files = sa.Table(
     sa.Column("path", sa.String(1000), primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Index("ix_base_model_files_sha256", "sha256"),  # 0007
 )
 
 build_jobs = sa.Table(

@@ -146,8 +146,13 @@ class Storage(abc.ABC):
     def abort_stale_writes(self, started_before: datetime, *, dry_run: bool) -> int:
         """Abort writes that dead processes left pending inside the store, started before
         the cutoff; returns how many. Backends whose pending writes are plain files (local
-        `.tmp`) have none here: gc removes those files itself."""
+        `.tmp`) have none here: they list them in `scratch_paths`, and gc removes them."""
         return 0
+
+    def scratch_paths(self) -> Iterator[Path]:
+        """Local files of pending writes, live or left by dead processes: gc removes those
+        no live writer holds (tunevault.inuse). The default store keeps none."""
+        return iter(())
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default holds none."""

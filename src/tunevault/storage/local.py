@@ -39,6 +39,19 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
 _START_WRITEBACK = _sync_file_range()
 
 
+def _install(tmp: Path, final: Path) -> None:
+    """Rename a complete, fsynced file into place and make the new name durable."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp.replace(final)
+    # The rename lives in the directory: without its fsync a crash can lose the name
+    # while the database already records the key.
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class _RangeReader:
     """A read-only view of bytes [start, end) of a file."""
 
@@ -119,13 +132,7 @@ class _LocalWriter(BlobWriter):
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
-            self._final.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp.replace(self._final)
-            dir_fd = os.open(self._final.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _install(self._tmp, self._final)
         except OSError as e:
             self.abort()
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -175,15 +182,17 @@ class LocalStorage(Storage):
 
     def adopt_file(self, key: str, path: Path) -> None:
         final = self._path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
         try:
             with path.open("rb") as f:
                 os.fsync(f.fileno())
-            path.replace(final)  # same filesystem: no second copy of a multi-GB blob
+            _install(path, final)  # same filesystem: no second copy of a multi-GB blob
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise
             super().adopt_file(key, path)
+
+    def scratch_paths(self) -> Iterator[Path]:
+        return self._tmp.iterdir()
 
     def delete(self, key: str) -> bool:
         try:
