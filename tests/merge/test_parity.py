@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import BertModel, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
+import tunevault.merge.plan
 from tests.merge.helpers import assert_close_to_peft, load_dir, peft_merge, save_pair, tiny_llama
 from tunevault.merge import merge_lora
 
@@ -118,8 +119,19 @@ CASES: dict[str, tuple[Any, Callable[[], torch.nn.Module], LoraConfig, torch.dty
 }
 
 
+@pytest.fixture(params=[None, 150, 200], ids=["one_block", "blocks150", "blocks200"])
+def blocks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tiny tensor fits in one default block. 150 elements cuts each merged matrix into
+    blocks of 2-3 rows and a 1-D bias over 150 rows into two, so row offsets, DoRA column
+    norms, token rows and double buffering all cross blocks; 200 leaves 64-row weights a lone
+    last row, which the block before takes."""
+    if request.param is not None:
+        monkeypatch.setattr(tunevault.merge.plan, "BLOCK_ELEMS", request.param)
+
+
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.usefixtures("blocks")
 def test_merge_matches_peft(case: str, tmp_path: Path) -> None:
     model_cls, factory, config, dtype = CASES[case]
     base_dir, adapter_dir = save_pair(factory(), config, tmp_path, dtype=dtype)
@@ -139,6 +151,7 @@ def test_merge_matches_peft(case: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.usefixtures("blocks")
 def test_dtype_option_matches_peft_on_a_cast_base(tmp_path: Path) -> None:
     config = LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR, modules_to_save=["lm_head"])
     base_dir, adapter_dir = save_pair(tiny_llama(), config, tmp_path, dtype=torch.float32)

@@ -37,7 +37,7 @@ except ImportError as e:  # transformers is not a dependency of tunevault
     raise ImportError("TunevaultCallback needs transformers: pip install transformers") from e
 
 from tunevault.publisher.layouts import lora_training_type, metric_row, model_kind
-from tunevault.publisher.push import publish_checkpoint
+from tunevault.publisher.push import fine_tune_body, publish_checkpoint
 from tunevault.publisher.uploader import PublishClient
 
 log = logging.getLogger("tunevault.integrations.transformers")
@@ -111,14 +111,12 @@ class TunevaultCallback(TrainerCallback):
         self._rows = []
         # Row ids, so that a batch the client retries after a lost answer adds nothing twice.
         self._ids = itertools.count()
-        body: dict[str, Any] = {
-            "model": self._base_model(model),
-            "model_output_name": self.name or _output_dir(args).name,
-            "training_type": _training_type(model),
-            "status": "running",
-        }
-        if self.suffix:
-            body["suffix"] = self.suffix
+        body = fine_tune_body(
+            self._base_model(model),
+            self.name or _output_dir(args).name,
+            _training_type(model),
+            self.suffix,
+        )
         key = f"callback:{uuid.uuid4()}"
         self.fine_tune_id = str(self.client.create_fine_tune(body, key)["id"])
         self._event("JOB_START", "training started", step=state.global_step)
@@ -162,24 +160,9 @@ class TunevaultCallback(TrainerCallback):
         if control.should_training_stop or state.global_step >= state.max_steps:
             return  # the last save: the final model is published at this step instead
         directory = _output_dir(args) / f"checkpoint-{state.global_step}"
-        kind = model_kind(directory)
-        if kind is None:
+        if not self._publish(directory, state.global_step, final=False):
             log.warning("%s holds no model weights; not published", directory)
             return
-        publish_checkpoint(
-            self.client,
-            self.fine_tune_id,
-            directory,
-            step=state.global_step,
-            kind=kind,
-            final=False,
-            include_resume_state=self.include_optimizer,
-        )
-        self._event(
-            "CHECKPOINT_SAVE",
-            f"checkpoint saved at step {state.global_step}",
-            step=state.global_step,
-        )
         self._flush_metrics()
 
     def on_train_end(
@@ -209,27 +192,33 @@ class TunevaultCallback(TrainerCallback):
             model.save_pretrained(final_dir)
             if processing_class is not None and hasattr(processing_class, "save_pretrained"):
                 processing_class.save_pretrained(final_dir)
-            kind = model_kind(final_dir)
-            if kind is None:
+            if not self._publish(final_dir, state.global_step, final=True):
                 raise RuntimeError(
                     f"save_pretrained wrote no weights tunevault recognises in {final_dir}"
                 )
-            publish_checkpoint(
-                self.client,
-                self.fine_tune_id,
-                final_dir,
-                step=state.global_step,
-                kind=kind,
-                final=True,
-            )
-        self._event(
-            "CHECKPOINT_SAVE",
-            f"final model saved at step {state.global_step}",
-            step=state.global_step,
-        )
         self._finish("completed", "JOB_COMPLETE", "training completed", "info", state.global_step)
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _publish(self, directory: Path, step: int, *, final: bool) -> bool:
+        """Publish `directory` as the checkpoint at `step` and post CHECKPOINT_SAVE; False,
+        publishing nothing, when it holds no model weights."""
+        assert self.fine_tune_id is not None
+        kind = model_kind(directory)
+        if kind is None:
+            return False
+        publish_checkpoint(
+            self.client,
+            self.fine_tune_id,
+            directory,
+            step=step,
+            kind=kind,
+            final=final,
+            include_resume_state=self.include_optimizer,
+        )
+        what = "final model" if final else "checkpoint"
+        self._event("CHECKPOINT_SAVE", f"{what} saved at step {step}", step=step)
+        return True
 
     def _base_model(self, model: Any) -> str:
         if self.model:

@@ -1,8 +1,8 @@
 """Run numpy's OpenBLAS single-threaded in the merging thread.
 
 The merge's GEMMs have an inner dimension of the LoRA rank (8-64): they are memory-bound, so
-OpenBLAS's thread hand-off costs more than it saves, and several times more when the other
-cores are busy. The second core goes to the thread writing the output instead.
+more threads add little but a hand-off on every call. The second core goes to the thread
+writing the output instead.
 """
 
 from __future__ import annotations

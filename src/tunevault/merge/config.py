@@ -7,9 +7,11 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tunevault.errors import MergeRefused
+
+T = TypeVar("T")
 
 # Keys that do not change merged weights (bookkeeping, training-time or runtime only).
 _NO_EFFECT = frozenset(
@@ -89,18 +91,9 @@ class LoraSettings:
     use_dora: bool = False
 
     def rank_and_alpha(self, module: str) -> tuple[int, float]:
-        """PEFT's per-module r and alpha (peft.utils.other.get_pattern_key)."""
-        r = self.r
-        for key, value in self.rank_pattern.items():
-            if re.match(rf"(.*\.)?({key})$", module):
-                r = value
-                break
-        alpha = self.lora_alpha
-        for key, a in self.alpha_pattern.items():
-            if re.match(rf"(.*\.)?({key})$", module):
-                alpha = a
-                break
-        return r, alpha
+        """PEFT's per-module r and alpha."""
+        r = _by_pattern(self.rank_pattern, module, self.r)
+        return r, _by_pattern(self.alpha_pattern, module, self.lora_alpha)
 
     def scaling(self, module: str) -> float:
         r, alpha = self.rank_and_alpha(module)
@@ -147,6 +140,15 @@ class LoraSettings:
             return False
         layer = int(match.group("idx"))
         return layer == idx if isinstance(idx, int) else layer in idx
+
+
+def _by_pattern(patterns: dict[str, T], module: str, default: T) -> T:
+    r"""The value of the first key whose `(.*\.)?(key)$` matches the module, as PEFT's
+    peft.utils.other.get_pattern_key picks it, else `default`."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
 
 
 def _is_off(value: Any) -> bool:

@@ -5,8 +5,9 @@ Nothing here reads tensor data, so every refusal happens before a byte of output
 
 from __future__ import annotations
 
+import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,7 +71,6 @@ class Job:
 class Plan:
     jobs: tuple[Job, ...]
     shards: tuple[tuple[str, tuple[Job, ...]], ...]
-    adapter_keys: frozenset[str]
     peak_bytes: int
 
 
@@ -128,14 +128,18 @@ def build_plan(
     # Base file order keeps reads sequential.
     where = {name: (str(info.path), info.start) for name, info in base.items()}
     ordered = tuple(sorted(jobs.values(), key=lambda j: where[j.out.name]))
-    used = {k for j in ordered for k in j.adapter_keys}
-    missing = set(adapter) - used
+    # Each adapter tensor must be applied exactly once: a dropped one would silently lose part
+    # of the adapter, a doubled one would add its delta twice.
+    used = Counter(k for j in ordered for k in j.adapter_keys)
+    missing = adapter.keys() - used.keys()
     if missing:
         raise MergeRefused(f"adapter tensors the plan does not use: {sorted(missing)[:5]}")
+    twice = sorted(k for k, n in used.items() if n > 1)
+    if twice:
+        raise RuntimeError(f"plan applies adapter tensors more than once: {twice[:5]}")
     return Plan(
         jobs=ordered,
         shards=_shard(ordered, max_shard_bytes),
-        adapter_keys=frozenset(adapter),
         peak_bytes=max((_peak(j) for j in ordered), default=0),
     )
 
@@ -342,16 +346,22 @@ def _shard(jobs: tuple[Job, ...], limit: int) -> tuple[tuple[str, tuple[Job, ...
 
 def rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     """A tensor seen as 2-D: first dimension by the product of the rest."""
-    if not shape:
-        return 1, 1
-    cols = 1
-    for d in shape[1:]:
-        cols *= d
-    return shape[0], cols
+    return (shape[0], math.prod(shape[1:])) if shape else (1, 1)
 
 
-def block_rows(shape: tuple[int, ...]) -> int:
-    return max(1, BLOCK_ELEMS // max(1, rows_cols(shape)[1]))
+def row_blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Row ranges [r0, r1) of about BLOCK_ELEMS elements covering a tensor seen as 2-D.
+
+    No block is a single row unless the tensor is: numpy hands a one-row matmul to BLAS's
+    gemv, which rounds differently from the gemm of PEFT's merge (and of the other blocks).
+    """
+    rows, cols = rows_cols(shape)
+    step = max(2, BLOCK_ELEMS // max(1, cols))
+    starts = list(range(0, rows, step))
+    if len(starts) > 1 and rows - starts[-1] == 1:
+        starts.pop()  # the block before takes the lone last row
+    ends = [*starts[1:], rows] if starts else []
+    return list(zip(starts, ends, strict=True))
 
 
 def _peak(job: Job) -> int:
@@ -360,8 +370,8 @@ def _peak(job: Job) -> int:
     the output dtype, plus the whole adapter factors in fp32. Copies go through the kernel."""
     if job.kind == "copy":
         return 0
-    rows, cols = rows_cols(job.source.shape)
-    elems = min(rows, block_rows(job.source.shape)) * cols
+    cols = rows_cols(job.source.shape)[1]
+    elems = max((r1 - r0 for r0, r1 in row_blocks(job.source.shape)), default=0) * cols
     out_size = DTYPES[job.out.dtype].itemsize
     per_elem = job.source.np_dtype.itemsize + 2 * out_size
     if job.kind == "merge":

@@ -8,6 +8,7 @@ tensor's dtype and shape) and then appending tensor bytes in order.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Iterable
@@ -61,10 +62,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def np_dtype(self) -> np.dtype[Any]:
@@ -112,7 +110,7 @@ def read_rows(
 ) -> np.ndarray[Any, Any]:
     """Rows [row0, row1) of a tensor seen as 2-D (first dim x the rest), read from disk into
     `out` (a reusable buffer of that shape and dtype) or a new array."""
-    cols = info.numel // info.shape[0] if info.shape and info.shape[0] else info.numel
+    cols = math.prod(info.shape[1:])
     rows = row1 - row0
     itemsize = info.np_dtype.itemsize
     buf = np.empty(rows * cols, dtype=info.np_dtype) if out is None else out.reshape(-1)
@@ -161,10 +159,7 @@ class OutSpec:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPES[self.dtype].itemsize
-        for d in self.shape:
-            n *= d
-        return n
+        return DTYPES[self.dtype].itemsize * math.prod(self.shape)
 
 
 class ShardWriter:

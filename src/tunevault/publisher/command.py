@@ -10,11 +10,13 @@ from typing import Any, TypeVar
 
 import click
 
+from tunevault.client.config import DEFAULT_URL
+from tunevault.client.progress import human
 from tunevault.errors import TunevaultError
 from tunevault.models import Kind
 from tunevault.publisher.files import LayoutError, collect
 from tunevault.publisher.layouts import detect, model_kind
-from tunevault.publisher.progress import Progress, human
+from tunevault.publisher.progress import Progress
 from tunevault.publisher.push import push_plan
 from tunevault.publisher.state import STATE_FILE, PushState
 from tunevault.publisher.uploader import (
@@ -33,7 +35,7 @@ def _connection(fn: F) -> F:
     fn = click.option(
         "--url",
         envvar="TUNEVAULT_URL",
-        default="http://127.0.0.1:8000",
+        default=DEFAULT_URL,
         show_default=True,
         help="Server URL (TUNEVAULT_URL).",
     )(fn)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from tunevault.archive import SUMS_NAME
 
 CHUNK = 1 << 20
 MAX_PATH_BYTES = 1000
@@ -47,8 +49,10 @@ def _check_path(rel: str) -> None:
         raise LayoutError(f"{rel[:80]}...: path longer than {MAX_PATH_BYTES} bytes")
     if "\\" in rel or any(ord(c) < 32 or ord(c) == 127 for c in rel):
         raise LayoutError(f"{rel!r}: backslashes and control characters cannot be published")
-    if rel == "SHA256SUMS":
-        raise LayoutError("a file named SHA256SUMS at the top is reserved for the archive's index")
+    if rel == SUMS_NAME:
+        raise LayoutError(
+            f"a file named {SUMS_NAME} at the top is reserved for the archive's index"
+        )
 
 
 def collect(
@@ -85,24 +89,19 @@ def _walk(
         if entry.name.startswith(".") or (not prefix and skip(rel)):
             continue
         st = entry.stat(follow_symlinks=False)
-        if stat.S_ISLNK(st.st_mode):
-            if not include_resume_state and is_resume_state(entry.name, False):
-                continue
+        mode = st.st_mode
+        if not (stat.S_ISLNK(mode) or stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            raise LayoutError(f"{rel}: {_describe(mode)}; only regular files can be published")
+        if not include_resume_state and is_resume_state(entry.name, stat.S_ISDIR(mode)):
+            continue
+        if stat.S_ISLNK(mode):
             _check_path(rel)
             out.append(_link(base, Path(entry.path), rel, notes))
-        elif stat.S_ISDIR(st.st_mode):
-            if not include_resume_state and is_resume_state(entry.name, True):
-                continue
+        elif stat.S_ISDIR(mode):
             _walk(base, Path(entry.path), rel + "/", include_resume_state, skip, notes, out)
-        elif stat.S_ISREG(st.st_mode):
-            if not include_resume_state and is_resume_state(entry.name, False):
-                continue
+        else:
             _check_path(rel)
             out.append(LocalFile(rel, Path(entry.path), st.st_size, st.st_mtime_ns))
-        else:
-            raise LayoutError(
-                f"{rel}: {_describe(st.st_mode)}; only regular files can be published"
-            )
 
 
 def _link(base: Path, link: Path, rel: str, notes: list[str] | None) -> LocalFile:
@@ -144,7 +143,3 @@ def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> st
             if on_bytes is not None:
                 on_bytes(len(chunk))
     return h.hexdigest()
-
-
-def total_size(files: Iterable[LocalFile]) -> int:
-    return sum(f.size for f in files)

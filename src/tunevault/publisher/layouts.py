@@ -69,14 +69,19 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def training_type(directory: Path, kind: Kind) -> dict[str, Any]:
-    """Together's `training_type` from a PEFT `adapter_config.json`, or Full."""
+def describe_model(directory: Path, kind: Kind) -> tuple[str | None, dict[str, Any]]:
+    """The base model the files name (None if they do not) and Together's `training_type`."""
     if kind != Kind.ADAPTER:
-        return {"type": "Full"}
-    cfg = read_json(directory / "adapter_config.json")
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise LayoutError(f"{directory}: PEFT type {cfg.get('peft_type')!r}; only LoRA is served")
-    return lora_training_type(cfg)
+        name = read_json(directory / "config.json").get("_name_or_path")
+        training: dict[str, Any] = {"type": "Full"}
+    else:
+        cfg = read_json(directory / "adapter_config.json")  # one read for both answers
+        if cfg.get("peft_type", "LORA") != "LORA":
+            raise LayoutError(
+                f"{directory}: PEFT type {cfg.get('peft_type')!r}; only LoRA is served"
+            )
+        name, training = cfg.get("base_model_name_or_path"), lora_training_type(cfg)
+    return (name if isinstance(name, str) and name else None), training
 
 
 def lora_training_type(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -94,14 +99,6 @@ def lora_training_type(cfg: dict[str, Any]) -> dict[str, Any]:
     elif modules:
         body["lora_trainable_modules"] = ",".join(sorted(str(m) for m in modules))
     return body
-
-
-def base_model_name(directory: Path, kind: Kind) -> str | None:
-    if kind == Kind.ADAPTER:
-        name = read_json(directory / "adapter_config.json").get("base_model_name_or_path")
-    else:
-        name = read_json(directory / "config.json").get("_name_or_path")
-    return name if isinstance(name, str) and name else None
 
 
 def trainer_metrics(log_history: list[Any]) -> list[dict[str, Any]]:
@@ -155,11 +152,12 @@ def detect(root: Path, *, include_optimizer: bool = False) -> PublishPlan:
     files = collect(root, include_resume_state=include_optimizer, notes=notes)
     state = root / "trainer_state.json"
     step = int(read_json(state).get("global_step", 0)) if state.is_file() else 0
+    model, training = describe_model(root, kind)
     return PublishPlan(
         layout="adapter" if kind == Kind.ADAPTER else "full",
         root=root,
-        model=base_model_name(root, kind),
-        training_type=training_type(root, kind),
+        model=model,
+        training_type=training,
         checkpoints=(CheckpointPlan(step, kind, True, root, tuple(files)),),
         notes=tuple(notes),
     )
@@ -214,11 +212,12 @@ def _trainer_plan(root: Path, saves: dict[int, Path], include_optimizer: bool) -
         checkpoints.append(CheckpointPlan(step, kinds[step], False, path, tuple(files)))
     checkpoints.append(CheckpointPlan(last, final_kind, True, final_dir, tuple(final_files)))
     history = state.get("log_history")
+    model, training = describe_model(final_dir, final_kind)
     return PublishPlan(
         layout="trainer",
         root=root,
-        model=base_model_name(final_dir, final_kind),
-        training_type=training_type(final_dir, final_kind),
+        model=model,
+        training_type=training,
         checkpoints=tuple(checkpoints),
         metrics=tuple(trainer_metrics(history if isinstance(history, list) else [])),
         notes=tuple(notes),

@@ -6,15 +6,9 @@ import sys
 import time
 from typing import TextIO
 
+from tunevault.client.progress import human
+
 REDRAW_S = 0.2
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 class Progress:

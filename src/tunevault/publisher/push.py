@@ -45,15 +45,13 @@ class PushResult:
 
 
 def fine_tune_body(
-    plan: PublishPlan, model: str | None, name: str | None, suffix: str | None
+    model: str, name: str, training_type: dict[str, Any], suffix: str | None
 ) -> dict[str, Any]:
-    base = model or plan.model
-    if not base:
-        raise LayoutError(f"{plan.root}: the files do not name the base model; pass --model BASE")
+    """The create request of a fine-tune that is being published (the CLI and the callback)."""
     body: dict[str, Any] = {
-        "model": base,
-        "model_output_name": name or plan.root.name,
-        "training_type": plan.training_type,
+        "model": model,
+        "model_output_name": name,
+        "training_type": training_type,
         "status": "running",
     }
     if suffix:
@@ -109,7 +107,10 @@ def push_plan(
     name: str | None = None,
     suffix: str | None = None,
 ) -> PushResult:
-    body = fine_tune_body(plan, model, name, suffix)
+    base = model or plan.model
+    if not base:
+        raise LayoutError(f"{plan.root}: the files do not name the base model; pass --model BASE")
+    body = fine_tune_body(base, name or plan.root.name, plan.training_type, suffix)
     files = [f for c in plan.checkpoints for f in c.files]
     digests = hash_files(files, client.progress, state.cached_digest)
     state.remember_digests(files, digests)

@@ -1,9 +1,11 @@
 """`DIR/.tunevault-push.json`: what a push already did, so that a rerun continues it.
 
-Per server URL: the fine-tune created and the steps done (checkpoints, events, metrics,
-status), so that a rerun sends only what is left (the server also skips event and metric
-rows whose ids it has, so a step done but not recorded here is not doubled). Beside them,
-a cache of file digests keyed by (size, mtime) so a rerun does not hash gigabytes again.
+Per server URL: the fine-tune created and the steps done (events, metrics rows, status),
+so that a rerun sends only what is left (the server also skips event and metric rows whose
+ids it has, so a step done but not recorded here is not doubled). Checkpoints are not
+recorded: a rerun posts every manifest again, which the server answers with the checkpoint
+it already has. Beside them, a cache of file digests keyed by (size, mtime) so a rerun does
+not hash gigabytes again.
 """
 
 from __future__ import annotations

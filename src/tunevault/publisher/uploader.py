@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 
-from tunevault.errors import TunevaultError
+from tunevault.client.config import normalize_base_url
+from tunevault.errors import TunevaultError, UploadOffsetMismatch
 from tunevault.publisher.files import CHUNK, LocalFile, sha256_file
 from tunevault.publisher.progress import Progress
 
@@ -29,10 +30,6 @@ MAX_BACKOFF_S = 30.0
 
 class PublishConnectionError(RuntimeError):
     """The server stayed unreachable through every retry."""
-
-
-def normalize_url(url: str) -> str:
-    return url.strip().rstrip("/").removesuffix("/v1").rstrip("/")
 
 
 def manifest(files: Iterable[LocalFile], digests: dict[Path, str]) -> list[dict[str, Any]]:
@@ -53,7 +50,7 @@ class PublishClient:
         timeout_s: float = 120.0,
         rate_limit: int | None = None,
     ) -> None:
-        self.url = normalize_url(url)
+        self.url = normalize_base_url(url)
         self.progress = progress or Progress(enabled=False)
         self.retries = retries
         self.backoff_s = backoff_s
@@ -188,7 +185,7 @@ class PublishClient:
                 return
             if resp.status_code == 202:
                 offset = int(resp.json()["offset"])
-            elif resp.status_code == 409 and error_code(resp) == "upload_offset_mismatch":
+            elif resp.status_code == 409 and isinstance(error_of(resp), UploadOffsetMismatch):
                 header = resp.headers.get("Upload-Offset")
                 offset = int(header) if header is not None else self.remote_offset(sha256)
             elif resp.status_code == 409:
@@ -310,15 +307,6 @@ def hash_files(
         out[source] = sha256_file(source, progress.advance)
     progress.finish()
     return out
-
-
-def error_code(resp: httpx.Response) -> str | None:
-    try:
-        body = resp.json()
-    except ValueError:
-        return None
-    err = body.get("error") if isinstance(body, dict) else None
-    return str(err.get("code")) if isinstance(err, dict) else None
 
 
 def error_of(resp: httpx.Response) -> TunevaultError:
