@@ -26,7 +26,7 @@ import zstandard
 from bench.publish_bench import bf16_weights
 from tunevault.archive import CHUNK, write_archive
 from tunevault.builds import build_archive
-from tunevault.models import Kind
+from tunevault.models import Archive, Kind
 from tunevault.publish import publish_directory
 from tunevault.services import open_services
 from tunevault.settings import Settings
@@ -101,8 +101,17 @@ def main() -> None:
                     xxh3=xxh3,
                 )
 
-            def build(level: int) -> None:
-                build_archive(svc.store, svc.storage, ckpt.id, level=level)
+            def build(level: int) -> Archive:
+                return build_archive(svc.store, svc.storage, ckpt.id, level=level)
+
+            def checked(archive: Archive) -> str:
+                """Untimed: the stored bytes hash to the recorded sha256; the ratio."""
+                h = hashlib.sha256()
+                with svc.storage.open_read(archive.storage_key) as f:
+                    while chunk := f.read(CHUNK):
+                        h.update(chunk)
+                assert h.hexdigest() == archive.sha256, "the stored archive is not what was built"
+                return f"{total / archive.size:.3f}x, sha256 checked"
 
             stages: list[tuple[str, Callable[[], object]]] = [
                 ("read + zstd -3 (all cores)", lambda: compressed(3, None)),
@@ -114,14 +123,16 @@ def main() -> None:
             ]
             print(f"{total / 2**30:.2f} GiB of bf16-like weights in 4 files")
             print(", ".join(f"{k} alone {v:.0f} MB/s" for k, v in hash_speed.items()) + "\n")
-            print("| stage | MB/s (input) |\n|---|---|")
+            print("| stage | MB/s (input) | archive |\n|---|---|---|")
             for name, fn in stages:
                 for key in list(svc.storage.list("archives/")):
                     svc.storage.delete(key)  # a build must not pay for replacing the last
                 subprocess.run(["sync"], check=True)
                 t0 = time.perf_counter()
-                fn()
-                print(f"| {name} | {total / (time.perf_counter() - t0) / 1e6:.0f} |", flush=True)
+                result = fn()
+                mbs = total / (time.perf_counter() - t0) / 1e6
+                out = checked(result) if isinstance(result, Archive) else ""
+                print(f"| {name} | {mbs:.0f} | {out} |", flush=True)
 
 
 if __name__ == "__main__":

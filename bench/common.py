@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import threading
@@ -10,7 +11,7 @@ from pathlib import Path
 
 
 def random_file(path: Path, size: int) -> Path:
-    """Incompressible bytes: zstd gains little on real bf16 weights either (~1.28x)."""
+    """Incompressible bytes: for serving and uploads, where the content does not matter."""
     with path.open("wb") as f:
         left = size
         while left > 0:
@@ -40,6 +41,19 @@ def curl_many(urls: list[str], headers: list[str], expect_bytes: int) -> float:
     elapsed = time.perf_counter() - t0
     assert total == expect_bytes, (urls[0], headers[-1:], total, expect_bytes)
     return total / elapsed / 1e6
+
+
+def curl_sha256(url: str, headers: list[str]) -> str:
+    """The sha256 of what curl receives (following redirects): untimed, the check that a
+    timed transfer served the right bytes."""
+    args = [a for h in headers for a in ("-H", h)]
+    proc = subprocess.Popen(["curl", "-sS", "-f", "-L", *args, url], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    h = hashlib.sha256()
+    while chunk := proc.stdout.read(1 << 20):
+        h.update(chunk)
+    assert proc.wait() == 0, f"curl failed with {proc.returncode}"
+    return h.hexdigest()
 
 
 class RssSampler:

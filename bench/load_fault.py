@@ -283,7 +283,7 @@ def main() -> None:
         f"| corrupt files | {stats.corrupt} |\n"
         f"| statuses | {dict(sorted(stats.statuses.items()))} |"
     )
-    print("\nServer RSS (MB) over time:\n")
+    print("\nServer RSS (MiB) over time:\n")
     print("| t (s) | " + " | ".join(f"replica {r.name}" for r in replicas) + " |")
     print("|---|" + "---|" * len(replicas))
     for mark in range(0, int(elapsed) + 1, 15):
@@ -292,7 +292,9 @@ def main() -> None:
             near = [mb for t, mb in r.rss if mark <= t < mark + 15]
             cells.append(str(max(near)) if near else "down")
         print(f"| {mark} | " + " | ".join(cells) + " |")
-    print("\nPeak RSS: " + ", ".join(f"{r.name} {max(mb for _, mb in r.rss)} MB" for r in replicas))
+    print(
+        "\nPeak RSS: " + ", ".join(f"{r.name} {max(mb for _, mb in r.rss)} MiB" for r in replicas)
+    )
 
 
 if __name__ == "__main__":

@@ -163,28 +163,32 @@ def run(child: str, base: Path, adapter: Path, out: Path) -> dict[str, float]:
 
 
 def check_same(ours: Path, theirs: Path) -> float:
-    """Largest difference in bf16 steps over a few merged tensors (expected 0)."""
+    """Largest difference in bf16 steps over every merged tensor (expected 0); the two
+    outputs must hold the same tensor names."""
     from safetensors import safe_open
 
-    index = (
-        json.loads((theirs / "model.safetensors.index.json").read_text())["weight_map"]
-        if (theirs / "model.safetensors.index.json").exists()
-        else None
+    index = theirs / "model.safetensors.index.json"
+    where = (
+        json.loads(index.read_text())["weight_map"]
+        if index.exists()
+        else dict.fromkeys(_names(theirs / "model.safetensors"), "model.safetensors")
     )
+    assert set(_names(ours / "model.safetensors")) == set(where), "different tensor names"
     worst = 0.0
-    for name in (
-        "model.layers.0.self_attn.q_proj.weight",
-        f"model.layers.{LAYERS - 1}.mlp.down_proj.weight",
-    ):
-        their_file = theirs / (index[name] if index else "model.safetensors")
-        with (
-            safe_open(str(ours / "model.safetensors"), "numpy") as a,
-            safe_open(str(their_file), "numpy") as b,
-        ):
-            x = a.get_tensor(name).view(np.int16).astype(np.int32)
-            y = b.get_tensor(name).view(np.int16).astype(np.int32)
+    with safe_open(str(ours / "model.safetensors"), "numpy") as a:
+        for name, their_file in where.items():
+            with safe_open(str(theirs / their_file), "numpy") as b:
+                x = a.get_tensor(name).view(np.int16).astype(np.int32)
+                y = b.get_tensor(name).view(np.int16).astype(np.int32)
             worst = max(worst, float(np.abs(x - y).max()))
     return worst
+
+
+def _names(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "numpy") as f:
+        return list(f.keys())
 
 
 def main() -> None:
@@ -232,13 +236,16 @@ def main() -> None:
         f"tunevault planned block memory {tv['peak_planned'] / mib:.0f} MiB"
     )
     steps = check_same(args.workdir / "out_tunevault", args.workdir / "out_peft")
-    print(f"max difference vs PEFT on sampled tensors: {steps:.0f} bf16 steps")
+    print(f"max difference vs PEFT over every tensor: {steps:.0f} bf16 steps")
     ok = (
         pf["wall"] >= 3 * tv["wall"]
         and tv["rss"] <= pf["rss"] / 4
         and tv["rss"] < 3 * largest + 300 * mib
+        and steps == 0
     )
     print("targets met" if ok else "TARGETS MISSED")
+    if not ok:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

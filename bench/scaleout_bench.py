@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from bench.common import random_file
+from bench.common import curl_sha256, random_file
 from tests.support.nginx import run_nginx, x_accel_locations
 from tests.support.postgres import create_database, run_postgres
 from tests.support.seaweed import run_seaweedfs
@@ -150,6 +150,7 @@ def main() -> None:
                 for name, (url, token) in cases.items():
                     hdr = [f"Authorization: Bearer {token}"] if token else []
                     runs = [curl_mbs(url, hdr, size) for _ in range(args.repeat)]
+                    assert curl_sha256(url, hdr) == sha_l, f"{name} served other bytes"
                     rows.append((name, statistics.median(runs)))
                     print(f"{name}: {rows[-1][1]:.0f} MB/s", flush=True)
             for k, v in saved.items():

@@ -15,10 +15,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.common import RssSampler, curl_many, random_file
+from bench.common import RssSampler, curl_many, curl_sha256, random_file
 from tests.support.nginx import run_nginx
 from tests.support.seeding import seed_fine_tune
 from tests.support.server import run_server
+from tunevault.publisher.files import sha256_file
 from tunevault.services import open_services
 from tunevault.settings import Settings
 
@@ -80,6 +81,8 @@ def main() -> None:
                     f"{name}: tunevault {rows[-1][1]:.0f} MB/s, nginx {rows[-1][2]:.0f} MB/s",
                     flush=True,
                 )
+            # Untimed: what was timed is the archive, byte for byte.
+            assert curl_sha256(tv_url, auth) == sha256_file(archive), "served other bytes"
     print(
         f"\nArchive {size / 2**30:.2f} GiB, median of {args.repeat} runs, "
         f"{platform.processor() or platform.machine()}, nginx worker_processes 1.\n"
@@ -88,7 +91,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, tv_mbs, ng_mbs in rows:
         print(f"| {name} | {tv_mbs:.0f} | {ng_mbs:.0f} | {tv_mbs / ng_mbs:.2f}x |")
-    print(f"\nPeak tunevault server RSS during the concurrent runs: {peak_mb:.0f} MB")
+    print(f"\nPeak tunevault server RSS during the concurrent runs: {peak_mb:.0f} MiB")
 
 
 if __name__ == "__main__":
