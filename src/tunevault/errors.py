@@ -15,10 +15,12 @@ from `code`; the CLI maps the branches to exit codes.
     ├── NotFound                        404 not_found
     │   ├── FineTuneNotFound            404 fine_tune_not_found
     │   ├── CheckpointNotFound          404 checkpoint_not_found
-    │   └── BaseModelNotFound           404 base_model_not_found
+    │   ├── BaseModelNotFound           404 base_model_not_found
+    │   └── ShareLinkNotFound           404 share_link_not_found
     ├── Conflict                        409 conflict
     │   ├── ArchiveNotReady             409 archive_not_ready
     │   └── UploadOffsetMismatch        409 upload_offset_mismatch
+    ├── ShareLinkGone                   410 share_link_gone
     ├── PayloadTooLarge                 413 payload_too_large
     ├── RangeNotSatisfiable             416 range_not_satisfiable
     ├── RateLimited                     429 rate_limited
@@ -128,6 +130,20 @@ class BaseModelNotFound(NotFound):
     code = "base_model_not_found"
 
 
+class ShareLinkNotFound(NotFound):
+    """A share link that was never issued, or one altered: its signature does not match."""
+
+    code = "share_link_not_found"
+
+
+class ShareLinkGone(TunevaultError):
+    """A share link past its expiry, or revoked."""
+
+    status = 410
+    error_type = "invalid_request_error"
+    code = "share_link_gone"
+
+
 class Conflict(TunevaultError):
     status = 409
     error_type = "conflict_error"
@@ -186,6 +202,7 @@ _by_status: dict[int, type[TunevaultError]] = {
     403: PermissionDenied,
     404: NotFound,
     409: Conflict,
+    410: ShareLinkGone,
     413: PayloadTooLarge,
     416: RangeNotSatisfiable,
     429: RateLimited,

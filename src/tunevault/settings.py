@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -81,6 +81,17 @@ class Settings(BaseSettings):
         default=60.0,
         ge=0,
         description="On SIGTERM, how long in-flight requests (downloads) may take to finish.",
+    )
+    console_session_hours: float = Field(
+        default=12.0,
+        gt=0,
+        le=24 * 30,
+        description="How long a web console sign-in lasts before the key is asked for again.",
+    )
+    share_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key that signs share links; every replica needs the same one. "
+        "Default: a random key kept in data_dir/share_secret.",
     )
     log_format: Literal["json", "text"] = Field(
         default="json", description="Log lines as JSON objects (json) or plain text (text)."

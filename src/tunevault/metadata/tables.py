@@ -237,3 +237,37 @@ audit_downloads = sa.Table(
     sa.Column("user_agent", sa.String(300), nullable=True),
     sa.Index("ix_audit_downloads_org", "org_id", "id"),
 )
+
+# 0009: the web console -------------------------------------------------------------------
+
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id_sha256", sa.String(64), primary_key=True),  # the cookie holds the id itself
+    sa.Column(
+        "key_id", sa.String(64), sa.ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_console_sessions_key", "key_id"),
+)
+
+share_links = sa.Table(
+    "share_links",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("org_id", sa.String(64), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column(
+        "checkpoint_id",
+        sa.Integer,
+        sa.ForeignKey("checkpoints.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("created_by", sa.String(64), nullable=False),  # the key id
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("revoked_by", sa.String(64), nullable=True),
+    sa.Index("ix_share_links_org", "org_id", "created_at"),
+)

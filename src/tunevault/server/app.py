@@ -12,7 +12,7 @@ import yaml
 from aiohttp import web
 
 from tunevault.errors import NotFound, TunevaultError, Unauthenticated
-from tunevault.server import download, finetunes, ops, publish, uploads, whoami
+from tunevault.server import console, download, finetunes, ops, publish, shares, uploads, whoami
 from tunevault.server.audit import AUDIT, AuditWriter, audit_ctx
 from tunevault.server.context import LIMITS, PRINCIPAL, SERVICES, blocking
 from tunevault.server.limits import KeyLimits
@@ -25,7 +25,10 @@ from tunevault.server.observability import (
 from tunevault.services import Services
 
 log = logging.getLogger("tunevault.server")
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Not Bearer: the console signs in with a session cookie (its own middleware), a share
+# link's signed token is its credential.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", console.PREFIX})
+PUBLIC_PREFIXES = (console.PREFIX + "/", shares.PUBLIC_PREFIX)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HTTP_CODES = {
     400: "invalid_request",
@@ -82,7 +85,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -103,7 +106,12 @@ def openapi_document() -> dict[str, object]:
 
 def make_app(svc: Services) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+        middlewares=[
+            request_id_middleware,
+            error_middleware,
+            console.console_middleware,
+            auth_middleware,
+        ],
         client_max_size=32 << 20,
         # Uploads are written and hashed off the loop 1 MiB at a time (uploads.BUFFER): a
         # 4 MiB read buffer (aiohttp's default is 64 KiB) holds what arrives meanwhile.
@@ -117,6 +125,7 @@ def make_app(svc: Services) -> web.Application:
         app[LIMITS] = KeyLimits(
             svc.settings.rate_limit_per_minute, svc.settings.max_downloads_per_key
         )
+        shares.install(app, svc.settings)
     app.on_response_prepare.append(echo_request_id)
     spec = json.dumps(openapi_document())
 
@@ -125,7 +134,16 @@ def make_app(svc: Services) -> web.Application:
 
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_routes(ops.routes)
-    for table in (download.routes, finetunes.routes, whoami.routes, publish.routes, uploads.routes):
+    console.add_routes(app)  # HTML, not in openapi.yaml (docs/console.md lists them)
+    app.router.add_routes(shares.public_routes)
+    for table in (
+        download.routes,
+        finetunes.routes,
+        whoami.routes,
+        publish.routes,
+        uploads.routes,
+        shares.routes,
+    ):
         app.router.add_routes(table)
         # Clients configured with a base URL that already ends in /v1 call /v1/v1/... and
         # /v1/v3/whoami (COMPAT.md): serve the same handlers there.

@@ -16,7 +16,7 @@ from tunevault.errors import (
 from tunevault.metadata import MetadataStore
 from tunevault.metadata.audit import DownloadRecord
 from tunevault.metadata.base import now
-from tunevault.models import Archive, Checkpoint, FineTune, Kind
+from tunevault.models import Archive, Checkpoint, FineTune, Kind, Principal
 from tunevault.server.audit import AUDIT
 from tunevault.server.blob import BlobRef, choose_range, send_blob
 from tunevault.server.context import LIMITS, blocking, principal, services
@@ -102,8 +102,16 @@ async def download(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     query = request.rel_url.query
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
+    ft, ckpt, archive = await blocking(resolve, services(request).store, who.org_id, q)
+    return await serve_archive(request, who, ft, ckpt, archive)
+
+
+async def serve_archive(
+    request: web.Request, who: Principal, ft: FineTune, ckpt: Checkpoint, archive: Archive
+) -> web.StreamResponse:
+    """Send the archive in the configured mode, within the key's download slots, audited
+    under `who.key_id` (the console's session key, or a share link's id)."""
     svc = services(request)
-    ft, ckpt, archive = await blocking(resolve, svc.store, who.org_id, q)
     blob = BlobRef(
         key=archive.storage_key,
         size=archive.size,

@@ -1,0 +1,65 @@
+"""Rendering console pages: Jinja2 templates with autoescaping on, and the headers every
+page carries (a Content-Security-Policy that allows no inline script or style)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from tunevault.server.console.state import SESSION, Session
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",  # share links and ids stay out of Referer
+    "Cache-Control": "no-store",
+}
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(ts: datetime | None) -> str:
+    return "" if ts is None else ts.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("tunevault.server.console", "templates"),
+    autoescape=True,  # every template is HTML: escape every value, always
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_ENV.filters["size"] = _size
+_ENV.filters["when"] = _when
+
+
+def base_url(request: web.Request) -> str:
+    """The origin the browser used: what pasted commands and share links should name."""
+    return f"{request.scheme}://{request.host}"
+
+
+def page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    session: Session | None = request.get(SESSION)
+    html = _ENV.get_template(template).render(
+        session=session,
+        who=session.principal if session else None,
+        csrf=session.csrf_token if session else "",
+        path=request.path,
+        **context,
+    )
+    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")

@@ -1,0 +1,192 @@
+"""The console over HTTP: sessions, CSRF, escaping, tenancy, the pages and the download
+button, against a live server."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import httpx
+import sqlalchemy as sa
+
+from tests.console.conftest import EVAL_POINTS, EVIL, TRAIN_POINTS, Console, csrf_of, sign_in
+from tunevault.services import open_services
+
+
+def test_pages_need_a_session(console: Console) -> None:
+    r = httpx.get(f"{console.url}/console/fine-tunes/{console.ft}")
+    assert r.status_code == 303
+    assert r.headers["Location"].startswith("/console/sign-in?next=")
+    assert console.ft in r.headers["Location"]
+    # A Bearer key is the API's credential, not the console's.
+    auth = {"Authorization": f"Bearer {console.seeded.token}"}
+    assert httpx.get(f"{console.url}/console/", headers=auth).status_code == 303
+
+
+def test_sign_in_makes_a_hashed_http_only_session(console: Console) -> None:
+    c = httpx.Client(base_url=console.url)
+    form = c.get("/console/sign-in")
+    bad = c.post("/console/sign-in", data={"api_key": "tv_nope", "csrf": csrf_of(form.text)})
+    assert bad.status_code == 401 and "not valid" in bad.text
+    r = c.post(
+        "/console/sign-in", data={"api_key": console.seeded.token, "csrf": csrf_of(form.text)}
+    )
+    assert r.status_code == 303
+    cookie = next(h for h in r.headers.get_list("Set-Cookie") if h.startswith("tv_session="))
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/console" in cookie
+    assert "Secure" not in cookie  # plain http here; over TLS the cookie is Secure
+    session_id = c.cookies["tv_session"]
+    with open_services(console.seeded.settings) as svc, svc.store.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT id_sha256 FROM console_sessions")).scalars().all()
+    assert hashlib.sha256(session_id.encode()).hexdigest() in stored
+    assert session_id not in stored
+    # The cookie is not an API credential.
+    api = httpx.get(f"{console.url}/v1/fine-tunes", cookies={"tv_session": session_id})
+    assert api.status_code == 401 and api.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_sign_in_refuses_a_post_without_the_form_token(console: Console) -> None:
+    r = httpx.post(f"{console.url}/console/sign-in", data={"api_key": console.seeded.token})
+    assert r.status_code == 403 and "tv_session" not in r.headers.get("Set-Cookie", "")
+
+
+def test_fine_tune_page_shows_everything(console: Console) -> None:
+    c = sign_in(console.url, console.seeded.token)
+    listing = c.get("/console/")
+    assert listing.status_code == 200 and console.ft in listing.text
+    assert "Content-Security-Policy" in listing.headers
+    assert "script-src 'self'" in listing.headers["Content-Security-Policy"]
+    assert "<script>" not in re.sub(
+        r'<script src="/console/static/console.js" defer>', "", listing.text
+    )
+    page = c.get(f"/console/fine-tunes/{console.ft}").text
+    assert page.count('class="point point-train"') == TRAIN_POINTS
+    assert page.count('class="point point-eval"') == EVAL_POINTS
+    archive_sha = hashlib.sha256(console.archive).hexdigest()
+    assert archive_sha in page
+    for file_sha in console.seeded.archive.sha256, *(f.sha256 for f in _files(console)):
+        assert file_sha in page
+    assert f"together fine-tuning download {console.ft} --checkpoint-type default" in page
+    assert f"tunevault download {console.ft} --checkpoint model_output_path" in page
+    assert "curl -fL -C - -H" in page and "HF_ENDPOINT=" in page
+    assert "training started" in page and "JOB_COMPLETE" in page
+
+
+def _files(console: Console) -> list[object]:
+    with open_services(console.seeded.settings) as svc:
+        ckpt = svc.store.get_checkpoint(console.seeded.checkpoint_id)
+    assert ckpt is not None
+    return list(ckpt.files)
+
+
+def test_list_filters_and_pages(console: Console) -> None:
+    c = sign_in(console.url, console.seeded.token)
+    found = c.get("/console/", params={"q": "llama-ft"}).text
+    assert console.ft in found and console.evil_ft not in found
+    assert console.ft not in c.get("/console/", params={"status": "running"}).text
+    assert c.get("/console/", params={"status": "bogus"}).status_code == 400
+
+
+def test_injected_names_and_messages_are_escaped(console: Console) -> None:
+    c = sign_in(console.url, console.seeded.token)
+    for path in ("/console/", f"/console/fine-tunes/{console.evil_ft}"):
+        html = c.get(path).text
+        for raw in ("<script>alert", "<img src=x", "onmouseover=alert(1) x=<"):
+            assert raw not in html, (path, raw)
+        assert "&lt;script&gt;alert(" in html
+    assert EVIL not in c.get(f"/console/fine-tunes/{console.evil_ft}").text
+
+
+def test_another_organizations_fine_tune_is_a_404_like_a_missing_one(console: Console) -> None:
+    c = sign_in(console.url, console.seeded.token)
+    theirs = c.get(f"/console/fine-tunes/{console.other_ft}")
+    missing = c.get("/console/fine-tunes/ft-00000000-0000-0000-0000-000000000000")
+    assert theirs.status_code == missing.status_code == 404
+    assert "other/secret" not in theirs.text
+    assert theirs.text.replace(console.other_ft, "X") == missing.text.replace(
+        "ft-00000000-0000-0000-0000-000000000000", "X"
+    )
+
+
+def test_cross_site_and_tokenless_posts_are_refused(console: Console) -> None:
+    c = sign_in(console.url, console.admin_token)
+    keys = c.get("/console/admin/keys")
+    token = csrf_of(keys.text)
+    no_token = c.post("/console/admin/keys", data={"name": "x", "scope": "read"})
+    assert no_token.status_code == 403
+    evil = c.post(
+        "/console/admin/keys",
+        data={"name": "x", "scope": "read", "csrf": token},
+        headers={"Origin": "http://evil.example"},
+    )
+    assert evil.status_code == 403
+    fetch_meta = c.post(
+        "/console/admin/keys",
+        data={"name": "x", "scope": "read", "csrf": token},
+        headers={"Sec-Fetch-Site": "cross-site"},
+    )
+    assert fetch_meta.status_code == 403
+    assert ">x<" not in c.get("/console/admin/keys").text  # none of them made a key
+
+
+def test_admin_creates_a_key_shown_once_and_revokes_it(console: Console) -> None:
+    c = sign_in(console.url, console.admin_token)
+    token = csrf_of(c.get("/console/admin/keys").text)
+    made = c.post(
+        "/console/admin/keys",
+        data={"name": "ci-bot", "scope": ["read", "publish"], "csrf": token},
+        headers={"Origin": console.url},
+    )
+    assert made.status_code == 201
+    new_token = re.search(r'<code id="new-token">(tv_[^<]+)</code>', made.text)
+    assert new_token
+    assert new_token.group(1) not in c.get("/console/admin/keys").text  # shown once
+    # The new key signs in; revoking it from the admin page ends that session at once.
+    victim = sign_in(console.url, new_token.group(1))
+    assert victim.get("/console/").status_code == 200
+    key_id = new_token.group(1).split("_")[1]
+    r = c.post(f"/console/admin/keys/{key_id}/revoke", data={"csrf": token})
+    assert r.status_code == 303
+    assert victim.get("/console/").status_code == 303
+    api = httpx.get(
+        f"{console.url}/v1/fine-tunes", headers={"Authorization": f"Bearer {new_token.group(1)}"}
+    )
+    assert api.status_code == 401
+
+
+def test_read_keys_see_no_admin_pages(console: Console) -> None:
+    c = sign_in(console.url, console.read_token)
+    assert c.get("/console/admin/keys").status_code == 403
+    assert c.get("/console/admin/audit").status_code == 403
+    assert "Create share link" not in c.get(f"/console/fine-tunes/{console.ft}").text
+
+
+def test_sign_out_kills_the_cookie(console: Console) -> None:
+    c = sign_in(console.url, console.seeded.token)
+    cookie = c.cookies["tv_session"]
+    token = csrf_of(c.get("/console/").text)
+    r = c.post("/console/sign-out", data={"csrf": token})
+    assert r.status_code == 303 and r.headers["Location"] == "/console/sign-in"
+    replay = httpx.get(f"{console.url}/console/", cookies={"tv_session": cookie})
+    assert replay.status_code == 303
+
+
+def test_download_button_serves_the_archive_with_ranges(console: Console) -> None:
+    c = sign_in(console.url, console.read_token)
+    html = c.get(f"/console/fine-tunes/{console.ft}").text
+    href = re.search(r'class="button download" download href="([^"]+)"', html)
+    assert href
+    whole = c.get(href.group(1))
+    assert whole.status_code == 200 and whole.content == console.archive
+    part = c.get(href.group(1), headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == console.archive[100:200]
+
+
+def test_storage_and_base_model_pages(console: Console) -> None:
+    c = sign_in(console.url, console.seeded.token)
+    storage = c.get("/console/storage").text
+    blob_bytes = 300_000 + 120 + 1000
+    assert f"({blob_bytes} bytes)" in storage
+    assert c.get("/console/base-models").status_code == 200
+    assert c.get("/console/static/console.css").headers["Content-Type"].startswith("text/css")
+    assert c.get("/console/static/..%2Fviews.py").status_code == 404
