@@ -21,6 +21,7 @@ COMMANDS = {
     "base": "tunevault.publisher.command:base",
     "merge": "tunevault.merge.command:merge",
     "gc": "tunevault.gc_command:gc",
+    "share": "tunevault.commands.share:share",
 }
 
 

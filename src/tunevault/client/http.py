@@ -184,12 +184,13 @@ class Transport:
         method: str,
         url: str,
         headers: dict[str, str] | None = None,
+        body: bytes | None = None,
     ) -> Response:
         """Send one request, following redirects; network failures raise NetworkError."""
         extra = dict(headers or {})
         hops: list[dict[str, str]] = []
         for _ in range(MAX_REDIRECTS + 1):
-            resp = self._send(method, url, extra)
+            resp = self._send(method, url, extra, body)
             location = resp.header("Location")
             if resp.status not in REDIRECTS or not location:
                 resp.hops = hops
@@ -198,10 +199,12 @@ class Transport:
             resp.close()
             url = urljoin(url, location)
             if resp.status == 303:
-                method = "GET"
+                method, body = "GET", None
         raise NetworkError(f"more than {MAX_REDIRECTS} redirects from {url[:200]}")
 
-    def _send(self, method: str, url: str, headers: dict[str, str]) -> Response:
+    def _send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+    ) -> Response:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise NetworkError(f"cannot follow a redirect to {url[:200]!r}")
@@ -217,7 +220,7 @@ class Transport:
         if parts.query:
             target += "?" + parts.query
         try:
-            conn.request(method, target, headers=sent)
+            conn.request(method, target, body=body, headers=sent)
             sock = conn.sock
             raw = conn.getresponse()
         except NETWORK_ERRORS as e:
@@ -225,8 +228,20 @@ class Transport:
             raise NetworkError(f"{method} {_redact(url)}: {_describe(e)}") from e
         return Response(status=raw.status, raw=raw, conn=conn, sock=sock)
 
-    def json(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
-        resp = self.open(method, self.url(path, params), {"Accept": "application/json"})
+    def json(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        """One JSON call; `body`, if given, is sent as a JSON object."""
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body).encode()
+        resp = self.open(method, self.url(path, params), headers, data)
         resp.raise_for_error()
         try:
             data = resp.read(MAX_JSON_BODY)

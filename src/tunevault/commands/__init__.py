@@ -1,0 +1,1 @@
+"""The `tunevault` subcommands, one module per command."""

@@ -1,0 +1,172 @@
+"""Share links: made with `tunevault share` or the console, downloaded with curl and no key
+(Range honoured, audited), refused once expired, revoked or altered."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+
+from tests.console.conftest import Console, csrf_of, sign_in
+from tunevault.metadata import tables as t
+from tunevault.metadata.base import now
+from tunevault.models import Scope
+from tunevault.service import shares
+from tunevault.services import open_services
+
+
+def _cli(console: Console, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tunevault", "share", *args, "--url", console.url],
+        env={**os.environ, "TUNEVAULT_API_KEY": token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _make(console: Console, *args: str) -> dict[str, str]:
+    r = _cli(console, console.seeded.token, f"{console.ft}:100", "--json", *args)
+    assert r.returncode == 0, r.stderr
+    link: dict[str, str] = json.loads(r.stdout)
+    return link
+
+
+def _curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=60, check=False)
+
+
+def _refusal(url: str) -> tuple[int, str]:
+    r = httpx.get(url)
+    return r.status_code, r.json()["error"]["code"]
+
+
+def test_cli_link_downloads_with_curl_and_no_key(console: Console, tmp_path: Path) -> None:
+    r = _cli(console, console.seeded.token, f"{console.ft}:100", "--expires", "24h")
+    assert r.returncode == 0, r.stderr
+    assert "making a share link" in r.stderr
+    url = r.stdout.strip()
+    assert url.startswith(f"{console.url}/shared/")
+    out = tmp_path / "a.tar.zst"
+    got = _curl("-f", "-o", str(out), url)
+    assert got.returncode == 0, got.stderr
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == console.seeded.archive.sha256
+    part = _curl("-f", "-r", "1000-1999", url)
+    assert part.stdout == console.archive[1000:2000]
+    # A cut download resumes with curl -C -.
+    cut = tmp_path / "b.tar.zst"
+    cut.write_bytes(console.archive[:5000])
+    assert _curl("-f", "-C", "-", "-o", str(cut), url).returncode == 0
+    assert cut.read_bytes() == console.archive
+
+
+def test_share_downloads_are_audited(console: Console) -> None:
+    link = _make(console)
+    assert httpx.get(link["url"]).status_code == 200
+    auth = {"Authorization": f"Bearer {console.admin_token}"}
+    deadline = time.monotonic() + 30  # the audit is written in batches, off the request
+    while time.monotonic() < deadline:
+        rows = httpx.get(f"{console.url}/v1/admin/audit/downloads", headers=auth).json()["data"]
+        if any(r["key_id"] == f"share:{link['id']}" for r in rows):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no audit row for the share link's download")
+    assert link["id"] in sign_in(console.url, console.admin_token).get("/console/admin/audit").text
+
+
+def test_altered_and_guessed_links_are_refused(console: Console) -> None:
+    url = _make(console)["url"]
+    head, sig = url.rsplit(".", 1)
+    flipped = sig[:-1] + ("A" if sig[-1] != "A" else "B")
+    assert _refusal(f"{head}.{flipped}") == (404, "share_link_not_found")
+    link_id = head.rsplit("/", 1)[1]
+    other_id = link_id[:-1] + ("0" if link_id[-1] != "0" else "1")
+    assert _refusal(url.replace(link_id, other_id)) == (404, "share_link_not_found")
+    assert _refusal(f"{head}") == (404, "share_link_not_found")  # no signature at all
+    assert httpx.get(url).status_code == 200  # the real one still works
+
+
+def test_revoked_link_is_gone(console: Console) -> None:
+    link = _make(console)
+    r = _cli(console, console.seeded.token, "--revoke", link["id"])
+    assert r.returncode == 0, r.stderr
+    status, code = _refusal(link["url"])
+    assert (status, code) == (410, "share_link_gone")
+    assert "revoked" in httpx.get(link["url"]).json()["error"]["message"]
+
+
+def test_expired_link_is_gone(console: Console) -> None:
+    """A link issued two hours ago for one hour: its signature is valid, its time is up."""
+    settings = console.seeded.settings
+    with open_services(settings) as svc:
+        who = svc.store.authenticate(console.seeded.token)
+        assert who is not None
+        secret = shares.load_secret(settings)
+        link, _ = shares.create(svc.store, secret, who, console.seeded.checkpoint_id, 3600)
+        past = now().replace(microsecond=0) - timedelta(hours=2)
+        with svc.store.engine.begin() as conn:
+            conn.execute(
+                t.share_links.update()
+                .where(t.share_links.c.id == link.id)
+                .values(created_at=past, expires_at=past + timedelta(hours=1))
+            )
+        (old,) = [x for x in shares.list_links(svc.store, who.org_id) if x.id == link.id]
+        token = shares.token(secret, old)
+    assert _refusal(f"{console.url}/shared/{token}") == (410, "share_link_gone")
+    assert "expired at" in httpx.get(f"{console.url}/shared/{token}").json()["error"]["message"]
+
+
+def test_scopes_and_tenancy_of_share_creation(console: Console) -> None:
+    body = {"ft_id": f"{console.ft}:100"}
+    read = httpx.post(
+        f"{console.url}/v1/shares",
+        json=body,
+        headers={"Authorization": f"Bearer {console.read_token}"},
+    )
+    assert read.status_code == 403
+    with open_services(console.seeded.settings) as svc:
+        other = svc.store.get_org_by_name("other")
+        assert other is not None
+        _, other_token = svc.store.create_key(other.id, "p", [Scope.PUBLISH])
+    theirs = httpx.post(
+        f"{console.url}/v1/shares", json=body, headers={"Authorization": f"Bearer {other_token}"}
+    )
+    assert theirs.status_code == 404 and theirs.json()["error"]["code"] == "fine_tune_not_found"
+    bad = httpx.post(
+        f"{console.url}/v1/shares",
+        json={**body, "expires_in": 10},
+        headers={"Authorization": f"Bearer {console.seeded.token}"},
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "expires_in"
+
+
+def test_console_share_button_and_revoke(console: Console) -> None:
+    c = sign_in(console.url, console.seeded.token)
+    page = c.get(f"/console/fine-tunes/{console.ft}").text
+    r = c.post(
+        f"/console/fine-tunes/{console.ft}/shares",
+        data={
+            "csrf": csrf_of(page),
+            "checkpoint_id": str(console.seeded.checkpoint_id),
+            "hours": "2",
+        },
+    )
+    assert r.status_code == 303
+    page = c.get(f"/console/fine-tunes/{console.ft}").text
+    urls = re.findall(r'<code class="share-url" id="share-([0-9a-f]+)">([^<]+)</code>', page)
+    assert urls
+    link_id, url = urls[0]
+    assert httpx.get(url.replace("&amp;", "&")).content == console.archive
+    r = c.post(f"/console/shares/{link_id}/revoke", data={"csrf": csrf_of(page)})
+    assert r.status_code == 303
+    assert _refusal(url) == (410, "share_link_gone")
