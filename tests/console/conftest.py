@@ -7,13 +7,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 import pytest
 
 from tests.client.seeding import Seeded, add_fine_tune, archive_bytes, seed_store
 from tests.support.server import LiveServer, run_server
+from tunevault.metadata import tables as t
+from tunevault.metadata.base import now
 from tunevault.models import MetricRow, NewEvent, Scope
+from tunevault.service import shares
 from tunevault.services import open_services
 
 # Breaks out of text, of a quoted attribute and of an unquoted one, if anything is unescaped.
@@ -86,3 +90,22 @@ def csrf_of(html: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found, "the page has no CSRF field"
     return found.group(1)
+
+
+def expired_share_url(console: Console) -> str:
+    """The URL of a link issued two hours ago for one hour: signed right, its time up."""
+    settings = console.seeded.settings
+    with open_services(settings) as svc:
+        who = svc.store.authenticate(console.seeded.token)
+        assert who is not None
+        secret = shares.load_secret(settings)
+        link, _ = shares.create(svc.store, secret, who, console.seeded.checkpoint_id, 3600)
+        past = now().replace(microsecond=0) - timedelta(hours=2)
+        with svc.store.engine.begin() as conn:
+            conn.execute(
+                t.share_links.update()
+                .where(t.share_links.c.id == link.id)
+                .values(created_at=past, expires_at=past + timedelta(hours=1))
+            )
+        (old,) = [x for x in shares.list_links(svc.store, who.org_id) if x.id == link.id]
+    return f"{console.url}/shared/{shares.token(secret, old)}"

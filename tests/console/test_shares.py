@@ -10,16 +10,12 @@ import re
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
 
-from tests.console.conftest import Console, csrf_of, sign_in
-from tunevault.metadata import tables as t
-from tunevault.metadata.base import now
+from tests.console.conftest import Console, csrf_of, expired_share_url, sign_in
 from tunevault.models import Scope
-from tunevault.service import shares
 from tunevault.services import open_services
 
 
@@ -106,24 +102,9 @@ def test_revoked_link_is_gone(console: Console) -> None:
 
 
 def test_expired_link_is_gone(console: Console) -> None:
-    """A link issued two hours ago for one hour: its signature is valid, its time is up."""
-    settings = console.seeded.settings
-    with open_services(settings) as svc:
-        who = svc.store.authenticate(console.seeded.token)
-        assert who is not None
-        secret = shares.load_secret(settings)
-        link, _ = shares.create(svc.store, secret, who, console.seeded.checkpoint_id, 3600)
-        past = now().replace(microsecond=0) - timedelta(hours=2)
-        with svc.store.engine.begin() as conn:
-            conn.execute(
-                t.share_links.update()
-                .where(t.share_links.c.id == link.id)
-                .values(created_at=past, expires_at=past + timedelta(hours=1))
-            )
-        (old,) = [x for x in shares.list_links(svc.store, who.org_id) if x.id == link.id]
-        token = shares.token(secret, old)
-    assert _refusal(f"{console.url}/shared/{token}") == (410, "share_link_gone")
-    assert "expired at" in httpx.get(f"{console.url}/shared/{token}").json()["error"]["message"]
+    url = expired_share_url(console)
+    assert _refusal(url) == (410, "share_link_gone")
+    assert "expired at" in httpx.get(url).json()["error"]["message"]
 
 
 def test_scopes_and_tenancy_of_share_creation(console: Console) -> None:

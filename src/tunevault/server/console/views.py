@@ -19,7 +19,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",  # share links and ids stay out of Referer
+    # Share links and ids never leave in a Referer; "no-referrer" would make browsers send
+    # "Origin: null" on our own form posts, which the CSRF check refuses.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
