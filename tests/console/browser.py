@@ -4,6 +4,7 @@ time. Screenshots go to test-output/console/ (or $TUNEVAULT_TEST_OUTPUT/console)
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -16,6 +17,10 @@ import pytest
 
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed (scripts/bootstrap --test)"
+)
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
 )
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -58,8 +63,14 @@ def download_into(driver: WebDriver, folder: Path) -> None:
 
 
 def wait(driver: WebDriver, condition: Callable[[Any], Any], timeout: float = 30) -> Any:
-    """Poll until the condition holds (never a fixed sleep)."""
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    """Poll until the condition holds (never a fixed sleep); an element that went stale
+    because the page was replaced meanwhile is looked for again."""
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.05,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(condition)
 
 
 def downloaded(driver: WebDriver, folder: Path, size: int) -> str:
@@ -78,7 +89,7 @@ def text(driver: WebDriver, css: str) -> str:
 
 
 def check_page(driver: WebDriver, name: str) -> None:
-    """At phone and desktop widths: no accessibility problem, and a screenshot each."""
+    """At phone and desktop widths: no accessibility problem, and a whole-page screenshot."""
     out = OUTPUT / "console"
     out.mkdir(parents=True, exist_ok=True)
     for label, width in WIDTHS.items():
@@ -88,5 +99,8 @@ def check_page(driver: WebDriver, name: str) -> None:
         )
         problems = driver.execute_script(A11Y)
         assert problems == [], f"{name} at {label} width: {problems}"
-        driver.save_screenshot(str(out / f"{name}-{label}.png"))
+        shot = driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}
+        )
+        (out / f"{name}-{label}.png").write_bytes(base64.b64decode(shot["data"]))
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

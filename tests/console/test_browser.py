@@ -60,25 +60,8 @@ def _sign_in_by_keyboard(driver: WebDriver, url: str, token: str) -> None:
     wait(driver, lambda d: d.current_url == f"{url}/console/")
 
 
-def test_a_users_visit(browser: WebDriver, console: Console, tmp_path: Path) -> None:
-    url = console.url
-    browser.delete_all_cookies()
-    browser.get(f"{url}/console/")
-    check_page(browser, "sign-in")
-    _sign_in_by_keyboard(browser, url, console.seeded.token)
-    assert console.ft in text(browser, "#fine-tunes")
-    check_page(browser, "fine-tunes")
-
-    browser.find_element(By.LINK_TEXT, "acme/llama-ft").click()
-    wait(browser, lambda d: d.current_url.endswith(console.ft))
-    points = browser.find_elements(By.CSS_SELECTOR, "#loss-plot circle.point-train")
-    assert len(points) == TRAIN_POINTS
-    assert (
-        len(browser.find_elements(By.CSS_SELECTOR, "#loss-plot circle.point-eval")) == EVAL_POINTS
-    )
-    check_page(browser, "fine-tune")
-
-    # Copy a command: the clipboard holds exactly the command shown.
+def _copy_a_command(browser: WebDriver, url: str) -> None:
+    """Copy the curl command: the clipboard holds exactly the command shown."""
     browser.execute_cdp_cmd(
         "Browser.grantPermissions",
         {"origin": url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
@@ -92,27 +75,34 @@ def test_a_users_visit(browser: WebDriver, console: Console, tmp_path: Path) -> 
     )
     assert pasted == command and command.startswith("curl -fL")
 
-    # The download button: the file the browser saves is the archive, byte for byte.
-    download_into(browser, tmp_path / "button")
-    browser.find_element(By.CSS_SELECTOR, "a.download").click()
-    size = len(console.archive)
-    assert downloaded(browser, tmp_path / "button", size) == console.seeded.archive.sha256
 
-    # A share link: made in the page, fetched with no cookie, then revoked.
+def _share_use_and_revoke(browser: WebDriver, console: Console, downloads: Path) -> None:
+    """Make a link in the page, download it with no cookie, revoke it, find it refused."""
+    before = {e.get_attribute("id") for e in browser.find_elements(By.CSS_SELECTOR, ".share-url")}
     browser.find_element(By.CSS_SELECTOR, "form.share button").click()
-    share = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#share-links tr.live"))
-    share_url = share[0].find_element(By.CSS_SELECTOR, "code.share-url").text
-    download_into(browser, tmp_path / "shared")
+    made = wait(
+        browser,
+        lambda d: [
+            e
+            for e in d.find_elements(By.CSS_SELECTOR, ".share-url")
+            if e.get_attribute("id") not in before
+        ],
+    )
+    row = f"//tr[.//code[@id='{made[0].get_attribute('id')}']]"
+    share_url = made[0].text
+    download_into(browser, downloads)
     browser.get(share_url)
-    assert downloaded(browser, tmp_path / "shared", size) == console.seeded.archive.sha256
+    assert downloaded(browser, downloads, len(console.archive)) == console.seeded.archive.sha256
     assert httpx.get(share_url).content == console.archive  # no cookie, no key
-    browser.get(f"{url}/console/fine-tunes/{console.ft}")
-    browser.find_element(By.CSS_SELECTOR, "#share-links tr.live button.danger").click()
-    wait(browser, lambda d: "revoked" in text(d, "#share-links"))
+    browser.get(f"{console.url}/console/fine-tunes/{console.ft}")
+    browser.find_element(By.XPATH, row + "//button[contains(@class, 'danger')]").click()
+    wait(browser, lambda d: "revoked" in d.find_element(By.XPATH, row).text)
     browser.get(share_url)
     assert "share_link_gone" in text(browser, "body")
 
-    # Sign out: the page closes, and the old cookie opens nothing.
+
+def _sign_out_closes_the_doors(browser: WebDriver, console: Console) -> None:
+    url = console.url
     browser.get(f"{url}/console/")
     cookie = browser.get_cookie("tv_session")
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
@@ -120,9 +110,36 @@ def test_a_users_visit(browser: WebDriver, console: Console, tmp_path: Path) -> 
     wait(browser, lambda d: d.current_url.startswith(f"{url}/console/sign-in"))
     browser.get(f"{url}/console/fine-tunes/{console.ft}")
     assert browser.current_url.startswith(f"{url}/console/sign-in")
+    # The old cookie, put back, opens nothing either.
     browser.add_cookie({"name": "tv_session", "value": cookie["value"], "path": "/console"})
     browser.get(f"{url}/console/fine-tunes/{console.ft}")
     assert browser.current_url.startswith(f"{url}/console/sign-in")
+
+
+def test_a_users_visit(browser: WebDriver, console: Console, tmp_path: Path) -> None:
+    browser.delete_all_cookies()
+    browser.get(f"{console.url}/console/")
+    check_page(browser, "sign-in")
+    _sign_in_by_keyboard(browser, console.url, console.seeded.token)
+    assert console.ft in text(browser, "#fine-tunes")
+    check_page(browser, "fine-tunes")
+
+    browser.find_element(By.LINK_TEXT, "acme/llama-ft").click()
+    wait(browser, lambda d: d.current_url.endswith(console.ft))
+    train = browser.find_elements(By.CSS_SELECTOR, "#loss-plot circle.point-train")
+    evals = browser.find_elements(By.CSS_SELECTOR, "#loss-plot circle.point-eval")
+    assert (len(train), len(evals)) == (TRAIN_POINTS, EVAL_POINTS)
+    check_page(browser, "fine-tune")
+    _copy_a_command(browser, console.url)
+
+    # The download button: the file the browser saves is the archive, byte for byte.
+    download_into(browser, tmp_path / "button")
+    browser.find_element(By.CSS_SELECTOR, "a.download").click()
+    sha = downloaded(browser, tmp_path / "button", len(console.archive))
+    assert sha == console.seeded.archive.sha256
+
+    _share_use_and_revoke(browser, console, tmp_path / "shared")
+    _sign_out_closes_the_doors(browser, console)
 
 
 def test_admin_pages(browser: WebDriver, console: Console) -> None:

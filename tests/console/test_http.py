@@ -4,7 +4,12 @@ button, against a live server."""
 from __future__ import annotations
 
 import hashlib
+import html
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
@@ -190,3 +195,41 @@ def test_storage_and_base_model_pages(console: Console) -> None:
     assert c.get("/console/base-models").status_code == 200
     assert c.get("/console/static/console.css").headers["Content-Type"].startswith("text/css")
     assert c.get("/console/static/..%2Fviews.py").status_code == 404
+
+
+def test_pasted_commands_download_the_checkpoint(console: Console, tmp_path: Path) -> None:
+    """The together CLI, tunevault and curl commands, pasted into a shell as shown, save
+    the archive. (The HF_ENDPOINT one needs the Hub routes of the Hub-protocol work.)"""
+    c = sign_in(console.url, console.read_token)
+    html_page = c.get(f"/console/fine-tunes/{console.ft}").text
+    shown = dict(
+        re.findall(
+            r'-label">([^<]+)</span>\s*<pre><code id="cmd-[0-9]+-[0-9]">([^<]+)</code>', html_page
+        )
+    )
+    assert set(shown) == {"together CLI", "tunevault", "curl", "HF_ENDPOINT"}
+    # `tunevault` on PATH runs this checkout (an installed entry script may be another's).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tunevault").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tunevault "$@"\n')
+    (bin_dir / "tunevault").chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "TUNEVAULT_API_KEY": console.read_token,
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+    }
+    env.pop("TOGETHER_PROJECT_ID", None)
+    for label in ("together CLI", "tunevault", "curl"):
+        out = tmp_path / label.replace(" ", "-")
+        out.mkdir()
+        command = html.unescape(shown[label])
+        r = subprocess.run(
+            ["bash", "-c", command], env=env, cwd=out, capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 0, (label, r.stdout, r.stderr)
+        (saved,) = [p for p in out.rglob("*") if p.is_file()]
+        assert hashlib.sha256(saved.read_bytes()).hexdigest() == console.seeded.archive.sha256, (
+            label
+        )

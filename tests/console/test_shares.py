@@ -16,7 +16,9 @@ import httpx
 
 from tests.console.conftest import Console, csrf_of, expired_share_url, sign_in
 from tunevault.models import Scope
+from tunevault.service import shares
 from tunevault.services import open_services
+from tunevault.settings import Settings
 
 
 def _cli(console: Console, token: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -131,9 +133,15 @@ def test_scopes_and_tenancy_of_share_creation(console: Console) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "expires_in"
 
 
+def _share_urls(html: str) -> dict[str, str]:
+    found = re.findall(r'<code class="share-url" id="share-([0-9a-f]+)">([^<]+)</code>', html)
+    return dict(found)
+
+
 def test_console_share_button_and_revoke(console: Console) -> None:
     c = sign_in(console.url, console.seeded.token)
     page = c.get(f"/console/fine-tunes/{console.ft}").text
+    before = _share_urls(page)
     r = c.post(
         f"/console/fine-tunes/{console.ft}/shares",
         data={
@@ -144,10 +152,16 @@ def test_console_share_button_and_revoke(console: Console) -> None:
     )
     assert r.status_code == 303
     page = c.get(f"/console/fine-tunes/{console.ft}").text
-    urls = re.findall(r'<code class="share-url" id="share-([0-9a-f]+)">([^<]+)</code>', page)
-    assert urls
-    link_id, url = urls[0]
-    assert httpx.get(url.replace("&amp;", "&")).content == console.archive
+    ((link_id, url),) = [(i, u) for i, u in _share_urls(page).items() if i not in before]
+    assert httpx.get(url).content == console.archive
     r = c.post(f"/console/shares/{link_id}/revoke", data={"csrf": csrf_of(page)})
     assert r.status_code == 303
     assert _refusal(url) == (410, "share_link_gone")
+
+
+def test_share_secret_is_the_setting_or_one_kept_private(tmp_path: Path) -> None:
+    assert shares.load_secret(Settings(data_dir=tmp_path, share_secret="s3cret")) == b"s3cret"
+    first = shares.load_secret(Settings(data_dir=tmp_path))
+    assert len(first) >= 40 and shares.load_secret(Settings(data_dir=tmp_path)) == first
+    assert (tmp_path / "share_secret").stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["share_secret"]  # no temporary left

@@ -15,7 +15,6 @@ import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,17 +51,24 @@ class ShareLink:
 
 
 def load_secret(settings: Settings) -> bytes:
-    """The configured share secret, else one made once and kept (mode 0600) in data_dir."""
+    """The configured share secret, else one made once and kept (mode 0600) in data_dir.
+    Made whole in a temporary file and linked into place: a second process starting at the
+    same moment reads the first one's key, never a half-written file."""
     if settings.share_secret is not None:
         return settings.share_secret.get_secret_value().encode()
     path = settings.data_dir / _KEY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return Path(path).read_bytes().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(32))
-    return Path(path).read_bytes().strip()
+    if not path.exists():
+        tmp = settings.data_dir / f".{_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process was first: use its key
+        finally:
+            tmp.unlink()
+    return path.read_bytes().strip()
 
 
 def _sign(secret: bytes, link_id: str, checkpoint_id: int, expires_at: datetime) -> str:

@@ -4,20 +4,20 @@ button; and the console's own CSS and script."""
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
 
 from aiohttp import web
 
 from tunevault.errors import FineTuneNotFound, InvalidRequest
 from tunevault.metadata.base import now
-from tunevault.models import FT_STATUSES, Checkpoint, FineTune, Principal, Scope
+from tunevault.models import FT_STATUSES, Archive, Checkpoint, FineTune, Principal, Scope
 from tunevault.server.console.plot import loss_plot
-from tunevault.server.console.snippets import snippets
+from tunevault.server.console.snippets import Snippet, snippets
 from tunevault.server.console.state import PREFIX
 from tunevault.server.console.views import base_url, page
 from tunevault.server.context import blocking, principal, services
 from tunevault.server.download import archive_filename, serve_archive
 from tunevault.server.query import FT_ID, parse_step
+from tunevault.server.shares import SHARE_SECRET
 from tunevault.service import console, shares
 
 routes = web.RouteTableDef()
@@ -51,7 +51,7 @@ async def fine_tunes(request: web.Request) -> web.Response:
 
 
 def hyperparameters(ft: FineTune) -> list[tuple[str, object]]:
-    rows: list[tuple[str, object]] = [("training type", ft.training_type), ("suffix", ft.suffix)]
+    rows: list[tuple[str, object]] = [("Training type", ft.training_type), ("Suffix", ft.suffix)]
     if ft.is_lora:
         rows += [
             ("lora_r", ft.lora_r),
@@ -66,14 +66,12 @@ def _can_share(who: Principal) -> bool:
     return bool({Scope.PUBLISH, Scope.ADMIN} & who.scopes)
 
 
-def _checkpoint_rows(request: web.Request, ft: FineTune, ckpts: list[Any]) -> list[Any]:
+def _checkpoint_rows(
+    request: web.Request, ft: FineTune, ckpts: list[tuple[Checkpoint, Archive | None]]
+) -> list[tuple[Checkpoint, Archive | None, list[Snippet]]]:
+    """Each checkpoint with its archive and the commands that fetch it."""
     url = base_url(request)
-    rows = []
-    for ckpt, archive in ckpts:
-        assert isinstance(ckpt, Checkpoint)
-        name = archive_filename(ft, ckpt)
-        rows.append((ckpt, archive, snippets(url, ft, ckpt, name)))
-    return rows
+    return [(c, a, snippets(url, ft, c, archive_filename(ft, c))) for c, a in ckpts]
 
 
 @routes.get(PREFIX + "/fine-tunes/{ft_id}")
@@ -87,7 +85,7 @@ async def fine_tune(request: web.Request) -> web.Response:
     if view is None:
         raise FineTuneNotFound(f"fine-tune {ft_id[:80]!r} not found")
     links = await blocking(shares.list_links, svc.store, who.org_id, ft_id=view.ft.id)
-    secret = await blocking(shares.load_secret, svc.settings)
+    secret = request.app[SHARE_SECRET]
     origin = base_url(request)
     share_urls = {link.id: f"{origin}/shared/{shares.token(secret, link)}" for link in links}
     return page(

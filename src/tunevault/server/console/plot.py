@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from tunevault.models import MetricRow
 
-WIDTH, HEIGHT, PAD = 640, 240, 36
+WIDTH, HEIGHT, PAD = 640, 240, 48
 # The names tunevault push and the Trainer callback write (docs/push.md), and the raw ones.
 SERIES = (("train", ("train/loss", "loss")), ("eval", ("eval/loss", "eval_loss")))
 
@@ -35,6 +35,7 @@ class Series:
 class Plot:
     width: int
     height: int
+    pad: int  # room for the axis labels
     series: list[Series]
     x_label: tuple[int, int]  # first and last step
     y_label: tuple[float, float]  # lowest and highest loss
@@ -66,4 +67,4 @@ def loss_plot(rows: Sequence[MetricRow]) -> Plot | None:
         return Point(x, y, step, loss)
 
     series = [Series(name, [point(s, v) for s, v in vals]) for name, vals in found]
-    return Plot(WIDTH, HEIGHT, series, (x0, x1), (y0, y1))
+    return Plot(WIDTH, HEIGHT, PAD, series, (x0, x1), (y0, y1))
