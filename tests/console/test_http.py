@@ -233,3 +233,24 @@ def test_pasted_commands_download_the_checkpoint(console: Console, tmp_path: Pat
         assert hashlib.sha256(saved.read_bytes()).hexdigest() == console.seeded.archive.sha256, (
             label
         )
+
+
+def test_behind_a_tls_proxy_the_cookie_is_secure(console: Console) -> None:
+    """A TLS-terminating proxy speaks http to us and says X-Forwarded-Proto: https."""
+    https = console.url.replace("http://", "https://")
+    proxied = {"X-Forwarded-Proto": "https"}
+    form = httpx.get(f"{console.url}/console/sign-in", headers=proxied)
+    assert "Secure" in form.headers["Set-Cookie"]  # so the client here must send it itself
+    r = httpx.post(
+        f"{console.url}/console/sign-in",
+        data={"api_key": console.seeded.token, "csrf": csrf_of(form.text)},
+        headers={**proxied, "Origin": https, "Cookie": form.headers["Set-Cookie"].split(";")[0]},
+    )
+    assert r.status_code == 303
+    cookie = next(h for h in r.headers.get_list("Set-Cookie") if h.startswith("tv_session="))
+    assert "Secure" in cookie
+    page = httpx.get(
+        f"{console.url}/console/fine-tunes/{console.ft}",
+        headers={**proxied, "Cookie": cookie.split(";")[0]},
+    ).text
+    assert f"TUNEVAULT_URL={https} " in page

@@ -9,6 +9,7 @@ from tunevault.errors import InvalidRequest, ShareLinkNotFound
 from tunevault.models import Principal, Scope
 from tunevault.server.context import blocking, json_body, principal, services
 from tunevault.server.download import resolve, serve_archive
+from tunevault.server.origin import public_origin
 from tunevault.server.query import parse_download_query
 from tunevault.server.render import iso
 from tunevault.service import shares
@@ -30,7 +31,7 @@ def _render(request: web.Request, link: shares.ShareLink) -> dict[str, object]:
     return {
         "object": "share-link",
         "id": link.id,
-        "url": f"{request.scheme}://{request.host}{PUBLIC_PREFIX}{token}",
+        "url": f"{public_origin(request)}{PUBLIC_PREFIX}{token}",
         "ft_id": link.ft_id,
         "step": link.step,
         "checkpoint": link.kind.value,

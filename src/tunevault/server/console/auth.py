@@ -10,6 +10,7 @@ from tunevault.server.console.middleware import SIGN_IN, SIGN_OUT, cookie_token
 from tunevault.server.console.state import COOKIE, PREFIX, SESSION, SIGN_IN_COOKIE
 from tunevault.server.console.views import page
 from tunevault.server.context import blocking, services
+from tunevault.server.origin import public_origin
 from tunevault.service import sessions
 
 routes = web.RouteTableDef()
@@ -29,7 +30,7 @@ def _set_cookie(request: web.Request, resp: web.StreamResponse, name: str, value
         path=PREFIX,
         httponly=True,
         samesite="Lax",  # sent on a top-level link into the console, never on a cross-site POST
-        secure=request.secure,
+        secure=public_origin(request).startswith("https:"),
         max_age=int(services(request).settings.console_session_hours * 3600),
     )
 

@@ -18,6 +18,7 @@ from tunevault.errors import PermissionDenied, TunevaultError, Unauthenticated
 from tunevault.server.console.state import COOKIE, PREFIX, SESSION, SIGN_IN_COOKIE
 from tunevault.server.console.views import SECURITY_HEADERS, page
 from tunevault.server.context import LIMITS, PRINCIPAL, blocking, services
+from tunevault.server.origin import public_origin
 from tunevault.service import sessions
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,7 +37,7 @@ def _check_origin(request: web.Request) -> None:
     """A state-changing request must come from our own pages: a browser names the page's
     origin (Origin) or says the request is cross-site (Sec-Fetch-Site)."""
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    if origin is not None and origin != public_origin(request):
         raise PermissionDenied("cross-site form posts are refused; use the console's own pages")
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         raise PermissionDenied("cross-site form posts are refused; use the console's own pages")

@@ -13,9 +13,10 @@ from tunevault.models import FT_STATUSES, Archive, Checkpoint, FineTune, Princip
 from tunevault.server.console.plot import loss_plot
 from tunevault.server.console.snippets import Snippet, snippets
 from tunevault.server.console.state import PREFIX
-from tunevault.server.console.views import base_url, page
+from tunevault.server.console.views import page
 from tunevault.server.context import blocking, principal, services
 from tunevault.server.download import archive_filename, serve_archive
+from tunevault.server.origin import public_origin
 from tunevault.server.query import FT_ID, parse_step
 from tunevault.server.shares import SHARE_SECRET
 from tunevault.service import console, shares
@@ -70,7 +71,7 @@ def _checkpoint_rows(
     request: web.Request, ft: FineTune, ckpts: list[tuple[Checkpoint, Archive | None]]
 ) -> list[tuple[Checkpoint, Archive | None, list[Snippet]]]:
     """Each checkpoint with its archive and the commands that fetch it."""
-    url = base_url(request)
+    url = public_origin(request)
     return [(c, a, snippets(url, ft, c, archive_filename(ft, c))) for c, a in ckpts]
 
 
@@ -86,7 +87,7 @@ async def fine_tune(request: web.Request) -> web.Response:
         raise FineTuneNotFound(f"fine-tune {ft_id[:80]!r} not found")
     links = await blocking(shares.list_links, svc.store, who.org_id, ft_id=view.ft.id)
     secret = request.app[SHARE_SECRET]
-    origin = base_url(request)
+    origin = public_origin(request)
     share_urls = {link.id: f"{origin}/shared/{shares.token(secret, link)}" for link in links}
     return page(
         request,

@@ -50,11 +50,6 @@ _ENV.filters["size"] = _size
 _ENV.filters["when"] = _when
 
 
-def base_url(request: web.Request) -> str:
-    """The origin the browser used: what pasted commands and share links should name."""
-    return f"{request.scheme}://{request.host}"
-
-
 def page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     session: Session | None = request.get(SESSION)
     html = _ENV.get_template(template).render(
