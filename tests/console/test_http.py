@@ -254,3 +254,10 @@ def test_behind_a_tls_proxy_the_cookie_is_secure(console: Console) -> None:
         headers={**proxied, "Cookie": cookie.split(";")[0]},
     ).text
     assert f"TUNEVAULT_URL={https} " in page
+
+
+def test_an_admin_grants_only_the_organizations_scopes(console: Console) -> None:
+    c = sign_in(console.url, console.admin_token)
+    token = csrf_of(c.get("/console/admin/keys").text)
+    r = c.post("/console/admin/keys", data={"name": "x", "scope": "root", "csrf": token})
+    assert r.status_code == 400 and "scope must be read, publish or admin" in r.text

@@ -13,12 +13,14 @@ from tunevault.service import console, shares
 
 routes = web.RouteTableDef()
 KEYS = f"{PREFIX}/admin/keys"
+# What an organization's admin may grant: never a scope beyond the organization's own.
+GRANTABLE = (Scope.READ, Scope.PUBLISH, Scope.ADMIN)
 
 
 async def _keys_page(request: web.Request, status: int = 200, **shown: object) -> web.Response:
     who = principal(request, Scope.ADMIN)
     keys = await blocking(console.list_keys, services(request).store, who.org_id)
-    return page(request, "keys.html", status=status, keys=keys, scopes=list(Scope), **shown)
+    return page(request, "keys.html", status=status, keys=keys, scopes=GRANTABLE, **shown)
 
 
 @routes.get(KEYS)
@@ -34,10 +36,10 @@ async def create_key(request: web.Request) -> web.Response:
     name = str(form.get("name", "")).strip()
     if not 1 <= len(name) <= 200 or not name.isprintable():
         raise InvalidRequest("a key's name is 1 to 200 printable characters", param="name")
-    try:
-        scopes = {Scope(str(v)) for v in form.getall("scope", [])}
-    except ValueError:
-        raise InvalidRequest("scope must be read, publish or admin", param="scope") from None
+    sent = {str(v) for v in form.getall("scope", [])}
+    scopes = {s for s in GRANTABLE if s.value in sent}
+    if len(scopes) != len(sent):
+        raise InvalidRequest("scope must be read, publish or admin", param="scope")
     if not scopes:
         raise InvalidRequest("pick at least one scope", param="scope")
     key, token = await blocking(

@@ -3,12 +3,12 @@ button; and the console's own CSS and script."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from importlib import resources
 
 from aiohttp import web
 
 from tunevault.errors import FineTuneNotFound, InvalidRequest
-from tunevault.metadata.base import now
 from tunevault.models import FT_STATUSES, Archive, Checkpoint, FineTune, Principal, Scope
 from tunevault.server.console.plot import loss_plot
 from tunevault.server.console.snippets import Snippet, snippets
@@ -99,7 +99,7 @@ async def fine_tune(request: web.Request) -> web.Response:
         links=links,
         share_urls=share_urls,
         can_share=_can_share(who),
-        now=now(),
+        now=datetime.now(UTC),
     )
 
 
