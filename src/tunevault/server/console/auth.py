@@ -64,6 +64,8 @@ async def sign_in(request: web.Request) -> web.Response:
     made = await blocking(sessions.sign_in, svc.store, key, svc.settings.console_session_hours)
     if made is None:
         return _sign_in_form(request, 401, "That key is not valid or was revoked.")
+    if (old := cookie_token(request, COOKIE)) is not None:  # one browser, one session
+        await blocking(sessions.sign_out, svc.store, old)
     session_id, _ = made
     resp = web.HTTPSeeOther(_next(request))
     _set_cookie(request, resp, COOKIE, session_id)

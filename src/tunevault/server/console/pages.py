@@ -18,7 +18,7 @@ from tunevault.server.context import blocking, principal, services
 from tunevault.server.download import archive_filename, serve_archive
 from tunevault.server.origin import public_origin
 from tunevault.server.query import FT_ID, parse_step
-from tunevault.server.shares import SHARE_SECRET
+from tunevault.server.shares import PUBLIC_PREFIX, SHARE_SECRET
 from tunevault.service import console, shares
 
 routes = web.RouteTableDef()
@@ -88,7 +88,7 @@ async def fine_tune(request: web.Request) -> web.Response:
     links = await blocking(shares.list_links, svc.store, who.org_id, ft_id=view.ft.id)
     secret = request.app[SHARE_SECRET]
     origin = public_origin(request)
-    share_urls = {link.id: f"{origin}/shared/{shares.token(secret, link)}" for link in links}
+    share_urls = {link.id: f"{origin}{PUBLIC_PREFIX}{shares.token(secret, link)}" for link in links}
     return page(
         request,
         "fine_tune.html",
