@@ -121,3 +121,18 @@ def test_page_reads_are_scoped_to_the_organization(store: MetadataStore) -> None
     assert console.storage_usage(store, who.org_id).archives == 0
     assert not console.revoke_key(store, theirs.org_id, who.key_id)  # not their key
     assert store.authenticate(token) is not None
+
+
+def test_the_list_pages_newest_first(store: MetadataStore) -> None:
+    _, first = _org(store, "acme")
+    org_id = first.org_id
+    for i in range(console.PAGE_SIZE + 4):
+        store.create_fine_tune(
+            org_id, model="base", model_output_name=f"acme/run-{i}", training_type="Lora"
+        )
+    one = console.list_fine_tunes(store, org_id)
+    two = console.list_fine_tunes(store, org_id, page=2)
+    assert (one.total, one.pages, len(one.items), len(two.items)) == (30, 2, 25, 5)
+    assert first.id == two.items[-1].id  # the oldest comes last
+    assert console.list_fine_tunes(store, org_id, page=99).page == 2
+    assert console.list_fine_tunes(store, org_id, training_type="Full").items == [first]
