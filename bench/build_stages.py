@@ -24,7 +24,7 @@ import xxhash
 import zstandard
 
 from bench.publish_bench import bf16_weights
-from tunevault.archive import CHUNK, write_archive
+from tunevault.archive.write import CHUNK, write_archive
 from tunevault.builds import build_archive
 from tunevault.models import Archive, Kind
 from tunevault.publish import publish_directory

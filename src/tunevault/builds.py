@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from tunevault.archive import input_digest, write_archive
+from tunevault.archive.write import input_digest, write_archive
 from tunevault.metadata import MetadataStore
 from tunevault.models import Archive, Checkpoint, FileEntry
 from tunevault.storage import Storage

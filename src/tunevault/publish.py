@@ -15,8 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tunevault.archive import SUMS_NAME
-from tunevault.checksums import BlobHasher
+from tunevault.archive.checksums import BlobHasher
+from tunevault.archive.write import SUMS_NAME
 from tunevault.errors import Conflict, InvalidManifest, InvalidRequest
 from tunevault.metadata import MetadataStore
 from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, Kind

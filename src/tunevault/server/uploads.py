@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tunevault.checksums import BlobHasher
+from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import (
     Conflict,
     DigestMismatch,

@@ -24,7 +24,7 @@ from typing import BinaryIO, Protocol
 
 import zstandard
 
-from tunevault.checksums import StoredCheck
+from tunevault.archive.checksums import StoredCheck
 from tunevault.errors import IntegrityError
 from tunevault.models import FileEntry
 
