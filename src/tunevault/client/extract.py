@@ -1,6 +1,6 @@
 """`--extract`: decompress and unpack while downloading; the archive never lands on disk.
 
-The network body is one byte stream fed to unpack.py. When a connection drops, the stream
+The network body is one byte stream fed to archive/read.py. When a connection drops, the stream
 reconnects with `Range` from the exact byte and `If-Range`, so the decompressor never
 notices. A server that ignores Range but still has the same archive is skipped forward;
 a changed archive starts everything over in a fresh temporary directory. Files appear
