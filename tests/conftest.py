@@ -13,7 +13,7 @@ import pytest
 from tests.support.postgres import create_database, run_postgres
 from tests.support.server import LiveServer, run_server
 from tunevault.models import Archive, FineTune, Kind, Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
 
@@ -62,7 +62,7 @@ class Demo:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    from tunevault.demo import seed_demo  # imports the merge engine: only when needed
+    from tunevault.service.demo import seed_demo  # imports the merge engine: only when needed
 
     data_dir = tmp_path_factory.mktemp("demo")
     settings = Settings(data_dir=data_dir)

@@ -20,7 +20,7 @@ from tests.reliability.helpers import wait_for
 from tests.support.publishing import publish_files
 from tests.support.server import run_server
 from tunevault.models import Job, Scope
-from tunevault.services import Services, open_services
+from tunevault.service.context import Services, open_services
 from tunevault.settings import Settings
 
 

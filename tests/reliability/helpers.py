@@ -16,7 +16,7 @@ import zstandard
 from tests.support.publishing import commit, create_fine_tune, sha, upload
 from tunevault.metadata import tables as t
 from tunevault.models import Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
 from tunevault.storage.base import blob_key
 

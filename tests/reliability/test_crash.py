@@ -30,8 +30,8 @@ from tests.support.disk import fill
 from tests.support.publishing import api_client as client
 from tests.support.publishing import commit, create_fine_tune, sha, upload
 from tests.support.server import LiveServer, run_server
-from tunevault.gc import collect
-from tunevault.services import open_services
+from tunevault.service.context import open_services
+from tunevault.service.gc import collect
 from tunevault.settings import Settings
 
 CHUNK = 256 << 10

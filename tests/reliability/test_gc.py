@@ -27,11 +27,11 @@ from tests.support.publishing import api_client as client
 from tests.support.publishing import sha
 from tests.support.seaweed import SeaweedFS, run_seaweedfs
 from tests.support.server import run_server
-from tunevault.builds import archive_key, build_archive
-from tunevault.gc import collect
 from tunevault.models import FileEntry, Kind
-from tunevault.publish import commit_checkpoint, put_file
-from tunevault.services import Services, open_services
+from tunevault.service.builds import archive_key, build_archive
+from tunevault.service.context import Services, open_services
+from tunevault.service.gc import collect
+from tunevault.service.publishing import commit_checkpoint, put_file
 from tunevault.settings import Settings
 from tunevault.storage.base import blob_key
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import Demo
 from tunevault.models import Kind
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 
 
 def get(demo: Demo, path: str, token: str | None = "", **kw: Any) -> httpx.Response:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunevault.models import Archive, FineTune, Kind, Scope
-from tunevault.publish import publish_directory
-from tunevault.services import Services, open_services
+from tunevault.service.context import Services, open_services
+from tunevault.service.publishing import publish_directory
+from tunevault.service.worker import Worker
 from tunevault.settings import Settings
-from tunevault.worker import Worker
 
 
 def publish_and_build(

@@ -22,7 +22,7 @@ from tunevault.server.observability import (
     echo_request_id,
     request_id_middleware,
 )
-from tunevault.services import Services
+from tunevault.service.context import Services
 
 log = logging.getLogger("tunevault.server")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})

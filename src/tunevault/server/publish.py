@@ -12,10 +12,10 @@ from aiohttp import web
 
 from tunevault.errors import Conflict, InvalidRequest
 from tunevault.models import FT_STATUSES, Kind, MetricRow, NewEvent, Scope
-from tunevault.publish import commit_checkpoint, register_base_model, validate_manifest
 from tunevault.server import render
 from tunevault.server.context import blocking, json_body, principal, services
 from tunevault.server.finetunes import owned_fine_tune
+from tunevault.service.publishing import commit_checkpoint, register_base_model, validate_manifest
 
 routes = web.RouteTableDef()
 MAX_ROWS = 10_000

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tunevault.demo import DEMO_ORG, seed_demo
 from tunevault.models import Scope
 from tunevault.server.app import make_app
 from tunevault.server.observability import METRICS, AccessLogger
-from tunevault.services import Services, open_services
+from tunevault.service.context import Services, open_services
+from tunevault.service.demo import DEMO_ORG, seed_demo
+from tunevault.service.worker import Worker
 from tunevault.settings import Settings
 from tunevault.storage import Unsupported
-from tunevault.worker import Worker
 
 log = logging.getLogger("tunevault.server")
 

@@ -26,12 +26,12 @@ from tunevault.errors import (
     NotFound,
     UploadOffsetMismatch,
 )
-from tunevault.inuse import claim
 from tunevault.models import Scope
-from tunevault.publish import _SHA256
 from tunevault.server.context import blocking, json_body, principal, services
-from tunevault.services import Services
+from tunevault.service.context import Services
+from tunevault.service.publishing import _SHA256
 from tunevault.storage.base import blob_key
+from tunevault.storage.inuse import claim
 
 routes = web.RouteTableDef()
 BUFFER = 1 << 20  # bytes per write+hash call off the event loop (BENCHMARKS.md, upload)

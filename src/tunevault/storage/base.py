@@ -151,7 +151,7 @@ class Storage(abc.ABC):
 
     def scratch_paths(self) -> Iterator[Path]:
         """Local files of pending writes, live or left by dead processes: gc removes those
-        no live writer holds (tunevault.inuse). The default store keeps none."""
+        no live writer holds (tunevault.storage.inuse). The default store keeps none."""
         return iter(())
 
     def close(self) -> None:  # noqa: B027 - optional hook

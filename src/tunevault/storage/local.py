@@ -20,8 +20,8 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from tunevault.errors import InsufficientStorage
-from tunevault.inuse import claim
 from tunevault.storage.base import BlobStat, BlobWriter, Storage, check_key
+from tunevault.storage.inuse import claim
 
 WRITEBACK_EVERY = 8 << 20
 _SYNC_FILE_RANGE_WRITE = 2  # start writeback of dirty pages, do not wait for it

@@ -94,7 +94,7 @@ def check_blobs(
 ) -> None:
     """Every file must be a blob this organization uploaded, of the size it says.
 
-    `confirm` reads under the gc lock: the check after a manifest commit (see tunevault.gc).
+    `confirm` reads under the gc lock: the check after a manifest commit (see tunevault.service.gc).
     """
     lookup = store.locked_blob_sizes if confirm else store.org_blob_sizes
     sizes = lookup(org_id, (f.sha256 for f in files))

@@ -41,7 +41,7 @@ def build_archive(
             )
         archive = store.set_archive(ckpt.id, key, result.sha256, result.size)
         # gc deletes archive keys no row points to: confirm ours survived the moment between
-        # the write and the row (see tunevault.gc), or build it again.
+        # the write and the row (see tunevault.service.gc), or build it again.
         with store.gc_lock():
             if storage.stat(key) is not None:
                 return archive

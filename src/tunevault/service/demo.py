@@ -18,9 +18,9 @@ from safetensors.numpy import save_file
 
 from tunevault.metadata import MetadataStore
 from tunevault.models import FineTune, Kind, MetricRow, Organization
-from tunevault.publish import publish_directory, put_directory, register_base_model
-from tunevault.services import Services
-from tunevault.worker import Worker
+from tunevault.service.context import Services
+from tunevault.service.publishing import publish_directory, put_directory, register_base_model
+from tunevault.service.worker import Worker
 
 BASE_NAME = "tunevault-demo/tiny-llama"
 DEMO_ORG = "demo"

@@ -20,17 +20,17 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from tunevault.builds import build_archive
 from tunevault.errors import BaseModelNotFound, CheckpointNotFound, TunevaultError
-from tunevault.inuse import claim
 from tunevault.merge import merge_lora
 from tunevault.models import Checkpoint, FileEntry, FineTune, Job, Kind
-from tunevault.publish import put_directory
-from tunevault.services import Services
+from tunevault.service.builds import build_archive
+from tunevault.service.context import Services
+from tunevault.service.publishing import put_directory
 from tunevault.storage import Unsupported
 from tunevault.storage.base import blob_key
+from tunevault.storage.inuse import claim
 
-log = logging.getLogger("tunevault.worker")
+log = logging.getLogger("tunevault.service.worker")
 MAX_ATTEMPTS = 3
 
 
@@ -160,7 +160,7 @@ class Worker:
                 os.close(held)
         store.set_checkpoint_files(ckpt.id, files)
         # gc may have collected an output blob between its upload and this manifest: check
-        # under the gc lock, and merge again (a retry) if so (see tunevault.gc).
+        # under the gc lock, and merge again (a retry) if so (see tunevault.service.gc).
         digests = {f.sha256 for f in files}
         if digests - store.locked_blob_sizes(ft.org_id, digests).keys():
             raise RuntimeError("gc collected merged blobs before they were recorded; retrying")
