@@ -72,9 +72,7 @@ def test_unreferenced_go_referenced_stay(settings: Settings, tmp_path: Path) -> 
         )
         kept = [_blob(svc, tmp_path, org.id, os.urandom(4096), f"k{i}") for i in range(2)]
         gone = _blob(svc, tmp_path, org.id, b"nobody names me")
-        ckpt, _ = commit_checkpoint(
-            svc.store, ft, step=1, kind=Kind.MODEL_OUTPUT, final=True, files=kept
-        )
+        ckpt, _ = commit_checkpoint(svc, ft, step=1, kind=Kind.MODEL_OUTPUT, final=True, files=kept)
         archive = build_archive(svc.store, svc.storage, ckpt.id)
         stray = archive_key((gone,), 9)  # an archive no row points to (a build that died)
         svc.storage.put(stray, b"x" * 100)

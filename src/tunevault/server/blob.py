@@ -15,7 +15,7 @@ from aiohttp import web
 
 from tunevault.server.context import blocking
 from tunevault.server.ranges import ByteRange, parse_range
-from tunevault.settings import Settings
+from tunevault.service.context import Services
 from tunevault.storage import Storage, Unsupported
 
 CHUNK = 1 << 20
@@ -68,14 +68,12 @@ def choose_range(request: web.BaseRequest, blob: BlobRef) -> ByteRange | None:
 
 
 async def send_blob(
-    request: web.Request,
-    storage: Storage,
-    blob: BlobRef,
-    settings: Settings,
-    span: ByteRange | None,
+    request: web.Request, svc: Services, blob: BlobRef, span: ByteRange | None
 ) -> web.StreamResponse:
     """Answer with the blob in the configured mode: `span` of it (None: all of it), as
-    `choose_range` picked it for this request."""
+    `choose_range` picked it for this request. The one module of the server that speaks
+    to storage: the byte path, where a domain call per chunk would cost."""
+    storage, settings = svc.storage, svc.settings
     if settings.serve_mode == "redirect":
         return await _redirect(request, storage, blob, settings.presign_seconds)
     if settings.serve_mode == "x-accel":

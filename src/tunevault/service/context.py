@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from tunevault.metadata import MetadataStore
 from tunevault.settings import Settings
-from tunevault.storage import Storage, open_storage
+from tunevault.storage import Storage, Unsupported, open_storage
 
 
 @dataclass(frozen=True)
@@ -32,3 +32,15 @@ def open_services(settings: Settings) -> Iterator[Services]:
     finally:
         storage.close()
         store.close()
+
+
+def check_serve_mode(svc: Services) -> None:
+    """Refuse at start a serve mode the storage cannot do, not at the first download."""
+    mode = svc.settings.serve_mode
+    try:
+        if mode == "redirect":
+            svc.storage.presigned_url("healthcheck", expires=60)
+        elif mode == "x-accel":
+            svc.storage.local_path("healthcheck")
+    except Unsupported as e:
+        raise ValueError(f"serve_mode={mode} does not work with this storage: {e}") from e

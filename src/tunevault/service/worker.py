@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tunevault.errors import BaseModelNotFound, CheckpointNotFound, TunevaultError
 from tunevault.merge import merge_lora
-from tunevault.models import Checkpoint, FileEntry, FineTune, Job, Kind
+from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
 from tunevault.service.builds import build_archive
 from tunevault.service.context import Services
 from tunevault.service.publishing import put_directory
@@ -101,20 +101,20 @@ class Worker:
                 self.observe(job.kind, outcome, time.monotonic() - started)
         return True
 
-    def _heartbeat(self, job: Job, stop: threading.Event) -> None:
+    def _heartbeat(self, job: BuildJob, stop: threading.Event) -> None:
         while not stop.wait(self.lease / 3):
             if not self.svc.store.renew_lease(job.id, self.owner, self.lease):
                 return
 
-    def _still_mine(self, job: Job) -> None:
+    def _still_mine(self, job: BuildJob) -> None:
         if not self.svc.store.renew_lease(job.id, self.owner, self.lease):
             raise LeaseLost
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: BuildJob) -> None:
         ckpt = self.svc.store.get_checkpoint(job.checkpoint_id)
         if ckpt is None:
             raise CheckpointNotFound(f"checkpoint {job.checkpoint_id} was deleted")
-        if job.kind == "merge":
+        if job.kind == JobKind.MERGE:
             ckpt = self._merge(job, ckpt)
         self._still_mine(job)
         settings = self.svc.settings
@@ -133,7 +133,7 @@ class Worker:
             ckpt.step,
         )
 
-    def _merge(self, job: Job, ckpt: Checkpoint) -> Checkpoint:
+    def _merge(self, job: BuildJob, ckpt: Checkpoint) -> Checkpoint:
         """Merge and record the merged files as the checkpoint's; the checkpoint with them."""
         store = self.svc.store
         ft = store.fine_tune_by_id(ckpt.ft_id)
