@@ -15,8 +15,9 @@ from aiohttp import web
 
 from tunevault.server.context import blocking
 from tunevault.server.ranges import ByteRange, parse_range
-from tunevault.service.context import Services
+from tunevault.service.context import Services, translated
 from tunevault.storage import Storage, Unsupported
+from tunevault.storage.errors import StorageError
 
 CHUNK = 1 << 20
 SNDBUF = 4 << 20
@@ -73,6 +74,15 @@ async def send_blob(
     """Answer with the blob in the configured mode: `span` of it (None: all of it), as
     `choose_range` picked it for this request. The one module of the server that speaks
     to storage: the byte path, where a domain call per chunk would cost."""
+    try:
+        return await _send(request, svc, blob, span)
+    except StorageError as e:  # before the first byte this becomes the answer
+        raise translated(e) from e
+
+
+async def _send(
+    request: web.Request, svc: Services, blob: BlobRef, span: ByteRange | None
+) -> web.StreamResponse:
     storage, settings = svc.storage, svc.settings
     if settings.serve_mode == "redirect":
         return await _redirect(request, storage, blob, settings.presign_seconds)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
 from tunevault.archive.write import input_digest, write_archive
 from tunevault.metadata import MetadataStore
 from tunevault.models import Archive, Checkpoint, FileEntry
 from tunevault.storage import Storage
-from tunevault.storage.base import blob_key
+from tunevault.storage.base import BlobReader, blob_key
 
 
 def archive_key(files: tuple[FileEntry, ...], level: int) -> str:
@@ -29,7 +27,7 @@ def build_archive(
     if ckpt is None:
         raise LookupError(f"checkpoint {checkpoint} does not exist")
 
-    def open_file(entry: FileEntry) -> BinaryIO:
+    def open_file(entry: FileEntry) -> BlobReader:
         return storage.open_read(blob_key(entry.sha256))
 
     key = archive_key(ckpt.files, level)

@@ -6,9 +6,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from tunevault.errors import (
+    InsufficientStorage,
+    PayloadTooLarge,
+    StorageUnavailable,
+    TunevaultError,
+)
 from tunevault.metadata import MetadataStore
 from tunevault.settings import Settings
 from tunevault.storage import Storage, Unsupported, open_storage
+from tunevault.storage.errors import BlobTooLarge, StorageError, StorageFull
 
 
 @dataclass(frozen=True)
@@ -44,3 +51,12 @@ def check_serve_mode(svc: Services) -> None:
             svc.storage.local_path("healthcheck")
     except Unsupported as e:
         raise ValueError(f"serve_mode={mode} does not work with this storage: {e}") from e
+
+
+def translated(e: StorageError) -> TunevaultError:
+    """The domain's error for a storage failure: what clients and job rows are told."""
+    if isinstance(e, StorageFull):
+        return InsufficientStorage(str(e))
+    if isinstance(e, BlobTooLarge):
+        return PayloadTooLarge(str(e))
+    return StorageUnavailable(str(e))

@@ -14,8 +14,9 @@ from typing import Any
 
 from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import Conflict, InsufficientStorage
-from tunevault.service.context import Services
+from tunevault.service.context import Services, translated
 from tunevault.storage.base import blob_key
+from tunevault.storage.errors import StorageError
 from tunevault.storage.inuse import claim
 
 BUFFER = 1 << 20  # bytes per write+hash call off the event loop (BENCHMARKS.md, upload)
@@ -68,6 +69,14 @@ def open_part(part: Path) -> Any:
 
 
 def commit_blob(svc: Services, org_id: str, sha: str, size: int, part: Path, xxh3: str) -> None:
+    """Move a verified upload into storage and record it (InsufficientStorage if full)."""
+    try:
+        _commit(svc, org_id, sha, size, part, xxh3)
+    except StorageError as e:
+        raise translated(e) from e
+
+
+def _commit(svc: Services, org_id: str, sha: str, size: int, part: Path, xxh3: str) -> None:
     key = blob_key(sha)
     if svc.storage.stat(key) is None:
         svc.storage.adopt_file(key, part)  # new bytes: the long copy outside the gc lock

@@ -24,10 +24,11 @@ from tunevault.errors import BaseModelNotFound, CheckpointNotFound, TunevaultErr
 from tunevault.merge import merge_lora
 from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
 from tunevault.service.builds import build_archive
-from tunevault.service.context import Services
+from tunevault.service.context import Services, translated
 from tunevault.service.publishing import put_directory
 from tunevault.storage import Unsupported
 from tunevault.storage.base import blob_key
+from tunevault.storage.errors import StorageError
 from tunevault.storage.inuse import claim
 
 log = logging.getLogger("tunevault.service.worker")
@@ -111,6 +112,12 @@ class Worker:
             raise LeaseLost
 
     def _run(self, job: BuildJob) -> None:
+        try:
+            self._build(job)
+        except StorageError as e:  # a definite answer too: a full disk fails the job once
+            raise translated(e) from e
+
+    def _build(self, job: BuildJob) -> None:
         ckpt = self.svc.store.get_checkpoint(job.checkpoint_id)
         if ckpt is None:
             raise CheckpointNotFound(f"checkpoint {job.checkpoint_id} was deleted")
