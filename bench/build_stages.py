@@ -25,12 +25,12 @@ import zstandard
 
 from bench.publish_bench import bf16_weights
 from tunevault.archive.write import CHUNK, write_archive
+from tunevault.layout import blob_key
 from tunevault.models import Archive, Kind
 from tunevault.service.builds import build_archive
 from tunevault.service.context import open_services
 from tunevault.service.publishing import publish_directory
 from tunevault.settings import Settings
-from tunevault.storage.base import blob_key
 
 
 class Hash(Protocol):

@@ -18,11 +18,11 @@ import pytest
 import xxhash
 
 from tests.support.server import LiveServer, run_server
+from tunevault.layout import blob_key
 from tunevault.models import Scope
 from tunevault.service.context import open_services
 from tunevault.service.demo import BASE_NAME, TinyLlama, base_weights, write_adapter, write_model
 from tunevault.settings import Settings
-from tunevault.storage.base import blob_key
 
 
 @dataclass(frozen=True)

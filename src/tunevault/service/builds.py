@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from tunevault.archive.write import input_digest, write_archive
+from tunevault.layout import archive_key, blob_key
 from tunevault.metadata import MetadataStore
 from tunevault.models import Archive, Checkpoint, FileEntry
 from tunevault.storage import Storage
-from tunevault.storage.base import BlobReader, blob_key
+from tunevault.storage.base import BlobReader
 
 
-def archive_key(files: tuple[FileEntry, ...], level: int) -> str:
-    return f"archives/{input_digest(files, level)}.tar.zst"
+def archive_key_of(files: tuple[FileEntry, ...], level: int) -> str:
+    return archive_key(input_digest(files, level))
 
 
 def build_archive(
@@ -30,7 +31,7 @@ def build_archive(
     def open_file(entry: FileEntry) -> BlobReader:
         return storage.open_read(blob_key(entry.sha256))
 
-    key = archive_key(ckpt.files, level)
+    key = archive_key_of(ckpt.files, level)
     xxh3 = store.blob_xxh3(f.sha256 for f in ckpt.files)
     for _ in range(3):
         with storage.writer(key) as sink:

@@ -18,11 +18,11 @@ import sqlalchemy as sa
 from tunevault.archive.checksums import BlobHasher
 from tunevault.archive.write import SUMS_NAME
 from tunevault.errors import Conflict, InvalidManifest, InvalidRequest
+from tunevault.layout import blob_key
 from tunevault.metadata import MetadataStore
 from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, JobKind, Kind
 from tunevault.service.context import Services
 from tunevault.storage import Storage
-from tunevault.storage.base import blob_key
 
 CHUNK = 4 << 20
 MAX_FILES = 100_000

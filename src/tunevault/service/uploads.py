@@ -14,8 +14,8 @@ from typing import Any
 
 from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import Conflict, InsufficientStorage
+from tunevault.layout import blob_key, staging_part
 from tunevault.service.context import Services, translated
-from tunevault.storage.base import blob_key
 from tunevault.storage.errors import StorageError
 from tunevault.storage.inuse import claim
 
@@ -34,7 +34,7 @@ def staged_offset(svc: Services, org_id: str, sha: str) -> int:
 
 
 def staging_path(svc: Services, org_id: str, sha: str) -> Path:
-    return svc.settings.data_dir / "uploads" / org_id / f"{sha}.part"
+    return staging_part(svc.settings.data_dir, org_id, sha)
 
 
 def append(f: Any, hasher: BlobHasher, data: bytearray) -> None:

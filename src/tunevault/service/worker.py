@@ -21,13 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunevault.errors import BaseModelNotFound, CheckpointNotFound, TunevaultError
+from tunevault.layout import MERGE_PREFIX, blob_key, scratch_dir
 from tunevault.merge import merge_lora
 from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
 from tunevault.service.builds import build_archive
 from tunevault.service.context import Services, translated
 from tunevault.service.publishing import put_directory
 from tunevault.storage import Unsupported
-from tunevault.storage.base import blob_key
 from tunevault.storage.errors import StorageError
 from tunevault.storage.inuse import claim
 
@@ -150,9 +150,9 @@ class Worker:
         base = store.get_base_model(ft.org_id, ft.model)
         if base is None:
             raise BaseModelNotFound(missing_base_message(ft))
-        scratch = self.svc.settings.data_dir / "tmp"
+        scratch = scratch_dir(self.svc.settings.data_dir)
         scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=scratch, prefix="merge-") as tmp_name:
+        with tempfile.TemporaryDirectory(dir=scratch, prefix=MERGE_PREFIX) as tmp_name:
             tmp = Path(tmp_name)
             held = os.open(tmp, os.O_RDONLY)  # locked while we merge: gc takes dead ones only
             try:

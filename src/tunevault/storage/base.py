@@ -36,13 +36,6 @@ def check_key(key: str) -> str:
     return key
 
 
-def blob_key(sha256_hex: str) -> str:
-    """The content-addressed key of a blob."""
-    if not re.fullmatch(r"[0-9a-f]{64}", sha256_hex):
-        raise ValueError(f"not a sha256 hex digest: {sha256_hex!r}")
-    return f"blobs/sha256/{sha256_hex[:2]}/{sha256_hex}"
-
-
 class BlobReader(Protocol):
     """What `open_read` returns: bytes in order, closed by `with`."""
 
