@@ -105,6 +105,27 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         )
 
 
+@dataclass(frozen=True)
+class FreshOrg:
+    id: str
+    token: str  # read + publish
+    read_token: str
+
+
+_fresh_orgs = iter(range(10**6))
+
+
+@pytest.fixture
+def fresh_org(demo: Demo) -> FreshOrg:
+    """An organization of this test's own on the shared demo server: a test that writes
+    uses it, so no other test sees its rows, in whatever order they run."""
+    with open_services(demo.settings) as svc:
+        org = svc.store.create_org(f"fresh-{next(_fresh_orgs)}")
+        _, token = svc.store.create_key(org.id, "rw", [Scope.READ, Scope.PUBLISH])
+        _, read_token = svc.store.create_key(org.id, "ro", [Scope.READ])
+    return FreshOrg(org.id, token, read_token)
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB tmpfs: a real ENOSPC (needs root, as in CI)."""
