@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import pytest
 from tests.support.postgres import run_postgres
 from tests.support.seeding import publish_and_build
 from tests.support.server import LiveServer, run_server
-from tunevault.models import Scope
+from tunevault.models import KeyLimitOverrides, Scope
 from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
@@ -178,16 +180,72 @@ def test_audit_lists_who_downloaded_what(site: tuple[Site, LiveServer]) -> None:
     assert page and all(r["id"] < latest["id"] for r in page)
 
 
-def test_revocation_is_effective_at_once(site: tuple[Site, LiveServer]) -> None:
-    s, server = site
+def first_status(url: str, token: str, want: int, tries: int = 100) -> int:
+    """Ask every 50 ms until the answer is `want` (or the tries run out): its request number."""
+    for n in range(1, tries + 1):
+        if httpx.get(url, headers=h(token)).status_code == want:
+            return n
+        time.sleep(0.05)
+    raise AssertionError(f"never answered {want} in {tries} tries")
+
+
+def test_revocation_takes_effect_once_the_key_cache_expires(tmp_path: Path) -> None:
+    s = make_site(tmp_path / "data")
     with open_services(s.settings) as svc:
         org = svc.store.get_org_by_name("ops")
         assert org is not None
         key, token = svc.store.create_key(org.id, "short-lived", [Scope.READ])
-    assert httpx.get(server.url + "/v1/fine-tunes", headers=h(token)).status_code == 200
+    env = {"TUNEVAULT_AUTH_CACHE_SECONDS": "0.5"}
+    with run_server(s.settings.data_dir, env=env) as server:
+        url = server.url + "/v1/fine-tunes"
+        assert httpx.get(url, headers=h(token)).status_code == 200  # now cached
+        with open_services(s.settings) as svc:
+            svc.store.revoke_key(key.id)
+        # Refused within the cache time (0.5 s: ten 50 ms tries), never served for long.
+        assert first_status(url, token, 401) <= 20
+        assert httpx.get(url, headers=h(token)).status_code == 401
+
+
+def test_without_the_cache_revocation_is_at_once(tmp_path: Path) -> None:
+    s = make_site(tmp_path / "data")
     with open_services(s.settings) as svc:
-        svc.store.revoke_key(key.id)
-    assert httpx.get(server.url + "/v1/fine-tunes", headers=h(token)).status_code == 401
+        org = svc.store.get_org_by_name("ops")
+        assert org is not None
+        key, token = svc.store.create_key(org.id, "short-lived", [Scope.READ])
+    with run_server(s.settings.data_dir, env={"TUNEVAULT_AUTH_CACHE_SECONDS": "0"}) as server:
+        url = server.url + "/v1/fine-tunes"
+        assert httpx.get(url, headers=h(token)).status_code == 200
+        with open_services(s.settings) as svc:
+            svc.store.revoke_key(key.id)
+        assert httpx.get(url, headers=h(token)).status_code == 401
+
+
+def test_limits_are_a_property_of_each_key(tmp_path: Path) -> None:
+    s = make_site(tmp_path / "data")
+    with open_services(s.settings) as svc:
+        org = svc.store.get_org_by_name("ops")
+        assert org is not None
+        tight, tight_token = svc.store.create_key(
+            org.id, "tight", [Scope.READ], KeyLimitOverrides(requests_per_minute=3)
+        )
+    env = {"TUNEVAULT_RATE_LIMIT_PER_MINUTE": "1000", "TUNEVAULT_AUTH_CACHE_SECONDS": "0.2"}
+    with run_server(s.settings.data_dir, env=env) as server:
+        url = server.url + "/v1/fine-tunes"
+        codes = [httpx.get(url, headers=h(tight_token)).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        # The server's default holds for a key without limits of its own.
+        assert {httpx.get(url, headers=h(s.reader)).status_code for _ in range(10)} == {200}
+        cli = [sys.executable, "-m", "tunevault", "keys", "limits", tight.id]
+        done = subprocess.run(
+            [*cli, "--data-dir", str(s.settings.data_dir), "--requests-per-minute", "0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(done.stdout)["requests_per_minute"] == 0
+        # 0 is no limit: once the replica's cache has the new figure, nothing is refused.
+        first_status(url, tight_token, 200)
+        assert {httpx.get(url, headers=h(tight_token)).status_code for _ in range(10)} == {200}
 
 
 def test_rate_and_concurrency_limits(tmp_path: Path) -> None:

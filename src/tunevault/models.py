@@ -64,6 +64,15 @@ class ApiKey:
     scopes: frozenset[Scope]
     created_at: datetime
     revoked_at: datetime | None
+    limits: KeyLimitOverrides = field(default_factory=lambda: KeyLimitOverrides())
+
+
+@dataclass(frozen=True)
+class KeyLimitOverrides:
+    """A key's own limits; None takes the server's default, 0 means no limit."""
+
+    requests_per_minute: int | None = None
+    max_downloads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class Principal:
     org_id: str
     org_name: str
     scopes: frozenset[Scope]
+    limits: KeyLimitOverrides = field(default_factory=lambda: KeyLimitOverrides())
 
 
 @dataclass(frozen=True)

@@ -70,14 +70,23 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="How often an idle worker looks for new build jobs."
     )
     rate_limit_per_minute: int = Field(
-        default=6000,
+        default=60_000,
         ge=0,
-        description="Requests per minute one API key may make to one replica (0: no limit).",
+        description="Requests per minute an API key without its own limit may make to one "
+        "replica (0: no limit). High enough for a fleet of a few hundred inference replicas "
+        "sharing one deployment key; set lower per key with `tunevault keys limits`.",
     )
     max_downloads_per_key: int = Field(
-        default=32,
+        default=1000,
         ge=0,
-        description="Downloads one API key may have in progress on one replica (0: no limit).",
+        description="Downloads an API key without its own limit may have in progress on one "
+        "replica (0: no limit).",
+    )
+    auth_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a replica reuses an API key's lookup: a revoked key or a "
+        "changed limit takes effect within this time (0: look every key up every request).",
     )
     shutdown_grace_seconds: float = Field(
         default=60.0,

@@ -13,7 +13,7 @@ import click
 COMMANDS = {
     "serve": "tunevault.commands.service:serve",
     "worker": "tunevault.commands.service:worker",
-    "keys": "tunevault.commands.service:keys",
+    "keys": "tunevault.commands.keys:keys",
     "download": "tunevault.commands.download:download",
     "ls": "tunevault.commands.download:ls",
     "checkpoints": "tunevault.commands.download:checkpoints",

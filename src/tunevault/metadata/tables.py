@@ -47,6 +47,9 @@ api_keys = sa.Table(
     sa.Column("scopes", sa.String(100), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
+    # 0010: per-key limits; NULL means the server's default
+    sa.Column("requests_per_minute", sa.Integer, nullable=True),
+    sa.Column("max_downloads", sa.Integer, nullable=True),
 )
 
 fine_tunes = sa.Table(

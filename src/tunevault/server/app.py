@@ -14,7 +14,7 @@ from aiohttp import web
 from tunevault.errors import NotFound, TunevaultError, Unauthenticated
 from tunevault.server import download, finetunes, ops, publish, uploads, whoami
 from tunevault.server.audit import AUDIT, audit_ctx
-from tunevault.server.context import LIMITS, PRINCIPAL, SERVICES, blocking
+from tunevault.server.context import KEY_CACHE, LIMITS, PRINCIPAL, SERVICES, blocking
 from tunevault.server.limits import KeyLimits
 from tunevault.server.observability import (
     METRICS,
@@ -22,7 +22,7 @@ from tunevault.server.observability import (
     echo_request_id,
     request_id_middleware,
 )
-from tunevault.service.accounts import authenticate
+from tunevault.service.accounts import KeyCache, authenticate
 from tunevault.service.audit import AuditWriter
 from tunevault.service.context import Services
 
@@ -89,11 +89,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
-    who = await blocking(authenticate, request.app[SERVICES], token.strip())
-    if who is None:
-        raise Unauthenticated("invalid or revoked API key")
+    token = token.strip()
+    cache = request.app[KEY_CACHE]
+    who = cache.get(token)
+    if who is None:  # a miss costs a thread hop and a query; a hit neither
+        who = await blocking(authenticate, request.app[SERVICES], token)
+        if who is None:
+            raise Unauthenticated("invalid or revoked API key")
+        cache.put(token, who)
     request[PRINCIPAL] = who
-    request.app[LIMITS].charge(who.key_id)
+    request.app[LIMITS].charge(who)
     return await handler(request)
 
 
@@ -116,6 +121,7 @@ def make_app(svc: Services) -> web.Application:
     if svc is not None:  # None only when a test inspects the routing table
         app[AUDIT] = AuditWriter(svc.store)
         app.cleanup_ctx.append(audit_ctx)
+        app[KEY_CACHE] = KeyCache(svc.settings.auth_cache_seconds)
         app[LIMITS] = KeyLimits(
             svc.settings.rate_limit_per_minute, svc.settings.max_downloads_per_key
         )

@@ -12,6 +12,7 @@ from aiohttp import web
 from tunevault.errors import InvalidRequest, PermissionDenied, Unauthenticated
 from tunevault.models import Principal, Scope
 from tunevault.server.limits import KeyLimits
+from tunevault.service.accounts import KeyCache
 from tunevault.service.context import Services
 
 P = ParamSpec("P")
@@ -20,6 +21,7 @@ T = TypeVar("T")
 
 SERVICES = web.AppKey("services", Services)
 LIMITS = web.AppKey("limits", KeyLimits)
+KEY_CACHE = web.AppKey("key_cache", KeyCache)
 PRINCIPAL = "tunevault.principal"
 # Valid JSON, yet no database stores it: NUL (PostgreSQL refuses it) and lone surrogates
 # like "\ud800" (no UTF-8 encodes them); both were 500s further down.

@@ -42,7 +42,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     sent = planned = start = 0
     # Download slots bound the bytes this process sends; a redirect or an X-Accel answer
     # hands the sending to the object store or nginx, and takes none.
-    slot = request.app[LIMITS].download(who.key_id) if mode == "proxy" else nullcontext()
+    slot = request.app[LIMITS].download(who) if mode == "proxy" else nullcontext()
     with slot:
         metrics.downloads_in_flight.inc()
         try:
