@@ -15,6 +15,7 @@ from tunevault.errors import NotFound, TunevaultError, Unauthenticated
 from tunevault.server import download, finetunes, ops, publish, uploads, whoami
 from tunevault.server.audit import AUDIT, AuditWriter, audit_ctx
 from tunevault.server.context import LIMITS, PRINCIPAL, SERVICES, blocking
+from tunevault.server.edge import MAX_HEADERS, body_limit_middleware
 from tunevault.server.limits import KeyLimits
 from tunevault.server.observability import (
     METRICS,
@@ -103,11 +104,16 @@ def openapi_document() -> dict[str, object]:
 
 def make_app(svc: Services) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+        middlewares=[
+            request_id_middleware,
+            error_middleware,
+            body_limit_middleware,
+            auth_middleware,
+        ],
         client_max_size=32 << 20,
         # Uploads are written and hashed off the loop 1 MiB at a time (uploads.BUFFER): a
         # 4 MiB read buffer (aiohttp's default is 64 KiB) holds what arrives meanwhile.
-        handler_args={"read_bufsize": 4 << 20},
+        handler_args={"read_bufsize": 4 << 20, "max_headers": MAX_HEADERS},
     )
     app[SERVICES] = svc
     app[METRICS] = Metrics()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,7 @@ from aiohttp import web
 from tunevault.demo import DEMO_ORG, seed_demo
 from tunevault.models import Scope
 from tunevault.server.app import make_app
+from tunevault.server.edge import EnvelopeRunner
 from tunevault.server.observability import METRICS, AccessLogger
 from tunevault.services import Services, open_services
 from tunevault.settings import Settings
@@ -102,14 +104,32 @@ def run_server(settings: Settings, *, demo: bool = False) -> None:
         app.cleanup_ctx.append(_workers(svc))
         if banner:
             print(banner, flush=True)
+        asyncio.run(_serve(app, settings))
+
+
+async def _serve(app: web.Application, settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish
+    (up to shutdown_grace_seconds) and only then drain the audit queue and stop workers."""
+    runner = EnvelopeRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("tunevault.access"),
+        access_log_class=AccessLogger,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
         log.info("serving on http://%s:%d", settings.host, settings.port)
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            access_log=logging.getLogger("tunevault.access"),
-            access_log_class=AccessLogger,
-            # On SIGTERM: stop accepting, let in-flight downloads finish up to the deadline.
-            shutdown_timeout=settings.shutdown_grace_seconds,
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info(
+            "stopping: in-flight requests have up to %g s to finish",
+            settings.shutdown_grace_seconds,
         )
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
