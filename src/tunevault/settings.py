@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         description="Where blobs live: file:///path or s3://bucket/prefix. "
         "Default: data_dir/blobs.",
     )
+    auto_migrate: bool = Field(
+        default=True,
+        description="Whether serve, worker, keys and gc bring an older database schema to "
+        "the newest revision at start (true), or refuse to start, naming `tunevault migrate` "
+        "(false: for deployments that migrate in a release step).",
+    )
     host: str = Field(default="127.0.0.1", description="Address the server binds.")
     port: int = Field(default=8000, description="TCP port the server binds.")
     serve_mode: Literal["proxy", "redirect", "x-accel"] = Field(

@@ -1,0 +1,1 @@
+"""The CLI commands of tunevault, one module each (registered in tunevault.cli)."""

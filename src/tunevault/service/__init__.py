@@ -1,0 +1,1 @@
+"""Domain functions: what routes and commands do with the metadata store and storage."""
