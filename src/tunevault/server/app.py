@@ -15,7 +15,11 @@ from tunevault.errors import NotFound, TunevaultError, Unauthenticated
 from tunevault.server import download, finetunes, ops, publish, uploads, whoami
 from tunevault.server.audit import AUDIT, AuditWriter, audit_ctx
 from tunevault.server.context import LIMITS, PRINCIPAL, SERVICES, blocking
-from tunevault.server.edge import MAX_HEADERS, body_limit_middleware
+from tunevault.server.edge import (
+    MAX_HEADERS,
+    body_limit_middleware,
+    database_outage_middleware,
+)
 from tunevault.server.limits import KeyLimits
 from tunevault.server.observability import (
     METRICS,
@@ -108,6 +112,7 @@ def make_app(svc: Services) -> web.Application:
             request_id_middleware,
             error_middleware,
             body_limit_middleware,
+            database_outage_middleware,
             auth_middleware,
         ],
         client_max_size=32 << 20,

@@ -5,7 +5,9 @@ header or a bad Content-Length itself, with a text/plain 400 logged as an error 
 traceback. `EnvelopeRunner` serves the app through a protocol whose `handle_error` answers
 those in Together's envelope instead, logged as one info line: a malformed request is the
 client's fault, not the server's. `body_limit_middleware` refuses a declared body larger
-than the route accepts before a byte of it is read.
+than the route accepts before a byte of it is read. `database_outage_middleware` answers
+503 `database_unavailable` with Retry-After when the database cannot be reached, on every
+route (a download was a 500).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from tunevault.errors import PayloadTooLarge
 from tunevault.server.uploads import MAX_BLOB
+from tunevault.service.readiness import database_unavailable, is_database_outage
 
 log = logging.getLogger("tunevault.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -96,3 +99,14 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
                 f"the body is {declared} bytes; this route accepts at most {limit}"
             )
     return await handler(request)
+
+
+@web.middleware
+async def database_outage_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Exception as e:
+        if not is_database_outage(e):
+            raise
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, e)
+        raise database_unavailable(e) from e

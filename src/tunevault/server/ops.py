@@ -7,12 +7,13 @@ from dataclasses import asdict
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tunevault.errors import InvalidRequest, StorageUnavailable
+from tunevault.errors import InvalidRequest, TunevaultError
 from tunevault.models import Scope
 from tunevault.server.context import blocking, principal, services
 from tunevault.server.observability import METRICS
 from tunevault.server.query import parse_step
 from tunevault.server.render import iso
+from tunevault.service.readiness import RETRY_AFTER_S, check_database, check_storage
 
 routes = web.RouteTableDef()
 
@@ -24,21 +25,25 @@ async def healthz(_request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers and the storage answers a stat."""
+    """Ready when the database answers a query and the storage takes a probe write; a
+    failure answers 503 with the code of the first failing part (database first: without
+    it nothing works) and every part's state in `checks`."""
     svc = services(request)
-    checks = {}
-    for name, probe in (
-        ("database", svc.store.ping),
-        ("storage", lambda: svc.storage.stat("readyz")),
-    ):
+    checks: dict[str, str] = {}
+    failed: list[TunevaultError] = []
+    for name, probe in (("database", check_database), ("storage", check_storage)):
         try:
-            await blocking(probe)
+            await blocking(probe, svc)
             checks[name] = "ok"
-        except Exception as e:  # any failure means not ready; say which part, not why
-            checks[name] = f"unavailable ({type(e).__name__})"
-    if any(v != "ok" for v in checks.values()):
-        err = StorageUnavailable(f"not ready: {checks}")
-        return web.json_response({**err.envelope(), "checks": checks}, status=503)
+        except TunevaultError as e:  # say which part, and its kind of failure, not details
+            checks[name] = f"unavailable ({e.code})"
+            failed.append(e)
+    if failed:
+        err = failed[0]
+        err.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return web.json_response(
+            {**err.envelope(), "checks": checks}, status=err.status, headers=err.headers
+        )
     return web.json_response({"status": "ready", "checks": checks})
 
 
