@@ -6,11 +6,12 @@ constructed, and CLI flags of the same name override them.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -83,6 +84,17 @@ class Settings(BaseSettings):
         ge=0,
         description="Downloads one API key may have in progress on one replica (0: no limit).",
     )
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDRs of the proxies in front of the server: only from "
+        "them are Forwarded / X-Forwarded-For believed (access log, audit, per-client limits).",
+    )
+    auth_failures_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="Requests with a missing or wrong API key one client address may make "
+        "per minute to one replica (0: no limit).",
+    )
     shutdown_grace_seconds: float = Field(
         default=60.0,
         ge=0,
@@ -92,6 +104,13 @@ class Settings(BaseSettings):
         default="json", description="Log lines as JSON objects (json) or plain text (text)."
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_cidrs(cls, value: object) -> object:
+        if isinstance(value, str):  # TUNEVAULT_TRUSTED_PROXIES=10.0.0.0/8,192.168.1.7
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'tunevault.db').resolve()}"

@@ -14,6 +14,13 @@ from aiohttp import web
 from tunevault.errors import NotFound, TunevaultError, Unauthenticated
 from tunevault.server import download, finetunes, ops, publish, uploads, whoami
 from tunevault.server.audit import AUDIT, AuditWriter, audit_ctx
+from tunevault.server.clients import (
+    FAILURES,
+    TRUSTED,
+    FailureLimits,
+    client_address,
+    client_middleware,
+)
 from tunevault.server.context import LIMITS, PRINCIPAL, SERVICES, blocking
 from tunevault.server.edge import (
     MAX_HEADERS,
@@ -89,11 +96,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
         return await handler(request)
+    failures, client = request.app[FAILURES], client_address(request)
+    failures.check(client)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        failures.failed(client)
         raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
     who = await blocking(request.app[SERVICES].store.authenticate, token.strip())
     if who is None:
+        failures.failed(client)
         raise Unauthenticated("invalid or revoked API key")
     request[PRINCIPAL] = who
     request.app[LIMITS].charge(who.key_id)
@@ -110,6 +121,7 @@ def make_app(svc: Services) -> web.Application:
     app = web.Application(
         middlewares=[
             request_id_middleware,
+            client_middleware,
             error_middleware,
             body_limit_middleware,
             database_outage_middleware,
@@ -125,6 +137,8 @@ def make_app(svc: Services) -> web.Application:
     if svc is not None:  # None only when a test inspects the routing table
         app[AUDIT] = AuditWriter(svc.store)
         app.cleanup_ctx.append(audit_ctx)
+        app[TRUSTED] = tuple(svc.settings.trusted_proxies)
+        app[FAILURES] = FailureLimits(svc.settings.auth_failures_per_minute)
         app[LIMITS] = KeyLimits(
             svc.settings.rate_limit_per_minute, svc.settings.max_downloads_per_key
         )

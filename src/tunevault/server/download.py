@@ -19,6 +19,7 @@ from tunevault.metadata.base import now
 from tunevault.models import Archive, Checkpoint, FineTune, Kind
 from tunevault.server.audit import AUDIT
 from tunevault.server.blob import BlobRef, choose_range, send_blob
+from tunevault.server.clients import client_address
 from tunevault.server.context import LIMITS, blocking, principal, services
 from tunevault.server.observability import METRICS
 from tunevault.server.query import DownloadQuery, parse_download_query
@@ -152,7 +153,7 @@ async def download(request: web.Request) -> web.StreamResponse:
                         bytes_sent=sent,
                         status=status,
                         mode=mode,
-                        client=request.remote,
+                        client=client_address(request),
                         user_agent=_printable(request.headers.get("User-Agent", "")) or None,
                     ),
                 )
