@@ -239,3 +239,9 @@ def test_sigterm_lets_a_download_in_flight_finish(tmp_path: Path) -> None:
         head, _, body = bytes(received).partition(b"\r\n\r\n")
         assert b"200 OK" in head and body == s.body
         assert server.process.wait(30) == 0
+    # The download finished after SIGTERM: its audit row was written before the exit.
+    with open_services(s.settings) as svc:
+        org = svc.store.get_org_by_name("ops")
+        assert org is not None
+        rows = svc.store.list_downloads(org.id)
+    assert [(r.status, r.bytes_sent, r.ft_id) for r in rows] == [(200, len(s.body), s.ft_id)]

@@ -101,7 +101,9 @@ def run_server(settings: Settings, *, demo: bool = False) -> None:
             _, token = svc.store.create_key(org.id, "demo", [Scope.READ, Scope.PUBLISH])
             banner = demo_banner(svc, token, f"http://{settings.host}:{settings.port}")
         app = make_app(svc)
-        app.cleanup_ctx.append(_workers(svc))
+        # First in, last out: at shutdown the audit queue is drained before the wait for a
+        # build in progress (up to job_lease_seconds), which a stop timeout may cut short.
+        app.cleanup_ctx.insert(0, _workers(svc))
         if banner:
             print(banner, flush=True)
         asyncio.run(_serve(app, settings))
