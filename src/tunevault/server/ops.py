@@ -49,7 +49,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    principal(request, Scope.ADMIN)
+    principal(request, Scope.OPERATOR)  # process-wide: not for one organization's admin
     m = request.app[METRICS]
     counts = await blocking(services(request).store.job_counts)
     for state in ("queued", "running"):
