@@ -1,1 +1,1 @@
-"""The CLI commands of tunevault, one module each (registered in tunevault.cli)."""
+"""Every `tunevault` CLI command: thin shells over the service, the client and the publisher."""
