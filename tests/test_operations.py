@@ -35,6 +35,7 @@ class Site:
     admin: str
     reader: str
     other_admin: str
+    operator: str
     ft_id: str
     body: bytes
 
@@ -49,6 +50,8 @@ def make_site(data_dir: Path, size: int = 4 << 20) -> Site:
         _, admin = svc.store.create_key(org.id, "admin", [Scope.ADMIN])
         _, reader = svc.store.create_key(org.id, "reader", [Scope.READ])
         _, other_admin = svc.store.create_key(other.id, "admin", [Scope.ADMIN])
+        ops = svc.store.create_org("operators")
+        _, operator = svc.store.create_key(ops.id, "prometheus", [Scope.OPERATOR])
         ft = svc.store.create_fine_tune(
             org.id,
             model="m",
@@ -58,7 +61,7 @@ def make_site(data_dir: Path, size: int = 4 << 20) -> Site:
         )
         archive = publish_and_build(svc, ft, src, step=7)
         body = b"".join(svc.storage.iter_range(archive.storage_key))
-    return Site(settings, admin, reader, other_admin, ft.id, body)
+    return Site(settings, admin, reader, other_admin, operator, ft.id, body)
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +111,18 @@ def test_readyz_fails_when_the_database_goes_away(tmp_path: Path) -> None:
         assert httpx.get(server.url + "/healthz").status_code == 200  # alive, not ready
 
 
-def test_metrics_need_admin_and_count_downloads(site: tuple[Site, LiveServer]) -> None:
+def test_metrics_need_the_operator_and_count_downloads(site: tuple[Site, LiveServer]) -> None:
     s, server = site
-    assert httpx.get(server.url + "/metrics", headers=h(s.reader)).status_code == 403
-    before = httpx.get(server.url + "/metrics", headers=h(s.admin)).text
+    for key in (s.reader, s.admin):  # an organization's admin sees no process-wide figures
+        r = httpx.get(server.url + "/metrics", headers=h(key))
+        assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+    r = httpx.get(server.url + "/v1/fine-tunes", headers=h(s.operator))
+    assert r.status_code == 403  # and the operator reads no organization's data
+    before = httpx.get(server.url + "/metrics", headers=h(s.operator)).text
     r = httpx.get(dl_url(server, s), headers=h(s.reader))
     assert r.content == s.body
     httpx.get(server.url + "/v1/fine-tunes/ft-nope", headers=h(s.reader))
-    after = httpx.get(server.url + "/metrics", headers=h(s.admin)).text
+    after = httpx.get(server.url + "/metrics", headers=h(s.operator)).text
     sent = metric(after, "tunevault_bytes_served_total") - metric(
         before, "tunevault_bytes_served_total"
     )
@@ -297,3 +304,9 @@ def test_sigterm_lets_a_download_in_flight_finish(tmp_path: Path) -> None:
         head, _, body = bytes(received).partition(b"\r\n\r\n")
         assert b"200 OK" in head and body == s.body
         assert server.process.wait(30) == 0
+    # The download finished after SIGTERM: its audit row was written before the exit.
+    with open_services(s.settings) as svc:
+        org = svc.store.get_org_by_name("ops")
+        assert org is not None
+        rows = svc.store.list_downloads(org.id)
+    assert [(r.status, r.bytes_sent, r.ft_id) for r in rows] == [(200, len(s.body), s.ft_id)]

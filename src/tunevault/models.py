@@ -12,6 +12,9 @@ class Scope(StrEnum):
     READ = "read"
     PUBLISH = "publish"
     ADMIN = "admin"
+    # The server's operator: process-wide views across organizations (/metrics). Never
+    # implied by admin, which any organization's own administrator holds.
+    OPERATOR = "operator"
 
 
 class JobKind(StrEnum):

@@ -6,11 +6,12 @@ constructed, and CLI flags of the same name override them.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tunevault.layout import blob_dir, database_file
 
@@ -33,6 +34,12 @@ class Settings(BaseSettings):
         default=None,
         description="Where blobs live: file:///path or s3://bucket/prefix. "
         "Default: data_dir/blobs.",
+    )
+    auto_migrate: bool = Field(
+        default=True,
+        description="Whether serve, worker, keys and gc bring an older database schema to "
+        "the newest revision at start (true), or refuse to start, naming `tunevault migrate` "
+        "(false: for deployments that migrate in a release step).",
     )
     host: str = Field(default="127.0.0.1", description="Address the server binds.")
     port: int = Field(default=8000, description="TCP port the server binds.")
@@ -88,6 +95,17 @@ class Settings(BaseSettings):
         description="How long a replica reuses an API key's lookup: a revoked key or a "
         "changed limit takes effect within this time (0: look every key up every request).",
     )
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDRs of the proxies in front of the server: only from "
+        "them are Forwarded / X-Forwarded-For believed (access log, audit, per-client limits).",
+    )
+    auth_failures_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="Requests with a missing or wrong API key one client address may make "
+        "per minute to one replica (0: no limit).",
+    )
     shutdown_grace_seconds: float = Field(
         default=60.0,
         ge=0,
@@ -97,6 +115,13 @@ class Settings(BaseSettings):
         default="json", description="Log lines as JSON objects (json) or plain text (text)."
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_cidrs(cls, value: object) -> object:
+        if isinstance(value, str):  # TUNEVAULT_TRUSTED_PROXIES=10.0.0.0/8,192.168.1.7
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{database_file(self.data_dir).resolve()}"

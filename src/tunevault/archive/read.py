@@ -28,6 +28,7 @@ from tunevault.archive.write import SUMS_NAME
 from tunevault.errors import IntegrityError
 
 MAX_SUMS_BYTES = 16 << 20
+MAX_NAME_BYTES = 255  # NAME_MAX: a longer component fails open() with ENAMETOOLONG
 CHUNK = 1 << 20
 _SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
@@ -57,6 +58,11 @@ def check_member_path(name: str) -> str:
     parts = name.removesuffix("/").split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise UnsafeArchive(f"member path {name[:200]!r} has an empty, '.' or '..' component")
+    if any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for p in parts):
+        raise UnsafeArchive(
+            f"member path {name[:80]!r}... has a component longer than {MAX_NAME_BYTES} "
+            "bytes, which this filesystem cannot create; download without --extract"
+        )
     return "/".join(parts)
 
 

@@ -7,8 +7,11 @@ should not pay for numpy (merge), httpx (push) or pydantic-settings (serve).
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
+
+from tunevault.errors import SchemaOutdated
 
 COMMANDS = {
     "serve": "tunevault.commands.service:serve",
@@ -21,6 +24,7 @@ COMMANDS = {
     "base": "tunevault.commands.push:base",
     "merge": "tunevault.commands.merge:merge",
     "gc": "tunevault.commands.gc:gc",
+    "migrate": "tunevault.commands.migrate:migrate",
 }
 
 
@@ -36,6 +40,12 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module), attr)
         assert isinstance(command, click.Command)
         return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SchemaOutdated as e:  # any command that opens the store (auto_migrate off)
+            raise click.ClickException(e.message) from e
 
 
 @click.group(cls=LazyGroup)

@@ -37,7 +37,8 @@ def principal(request: web.Request, scope: Scope = Scope.READ) -> Principal:
     who: Principal | None = request.get(PRINCIPAL)
     if who is None:
         raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
-    if scope not in who.scopes and Scope.ADMIN not in who.scopes:
+    implied = Scope.ADMIN in who.scopes and scope is not Scope.OPERATOR
+    if scope not in who.scopes and not implied:
         raise PermissionDenied(f"this API key lacks the {scope.value!r} scope")
     return who
 

@@ -11,6 +11,7 @@ from tunevault.errors import TunevaultError
 from tunevault.models import DownloadRecord
 from tunevault.server.audit import AUDIT
 from tunevault.server.blob import BlobRef, choose_range, send_blob
+from tunevault.server.clients import client_address
 from tunevault.server.context import LIMITS, blocking, principal, services
 from tunevault.server.observability import METRICS
 from tunevault.server.query import parse_download_query
@@ -77,7 +78,7 @@ async def download(request: web.Request) -> web.StreamResponse:
                         bytes_sent=sent,
                         status=status,
                         mode=mode,
-                        client=request.remote,
+                        client=client_address(request),
                         user_agent=_printable(request.headers.get("User-Agent", "")) or None,
                     ),
                 )

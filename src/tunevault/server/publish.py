@@ -165,18 +165,22 @@ async def add_metrics(request: web.Request) -> web.Response:
         if not isinstance(row, dict):
             raise InvalidRequest("every metrics row is an object with a step", param="metrics")
         values = {k: v for k, v in row.items() if k not in ("step", "id")}
-        if not all(
-            isinstance(v, int | float)
-            and not isinstance(v, bool)
-            and math.isfinite(v)
-            and isinstance(k, str)
-            and len(k) <= 200
-            for k, v in values.items()
-        ):
+        if not all(_finite(v) and isinstance(k, str) and len(k) <= 200 for k, v in values.items()):
             raise InvalidRequest("metric values must be finite numbers", param="metrics")
         rows.append(MetricRow(_int(row, "step"), values, _row_id(row, "metrics")))
     added = await blocking(reporting.add_metrics, services(request), ft, rows)
     return web.json_response({"count": len(rows), "added": added}, status=201)
+
+
+def _finite(value: object) -> bool:
+    """A number a float holds: an integer of 400 digits is past float's range (math.isfinite
+    raised OverflowError, a 500)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _row_id(row: dict[str, Any], param: str) -> str | None:
