@@ -392,7 +392,9 @@ def _push_dir(c: httpx.Client, root: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def test_merged_waits_for_its_base_model_then_builds(env: Env, tmp_path: Path) -> None:
+def test_a_lora_of_an_unregistered_base_is_refused_until_it_is_registered(
+    env: Env, tmp_path: Path
+) -> None:
     import numpy as np
 
     rng = np.random.default_rng(1)
@@ -400,22 +402,22 @@ def test_merged_waits_for_its_base_model_then_builds(env: Env, tmp_path: Path) -
     base_dir = write_model(tmp_path / "base", spec, base_weights(spec, rng))
     adapter = write_adapter(tmp_path / "adapter", spec, rng)
     name = f"{BASE_NAME}-{tmp_path.name}"
-    ft = new_ft(env.a, lora=True, model=name)
-    r = env.a.post(
-        f"/v1/publish/fine-tunes/{ft['id']}/checkpoints",
-        json={"step": 3, "kind": "adapter", "final": True, "files": _push_dir(env.a, adapter)},
-    )
-    assert r.status_code == 201
-    merged = f"ft_id={ft['id']}&checkpoint=merged"
-    for _ in range(300):
-        r = env.a.get(f"/v1/finetune/download?{merged}")
-        if r.status_code != 409:
-            break
-        time.sleep(0.1)
+    before = env.a.get("/v1/fine-tunes").json()["data"]
+    body = {
+        "model": name,
+        "model_output_name": "org/out",
+        "training_type": {"type": "Lora", "lora_r": 8, "lora_alpha": 16},
+    }
+    r = env.a.post("/v1/publish/fine-tunes", json=body)
     err = r.json()["error"]
     assert r.status_code == 404 and err["code"] == "base_model_not_found", r.text
-    assert name in err["message"] and "tunevault base push" in err["message"]
-    assert wait_download(env.a, f"ft_id={ft['id']}&checkpoint=adapter").status_code == 200
+    assert err["param"] == "model" and f"tunevault base push {name} DIR" in err["message"]
+    assert env.a.get("/v1/fine-tunes").json()["data"] == before  # nothing was created
+    bad = env.a.post("/v1/publish/fine-tunes", json={**body, "external_base": "yes"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "external_base"
+    full = {**body, "training_type": {"type": "Full"}, "external_base": True}
+    assert env.a.post("/v1/publish/fine-tunes", json=full).status_code == 400
+
     r = env.a.post(
         "/v1/publish/base-models", json={"name": name, "files": _push_dir(env.a, base_dir)}
     )
@@ -423,6 +425,41 @@ def test_merged_waits_for_its_base_model_then_builds(env: Env, tmp_path: Path) -
     listed = env.a.get("/v1/publish/base-models").json()["data"]
     assert name in [m["name"] for m in listed]
     assert name not in json.dumps(env.b.get("/v1/publish/base-models").json())
-    r = wait_download(env.a, merged)
+    assert env.b.post("/v1/publish/fine-tunes", json=body).status_code == 404  # a's base only
+    ft = new_ft(env.a, lora=True, model=name)
+    r = env.a.post(
+        f"/v1/publish/fine-tunes/{ft['id']}/checkpoints",
+        json={"step": 3, "kind": "adapter", "final": True, "files": _push_dir(env.a, adapter)},
+    )
+    assert r.status_code == 201
+    r = wait_download(env.a, f"ft_id={ft['id']}&checkpoint=merged")
     assert r.status_code == 200, r.text
     assert "step3-merged" in r.headers["content-disposition"]
+
+
+def test_an_external_base_publishes_the_adapter_and_no_merge(env: Env, tmp_path: Path) -> None:
+    import numpy as np
+
+    spec = TinyLlama(vocab=64, hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1)
+    adapter = write_adapter(tmp_path / "adapter", spec, np.random.default_rng(2))
+    r = env.a.post(
+        "/v1/publish/fine-tunes",
+        json={
+            "model": "elsewhere/base",
+            "model_output_name": "org/ext",
+            "training_type": {"type": "Lora", "lora_r": 8, "lora_alpha": 16},
+            "external_base": True,
+        },
+    )
+    assert r.status_code == 201, r.text
+    ft_id = r.json()["id"]
+    r = env.a.post(
+        f"/v1/publish/fine-tunes/{ft_id}/checkpoints",
+        json={"step": 3, "kind": "adapter", "final": True, "files": _push_dir(env.a, adapter)},
+    )
+    assert r.status_code == 201, r.text
+    ckpts = env.a.get(f"/v1/fine-tunes/{ft_id}/checkpoints").json()["data"]
+    assert [c["checkpoint_type"] for c in ckpts] == ["Final Adapter"]
+    assert wait_download(env.a, f"ft_id={ft_id}&checkpoint=default").status_code == 200
+    r = env.a.get(f"/v1/finetune/download?ft_id={ft_id}&checkpoint=merged")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "checkpoint_not_found"
