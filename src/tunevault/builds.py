@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import BinaryIO
 
 from tunevault.archive import input_digest, write_archive
@@ -22,6 +23,7 @@ def build_archive(
     *,
     level: int = 3,
     threads: int = -1,
+    progress: Callable[[int], None] | None = None,
 ) -> Archive:
     """Build and record the archive of a checkpoint, given by id or as read with its files
     (the worker's); a crash leaves no visible archive."""
@@ -37,7 +39,13 @@ def build_archive(
     for _ in range(3):
         with storage.writer(key) as sink:
             result = write_archive(
-                ckpt.files, open_file, sink, level=level, threads=threads, xxh3=xxh3
+                ckpt.files,
+                open_file,
+                sink,
+                level=level,
+                threads=threads,
+                xxh3=xxh3,
+                progress=progress,
             )
         archive = store.set_archive(ckpt.id, key, result.sha256, result.size)
         # gc deletes archive keys no row points to: confirm ours survived the moment between

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +43,10 @@ def merge_lora(
     *,
     dtype: str | None = None,
     max_shard_bytes: int = 5 * 2**30,
+    progress: Callable[[int], None] | None = None,
 ) -> MergeReport:
-    """Merge the LoRA adapter in `adapter_dir` into the model in `base_dir`, writing `out_dir`.
+    """Merge the LoRA adapter in `adapter_dir` into the model in `base_dir`, writing `out_dir`;
+    `progress` hears the bytes of each output tensor written.
 
     Raises MergeRefused, before anything is written, when the pair cannot be merged exactly.
     """
@@ -63,7 +66,7 @@ def merge_lora(
     # Written next to out_dir and renamed at the end, so an interrupted merge leaves no output.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        write_plan(plan, tmp)
+        write_plan(plan, tmp, progress)
         for name, src in sides.items():
             shutil.copyfile(src, tmp / name)
         code = resolve_dtype(dtype)

@@ -18,10 +18,12 @@ from sqlalchemy.engine import Engine
 from tunevault.metadata.accounts import AccountsMixin
 from tunevault.metadata.audit import AuditMixin
 from tunevault.metadata.blobs import BlobsMixin
+from tunevault.metadata.buildqueue import BuildQueueMixin
 from tunevault.metadata.checkpoints import CheckpointsMixin
 from tunevault.metadata.finetunes import FineTunesMixin
 from tunevault.metadata.gc import GcMixin
 from tunevault.metadata.jobs import JobsMixin
+from tunevault.metadata.notify import JobSignal
 
 
 def make_engine(url: str) -> Engine:
@@ -41,11 +43,19 @@ def make_engine(url: str) -> Engine:
 
 
 class MetadataStore(
-    AccountsMixin, FineTunesMixin, CheckpointsMixin, BlobsMixin, JobsMixin, AuditMixin, GcMixin
+    AccountsMixin,
+    FineTunesMixin,
+    CheckpointsMixin,
+    BlobsMixin,
+    JobsMixin,
+    BuildQueueMixin,
+    AuditMixin,
+    GcMixin,
 ):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self.jobs_signal = JobSignal()
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent)."""

@@ -22,9 +22,9 @@ from tunevault.server.blob import BlobRef, choose_range, send_blob
 from tunevault.server.context import LIMITS, blocking, principal, services
 from tunevault.server.observability import METRICS
 from tunevault.server.query import DownloadQuery, parse_download_query
+from tunevault.service.buildwait import build_wait
 
 routes = web.RouteTableDef()
-RETRY_AFTER_S = 30
 
 
 def _printable(text: str) -> str:
@@ -67,7 +67,7 @@ def _pick_kind(ft: FineTune, ckpts: list[Checkpoint], checkpoint: str) -> Checkp
 
 
 def resolve(
-    store: MetadataStore, org_id: str, q: DownloadQuery
+    store: MetadataStore, org_id: str, q: DownloadQuery, workers: int = 1
 ) -> tuple[FineTune, Checkpoint, Archive]:
     ft, rows = store.fine_tune_with_archives(org_id, q.ft_id)
     if ft is None:
@@ -89,10 +89,11 @@ def resolve(
                 f"the {ckpt.kind.value} archive of {ft.id} could not be built: "
                 f"{failed[-1].error_message}"
             )
+        wait = build_wait(store, ckpt.id, workers)
         raise ArchiveNotReady(
-            f"the {ckpt.kind.value} archive of {ft.id} step {ckpt.step} is being prepared; "
-            f"retry in {RETRY_AFTER_S} s",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
+            f"{ckpt.kind.value} archive of {ft.id} step {ckpt.step}: {wait.describe()}; "
+            f"retry in {wait.retry_after} s",
+            headers=wait.headers(),
         )
     return ft, ckpt, archive
 
@@ -103,7 +104,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     query = request.rel_url.query
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
     svc = services(request)
-    ft, ckpt, archive = await blocking(resolve, svc.store, who.org_id, q)
+    workers = max(svc.settings.build_workers, 1)  # 0: `tunevault worker`s, at least one
+    ft, ckpt, archive = await blocking(resolve, svc.store, who.org_id, q, workers)
     blob = BlobRef(
         key=archive.storage_key,
         size=archive.size,

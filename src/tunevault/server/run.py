@@ -18,7 +18,7 @@ from tunevault.server.observability import METRICS, AccessLogger
 from tunevault.services import Services, open_services
 from tunevault.settings import Settings
 from tunevault.storage import Unsupported
-from tunevault.worker import Worker
+from tunevault.worker import Worker, start_listener
 
 log = logging.getLogger("tunevault.server")
 
@@ -70,8 +70,11 @@ def _workers(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]:
         ]
         for t in threads:
             t.start()
+        if threads:
+            start_listener(svc, stop)
         yield
         stop.set()
+        svc.store.jobs_signal.notify()  # idle workers wake to see the stop
         for t in threads:  # a build in progress finishes, or its lease lets another take it
             await asyncio.to_thread(t.join, svc.settings.job_lease_seconds)
 
