@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import socket
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,9 +18,11 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 import xxhash
+import zstandard
 
 from tests.support.server import LiveServer, run_server
 from tunevault.demo import BASE_NAME, TinyLlama, base_weights, write_adapter, write_model
+from tunevault.merge import merge_lora
 from tunevault.models import Scope
 from tunevault.services import open_services
 from tunevault.settings import Settings
@@ -463,3 +467,67 @@ def test_an_external_base_publishes_the_adapter_and_no_merge(env: Env, tmp_path:
     assert wait_download(env.a, f"ft_id={ft_id}&checkpoint=default").status_code == 200
     r = env.a.get(f"/v1/finetune/download?ft_id={ft_id}&checkpoint=merged")
     assert r.status_code == 404 and r.json()["error"]["code"] == "checkpoint_not_found"
+    r = env.a.get(f"/v1/finetune/download?ft_id={ft_id}&checkpoint=merged&merged_step=3")
+    assert r.status_code == 404 and "external_base" in r.json()["error"]["message"]
+
+
+def members(archive: bytes) -> dict[str, bytes]:
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(archive)).read()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return {
+            m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isfile()
+        }
+
+
+def test_merged_step_merges_an_intermediate_adapter_on_demand(env: Env, tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    spec = TinyLlama(vocab=64, hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1)
+    base_dir = write_model(tmp_path / "base", spec, base_weights(spec, rng))
+    adapters = {step: write_adapter(tmp_path / f"a{step}", spec, rng) for step in (1, 3)}
+    name = f"{BASE_NAME}-{tmp_path.name}"
+    files = _push_dir(env.a, base_dir)
+    assert env.a.post("/v1/publish/base-models", json={"name": name, "files": files}).is_success
+    ft_id = new_ft(env.a, lora=True, model=name)["id"]
+    for step, adapter in adapters.items():
+        r = env.a.post(
+            f"/v1/publish/fine-tunes/{ft_id}/checkpoints",
+            json={
+                "step": step,
+                "kind": "adapter",
+                "final": step == 3,
+                "files": _push_dir(env.a, adapter),
+            },
+        )
+        assert r.status_code == 201, r.text
+    q = f"ft_id={ft_id}&checkpoint=merged"
+
+    first = env.a.get(f"/v1/finetune/download?{q}&merged_step=1")  # queues its merge
+    assert first.status_code == 409 and "merged archive of" in first.json()["error"]["message"]
+    r = wait_download(env.a, f"{q}&merged_step=1")
+    assert r.status_code == 200, r.text
+    assert "step1-merged" in r.headers["content-disposition"]
+    merge_lora(base_dir, adapters[1], tmp_path / "want")
+    got = members(r.content)
+    assert got["model.safetensors"] == (tmp_path / "want" / "model.safetensors").read_bytes()
+
+    final = wait_download(env.a, q)
+    assert wait_download(env.a, f"{q}&merged_step=3").content == final.content
+    # The spec's rule stays: with a step, `checkpoint` is ignored (the together CLI's case).
+    plain = wait_download(env.a, f"{q}&checkpoint_step=1")
+    assert "adapter_model.safetensors" in members(plain.content)
+    listed = env.a.get(f"/v1/fine-tunes/{ft_id}/checkpoints").json()["data"]
+    assert [(c["step"], c["checkpoint_type"]) for c in listed] == [
+        (3, "Final Merged"),
+        (3, "Final Adapter"),
+        (1, "Intermediate"),
+    ]
+    missing = env.a.get(f"/v1/finetune/download?{q}&merged_step=2")
+    assert (
+        missing.status_code == 404 and "adapter steps: 1, 3" in missing.json()["error"]["message"]
+    )
+    foreign = env.b.get(f"/v1/finetune/download?{q}&merged_step=1")
+    assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "fine_tune_not_found"

@@ -23,6 +23,7 @@ from tunevault.server.context import LIMITS, blocking, principal, services
 from tunevault.server.observability import METRICS
 from tunevault.server.query import DownloadQuery, parse_download_query
 from tunevault.service.buildwait import build_wait
+from tunevault.service.mergedstep import merged_at_step
 
 routes = web.RouteTableDef()
 
@@ -75,12 +76,14 @@ def resolve(
             f"fine-tune {q.ft_id} not found; GET /v1/fine-tunes lists yours", param="ft_id"
         )
     ckpts = [c for c, _ in rows]
-    if q.step is not None:
+    if q.merged_step is not None:
+        ckpt = merged_at_step(store, ft, ckpts, q.merged_step)
+    elif q.step is not None:
         ckpt = _pick_step(ft, ckpts, q.step)
     else:
         assert q.checkpoint is not None
         ckpt = _pick_kind(ft, ckpts, q.checkpoint)
-    archive = dict((c.id, a) for c, a in rows)[ckpt.id]
+    archive = {c.id: a for c, a in rows}.get(ckpt.id)  # none yet for a merge just queued
     if archive is None:
         failed = [j for j in store.jobs_for_checkpoint(ckpt.id) if j.state == "failed"]
         if failed:  # say why, with the class the build failed with (e.g. a missing base)

@@ -53,6 +53,8 @@ async def list_events(request: web.Request) -> web.Response:
 async def list_checkpoints(request: web.Request) -> web.Response:
     ft = await owned_fine_tune(request)
     ckpts = await blocking(services(request).store.list_checkpoints, ft.id)
+    # Merges of intermediate adapters (built on demand, see merged_step) are not published.
+    ckpts = [c for c in ckpts if c.final or c.kind != Kind.MERGED]
     # Newest first; at one step finals first, the merged model (the default) leading.
     ckpts.sort(key=lambda c: (-c.step, not c.final, c.kind != Kind.MERGED, c.kind.value))
     return web.json_response({"object": "list", "data": [render.checkpoint(c) for c in ckpts]})
