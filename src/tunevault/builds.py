@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import BinaryIO
 
 from tunevault.archive import input_digest, write_archive
 from tunevault.metadata import MetadataStore
 from tunevault.models import Archive, Checkpoint, FileEntry
+from tunevault.service.adapterconfig import archive_overrides, replaced
 from tunevault.storage import Storage
 from tunevault.storage.base import blob_key
 
@@ -31,15 +33,20 @@ def build_archive(
     if ckpt is None:
         raise LookupError(f"checkpoint {checkpoint} does not exist")
 
+    overrides = archive_overrides(store, storage, ckpt)  # an adapter names its base
+    files = replaced(ckpt.files, overrides)
+
     def open_file(entry: FileEntry) -> BinaryIO:
+        if entry.path in overrides:
+            return io.BytesIO(overrides[entry.path])
         return storage.open_read(blob_key(entry.sha256))
 
-    key = archive_key(ckpt.files, level)
+    key = archive_key(files, level)
     xxh3 = store.blob_xxh3(f.sha256 for f in ckpt.files)
     for _ in range(3):
         with storage.writer(key) as sink:
             result = write_archive(
-                ckpt.files,
+                files,
                 open_file,
                 sink,
                 level=level,

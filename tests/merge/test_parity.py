@@ -195,6 +195,16 @@ def test_trained_minilm_adapter_matches_peft(minilm_dir: Path, tmp_path: Path) -
     # query, value and three dense per layer, and the pooler's dense; their biases are replaced
     assert report.tensors_merged == report.tensors_replaced == 6 * 5 + 1
     assert {"vocab.txt", "tokenizer.json", "config.json"} <= set(report.output_files)
+    # Every base file the adapter does not replace: the sentence-transformers pipeline too.
+    kept = {
+        p.relative_to(minilm_dir).as_posix()
+        for p in minilm_dir.rglob("*")
+        if p.is_file() and p.name != "model.safetensors"
+    }
+    assert {"modules.json", "1_Pooling/config.json", "sentence_bert_config.json"} <= kept
+    assert {"special_tokens_map.json", "vocab.txt"} <= kept
+    for name in kept:
+        assert (out / name).read_bytes() == (minilm_dir / name).read_bytes(), name
 
     reference = PeftModel.from_pretrained(BertModel.from_pretrained(minilm_dir), adapter_dir)
     reference = reference.merge_and_unload().eval()

@@ -21,6 +21,8 @@ import xxhash
 import zstandard
 
 from tests.support.server import LiveServer, run_server
+from tunevault.builds import build_archive
+from tunevault.service.adapterconfig import named_base
 from tunevault.demo import BASE_NAME, TinyLlama, base_weights, write_adapter, write_model
 from tunevault.merge import merge_lora
 from tunevault.models import Scope
@@ -531,3 +533,52 @@ def test_merged_step_merges_an_intermediate_adapter_on_demand(env: Env, tmp_path
     )
     foreign = env.b.get(f"/v1/finetune/download?{q}&merged_step=1")
     assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "fine_tune_not_found"
+
+
+def test_the_adapter_archive_names_the_fine_tunes_base(env: Env, tmp_path: Path) -> None:
+    import numpy as np
+    from peft import PeftConfig
+
+    spec = TinyLlama(vocab=64, hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1)
+    adapter = write_adapter(tmp_path / "adapter", spec, np.random.default_rng(4))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "/scratch/job-17/base"  # the training machine's
+    (adapter / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    uploaded = (adapter / "adapter_config.json").read_bytes()
+    r = env.a.post(
+        "/v1/publish/fine-tunes",
+        json={
+            "model": "hub/some-base",
+            "model_output_name": "org/named",
+            "training_type": {"type": "Lora", "lora_r": 8, "lora_alpha": 16},
+            "external_base": True,
+        },
+    )
+    ft_id = r.json()["id"]
+    r = env.a.post(
+        f"/v1/publish/fine-tunes/{ft_id}/checkpoints",
+        json={"step": 2, "kind": "adapter", "final": True, "files": _push_dir(env.a, adapter)},
+    )
+    assert r.status_code == 201, r.text
+    archive = wait_download(env.a, f"ft_id={ft_id}&checkpoint=adapter")
+    got = members(archive.content)
+    rewritten = json.loads(got["adapter_config.json"])
+    assert rewritten == {**config, "base_model_name_or_path": "hub/some-base"}
+    sums = dict(line.split("  ")[::-1] for line in got["SHA256SUMS"].decode().splitlines())
+    assert all(sums[name] == sha(data) for name, data in got.items() if name != "SHA256SUMS")
+    (tmp_path / "out").mkdir()
+    for name, data in got.items():
+        (tmp_path / "out" / name).write_bytes(data)
+    assert PeftConfig.from_pretrained(tmp_path / "out").base_model_name_or_path == "hub/some-base"
+    assert named_base(got["adapter_config.json"], "hub/some-base") is None  # named: kept as is
+
+    with open_services(env.settings) as svc:
+        stored = svc.storage.local_path(blob_key(sha(uploaded)))
+        assert Path(stored).read_bytes() == uploaded  # the upload stays as uploaded
+        [ckpt] = svc.store.list_checkpoints(ft_id)
+        before = svc.store.get_archive(ckpt.id)
+        again = build_archive(svc.store, svc.storage, ckpt.id)  # deterministic
+    assert before is not None and (again.sha256, again.storage_key) == (
+        before.sha256,
+        before.storage_key,
+    )

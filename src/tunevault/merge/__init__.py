@@ -68,6 +68,7 @@ def merge_lora(
     try:
         write_plan(plan, tmp, progress)
         for name, src in sides.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / name)
         code = resolve_dtype(dtype)
         if code is not None and (tmp / "config.json").is_file():
