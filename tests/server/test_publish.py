@@ -22,10 +22,10 @@ import zstandard
 
 from tests.support.server import LiveServer, run_server
 from tunevault.builds import build_archive
-from tunevault.service.adapterconfig import named_base
 from tunevault.demo import BASE_NAME, TinyLlama, base_weights, write_adapter, write_model
 from tunevault.merge import merge_lora
 from tunevault.models import Scope
+from tunevault.service.adapterconfig import named_base
 from tunevault.services import open_services
 from tunevault.settings import Settings
 from tunevault.storage.base import blob_key

@@ -70,6 +70,30 @@ def base_tensors(base_dir: Path) -> dict[str, TensorInfo]:
     raise MergeRefused(f"base model: no model.safetensors or {INDEX_NAME} in {base_dir}{hint}")
 
 
+# Input embeddings an output embedding (`lm_head`) is tied to, by architecture.
+INPUT_EMBEDDINGS = (
+    "embed_tokens.weight",
+    "wte.weight",
+    "word_embeddings.weight",
+    "embed_in.weight",
+    "shared.weight",
+)
+
+
+def tied_outputs(base_dir: Path, base: dict[str, TensorInfo]) -> dict[str, str]:
+    """`{"lm_head.weight": <input embedding>}` for a base that ties them (and so stores only
+    the input one); empty when its config unties them or the pair is not recognised."""
+    config_path = base_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except ValueError as e:
+        raise MergeRefused(f"base model: malformed config.json: {e}") from e
+    if "lm_head.weight" in base or config.get("tie_word_embeddings") is False:
+        return {}
+    inputs = [n for n in base if n.endswith(INPUT_EMBEDDINGS)]
+    return {"lm_head.weight": inputs[0]} if len(inputs) == 1 else {}
+
+
 def adapter_tensors(adapter_dir: Path) -> dict[str, TensorInfo]:
     path = adapter_dir / "adapter_model.safetensors"
     if not path.is_file():
