@@ -105,6 +105,7 @@ class FineTune:
     lora_trainable_modules: str | None
     created_at: datetime
     updated_at: datetime
+    external_base: bool = False  # a LoRA whose base is not in the store: never merged
 
     @property
     def is_lora(self) -> bool:
@@ -112,8 +113,11 @@ class FineTune:
 
     @property
     def natural_kind(self) -> Kind:
-        """What `checkpoint=default` means: the merged model of a LoRA job, else the output."""
-        return Kind.MERGED if self.is_lora else Kind.MODEL_OUTPUT
+        """What `checkpoint=default` means: the merged model of a LoRA job (its adapter when
+        the base lives elsewhere), else the output."""
+        if not self.is_lora:
+            return Kind.MODEL_OUTPUT
+        return Kind.ADAPTER if self.external_base else Kind.MERGED
 
 
 @dataclass(frozen=True)

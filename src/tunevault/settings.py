@@ -74,7 +74,10 @@ class Settings(BaseSettings):
         "worker may take it over.",
     )
     job_poll_seconds: float = Field(
-        default=1.0, gt=0, description="How often an idle worker looks for new build jobs."
+        default=30.0,
+        gt=0,
+        description="How often an idle worker looks for build jobs anyway: a queued job wakes "
+        "it at once; this fallback finds jobs whose worker died.",
     )
     rate_limit_per_minute: int = Field(
         default=60_000,

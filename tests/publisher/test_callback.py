@@ -147,6 +147,20 @@ def test_full_fine_tune(live: Live, tmp_path: Path) -> None:
     )
 
 
+def test_a_base_loaded_from_a_local_directory_needs_its_registered_name(
+    live: Live, tmp_path: Path
+) -> None:
+    training.tiny_llama().save_pretrained(tmp_path / "base")
+    local = type(training.tiny_llama()).from_pretrained(tmp_path / "base")
+    callback = TunevaultCallback(url=live.url, api_key=live.token, name="me/local-base")
+    before = len(live.get("/v1/fine-tunes")["data"])
+    with pytest.raises(ValueError, match="tunevault base push NAME DIR") as refused:
+        training.train(training.with_lora(local), tmp_path / "out", [callback], max_steps=2)
+    assert str(tmp_path / "base") in str(refused.value) and "model=NAME" in str(refused.value)
+    assert callback.fine_tune_id is None
+    assert len(live.get("/v1/fine-tunes")["data"]) == before
+
+
 class Gate(TrainerCallback):
     """Holds training at `step` until `opened` is set: the cancel lands at a known point."""
 
@@ -164,7 +178,12 @@ class Gate(TrainerCallback):
 def test_cancel_stops_training(live: Live, tmp_path: Path) -> None:
     gate = Gate(step=3)
     callback = TunevaultCallback(
-        url=live.url, api_key=live.token, model=BASE, name="me/cancelled", poll_interval=0
+        url=live.url,
+        api_key=live.token,
+        model=BASE,
+        name="me/cancelled",
+        poll_interval=0,
+        external_base=True,  # whether or not another test registered it
     )
 
     def cancel_after_first_save() -> None:
@@ -206,7 +225,9 @@ class Explode(TrainerCallback):
 
 
 def test_crash_marks_error(live: Live, tmp_path: Path) -> None:
-    callback = TunevaultCallback(url=live.url, api_key=live.token, model=BASE, name="me/crash")
+    callback = TunevaultCallback(
+        url=live.url, api_key=live.token, model=BASE, name="me/crash", external_base=True
+    )
     with pytest.raises(RuntimeError, match="out of memory"), callback:
         training.train(
             training.with_lora(training.tiny_llama()), tmp_path / "out", [callback, Explode()]

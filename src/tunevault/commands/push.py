@@ -92,6 +92,11 @@ def _client(
     help="Upload at most this many bytes per second (suffixes K, M, G: powers of 1024).",
 )
 @click.option("--new", is_flag=True, help=f"Start a new fine-tune, ignoring {STATE_FILE}.")
+@click.option(
+    "--external-base",
+    is_flag=True,
+    help="A LoRA whose base model is not in the store: publish the adapter, build no merge.",
+)
 @_connection
 def push(
     directory: Path,
@@ -100,6 +105,7 @@ def push(
     suffix: str | None,
     include_optimizer: bool,
     new: bool,
+    external_base: bool,
     limit_rate: int | None,
     url: str,
     api_key: str | None,
@@ -117,7 +123,15 @@ def push(
             for note in plan.notes:
                 click.echo(f"note: {note}", err=True)
         state = PushState.load(plan.root, client.url, fresh=new)
-        result = push_plan(client, plan, state, model=model, name=name, suffix=suffix)
+        result = push_plan(
+            client,
+            plan,
+            state,
+            model=model,
+            name=name,
+            suffix=suffix,
+            external_base=external_base,
+        )
     if not state.writable:
         click.echo(f"warning: cannot write {state.path}; a rerun starts over", err=True)
     if as_json:

@@ -43,12 +43,18 @@ def worker(**flags: Any) -> None:
 
     from tunevault.server.observability import setup_logging
     from tunevault.service.context import open_services
-    from tunevault.service.worker import Worker
+    from tunevault.service.worker import Worker, start_listener
 
     settings = settings_from_flags(**flags)
     setup_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     with open_services(settings) as svc:
+
+        def on_signal(*_: Any) -> None:
+            stop.set()
+            svc.store.jobs_signal.notify()  # wake the idle worker to see the stop
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        start_listener(svc, stop)
         Worker(svc).run(stop)

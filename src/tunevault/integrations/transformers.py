@@ -52,6 +52,7 @@ class TunevaultCallback(TrainerCallback):
         name: str | None = None,
         *,
         suffix: str | None = None,
+        external_base: bool = False,
         include_optimizer: bool = False,
         poll_interval: float = 5.0,
         metrics_batch: int = 50,
@@ -64,6 +65,7 @@ class TunevaultCallback(TrainerCallback):
         self.model = model
         self.name = name
         self.suffix = suffix
+        self.external_base = external_base  # the base is not in the store: merge nothing
         self.include_optimizer = include_optimizer
         self.poll_interval = poll_interval
         self.metrics_batch = metrics_batch
@@ -116,6 +118,7 @@ class TunevaultCallback(TrainerCallback):
             self.name or _output_dir(args).name,
             _training_type(model),
             self.suffix,
+            self.external_base,
         )
         key = f"callback:{uuid.uuid4()}"
         self.fine_tune_id = str(self.client.create_fine_tune(body, key)["id"])
@@ -230,7 +233,7 @@ class TunevaultCallback(TrainerCallback):
         ]
         for name in candidates:
             if isinstance(name, str) and name:
-                return name
+                return _registered_name(name)
         raise ValueError(
             "the model does not name its base model; pass TunevaultCallback(model=...)"
         )
@@ -262,6 +265,19 @@ class TunevaultCallback(TrainerCallback):
         self._flush_metrics()
         self._event(event, message, level, step)
         self.client.set_status(self.fine_tune_id, status)
+
+
+def _registered_name(name: str) -> str:
+    """The model's own name of its base, unless that is a path of this machine: a path
+    names no base in the store, and its merge could never run."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or path.is_dir():
+        raise ValueError(
+            f"the base model was loaded from the local directory {name!r}, which names no "
+            "base in the store; register it with `tunevault base push NAME DIR` and pass "
+            "TunevaultCallback(model=NAME)"
+        )
+    return name
 
 
 def _output_dir(args: TrainingArguments) -> Path:

@@ -21,10 +21,12 @@ from tunevault.errors import SchemaOutdated
 from tunevault.metadata.accounts import AccountsMixin
 from tunevault.metadata.audit import AuditMixin
 from tunevault.metadata.blobs import BlobsMixin
+from tunevault.metadata.buildqueue import BuildQueueMixin
 from tunevault.metadata.checkpoints import CheckpointsMixin
 from tunevault.metadata.collection import GcMixin
 from tunevault.metadata.finetunes import FineTunesMixin
 from tunevault.metadata.jobs import JobsMixin
+from tunevault.metadata.notify import JobSignal
 
 # The PostgreSQL advisory lock every migrating process takes ("tvmi"): processes started
 # together on an empty database migrate one after another, the later ones finding nothing
@@ -61,11 +63,19 @@ def make_engine(url: str) -> Engine:
 
 
 class MetadataStore(
-    AccountsMixin, FineTunesMixin, CheckpointsMixin, BlobsMixin, JobsMixin, AuditMixin, GcMixin
+    AccountsMixin,
+    FineTunesMixin,
+    CheckpointsMixin,
+    BlobsMixin,
+    JobsMixin,
+    BuildQueueMixin,
+    AuditMixin,
+    GcMixin,
 ):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self.jobs_signal = JobSignal()
 
     def migrate(self) -> tuple[str | None, str | None]:
         """Bring the schema to the newest Alembic revision (idempotent); the revisions

@@ -45,7 +45,11 @@ class PushResult:
 
 
 def fine_tune_body(
-    model: str, name: str, training_type: dict[str, Any], suffix: str | None
+    model: str,
+    name: str,
+    training_type: dict[str, Any],
+    suffix: str | None,
+    external_base: bool = False,
 ) -> dict[str, Any]:
     """The create request of a fine-tune that is being published (the CLI and the callback)."""
     body: dict[str, Any] = {
@@ -56,6 +60,8 @@ def fine_tune_body(
     }
     if suffix:
         body["suffix"] = suffix
+    if external_base:  # a LoRA whose base is not in the store: no merge is built
+        body["external_base"] = True
     return body
 
 
@@ -106,11 +112,15 @@ def push_plan(
     model: str | None = None,
     name: str | None = None,
     suffix: str | None = None,
+    external_base: bool = False,
 ) -> PushResult:
     base = model or plan.model
     if not base:
         raise LayoutError(f"{plan.root}: the files do not name the base model; pass --model BASE")
-    body = fine_tune_body(base, name or plan.root.name, plan.training_type, suffix)
+    lora = plan.training_type.get("type") == "Lora"
+    body = fine_tune_body(
+        base, name or plan.root.name, plan.training_type, suffix, external_base and lora
+    )
     files = [f for c in plan.checkpoints for f in c.files]
     digests = hash_files(files, client.progress, state.cached_digest)
     state.remember_digests(files, digests)

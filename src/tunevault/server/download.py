@@ -31,7 +31,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     query = request.rel_url.query
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
     svc = services(request)
-    found = await blocking(resolve, svc, who.org_id, q.ft_id, q.step, q.checkpoint)
+    found = await blocking(resolve, svc, who.org_id, q)
     ft, ckpt, archive = found.ft, found.ckpt, found.archive
     blob = BlobRef(
         key=archive.storage_key, size=archive.size, sha256=archive.sha256, filename=found.filename

@@ -67,6 +67,16 @@ def _training_type(raw: Any) -> dict[str, Any]:
     }
 
 
+def _external_base(body: dict[str, Any], training_type: str) -> bool:
+    """A LoRA whose base model lives elsewhere: published as it is, never merged."""
+    value = body.get("external_base", False)
+    if not isinstance(value, bool):
+        raise InvalidRequest("external_base must be true or false", param="external_base")
+    if value and training_type != "Lora":
+        raise InvalidRequest("external_base applies to LoRA fine-tunes", param="external_base")
+    return value
+
+
 @routes.post("/v1/publish/fine-tunes")
 async def create_fine_tune(request: web.Request) -> web.Response:
     who = principal(request, Scope.PUBLISH)
@@ -83,6 +93,7 @@ async def create_fine_tune(request: web.Request) -> web.Response:
         "suffix": suffix,
         **_training_type(body.get("training_type")),
     }
+    fields["external_base"] = _external_base(body, fields["training_type"])
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _ROW_ID.fullmatch(key):
         raise InvalidRequest(

@@ -15,7 +15,7 @@ from tunevault.server.edge import EnvelopeRunner
 from tunevault.server.observability import METRICS, AccessLogger
 from tunevault.service.context import Services, check_serve_mode, open_services
 from tunevault.service.demo import seed_demo_with_key
-from tunevault.service.worker import Worker
+from tunevault.service.worker import Worker, start_listener
 from tunevault.settings import Settings
 
 log = logging.getLogger("tunevault.server")
@@ -42,8 +42,11 @@ def _workers(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]:
         ]
         for t in threads:
             t.start()
+        if threads:
+            start_listener(svc, stop)
         yield
         stop.set()
+        svc.store.jobs_signal.notify()  # idle workers wake to see the stop
         for t in threads:  # a build in progress finishes, or its lease lets another take it
             await asyncio.to_thread(t.join, svc.settings.job_lease_seconds)
 

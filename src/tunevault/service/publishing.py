@@ -22,6 +22,7 @@ from tunevault.errors import Conflict, InvalidManifest, InvalidRequest
 from tunevault.layout import blob_key
 from tunevault.metadata import MetadataStore
 from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, JobKind, Kind
+from tunevault.service.bases import require_base
 from tunevault.service.context import Services
 from tunevault.storage import Storage
 
@@ -134,7 +135,8 @@ def commit_checkpoint(
     """Record a checkpoint and queue its builds; the same manifest again is a no-op.
 
     Returns the checkpoint and whether it was created now. The final adapter of a LoRA
-    fine-tune also gets its `merged` checkpoint, built by a merge job.
+    fine-tune also gets its `merged` checkpoint, built by a merge job, unless its base lives
+    elsewhere; else its base must be registered.
     """
     store = svc.store
     if kind == Kind.MERGED:
@@ -146,6 +148,9 @@ def commit_checkpoint(
         raise InvalidRequest(
             f"a {ft.training_type} fine-tune publishes {want} checkpoints", param="kind"
         )
+    merges = ft.is_lora and not ft.external_base
+    if merges:
+        require_base(store, ft.org_id, ft.model)
     check_blobs(store, ft.org_id, files)
     created = True
     try:
@@ -166,7 +171,7 @@ def commit_checkpoint(
         if created:
             store.forget_checkpoint(ckpt.id)
         raise
-    if ft.is_lora and final:
+    if merges and final:
         _ensure_merged(store, ft, step)
     return ckpt, created
 
