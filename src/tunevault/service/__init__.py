@@ -1,0 +1,1 @@
+"""Domain functions over the metadata store and storage, called by routes and commands."""
