@@ -12,9 +12,10 @@ import yaml
 from aiohttp import web
 
 from tunevault.errors import NotFound, TunevaultError, Unauthenticated
-from tunevault.server import download, finetunes, ops, publish, uploads, whoami
+from tunevault.server import download, finetunes, hub, hub_files, ops, publish, uploads, whoami
 from tunevault.server.audit import AUDIT, AuditWriter, audit_ctx
 from tunevault.server.context import LIMITS, PRINCIPAL, SERVICES, blocking
+from tunevault.server.hub_errors import hub_error_middleware
 from tunevault.server.limits import KeyLimits
 from tunevault.server.observability import (
     METRICS,
@@ -103,7 +104,12 @@ def openapi_document() -> dict[str, object]:
 
 def make_app(svc: Services) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+        middlewares=[
+            request_id_middleware,
+            error_middleware,
+            hub_error_middleware,
+            auth_middleware,
+        ],
         client_max_size=32 << 20,
         # Uploads are written and hashed off the loop 1 MiB at a time (uploads.BUFFER): a
         # 4 MiB read buffer (aiohttp's default is 64 KiB) holds what arrives meanwhile.
@@ -132,4 +138,8 @@ def make_app(svc: Services) -> web.Application:
         for route in table:
             assert isinstance(route, web.RouteDef)
             app.router.add_route(route.method, "/v1" + route.path, route.handler)
+    # The Hub protocol at the root, as huggingface_hub calls it (no /v1 aliases); last, so
+    # that its `/{repo_id}/resolve/...` pattern never shadows a route of our own.
+    app.router.add_routes(hub.routes)
+    app.router.add_routes(hub_files.routes)
     return app

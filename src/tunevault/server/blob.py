@@ -73,11 +73,14 @@ async def send_blob(
     blob: BlobRef,
     settings: Settings,
     span: ByteRange | None,
+    presign_method: str | None = None,
 ) -> web.StreamResponse:
     """Answer with the blob in the configured mode: `span` of it (None: all of it), as
-    `choose_range` picked it for this request."""
+    `choose_range` picked it for this request. A redirect's URL is signed for
+    `presign_method` (default: the request's own method)."""
     if settings.serve_mode == "redirect":
-        return await _redirect(request, storage, blob, settings.presign_seconds)
+        method = presign_method or request.method
+        return await _redirect(storage, blob, settings.presign_seconds, method)
     if settings.serve_mode == "x-accel":
         return _x_accel(storage, blob, settings.x_accel_prefix)
     resp = web.StreamResponse(status=200 if span is None else 206, headers=blob.headers())
@@ -100,15 +103,13 @@ async def send_blob(
     return resp
 
 
-async def _redirect(
-    request: web.Request, storage: Storage, blob: BlobRef, expires: int
-) -> web.Response:
+async def _redirect(storage: Storage, blob: BlobRef, expires: int, method: str) -> web.Response:
     # Archive keys are content-derived and never rewritten, so a client that validated our
     # ETag here may fetch any range of the presigned URL without If-Range.
     url = await blocking(
         storage.presigned_url,
         blob.key,
-        method=request.method,
+        method=method,
         expires=expires,
         filename=blob.filename,
     )
