@@ -49,25 +49,28 @@ def client_env(endpoint: str, token: str | None, home: Path) -> dict[str, str]:
     return env
 
 
+def run_client(endpoint: str, token: str | None, home: Path, command: str, *args: Any) -> Any:
+    """`tests.hub.clients` COMMAND in a child process; its JSON answer."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.hub.clients", command, json.dumps(args)],
+        env=client_env(endpoint, token, home),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @dataclass(frozen=True)
 class Hub:
     demo: Demo
     home: Path
 
     def run(self, command: str, *args: Any, token: str | None = "", endpoint: str = "") -> Any:
-        """`tests.hub.clients` COMMAND in a child process; its JSON answer."""
-        env = client_env(endpoint or self.demo.url, self._token(token), self.home)
-        done = subprocess.run(
-            [sys.executable, "-m", "tests.hub.clients", command, json.dumps(args)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-4000:]
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return run_client(endpoint or self.demo.url, self._token(token), self.home, command, *args)
 
     def hf(self, *args: str, token: str | None = "") -> subprocess.CompletedProcess[str]:
         """The `hf` command line, against the demo server."""
