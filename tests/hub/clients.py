@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
@@ -75,6 +76,54 @@ def peft_logits(base: str, repo: str, revision: str, local_base: str, local: str
     return {"equal": bool(torch.equal(on_base, here)), "auto_equal": bool(torch.equal(auto, here))}
 
 
+def vllm_loader(repo: str, revision: str) -> dict[str, Any]:
+    """The Hub calls vLLM makes to load a model (vllm/transformers_utils/repo_utils.py,
+    config.py, model_loader/default_loader.py and weight_utils.py), in its order."""
+    import fnmatch
+    import glob
+    import os
+
+    from huggingface_hub import HfFileSystem, try_to_load_from_cache
+    from huggingface_hub.utils import EntryNotFoundError
+    from transformers import AutoTokenizer
+
+    api = HfApi(library_name="vllm", library_version="replay")
+    resolved = api.resolve_revision(repo, revision=revision)  # repo_utils.resolve_revision
+    files = api.list_repo_files(repo, revision=resolved)  # list_repo_files, cached
+    # file_or_path_exists("config.json"): the cache first, then the listing.
+    assert try_to_load_from_cache(repo, "config.json", revision=resolved) is None
+    assert "config.json" in files
+    config = json.loads(
+        Path(api.hf_hub_download(repo, "config.json", revision=resolved)).read_text()
+    )
+    generation = api.hf_hub_download(repo, "generation_config.json", revision=resolved)
+    # _prepare_weights: mistral format? (list_filtered_repo_files), then download_weights_from_hf.
+    mistral = [
+        f for f in files if fnmatch.fnmatch(os.path.basename(f), "consolidated*.safetensors")
+    ]
+    listed = HfFileSystem().ls(repo, detail=False, revision=resolved)
+    patterns = ["*.safetensors", "*.bin", "*.pt"]
+    pattern = next(p for p in patterns if fnmatch.filter(listed, p))
+    folder = snapshot_download(repo, allow_patterns=[pattern], revision=resolved)
+    weights = sorted(glob.glob(os.path.join(folder, pattern)))
+    try:  # asked for whether or not there are several shards; absent in most repos
+        api.hf_hub_download(repo, "model.safetensors.index.json", revision=resolved)
+        index = True
+    except EntryNotFoundError:
+        index = False
+    tokenizer = AutoTokenizer.from_pretrained(repo, revision=resolved)
+    return {
+        "commit": resolved.resolved,
+        "model_type": config["model_type"],
+        "generation": Path(generation).is_file(),
+        "mistral": mistral,
+        "weights": [os.path.relpath(w, folder) for w in weights],
+        "folder": folder,
+        "index": index,
+        "vocab": tokenizer.vocab_size,
+    }
+
+
 COMMANDS = {
     "snapshots": snapshots,
     "download": download,
@@ -82,6 +131,7 @@ COMMANDS = {
     "whoami": whoami,
     "logits": logits,
     "peft_logits": peft_logits,
+    "vllm_loader": vllm_loader,
 }
 
 if __name__ == "__main__":

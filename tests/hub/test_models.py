@@ -27,3 +27,15 @@ def test_peft_loads_the_adapter_revision_on_the_base_repo(hub: Hub, tmp_path: Pa
     adapter = write_tree(tmp_path / "adapter", hub.archive_files(lora, 20, Kind.ADAPTER))
     found = hub.run("peft_logits", BASE_NAME, lora.id, "adapter", str(base), str(adapter))
     assert found == {"equal": True, "auto_equal": True}
+
+
+def test_the_hub_calls_of_vllms_model_loader(hub: Hub) -> None:
+    """vLLM is no test dependency (its wheels bring a CUDA build of torch): the Hub calls of
+    its model loader, replayed with huggingface_hub (tests/hub/clients.py)."""
+    lora = hub.demo.lora
+    found = hub.run("vllm_loader", lora.model_output_name, "main")
+    merged = hub.archive_files(lora, 20, Kind.MERGED)
+    assert found["weights"] == ["model.safetensors"] and found["mistral"] == []
+    assert (Path(found["folder"]) / "model.safetensors").read_bytes() == merged["model.safetensors"]
+    assert found["model_type"] == "llama" and found["generation"] and found["index"] is False
+    assert found["vocab"] == 512 and len(found["commit"]) == 40
