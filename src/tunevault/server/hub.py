@@ -7,6 +7,7 @@ allows it. Field names are the Hub's (camelCase), as `huggingface_hub.hf_api` pa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -90,7 +91,7 @@ def _tree_json(entry: TreeEntry) -> dict[str, Any]:
     }
 
 
-def _page_bounds(query: Any) -> tuple[int, int]:
+def _page_bounds(query: Mapping[str, str]) -> tuple[int, int]:
     try:
         start = int(query.get("cursor", "0"))
         limit = int(query.get("limit", str(TREE_PAGE)))
