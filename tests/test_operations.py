@@ -23,7 +23,7 @@ from tests.support.postgres import run_postgres
 from tests.support.seeding import publish_and_build
 from tests.support.server import LiveServer, run_server
 from tunevault.models import Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
 

@@ -14,6 +14,20 @@ class Scope(StrEnum):
     ADMIN = "admin"
 
 
+class JobKind(StrEnum):
+    """A build job: `archive` packs a checkpoint, `merge` makes a merged checkpoint."""
+
+    ARCHIVE = "archive"
+    MERGE = "merge"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class Kind(StrEnum):
     """What a checkpoint holds; the values are the `checkpoint` query parameter's."""
 
@@ -153,14 +167,33 @@ class BaseModel:
 
 
 @dataclass(frozen=True)
-class Job:
-    """A build job: `archive` packs a checkpoint, `merge` makes a merged checkpoint."""
+class BuildJob:
+    """A row of the build queue (tunevault.service.worker runs them)."""
 
     id: int
     checkpoint_id: int
-    kind: str
-    state: str
+    kind: JobKind
+    state: JobState
     attempts: int
     lease_owner: str | None
     error_code: str | None
     error_message: str | None
+
+
+@dataclass(frozen=True)
+class DownloadRecord:
+    created_at: datetime
+    org_id: str
+    key_id: str
+    ft_id: str
+    step: int
+    kind: str
+    archive_sha256: str
+    range_start: int
+    bytes_planned: int
+    bytes_sent: int
+    status: int  # 200/206 sent, 307 redirected, 499 the client went away
+    mode: str
+    client: str | None
+    user_agent: str | None
+    id: int = 0

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tunevault.layout import blob_dir, database_file
+
 
 class Settings(BaseSettings):
     """Every setting of the server and worker; see docs/settings.md."""
@@ -88,7 +90,7 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="Python logging level.")
 
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'tunevault.db').resolve()}"
+        return self.database_url or f"sqlite:///{database_file(self.data_dir).resolve()}"
 
     def resolved_storage_url(self) -> str:
-        return self.storage_url or (self.data_dir / "blobs").resolve().as_uri()
+        return self.storage_url or blob_dir(self.data_dir).resolve().as_uri()

@@ -14,10 +14,10 @@ import zstandard
 
 from tests.client.conftest import FAST, Live, MiB
 from tests.support.faultproxy import Fault, FaultProxy
+from tunevault.archive.read import UnsafeArchive, unpack_stream
 from tunevault.client import Client
 from tunevault.client.extract import download_extract
 from tunevault.errors import IntegrityError, InvalidRequest
-from tunevault.unpack import UnsafeArchive, unpack_stream
 
 
 def tree(root: Path) -> dict[str, bytes]:

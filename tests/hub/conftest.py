@@ -19,11 +19,10 @@ from tests.client.seeding import Seeded, seed_store
 from tests.conftest import Demo
 from tests.support.server import LiveServer, run_server
 from tests.test_archive import contents
-from tunevault.archive import SUMS_NAME
-from tunevault.metadata.audit import DownloadRecord
-from tunevault.models import FineTune, Kind
-from tunevault.services import open_services
-from tunevault.storage.base import blob_key
+from tunevault.archive.write import SUMS_NAME
+from tunevault.layout import blob_key
+from tunevault.models import DownloadRecord, FineTune, Kind
+from tunevault.service.context import open_services
 
 ROOT = Path(__file__).parents[2]
 SRC = Path(tunevault.__file__).parents[1]

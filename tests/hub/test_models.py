@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.hub.conftest import Hub, write_tree
-from tunevault.demo import BASE_NAME
 from tunevault.models import Kind
+from tunevault.service.demo import BASE_NAME
 
 
 def test_from_pretrained_gives_the_logits_of_the_extracted_archive(

@@ -14,7 +14,7 @@ from tests.support.nginx import nginx_binary, run_nginx, x_accel_locations
 from tests.support.seaweed import run_seaweedfs
 from tests.support.server import run_server
 from tunevault.models import Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
 SIZES = {"config.json": 700, "model.safetensors": 3 << 20, "tokenizer/tokenizer.json": 20_000}

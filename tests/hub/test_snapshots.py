@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 
 from tests.hub.conftest import Hub, tree_bytes
-from tunevault.demo import BASE_NAME
 from tunevault.models import Kind
+from tunevault.service.demo import BASE_NAME
 
 
 def test_every_revision_is_its_archive_byte_for_byte(hub: Hub) -> None:

@@ -12,7 +12,7 @@ import httpx
 from tests.hub.conftest import Big, Hub, audited, tree_bytes
 from tests.support.faultproxy import Fault, FaultProxy
 from tunevault.models import Kind, Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 
 MiB = 1 << 20
 

@@ -21,7 +21,7 @@ import pytest
 from tests.support.postgres import create_database
 from tests.support.server import LiveServer, run_server
 from tunevault.models import Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
 
@@ -85,7 +85,7 @@ def _publish(c: httpx.Client) -> str:
 
 @pytest.fixture(scope="session")
 def target(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> Iterator[Target]:
-    from tunevault.demo import seed_demo  # imports the merge engine: only when needed
+    from tunevault.service.demo import seed_demo  # imports the merge engine: only when needed
 
     data_dir = tmp_path_factory.mktemp("security")
     db = create_database(pg_admin_url, "security")

@@ -311,6 +311,38 @@ def test_unstorable_strings_in_publish_bodies(target: Target, route: str, body: 
     envelope(r, 400, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [  # each once accepted: re.match with `$` matches before a final newline
+        (
+            "",
+            {"model": "m\n", "model_output_name": "x", "training_type": {"type": "Full"}},
+            "model",
+        ),
+        ("events", {"events": [{"type": "X\n"}]}, "events"),
+        ("events", {"events": [{"type": "X", "id": "r1\n"}]}, "events"),
+        (
+            "checkpoints",
+            {
+                "step": 1,
+                "kind": "model_output_path",
+                "files": [{"path": "a", "size": 1, "sha256": "0" * 64 + "\n"}],
+            },
+            None,
+        ),
+    ],
+)
+def test_a_final_newline_is_not_part_of_a_name(
+    target: Target, route: str, body: Any, param: str | None
+) -> None:
+    path = (
+        f"/v1/publish/fine-tunes/{target.ft_ids[0]}/{route}" if route else "/v1/publish/fine-tunes"
+    )
+    r = call(target, "POST", path, json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
 def test_backslash_then_u0000_is_text_not_nul(target: Target) -> None:
     # A backslash, then "u0000" (on the wire "C:\\u0000x"): text any database stores, once
     # refused as a NUL.

@@ -18,11 +18,11 @@ import pytest
 import xxhash
 
 from tests.support.server import LiveServer, run_server
-from tunevault.demo import BASE_NAME, TinyLlama, base_weights, write_adapter, write_model
+from tunevault.layout import blob_key
 from tunevault.models import Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
+from tunevault.service.demo import BASE_NAME, TinyLlama, base_weights, write_adapter, write_model
 from tunevault.settings import Settings
-from tunevault.storage.base import blob_key
 
 
 @dataclass(frozen=True)
@@ -34,23 +34,43 @@ class Env:
     a_read: httpx.Client
 
 
+@dataclass(frozen=True)
+class Served:
+    server: LiveServer
+    settings: Settings
+
+
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("publish")
     settings = Settings(data_dir=data_dir)
-    with open_services(settings) as svc:
-        org_a, org_b = svc.store.create_org("a"), svc.store.create_org("b")
+    with open_services(settings):  # migrated before the server starts
+        pass
+    with run_server(data_dir, env={"TUNEVAULT_JOB_POLL_SECONDS": "0.1"}) as server:
+        yield Served(server, settings)
+
+
+_orgs = iter(range(10**6))
+
+
+@pytest.fixture
+def env(served: Served) -> Iterator[Env]:
+    """The module's server, with two organizations of this test's own: no test sees
+    another's fine-tunes or blobs, whatever the order they run in."""
+    n = next(_orgs)
+    with open_services(served.settings) as svc:
+        org_a, org_b = svc.store.create_org(f"a{n}"), svc.store.create_org(f"b{n}")
         _, ta = svc.store.create_key(org_a.id, "rw", [Scope.READ, Scope.PUBLISH])
         _, tr = svc.store.create_key(org_a.id, "ro", [Scope.READ])
         _, tb = svc.store.create_key(org_b.id, "rw", [Scope.READ, Scope.PUBLISH])
-    with run_server(data_dir, env={"TUNEVAULT_JOB_POLL_SECONDS": "0.1"}) as server:
 
-        def client(token: str) -> httpx.Client:
-            return httpx.Client(
-                base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {token}"}
-            )
+    def client(token: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=served.server.url, timeout=60, headers={"Authorization": f"Bearer {token}"}
+        )
 
-        yield Env(server, settings, client(ta), client(tb), client(tr))
+    with client(ta) as a, client(tb) as b, client(tr) as a_read:
+        yield Env(served.server, served.settings, a, b, a_read)
 
 
 def sha(data: bytes) -> str:

@@ -1,6 +1,6 @@
 """`--extract`: decompress and unpack while downloading; the archive never lands on disk.
 
-The network body is one byte stream fed to unpack.py. When a connection drops, the stream
+The network body is one byte stream fed to archive/read.py. When a connection drops, the stream
 reconnects with `Range` from the exact byte and `If-Range`, so the decompressor never
 notices. A server that ignores Range but still has the same archive is skipped forward;
 a changed archive starts everything over in a fresh temporary directory. Files appear
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tunevault.archive.read import unpack_stream
 from tunevault.client.api import Client
 from tunevault.client.download import DownloadResult, Progress, target_of
 from tunevault.client.fetch import Changed, Fetcher, RetryPolicy
@@ -25,7 +26,6 @@ from tunevault.client.http import NETWORK_ERRORS, NetworkError, Response
 from tunevault.client.state import Target
 from tunevault.client.target import DownloadRequest, strong_etag
 from tunevault.errors import IntegrityError, InvalidRequest
-from tunevault.unpack import unpack_stream
 
 CHUNK = 1 << 20
 SKIP_CHUNK = 1 << 20

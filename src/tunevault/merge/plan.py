@@ -197,6 +197,28 @@ def _plan_module(
         jobs[wname] = Job(job.out, source, token_rows=(delta, rows), adapter_keys=keys_used)
         return
 
+    a, b, embedding = _lora_factors(module, keys, settings)
+    layout = _layout(module, weight, a, b, settings, embedding)
+    out_dim = weight.shape[0] if layout == "out_in" else weight.shape[1]
+    magnitude = keys.get("lora_magnitude_vector")
+    if settings.use_dora != (magnitude is not None):
+        raise MergeRefused(
+            f"{module}: use_dora={settings.use_dora} but the adapter "
+            f"{'lacks' if settings.use_dora else 'has'} lora_magnitude_vector"
+        )
+    if magnitude is not None and magnitude.shape != (out_dim,):
+        raise MergeRefused(f"{module}: DoRA magnitude {list(magnitude.shape)} != [{out_dim}]")
+    scale = settings.scaling(module)
+    lora = LoraOp(a, b, scale, layout, magnitude, round_delta=embedding and magnitude is None)
+    jobs[wname] = Job(job.out, source, lora=lora, adapter_keys=job.adapter_keys + names)
+    lora_modules.add(module)
+    _plan_lora_bias(module, keys, settings, jobs, out_dim, scale)
+
+
+def _lora_factors(
+    module: str, keys: dict[str, TensorInfo], settings: LoraSettings
+) -> tuple[TensorInfo, TensorInfo, bool]:
+    """The module's lora_A and lora_B (or embedding pair), checked against the config."""
     embedding = "lora_embedding_A" in keys or "lora_embedding_B" in keys
     a = keys.get("lora_embedding_A" if embedding else "lora_A.weight")
     b = keys.get("lora_embedding_B" if embedding else "lora_B.weight")
@@ -216,20 +238,18 @@ def _plan_module(
             f"{module}: rank from adapter_config.json is {r} but lora_A is {list(a.shape)} and "
             f"lora_B is {list(b.shape)}"
         )
-    layout = _layout(module, weight, a, b, settings, embedding)
-    out_dim = weight.shape[0] if layout == "out_in" else weight.shape[1]
-    magnitude = keys.get("lora_magnitude_vector")
-    if settings.use_dora != (magnitude is not None):
-        raise MergeRefused(
-            f"{module}: use_dora={settings.use_dora} but the adapter "
-            f"{'lacks' if settings.use_dora else 'has'} lora_magnitude_vector"
-        )
-    if magnitude is not None and magnitude.shape != (out_dim,):
-        raise MergeRefused(f"{module}: DoRA magnitude {list(magnitude.shape)} != [{out_dim}]")
-    scale = settings.scaling(module)
-    lora = LoraOp(a, b, scale, layout, magnitude, round_delta=embedding and magnitude is None)
-    jobs[wname] = Job(job.out, source, lora=lora, adapter_keys=job.adapter_keys + names)
-    lora_modules.add(module)
+    return a, b, embedding
+
+
+def _plan_lora_bias(
+    module: str,
+    keys: dict[str, TensorInfo],
+    settings: LoraSettings,
+    jobs: dict[str, Job],
+    out_dim: int,
+    scale: float,
+) -> None:
+    """lora_bias: PEFT adds scale * lora_B.bias to the base bias."""
     lb = keys.get("lora_B.bias")
     if lb is None:
         return

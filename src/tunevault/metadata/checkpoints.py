@@ -13,7 +13,7 @@ from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase, now
 from tunevault.metadata.finetunes import _select_fine_tunes
 from tunevault.metadata.jobs import enqueue
-from tunevault.models import Archive, Checkpoint, FileEntry, FineTune, Kind
+from tunevault.models import Archive, Checkpoint, FileEntry, FineTune, JobKind, Kind
 
 
 class CheckpointsMixin(StoreBase):
@@ -24,7 +24,7 @@ class CheckpointsMixin(StoreBase):
         kind: Kind,
         final: bool,
         files: Sequence[FileEntry],
-        jobs: Sequence[str] = (),
+        jobs: Sequence[JobKind] = (),
     ) -> Checkpoint:
         """Record a checkpoint and queue its build jobs, in one transaction."""
         ts = now()

@@ -19,8 +19,8 @@ from tunevault.metadata.accounts import AccountsMixin
 from tunevault.metadata.audit import AuditMixin
 from tunevault.metadata.blobs import BlobsMixin
 from tunevault.metadata.checkpoints import CheckpointsMixin
+from tunevault.metadata.collection import GcMixin
 from tunevault.metadata.finetunes import FineTunesMixin
-from tunevault.metadata.gc import GcMixin
 from tunevault.metadata.jobs import JobsMixin
 
 

@@ -151,7 +151,8 @@ blobs = sa.Table(
     sa.Column("sha256", sa.String(64), primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
-    # 0004: recorded with a verified upload; NULL for blobs stored before (tunevault.checksums)
+    # 0004: recorded with a verified upload; NULL for blobs stored before
+    # (tunevault.archive.checksums)
     sa.Column("xxh3", sa.String(32), nullable=True),
 )
 

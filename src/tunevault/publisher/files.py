@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunevault.archive import SUMS_NAME
+from tunevault.archive.write import SUMS_NAME
 
 CHUNK = 1 << 20
 MAX_PATH_BYTES = 1000

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from tunevault.errors import NotFound, TunevaultError, Unauthenticated
 from tunevault.server import download, finetunes, hub, hub_files, ops, publish, uploads, whoami
-from tunevault.server.audit import AUDIT, AuditWriter, audit_ctx
+from tunevault.server.audit import AUDIT, audit_ctx
 from tunevault.server.context import LIMITS, PRINCIPAL, SERVICES, blocking
 from tunevault.server.hub_errors import hub_error_middleware
 from tunevault.server.limits import KeyLimits
@@ -23,7 +23,9 @@ from tunevault.server.observability import (
     echo_request_id,
     request_id_middleware,
 )
-from tunevault.services import Services
+from tunevault.service.accounts import authenticate
+from tunevault.service.audit import AuditWriter
+from tunevault.service.context import Services
 
 log = logging.getLogger("tunevault.server")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
@@ -88,7 +90,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
-    who = await blocking(request.app[SERVICES].store.authenticate, token.strip())
+    who = await blocking(authenticate, request.app[SERVICES], token.strip())
     if who is None:
         raise Unauthenticated("invalid or revoked API key")
     request[PRINCIPAL] = who

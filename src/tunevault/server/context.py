@@ -12,7 +12,7 @@ from aiohttp import web
 from tunevault.errors import InvalidRequest, PermissionDenied, Unauthenticated
 from tunevault.models import Principal, Scope
 from tunevault.server.limits import KeyLimits
-from tunevault.services import Services
+from tunevault.service.context import Services
 
 P = ParamSpec("P")
 T = TypeVar("T")

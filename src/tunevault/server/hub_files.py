@@ -13,13 +13,13 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from aiohttp import web
 
 from tunevault.errors import EntryNotFound, TunevaultError
-from tunevault.metadata.audit import DownloadRecord
-from tunevault.metadata.base import now
-from tunevault.models import Principal
+from tunevault.layout import blob_key
+from tunevault.models import DownloadRecord, Principal
 from tunevault.server.audit import AUDIT
 from tunevault.server.blob import BlobRef, choose_range, send_blob
 from tunevault.server.context import LIMITS, blocking, principal, services
@@ -27,7 +27,6 @@ from tunevault.server.download import _printable
 from tunevault.server.hub import REPO
 from tunevault.server.observability import METRICS
 from tunevault.service.hub import Snapshot, open_snapshot
-from tunevault.storage.base import blob_key
 
 routes = web.RouteTableDef()
 RESOLVE = f"/{REPO}/resolve/{{revision}}/{{path:.+}}"
@@ -72,7 +71,7 @@ async def resolve_file(request: web.Request) -> web.StreamResponse:
     )
     if request.method == "HEAD" and svc.settings.serve_mode != "redirect":
         span = choose_range(request, blob)
-        return await send_blob(request, svc.storage, blob, svc.settings, span)
+        return await send_blob(request, svc, blob, span)
     return await _download(request, who, snap, blob)
 
 
@@ -95,7 +94,7 @@ async def _download(
             if mode == "proxy":  # else the object store or nginx sends the bytes
                 planned = span.length if span is not None else blob.size
             # Signed for GET even when a HEAD asks: the client GETs the URL a HEAD returns.
-            resp = await send_blob(request, svc.storage, blob, svc.settings, span, "GET")
+            resp = await send_blob(request, svc, blob, span, "GET")
         except (web.HTTPException, TunevaultError):
             status = None  # a validator or range answer (304, 412, 416): nothing was sent
             raise
@@ -122,7 +121,7 @@ def _record(
     status: int,
 ) -> DownloadRecord:
     return DownloadRecord(
-        created_at=now(),
+        created_at=datetime.now(UTC),
         org_id=who.org_id,
         key_id=who.key_id,
         # A base model has no fine-tune: its name stands in (the column holds 64 characters).

@@ -13,6 +13,7 @@ from tunevault.server.context import blocking, principal, services
 from tunevault.server.observability import METRICS
 from tunevault.server.query import parse_step
 from tunevault.server.render import iso
+from tunevault.service import operations
 
 routes = web.RouteTableDef()
 
@@ -25,17 +26,7 @@ async def healthz(_request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database answers and the storage answers a stat."""
-    svc = services(request)
-    checks = {}
-    for name, probe in (
-        ("database", svc.store.ping),
-        ("storage", lambda: svc.storage.stat("readyz")),
-    ):
-        try:
-            await blocking(probe)
-            checks[name] = "ok"
-        except Exception as e:  # any failure means not ready; say which part, not why
-            checks[name] = f"unavailable ({type(e).__name__})"
+    checks = await blocking(operations.readiness, services(request))
     if any(v != "ok" for v in checks.values()):
         err = StorageUnavailable(f"not ready: {checks}")
         return web.json_response({**err.envelope(), "checks": checks}, status=503)
@@ -46,9 +37,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     principal(request, Scope.ADMIN)
     m = request.app[METRICS]
-    counts = await blocking(services(request).store.job_counts)
-    for state in ("queued", "running"):
-        m.queue_depth.labels(state).set(counts.get(state, 0))
+    for state, depth in (await blocking(operations.queue_depth, services(request))).items():
+        m.queue_depth.labels(state.value).set(depth)
     return web.Response(
         body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
@@ -63,7 +53,8 @@ async def audit_downloads(request: web.Request) -> web.Response:
         raise InvalidRequest("limit must be from 1 to 1000", param="limit")
     before = request.query.get("before_id")
     rows = await blocking(
-        services(request).store.list_downloads,
+        operations.list_downloads,
+        services(request),
         who.org_id,
         limit=limit,
         before_id=parse_step(before, "before_id") if before else None,

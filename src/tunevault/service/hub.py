@@ -25,8 +25,8 @@ from tunevault.errors import (
     TunevaultError,
 )
 from tunevault.metadata import MetadataStore
-from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, Kind
-from tunevault.server.download import RETRY_AFTER_S, _pick_kind, _pick_step
+from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, JobState, Kind
+from tunevault.service.downloads import RETRY_AFTER_S, pick_kind, pick_step
 
 MAIN = "main"
 BASE_KIND = "base"
@@ -118,11 +118,11 @@ def _pick(ft: FineTune, ckpts: list[Checkpoint], revision: str) -> Checkpoint:
     """The checkpoint a revision name means: the download route's own choice."""
     try:
         if revision == MAIN:
-            return _pick_kind(ft, ckpts, "default")
+            return pick_kind(ft, ckpts, "default")
         if revision in _KINDS:
-            return _pick_kind(ft, ckpts, revision)
+            return pick_kind(ft, ckpts, revision)
         if step := _STEP.fullmatch(revision):
-            return _pick_step(ft, ckpts, int(step.group(1)))
+            return pick_step(ft, ckpts, int(step.group(1)))
     except CheckpointNotFound as e:
         raise RevisionNotFound(f"revision {revision!r}: {e.message}") from None
     raise RevisionNotFound(
@@ -132,7 +132,7 @@ def _pick(ft: FineTune, ckpts: list[Checkpoint], revision: str) -> Checkpoint:
 
 
 def _not_ready(store: MetadataStore, ft: FineTune, ckpt: Checkpoint) -> TunevaultError:
-    failed = [j for j in store.jobs_for_checkpoint(ckpt.id) if j.state == "failed"]
+    failed = [j for j in store.jobs_for_checkpoint(ckpt.id) if j.state == JobState.FAILED]
     if failed:  # say why, with the class the build failed with (e.g. a missing base model)
         klass = TunevaultError.registry.get(failed[-1].error_code or "", TunevaultError)
         return klass(

@@ -20,11 +20,11 @@ import tarfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Any, Protocol
 
 import zstandard
 
-from tunevault.checksums import StoredCheck
+from tunevault.archive.checksums import StoredCheck
 from tunevault.errors import IntegrityError
 from tunevault.models import FileEntry
 
@@ -39,6 +39,16 @@ _RECORD = 20 * _BLOCK
 
 class Sink(Protocol):
     def write(self, data: bytes | memoryview, /) -> int: ...
+
+
+class Source(Protocol):
+    """A file's bytes, read in order and closed by `with` (a file, a storage reader)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def __enter__(self) -> Source: ...
+
+    def __exit__(self, t: Any, v: Any, tb: Any, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,7 @@ def _padding(size: int, unit: int = _BLOCK) -> bytes:
 
 def write_archive(
     files: Sequence[FileEntry],
-    open_file: Callable[[FileEntry], BinaryIO],
+    open_file: Callable[[FileEntry], Source],
     sink: Sink,
     *,
     level: int = 3,
@@ -163,7 +173,7 @@ def write_archive(
 
 def _copy_verified(
     entry: FileEntry,
-    open_file: Callable[[FileEntry], BinaryIO],
+    open_file: Callable[[FileEntry], Source],
     emit: Callable[[bytes | memoryview], None],
     buf: memoryview,
     check: StoredCheck,
@@ -187,7 +197,7 @@ def _copy_verified(
         )
 
 
-def _read_into(f: BinaryIO, buf: memoryview) -> int:
+def _read_into(f: Source, buf: memoryview) -> int:
     """Fill `buf` from `f` as far as it goes, without allocating (the stores' readers may
     return short reads)."""
     readinto = getattr(f, "readinto", None)

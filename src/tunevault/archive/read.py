@@ -1,4 +1,4 @@
-"""A safe, streaming reader of tunevault's tar.zst archives (the writer is archive.py).
+"""A safe, streaming reader of tunevault's tar.zst archives (the writer is archive/write.py).
 
 Bytes go in once, in order, from any `read(n)` source (a network stream, a file), and
 come out as regular files (SHA256SUMS included, as tar gives it) under a destination
@@ -24,7 +24,7 @@ from typing import Protocol
 
 import zstandard
 
-from tunevault.archive import SUMS_NAME
+from tunevault.archive.write import SUMS_NAME
 from tunevault.errors import IntegrityError
 
 MAX_SUMS_BYTES = 16 << 20

@@ -20,17 +20,18 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from tunevault.builds import build_archive
 from tunevault.errors import BaseModelNotFound, CheckpointNotFound, TunevaultError
-from tunevault.inuse import claim
+from tunevault.layout import MERGE_PREFIX, blob_key, scratch_dir
 from tunevault.merge import merge_lora
-from tunevault.models import Checkpoint, FileEntry, FineTune, Job, Kind
-from tunevault.publish import put_directory
-from tunevault.services import Services
+from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
+from tunevault.service.builds import build_archive
+from tunevault.service.context import Services, translated
+from tunevault.service.publishing import put_directory
 from tunevault.storage import Unsupported
-from tunevault.storage.base import blob_key
+from tunevault.storage.errors import StorageError
+from tunevault.storage.inuse import claim
 
-log = logging.getLogger("tunevault.worker")
+log = logging.getLogger("tunevault.service.worker")
 MAX_ATTEMPTS = 3
 
 
@@ -101,20 +102,26 @@ class Worker:
                 self.observe(job.kind, outcome, time.monotonic() - started)
         return True
 
-    def _heartbeat(self, job: Job, stop: threading.Event) -> None:
+    def _heartbeat(self, job: BuildJob, stop: threading.Event) -> None:
         while not stop.wait(self.lease / 3):
             if not self.svc.store.renew_lease(job.id, self.owner, self.lease):
                 return
 
-    def _still_mine(self, job: Job) -> None:
+    def _still_mine(self, job: BuildJob) -> None:
         if not self.svc.store.renew_lease(job.id, self.owner, self.lease):
             raise LeaseLost
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: BuildJob) -> None:
+        try:
+            self._build(job)
+        except StorageError as e:  # a definite answer too: a full disk fails the job once
+            raise translated(e) from e
+
+    def _build(self, job: BuildJob) -> None:
         ckpt = self.svc.store.get_checkpoint(job.checkpoint_id)
         if ckpt is None:
             raise CheckpointNotFound(f"checkpoint {job.checkpoint_id} was deleted")
-        if job.kind == "merge":
+        if job.kind == JobKind.MERGE:
             ckpt = self._merge(job, ckpt)
         self._still_mine(job)
         settings = self.svc.settings
@@ -133,7 +140,7 @@ class Worker:
             ckpt.step,
         )
 
-    def _merge(self, job: Job, ckpt: Checkpoint) -> Checkpoint:
+    def _merge(self, job: BuildJob, ckpt: Checkpoint) -> Checkpoint:
         """Merge and record the merged files as the checkpoint's; the checkpoint with them."""
         store = self.svc.store
         ft = store.fine_tune_by_id(ckpt.ft_id)
@@ -143,9 +150,9 @@ class Worker:
         base = store.get_base_model(ft.org_id, ft.model)
         if base is None:
             raise BaseModelNotFound(missing_base_message(ft))
-        scratch = self.svc.settings.data_dir / "tmp"
+        scratch = scratch_dir(self.svc.settings.data_dir)
         scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=scratch, prefix="merge-") as tmp_name:
+        with tempfile.TemporaryDirectory(dir=scratch, prefix=MERGE_PREFIX) as tmp_name:
             tmp = Path(tmp_name)
             held = os.open(tmp, os.O_RDONLY)  # locked while we merge: gc takes dead ones only
             try:
@@ -160,7 +167,7 @@ class Worker:
                 os.close(held)
         store.set_checkpoint_files(ckpt.id, files)
         # gc may have collected an output blob between its upload and this manifest: check
-        # under the gc lock, and merge again (a retry) if so (see tunevault.gc).
+        # under the gc lock, and merge again (a retry) if so (see tunevault.service.gc).
         digests = {f.sha256 for f in files}
         if digests - store.locked_blob_sizes(ft.org_id, digests).keys():
             raise RuntimeError("gc collected merged blobs before they were recorded; retrying")

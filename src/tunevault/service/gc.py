@@ -5,7 +5,7 @@ What goes:
   than the grace period ago (`blobs.created_at`, restarted by every upload of it). Owning
   it (`org_blobs`) does not keep it; its `blobs` and `org_blobs` rows go with it;
 - an archive (`archives/..tar.zst`) that no `archives` row points to;
-- debris no live process holds (see `tunevault.inuse`) and untouched for the grace period:
+- debris no live process holds (see `tunevault.storage.inuse`) and untouched for the grace period:
   partial uploads `<data_dir>/uploads/**.part`, local-storage temp files
   `<root>/.tmp/*`, merge scratch directories `<data_dir>/tmp/merge-*`;
 - S3 multipart uploads started longer than the grace period ago and never completed (a
@@ -49,12 +49,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
-from tunevault.inuse import remove_if_idle
+from tunevault.layout import ARCHIVES, BLOBS, MERGE_PREFIX, blob_key, scratch_dir, staged_parts
 from tunevault.metadata.base import now
-from tunevault.services import Services
-from tunevault.storage.base import blob_key
+from tunevault.service.context import Services
+from tunevault.storage.inuse import remove_if_idle
 
-log = logging.getLogger("tunevault.gc")
+log = logging.getLogger("tunevault.service.gc")
 _BLOB_KEY = re.compile(r"^blobs/sha256/[0-9a-f]{2}/([0-9a-f]{64})$")
 _BATCH = 500
 
@@ -121,7 +121,7 @@ def _batches(keys: Iterable[str]) -> Iterator[list[str]]:
 
 
 def _register_unrecorded(svc: Services, report: GcReport) -> None:
-    for batch in _batches(svc.storage.list("blobs/")):
+    for batch in _batches(svc.storage.list(BLOBS)):
         digests = {}
         for key in batch:
             if m := _BLOB_KEY.fullmatch(key):
@@ -136,7 +136,7 @@ def _register_unrecorded(svc: Services, report: GcReport) -> None:
 
 def _collect_archives(svc: Services, report: GcReport) -> None:
     store, storage = svc.store, svc.storage
-    for batch in _batches(storage.list("archives/")):
+    for batch in _batches(storage.list(ARCHIVES)):
         for key in sorted(store.unrecorded_archives(batch)):
             st = storage.stat(key)
             if st is None:
@@ -149,8 +149,8 @@ def _collect_archives(svc: Services, report: GcReport) -> None:
 def _collect_debris(svc: Services, cutoff: float, report: GcReport) -> None:
     data = svc.settings.data_dir
     paths = [
-        *(data / "uploads").glob("*/*.part"),
-        *(data / "tmp").glob("merge-*"),
+        *staged_parts(data),
+        *scratch_dir(data).glob(f"{MERGE_PREFIX}*"),
         *svc.storage.scratch_paths(),
     ]
     for path in sorted(paths):

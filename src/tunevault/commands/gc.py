@@ -1,4 +1,4 @@
-"""`tunevault gc`: free the storage no manifest or archive refers to (see tunevault.gc)."""
+"""`tunevault gc`: free the storage no manifest or archive refers to (see tunevault.service.gc)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tunevault.service_commands import settings_from_flags, store_options
+from tunevault.commands.service import settings_from_flags, store_options
 
 
 @click.command("gc")
@@ -27,8 +27,8 @@ def gc(grace_hours: float, dry_run: bool, as_json: bool, **flags: Any) -> None:
 
     Safe while servers and workers run.
     """
-    from tunevault.gc import collect
-    from tunevault.services import open_services
+    from tunevault.service.context import open_services
+    from tunevault.service.gc import collect
 
     with open_services(settings_from_flags(**flags)) as svc:
         report = collect(svc, grace_seconds=grace_hours * 3600, dry_run=dry_run)

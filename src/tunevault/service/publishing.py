@@ -15,18 +15,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tunevault.archive import SUMS_NAME
-from tunevault.checksums import BlobHasher
+from tunevault.archive.checksums import BlobHasher
+from tunevault.archive.write import SUMS_NAME
 from tunevault.errors import Conflict, InvalidManifest, InvalidRequest
+from tunevault.layout import blob_key
 from tunevault.metadata import MetadataStore
-from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, Kind
+from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, JobKind, Kind
+from tunevault.service.context import Services
 from tunevault.storage import Storage
-from tunevault.storage.base import blob_key
 
 CHUNK = 4 << 20
 MAX_FILES = 100_000
 MAX_PATH_BYTES = 1000
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # always fullmatch: `$` matches before a final newline
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -69,7 +70,7 @@ def validate_manifest(raw: Any) -> list[FileEntry]:
         size, sha = item.get("size"), item.get("sha256")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidManifest(f"{path!r} needs a non-negative integer size")
-        if not isinstance(sha, str) or not _SHA256.match(sha):
+        if not isinstance(sha, str) or not SHA256_HEX.fullmatch(sha):
             raise InvalidManifest(f"{path!r} needs a sha256 of 64 lower-case hex digits")
         if path in seen:
             raise InvalidManifest(f"path {path!r} appears twice")
@@ -94,7 +95,7 @@ def check_blobs(
 ) -> None:
     """Every file must be a blob this organization uploaded, of the size it says.
 
-    `confirm` reads under the gc lock: the check after a manifest commit (see tunevault.gc).
+    `confirm` reads under the gc lock: the check after a manifest commit (see tunevault.service.gc).
     """
     lookup = store.locked_blob_sizes if confirm else store.org_blob_sizes
     sizes = lookup(org_id, (f.sha256 for f in files))
@@ -110,7 +111,7 @@ def check_blobs(
 
 
 def commit_checkpoint(
-    store: MetadataStore,
+    svc: Services,
     ft: FineTune,
     *,
     step: int,
@@ -123,6 +124,7 @@ def commit_checkpoint(
     Returns the checkpoint and whether it was created now. The final adapter of a LoRA
     fine-tune also gets its `merged` checkpoint, built by a merge job.
     """
+    store = svc.store
     if kind == Kind.MERGED:
         raise InvalidRequest(
             "merged checkpoints are built by tunevault, not published", param="kind"
@@ -135,7 +137,7 @@ def commit_checkpoint(
     check_blobs(store, ft.org_id, files)
     created = True
     try:
-        ckpt = store.add_checkpoint(ft.id, step, kind, final, files, jobs=("archive",))
+        ckpt = store.add_checkpoint(ft.id, step, kind, final, files, jobs=(JobKind.ARCHIVE,))
     except sa.exc.IntegrityError:  # published before (a retry, or a concurrent twin)
         created = False
         existing = store.find_checkpoint(ft.id, step, kind)
@@ -161,13 +163,14 @@ def _ensure_merged(store: MetadataStore, ft: FineTune, step: int) -> None:
     if store.find_checkpoint(ft.id, step, Kind.MERGED) is None:
         # A concurrent commit of the same adapter may create it first: that is fine.
         with contextlib.suppress(sa.exc.IntegrityError):
-            store.add_checkpoint(ft.id, step, Kind.MERGED, True, [], jobs=("merge",))
+            store.add_checkpoint(ft.id, step, Kind.MERGED, True, [], jobs=(JobKind.MERGE,))
 
 
 def register_base_model(
-    store: MetadataStore, org_id: str, name: str, files: Sequence[FileEntry]
+    svc: Services, org_id: str, name: str, files: Sequence[FileEntry]
 ) -> tuple[BaseModel, bool]:
     """Register (or confirm) a base model, and wake the merges that waited for it."""
+    store = svc.store
     if not name or len(name) > 300 or _BAD_CHARS.search(name):
         raise InvalidRequest("a base model name is 1-300 printable characters", param="name")
     check_blobs(store, org_id, files)
@@ -241,8 +244,7 @@ def put_directory(
 
 
 def publish_directory(
-    store: MetadataStore,
-    storage: Storage,
+    svc: Services,
     ft: FineTune,
     root: Path,
     *,
@@ -250,5 +252,5 @@ def publish_directory(
     kind: Kind,
     final: bool,
 ) -> Checkpoint:
-    files = put_directory(store, storage, ft.org_id, root)
-    return commit_checkpoint(store, ft, step=step, kind=kind, final=final, files=files)[0]
+    files = put_directory(svc.store, svc.storage, ft.org_id, root)
+    return commit_checkpoint(svc, ft, step=step, kind=kind, final=final, files=files)[0]

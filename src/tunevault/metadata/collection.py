@@ -3,7 +3,7 @@
 The gc lock is one database-wide mutex held for a transaction: a PostgreSQL advisory
 transaction lock, or SQLite's single write lock. gc takes it to drop a blob's rows or
 delete an unrecorded key; writers take it to confirm that what they recorded is still
-stored. `tunevault.gc` explains why that order cannot lose a referenced blob.
+stored. `tunevault.service.gc` explains why that order cannot lose a referenced blob.
 """
 
 from __future__ import annotations

@@ -60,8 +60,8 @@ def worker(**flags: Any) -> None:
     import threading
 
     from tunevault.server.observability import setup_logging
-    from tunevault.services import open_services
-    from tunevault.worker import Worker
+    from tunevault.service.context import open_services
+    from tunevault.service.worker import Worker
 
     settings = settings_from_flags(**flags)
     setup_logging(settings.log_level, settings.log_format)
@@ -92,7 +92,7 @@ def keys() -> None:
 )
 def keys_create(org_name: str, name: str, scopes: tuple[str, ...], **flags: Any) -> None:
     """Create a key; the token is printed once and never stored."""
-    from tunevault.services import open_services
+    from tunevault.service.context import open_services
 
     with open_services(settings_from_flags(**flags)) as svc:
         org = svc.store.get_org_by_name(org_name) or svc.store.create_org(org_name)
@@ -115,7 +115,7 @@ def keys_create(org_name: str, name: str, scopes: tuple[str, ...], **flags: Any)
 @click.option("--org", "org_name", help="Only this organization's keys.")
 def keys_list(org_name: str | None, **flags: Any) -> None:
     """List keys (never their secrets)."""
-    from tunevault.services import open_services
+    from tunevault.service.context import open_services
 
     with open_services(settings_from_flags(**flags)) as svc:
         org_id = None
@@ -134,7 +134,7 @@ def keys_list(org_name: str | None, **flags: Any) -> None:
 @click.argument("key_id")
 def keys_revoke(key_id: str, **flags: Any) -> None:
     """Revoke a key at once."""
-    from tunevault.services import open_services
+    from tunevault.service.context import open_services
 
     with open_services(settings_from_flags(**flags)) as svc:
         if not svc.store.revoke_key(key_id):

@@ -11,16 +11,16 @@ import importlib
 import click
 
 COMMANDS = {
-    "serve": "tunevault.service_commands:serve",
-    "worker": "tunevault.service_commands:worker",
-    "keys": "tunevault.service_commands:keys",
-    "download": "tunevault.client.commands:download",
-    "ls": "tunevault.client.commands:ls",
-    "checkpoints": "tunevault.client.commands:checkpoints",
-    "push": "tunevault.publisher.command:push",
-    "base": "tunevault.publisher.command:base",
-    "merge": "tunevault.merge.command:merge",
-    "gc": "tunevault.gc_command:gc",
+    "serve": "tunevault.commands.service:serve",
+    "worker": "tunevault.commands.service:worker",
+    "keys": "tunevault.commands.service:keys",
+    "download": "tunevault.commands.download:download",
+    "ls": "tunevault.commands.download:ls",
+    "checkpoints": "tunevault.commands.download:checkpoints",
+    "push": "tunevault.commands.push:push",
+    "base": "tunevault.commands.push:base",
+    "merge": "tunevault.commands.merge:merge",
+    "gc": "tunevault.commands.gc:gc",
 }
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
-from tunevault.archive import input_digest, write_archive
+from tunevault.archive.write import input_digest, write_archive
+from tunevault.layout import archive_key, blob_key
 from tunevault.metadata import MetadataStore
 from tunevault.models import Archive, Checkpoint, FileEntry
 from tunevault.storage import Storage
-from tunevault.storage.base import blob_key
+from tunevault.storage.base import BlobReader
 
 
-def archive_key(files: tuple[FileEntry, ...], level: int) -> str:
-    return f"archives/{input_digest(files, level)}.tar.zst"
+def archive_key_of(files: tuple[FileEntry, ...], level: int) -> str:
+    return archive_key(input_digest(files, level))
 
 
 def build_archive(
@@ -29,10 +28,10 @@ def build_archive(
     if ckpt is None:
         raise LookupError(f"checkpoint {checkpoint} does not exist")
 
-    def open_file(entry: FileEntry) -> BinaryIO:
+    def open_file(entry: FileEntry) -> BlobReader:
         return storage.open_read(blob_key(entry.sha256))
 
-    key = archive_key(ckpt.files, level)
+    key = archive_key_of(ckpt.files, level)
     xxh3 = store.blob_xxh3(f.sha256 for f in ckpt.files)
     for _ in range(3):
         with storage.writer(key) as sink:
@@ -41,7 +40,7 @@ def build_archive(
             )
         archive = store.set_archive(ckpt.id, key, result.sha256, result.size)
         # gc deletes archive keys no row points to: confirm ours survived the moment between
-        # the write and the row (see tunevault.gc), or build it again.
+        # the write and the row (see tunevault.service.gc), or build it again.
         with store.gc_lock():
             if storage.stat(key) is not None:
                 return archive

@@ -8,6 +8,7 @@ The weights are random (seeded), but names, shapes, dtypes and files are what
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,10 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from tunevault.metadata import MetadataStore
-from tunevault.models import FineTune, Kind, MetricRow, Organization
-from tunevault.publish import publish_directory, put_directory, register_base_model
-from tunevault.services import Services
-from tunevault.worker import Worker
+from tunevault.models import FineTune, Kind, MetricRow, Organization, Scope
+from tunevault.service.context import Services
+from tunevault.service.publishing import publish_directory, put_directory, register_base_model
+from tunevault.service.worker import Worker
 
 BASE_NAME = "tunevault-demo/tiny-llama"
 DEMO_ORG = "demo"
@@ -225,9 +226,7 @@ def seed_demo(svc: Services) -> tuple[Organization, list[FineTune]]:
         tmp = Path(tmp_name)
         base = base_weights(spec, rng)
         base_dir = write_model(tmp / "base", spec, base)
-        register_base_model(
-            store, org.id, BASE_NAME, put_directory(store, storage, org.id, base_dir)
-        )
+        register_base_model(svc, org.id, BASE_NAME, put_directory(store, storage, org.id, base_dir))
         lora = store.create_fine_tune(
             org.id,
             model=BASE_NAME,
@@ -250,13 +249,9 @@ def seed_demo(svc: Services) -> tuple[Organization, list[FineTune]]:
         )
         for step, final in ((10, False), (20, True)):
             adapter = write_adapter(tmp / f"adapter-{step}", spec, rng, scale=step / 10)
-            publish_directory(
-                store, storage, lora, adapter, step=step, kind=Kind.ADAPTER, final=final
-            )
+            publish_directory(svc, lora, adapter, step=step, kind=Kind.ADAPTER, final=final)
             output = write_full_finetune(tmp / f"full-{step}", spec, base, rng, step / 10)
-            publish_directory(
-                store, storage, full, output, step=step, kind=Kind.MODEL_OUTPUT, final=final
-            )
+            publish_directory(svc, full, output, step=step, kind=Kind.MODEL_OUTPUT, final=final)
     worker = Worker(svc, name="demo-seed")
     while worker.run_once():
         pass
@@ -278,3 +273,38 @@ def _record_training(store: MetadataStore, ft_id: str) -> None:
     for step in (10, 20):
         store.add_event(ft_id, "CHECKPOINT_SAVE", f"checkpoint saved at step {step}", step=step)
     store.add_event(ft_id, "JOB_COMPLETE", "training completed", step=20)
+
+
+def _tool(name: str) -> str:
+    """The tool next to this interpreter (the venv's), else the bare name for PATH."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def demo_banner(svc: Services, token: str, base_url: str) -> str:
+    org = svc.store.get_org_by_name(DEMO_ORG)
+    assert org is not None
+    together, tunevault = _tool("together"), _tool("tunevault")
+    lines = ["", "tunevault demo is ready.", f"  API key (shown once): {token}", ""]
+    for ft in svc.store.list_fine_tunes(org.id):
+        kind = "merged" if ft.is_lora else "model_output_path"
+        lines += [
+            f"  {ft.training_type} fine-tune {ft.id} ({ft.model_output_name})",
+            f"    curl -fSL -H 'Authorization: Bearer {token}' -o {ft.suffix}.tar.zst \\",
+            f"      '{base_url}/v1/finetune/download?ft_id={ft.id}&checkpoint={kind}'",
+            f"    TOGETHER_BASE_URL={base_url} TOGETHER_API_KEY={token} \\",
+            f"      {together} fine-tuning download {ft.id}",
+            f"    TUNEVAULT_URL={base_url} TUNEVAULT_API_KEY={token} \\",
+            f"      {tunevault} download {ft.id}:10 --extract ./{ft.suffix}-step10",
+            f"    HF_ENDPOINT={base_url} HF_TOKEN={token} \\",
+            f"      {_tool('hf')} download {ft.model_output_name} --local-dir ./{ft.suffix}-hf",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def seed_demo_with_key(svc: Services, base_url: str) -> str:
+    """Seed the demo (once), mint a fresh key for it and return the banner that shows it."""
+    org, _ = seed_demo(svc)
+    _, token = svc.store.create_key(org.id, "demo", [Scope.READ, Scope.PUBLISH])
+    return demo_banner(svc, token, base_url)
