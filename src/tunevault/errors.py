@@ -15,9 +15,13 @@ from `code`; the CLI maps the branches to exit codes.
     ├── NotFound                        404 not_found
     │   ├── FineTuneNotFound            404 fine_tune_not_found
     │   ├── CheckpointNotFound          404 checkpoint_not_found
-    │   └── BaseModelNotFound           404 base_model_not_found
+    │   ├── BaseModelNotFound           404 base_model_not_found
+    │   ├── RepositoryNotFound          404 repository_not_found
+    │   ├── RevisionNotFound            404 revision_not_found
+    │   └── EntryNotFound               404 entry_not_found
     ├── Conflict                        409 conflict
     │   ├── ArchiveNotReady             409 archive_not_ready
+    │   ├── CheckpointNotReady          409 checkpoint_not_ready
     │   └── UploadOffsetMismatch        409 upload_offset_mismatch
     ├── PayloadTooLarge                 413 payload_too_large
     ├── RangeNotSatisfiable             416 range_not_satisfiable
@@ -130,6 +134,24 @@ class BaseModelNotFound(NotFound):
     code = "base_model_not_found"
 
 
+class RepositoryNotFound(NotFound):
+    """Hub protocol: no fine-tune or base model by that repo id in the caller's organization."""
+
+    code = "repository_not_found"
+
+
+class RevisionNotFound(NotFound):
+    """Hub protocol: the repo has no checkpoint by that revision name or commit id."""
+
+    code = "revision_not_found"
+
+
+class EntryNotFound(NotFound):
+    """Hub protocol: the revision has no file (or folder) at that path."""
+
+    code = "entry_not_found"
+
+
 class Conflict(TunevaultError):
     status = 409
     error_type = "conflict_error"
@@ -138,6 +160,12 @@ class Conflict(TunevaultError):
 
 class ArchiveNotReady(Conflict):
     code = "archive_not_ready"
+
+
+class CheckpointNotReady(Conflict):
+    """The checkpoint's files are still being made (a merge is running)."""
+
+    code = "checkpoint_not_ready"
 
 
 class UploadOffsetMismatch(Conflict):

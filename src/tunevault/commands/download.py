@@ -7,11 +7,12 @@ Exit codes (docs/client.md): 0 success, 1 other error, 2 bad usage or request,
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 import click
@@ -20,11 +21,13 @@ from tunevault.client.api import Client
 from tunevault.client.download import download as download_file
 from tunevault.client.extract import download_extract
 from tunevault.client.fetch import RetryPolicy
+from tunevault.client.files import download_files, revision_of
 from tunevault.client.http import NetworkError
 from tunevault.client.progress import Bar
 from tunevault.client.target import CHECKPOINTS, ProtocolError, parse_ft_arg
 from tunevault.errors import (
     ArchiveNotReady,
+    CheckpointNotReady,
     IntegrityError,
     InvalidRequest,
     NotFound,
@@ -42,6 +45,7 @@ _EXIT_CODES: tuple[tuple[type[TunevaultError], int], ...] = (
     (PermissionDenied, EXIT_AUTH),
     (NotFound, EXIT_NOT_FOUND),
     (ArchiveNotReady, EXIT_NOT_READY),
+    (CheckpointNotReady, EXIT_NOT_READY),
     (NetworkError, EXIT_NETWORK),
     (ProtocolError, EXIT_NETWORK),
     (RangeNotSatisfiable, EXIT_NETWORK),
@@ -78,6 +82,67 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; run the same command again to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _ft_and_step(ft_ref: str, checkpoint_step: int | None) -> tuple[str, int | None]:
+    try:
+        ft_id, step = parse_ft_arg(ft_ref)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="FT_ID[:STEP]") from e
+    if checkpoint_step is not None:
+        if step is not None and step != checkpoint_step:
+            raise click.UsageError(f"{ft_ref} and --checkpoint-step {checkpoint_step} disagree")
+        step = checkpoint_step
+    return ft_id, step
+
+
+def _file_selection(command: F) -> F:
+    """--file/--include/--exclude on `download`: with any of them, the checkpoint's files
+    one by one over the Hub file routes (client/files.py), not its archive."""
+
+    @click.option(
+        "--file",
+        "paths",
+        multiple=True,
+        metavar="PATH",
+        help="Only this file of the checkpoint, not the archive (repeatable); -o is the "
+        "directory to put it in.",
+    )
+    @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching it.")
+    @click.option("--exclude", multiple=True, metavar="GLOB", help="No file matching it.")
+    @functools.wraps(command)
+    def wrapper(
+        paths: tuple[str, ...], include: tuple[str, ...], exclude: tuple[str, ...], **kw: Any
+    ) -> None:
+        if not (paths or include or exclude):
+            command(**kw)
+            return
+        if kw["extract"] is not None or kw["connections"] != 1:
+            raise click.UsageError("--file/--include/--exclude take no --extract or --connections")
+        ft_id, step = _ft_and_step(kw["ft_ref"], kw["checkpoint_step"])
+        client, as_json = Client(kw["url"], kw["api_key"]), kw["as_json"]
+        say = (lambda _line: None) if as_json else functools.partial(click.echo, err=True)
+
+        def action() -> None:
+            result = download_files(
+                client,
+                ft_id,
+                revision_of(step, kw["checkpoint"]),
+                Path(kw["output"] or "."),
+                paths=paths,
+                include=include,
+                exclude=exclude,
+                policy=RetryPolicy(attempts=kw["retries"]),
+                say=say,
+            )
+            if as_json:
+                click.echo(json.dumps(result.as_dict()))
+            else:
+                click.echo(f"{len(result.files)} files in {result.directory}, each verified")
+
+        _run(as_json, action)
+
+    return cast(F, wrapper)
 
 
 @click.command()
@@ -127,6 +192,7 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
     "before giving up; any progress resets the count.",
 )
 @_client_options
+@_file_selection
 def download(
     ft_ref: str,
     checkpoint: str,
@@ -140,18 +206,12 @@ def download(
     url: str | None,
     api_key: str | None,
 ) -> None:
-    """Download a checkpoint archive: resumable, verified, optionally extracted on the fly.
+    """Download a checkpoint archive: resumable, verified, optionally extracted on the fly;
+    with --file/--include/--exclude, some of its files instead, each verified.
 
     Run the same command again after a failure or ^C: it continues from the exact byte.
     """
-    try:
-        ft_id, step = parse_ft_arg(ft_ref)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="FT_ID[:STEP]") from e
-    if checkpoint_step is not None:
-        if step is not None and step != checkpoint_step:
-            raise click.UsageError(f"{ft_ref} and --checkpoint-step {checkpoint_step} disagree")
-        step = checkpoint_step
+    ft_id, step = _ft_and_step(ft_ref, checkpoint_step)
     if output is not None and extract is not None:
         raise click.UsageError("use either -o or --extract")
     label = f"{ft_id}" + (f":{step}" if step is not None else f" ({checkpoint})")

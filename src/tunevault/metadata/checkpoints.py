@@ -190,6 +190,21 @@ class CheckpointsMixin(StoreBase):
                 ).scalars()
             )
 
+    def fine_tune_files(self, ft_id: str) -> dict[int, tuple[FileEntry, ...]]:
+        """The files of every checkpoint of the fine-tune, by checkpoint id, in one query."""
+        c, cf = t.checkpoints.c, t.checkpoint_files.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(cf.checkpoint_id, cf.path, cf.size, cf.sha256)
+                .select_from(t.checkpoint_files.join(t.checkpoints, cf.checkpoint_id == c.id))
+                .where(c.ft_id == ft_id)
+                .order_by(cf.checkpoint_id, cf.path)
+            )
+            found: dict[int, list[FileEntry]] = {}
+            for r in rows:
+                found.setdefault(r.checkpoint_id, []).append(FileEntry(r.path, r.size, r.sha256))
+        return {ckpt_id: tuple(files) for ckpt_id, files in found.items()}
+
     def get_archive(self, checkpoint_id: int) -> Archive | None:
         with self.engine.connect() as conn:
             row = conn.execute(

@@ -102,6 +102,17 @@ class FineTunesMixin(StoreBase):
             row = conn.execute(_select_fine_tunes().where(t.fine_tunes.c.id == ft_id)).first()
         return FineTune(**row._mapping) if row else None
 
+    def fine_tune_ids_named(self, org_id: str, model_output_name: str) -> list[str]:
+        """Ids of the organization's fine-tunes with that output name (the Hub's repo ids)."""
+        f = t.fine_tunes.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(f.id)
+                .where(f.org_id == org_id, f.model_output_name == model_output_name)
+                .order_by(f.id)
+            )
+            return list(rows.scalars())
+
     def list_fine_tunes(self, org_id: str) -> list[FineTune]:
         with self.engine.connect() as conn:
             rows = conn.execute(

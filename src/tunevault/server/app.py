@@ -12,7 +12,7 @@ import yaml
 from aiohttp import web
 
 from tunevault.errors import NotFound, TunevaultError, Unauthenticated
-from tunevault.server import download, finetunes, ops, publish, uploads, whoami
+from tunevault.server import download, finetunes, hub, hub_files, ops, publish, uploads, whoami
 from tunevault.server.audit import AUDIT, audit_ctx
 from tunevault.server.clients import (
     FAILURES,
@@ -27,6 +27,7 @@ from tunevault.server.edge import (
     body_limit_middleware,
     database_outage_middleware,
 )
+from tunevault.server.hub_errors import hub_error_middleware
 from tunevault.server.limits import KeyLimits
 from tunevault.server.observability import (
     METRICS,
@@ -130,6 +131,7 @@ def make_app(svc: Services) -> web.Application:
             request_id_middleware,
             client_middleware,
             error_middleware,
+            hub_error_middleware,
             body_limit_middleware,
             database_outage_middleware,
             auth_middleware,
@@ -165,4 +167,8 @@ def make_app(svc: Services) -> web.Application:
         for route in table:
             assert isinstance(route, web.RouteDef)
             app.router.add_route(route.method, "/v1" + route.path, route.handler)
+    # The Hub protocol at the root, as huggingface_hub calls it (no /v1 aliases); last, so
+    # that its `/{repo_id}/resolve/...` pattern never shadows a route of our own.
+    app.router.add_routes(hub.routes)
+    app.router.add_routes(hub_files.routes)
     return app

@@ -296,6 +296,8 @@ def demo_banner(svc: Services, token: str, base_url: str) -> str:
             f"      {together} fine-tuning download {ft.id}",
             f"    TUNEVAULT_URL={base_url} TUNEVAULT_API_KEY={token} \\",
             f"      {tunevault} download {ft.id}:10 --extract ./{ft.suffix}-step10",
+            f"    HF_ENDPOINT={base_url} HF_TOKEN={token} \\",
+            f"      {_tool('hf')} download {ft.model_output_name} --local-dir ./{ft.suffix}-hf",
             "",
         ]
     return "\n".join(lines)

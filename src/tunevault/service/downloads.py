@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from tunevault.errors import ArchiveNotReady, CheckpointNotFound, FineTuneNotFound, TunevaultError
+from tunevault.metadata import MetadataStore
 from tunevault.models import Archive, Checkpoint, FineTune, JobState, Kind
 from tunevault.service.buildwait import build_wait
 from tunevault.service.context import Services
@@ -92,18 +93,32 @@ def resolve(svc: Services, org_id: str, q: DownloadQuery) -> Resolved:
         ckpt = pick_kind(ft, ckpts, q.checkpoint)
     archive = {c.id: a for c, a in rows}.get(ckpt.id)  # none yet for a merge just queued
     if archive is None:
-        failed = [j for j in svc.store.jobs_for_checkpoint(ckpt.id) if j.state == JobState.FAILED]
-        if failed:  # say why, with the class the build failed with (e.g. a missing base)
-            klass = TunevaultError.registry.get(failed[-1].error_code or "", TunevaultError)
-            raise klass(
-                f"the {ckpt.kind.value} archive of {ft.id} could not be built: "
-                f"{failed[-1].error_message}"
-            )
-        workers = max(svc.settings.build_workers, 1)  # 0: `tunevault worker`s, at least one
-        wait = build_wait(svc.store, ckpt.id, workers)
-        raise ArchiveNotReady(
-            f"{ckpt.kind.value} archive of {ft.id} step {ckpt.step}: {wait.describe()}; "
-            f"retry in {wait.retry_after} s",
-            headers=wait.headers(),
-        )
+        raise not_ready(svc.store, ft, ckpt, max(svc.settings.build_workers, 1))
     return Resolved(ft, ckpt, archive)
+
+
+def not_ready(
+    store: MetadataStore,
+    ft: FineTune,
+    ckpt: Checkpoint,
+    workers: int,
+    *,
+    error: type[TunevaultError] = ArchiveNotReady,
+    noun: str = "archive",
+) -> TunevaultError:
+    """What to answer for a checkpoint not built yet: the error its build failed with (e.g.
+    a missing base), or `error` with a Retry-After from the build queue's real state
+    (`workers` build in parallel; 0 in settings means `tunevault worker`s, count one)."""
+    failed = [j for j in store.jobs_for_checkpoint(ckpt.id) if j.state == JobState.FAILED]
+    if failed:
+        klass = TunevaultError.registry.get(failed[-1].error_code or "", TunevaultError)
+        return klass(
+            f"the {ckpt.kind.value} {noun} of {ft.id} could not be built: "
+            f"{failed[-1].error_message}"
+        )
+    wait = build_wait(store, ckpt.id, workers)
+    return error(
+        f"{ckpt.kind.value} {noun} of {ft.id} step {ckpt.step}: {wait.describe()}; "
+        f"retry in {wait.retry_after} s",
+        headers=wait.headers(),
+    )
