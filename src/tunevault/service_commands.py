@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from tunevault.models import Scope
+from tunevault.errors import NotFound
+from tunevault.models import ApiKey, Scope
 from tunevault.settings import Settings
 
 
@@ -113,7 +114,8 @@ def keys_create(org_name: str, name: str, scopes: tuple[str, ...], **flags: Any)
 @keys.command("list")
 @store_options
 @click.option("--org", "org_name", help="Only this organization's keys.")
-def keys_list(org_name: str | None, **flags: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def keys_list(org_name: str | None, as_json: bool, **flags: Any) -> None:
     """List keys (never their secrets)."""
     from tunevault.services import open_services
 
@@ -122,9 +124,13 @@ def keys_list(org_name: str | None, **flags: Any) -> None:
         if org_name:
             org = svc.store.get_org_by_name(org_name)
             if org is None:
-                raise click.ClickException(f"no organization named {org_name!r}")
+                raise NotFound(f"no organization named {org_name!r}; `keys create --org` makes one")
             org_id = org.id
-        for k in svc.store.list_keys(org_id):
+        keys = svc.store.list_keys(org_id)
+        if as_json:
+            click.echo(json.dumps({"data": [_key_json(k) for k in keys]}))
+            return
+        for k in keys:
             state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
             click.echo(f"{k.id}  {k.org_id}  {k.name:<16} {','.join(sorted(k.scopes)):<20} {state}")
 
@@ -132,11 +138,23 @@ def keys_list(org_name: str | None, **flags: Any) -> None:
 @keys.command("revoke")
 @store_options
 @click.argument("key_id")
-def keys_revoke(key_id: str, **flags: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def keys_revoke(key_id: str, as_json: bool, **flags: Any) -> None:
     """Revoke a key at once."""
     from tunevault.services import open_services
 
     with open_services(settings_from_flags(**flags)) as svc:
         if not svc.store.revoke_key(key_id):
-            raise click.ClickException(f"no active key {key_id!r}")
-    click.echo(f"revoked {key_id}")
+            raise NotFound(f"no active key {key_id!r}; `tunevault keys list` shows them")
+    click.echo(json.dumps({"id": key_id, "revoked": True}) if as_json else f"revoked {key_id}")
+
+
+def _key_json(k: ApiKey) -> dict[str, Any]:
+    revoked = k.revoked_at.isoformat() if k.revoked_at else None
+    return {
+        "id": k.id,
+        "org_id": k.org_id,
+        "name": k.name,
+        "scopes": sorted(k.scopes),
+        "revoked_at": revoked,
+    }

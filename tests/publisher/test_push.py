@@ -92,7 +92,7 @@ def test_push_trainer_output_then_rerun(live: Live, tmp_path: Path) -> None:
 def test_push_refuses_without_base_model_name(live: Live, tmp_path: Path) -> None:
     proc = tunevault(live, "push", str(helpers.adapter(tmp_path / "a")))
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and "pass --model" in err
+    assert proc.returncode == 2 and "pass --model" in err
 
 
 def missing(live: Live, digests: list[str]) -> set[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from tunevault.client.api import Client
 from tunevault.client.http import NetworkError, Response
+from tunevault.client.retry import Backoff, announce_status, announce_unreachable
 from tunevault.client.state import Target
 from tunevault.client.target import DownloadRequest, ProtocolError, content_range
 from tunevault.errors import ArchiveNotReady, RateLimited, StorageUnavailable, TunevaultError
@@ -128,7 +129,12 @@ class Fetcher:
             streak, total = self._streak, self._failures
         if streak > self.policy.attempts or total > self.policy.total_failures:
             raise err
-        pause = min(self.policy.backoff * 2 ** (streak - 1), self.policy.max_backoff)
+        backoff = Backoff(self.policy.attempts, self.policy.backoff, self.policy.max_backoff)
+        pause = backoff.pause(streak, err.headers.get("Retry-After"))
+        if isinstance(err, NetworkError):
+            announce_unreachable(self.url, err, pause, streak, self.policy.attempts)
+        else:
+            announce_status(self.url, err.status, pause, streak, self.policy.attempts)
         if self.cancel.wait(pause):
             raise err
 
