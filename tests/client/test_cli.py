@@ -15,6 +15,7 @@ import pytest
 from tests.client.conftest import Live, MiB, leftovers
 from tests.support.faultproxy import Fault, FaultProxy
 from tunevault.client.state import PartFile
+from tunevault.client.waiting import POLL_CAP
 
 
 def run(
@@ -168,3 +169,16 @@ def test_sigkill_then_rerun_transfers_only_the_rest(
     assert sum(ex.body_bytes for ex in rerun) == len(live.data) - present
     assert rerun[0].headers["range"].startswith(f"bytes={missing[0][0]}-")
     assert leftovers(tmp_path) == []
+
+
+def test_waiting_is_shown_and_bounded(live: Live) -> None:
+    r = run("download", live.pending_ft, "--wait", "3", url=live.url, token=live.seeded.token)
+    assert r.returncode == 7, r.stderr
+    [shown] = [line for line in r.stderr.splitlines() if "checking again in" in line]
+    assert shown.startswith(f"{live.pending_ft} (default): the model_output_path archive of ")
+    # Whatever Retry-After says, the client looks again within its cap.
+    pause = float(shown.split("checking again in ")[1].split(" s")[0])
+    assert pause <= POLL_CAP
+    assert r.stderr.splitlines()[-1].endswith(
+        "still not ready after 3 s: run the same command again later, or pass a longer --wait"
+    )

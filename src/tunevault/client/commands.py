@@ -12,17 +12,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
 
 import click
 
-from tunevault.client.api import CheckpointInfo, Client
+from tunevault.client.api import Client
 from tunevault.client.download import download as download_file
 from tunevault.client.extract import download_extract
 from tunevault.client.fetch import RetryPolicy
 from tunevault.client.progress import Bar
+from tunevault.client.ready import download_command
 from tunevault.client.retry import Backoff
 from tunevault.client.target import CHECKPOINTS, parse_ft_arg
+from tunevault.client.waiting import WaitLine
 from tunevault.errors import FineTuneNotFound, InvalidRequest
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -90,7 +91,8 @@ def _client_options(fn: F) -> F:
     type=click.FloatRange(min=0),
     default=RetryPolicy.not_ready_timeout,
     show_default=True,
-    help="Seconds to wait for an archive the server is still building (409).",
+    help="Seconds to wait for an archive the server is still building (0: do not wait); "
+    "the wait is shown on stderr.",
 )
 @click.option(
     "--retries",
@@ -143,6 +145,7 @@ def download(
                 checkpoint=checkpoint,
                 progress=bar,
                 policy=policy,
+                notice=WaitLine(label),
             )
         else:
             result = download_file(
@@ -154,6 +157,7 @@ def download(
                 connections=connections,
                 progress=bar,
                 policy=policy,
+                notice=WaitLine(label),
             )
     if as_json:
         click.echo(json.dumps(result.as_dict()))
@@ -213,14 +217,3 @@ def checkpoints(
         for c in ckpts
     ]
     _table(("STEP", "TYPE", "CONTENT", "CREATED", "DOWNLOAD WITH"), rows)
-
-
-def download_command(ft_id: str, c: CheckpointInfo) -> str:
-    kind = _kind_of(c.path)
-    return f"tunevault download {ft_id}" + (f" --checkpoint {kind}" if kind else f":{c.step}")
-
-
-def _kind_of(path: str) -> str | None:
-    """The `checkpoint=` of a final checkpoint's path, None for an intermediate one."""
-    values = parse_qs(urlsplit(path).query).get("checkpoint")
-    return values[0] if values else None

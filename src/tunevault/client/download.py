@@ -35,6 +35,7 @@ from tunevault.client.target import (
     full_size,
     strong_etag,
 )
+from tunevault.client.waiting import WaitNotice
 from tunevault.errors import IntegrityError, RangeNotSatisfiable, TunevaultError
 
 # One sidecar line per chunk: a killed process loses at most the chunk it was writing.
@@ -79,12 +80,13 @@ def download(
     connections: int = 1,
     progress: Progress | None = None,
     policy: RetryPolicy | None = None,
+    notice: WaitNotice | None = None,
 ) -> DownloadResult:
     """Download a checkpoint archive to `output` (a file, or a directory to put it in)."""
     began = time.monotonic()
     policy = policy or RetryPolicy()
     request = DownloadRequest(ft_id, step, checkpoint)
-    fetcher = Fetcher(client, request, policy)
+    fetcher = Fetcher(client, request, policy, notice)
     # A str keeps a trailing "/", which says "a directory" even before it exists.
     into_dir = output is None or Path(output).is_dir() or str(output).endswith(os.sep)
     out = Path(output or Path.cwd()).absolute()

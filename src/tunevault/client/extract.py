@@ -24,6 +24,7 @@ from tunevault.client.fetch import Changed, Fetcher, RetryPolicy
 from tunevault.client.http import NETWORK_ERRORS, NetworkError, Response
 from tunevault.client.state import Target
 from tunevault.client.target import DownloadRequest, strong_etag
+from tunevault.client.waiting import WaitNotice
 from tunevault.errors import IntegrityError, InvalidRequest
 from tunevault.unpack import unpack_stream
 
@@ -111,6 +112,7 @@ def download_extract(
     checkpoint: str = "default",
     progress: Progress | None = None,
     policy: RetryPolicy | None = None,
+    notice: WaitNotice | None = None,
 ) -> DownloadResult:
     """Stream the archive into `dest` (absent or empty), verifying every file."""
     began = time.monotonic()
@@ -121,7 +123,7 @@ def download_extract(
     for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed run into the same DIR
     request = DownloadRequest(ft_id, step, checkpoint)
-    fetcher = Fetcher(client, request, policy)
+    fetcher = Fetcher(client, request, policy, notice)
     identity = request.identity(client.config.base_url)
     for restarts in range(policy.restarts + 1):
         first = fetcher.get({})

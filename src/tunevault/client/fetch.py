@@ -17,6 +17,7 @@ from tunevault.client.http import NetworkError, Response
 from tunevault.client.retry import Backoff, announce_status, announce_unreachable
 from tunevault.client.state import Target
 from tunevault.client.target import DownloadRequest, ProtocolError, content_range
+from tunevault.client.waiting import WaitNotice, not_ready_after, poll_pause
 from tunevault.errors import ArchiveNotReady, RateLimited, StorageUnavailable, TunevaultError
 
 
@@ -45,8 +46,15 @@ def _retryable(e: TunevaultError) -> bool:
 
 
 class Fetcher:
-    def __init__(self, client: Client, request: DownloadRequest, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        client: Client,
+        request: DownloadRequest,
+        policy: RetryPolicy,
+        notice: WaitNotice | None = None,
+    ) -> None:
         self.transport = client.transport
+        self.notice = notice
         self.request = request
         self.url = client.transport.url("/v1/finetune/download", request.params())
         self.policy = policy
@@ -59,7 +67,7 @@ class Fetcher:
 
     def get(self, headers: dict[str, str]) -> Response:
         """A 200 or 206 answer; other statuses raise the server's error class."""
-        ready_deadline: float | None = None
+        waiting_since: float | None = None
         while True:
             if self.cancel.is_set():
                 raise NetworkError("download cancelled")
@@ -68,22 +76,30 @@ class Fetcher:
                 if resp.status in (200, 206):
                     with self._lock:
                         self._live.add(resp)
+                    if waiting_since is not None and self.notice is not None:
+                        self.notice.ready(time.monotonic() - waiting_since)
                     return resp
                 resp.raise_for_error()
                 resp.close()
                 raise ProtocolError(f"unexpected HTTP {resp.status} from the download route")
             except ArchiveNotReady as e:
-                wait = _retry_after(e, default=5.0)
-                now = time.monotonic()
-                if ready_deadline is None:
-                    ready_deadline = now + self.policy.not_ready_timeout
-                if now + wait > ready_deadline:
-                    raise
-                self.cancel.wait(wait)
+                waiting_since = waiting_since or time.monotonic()
+                self._wait_out(e, waiting_since)
             except TunevaultError as e:
                 if not _retryable(e):
                     raise
                 self.failed(e)
+
+    def _wait_out(self, e: ArchiveNotReady, since: float) -> None:
+        """Sleep until the next look at an archive being built, or raise when --wait is up."""
+        limit = self.policy.not_ready_timeout
+        waited = time.monotonic() - since
+        if waited >= limit:
+            raise not_ready_after(e, limit) from e
+        pause = min(poll_pause(e), limit - waited)
+        if self.notice is not None:
+            self.notice.waiting(e.message, pause, waited, limit)
+        self.cancel.wait(pause)
 
     def get_range(self, target: Target, start: int, end: int | None = None) -> Response:
         """Bytes `start` to `end` (exclusive; None: to the end) of `target`, guarded by
@@ -156,10 +172,3 @@ class Fetcher:
             live = list(self._live)
         for resp in live:
             resp.shutdown()
-
-
-def _retry_after(e: TunevaultError, default: float) -> float:
-    try:
-        return max(0.0, float(e.headers.get("Retry-After", default)))
-    except ValueError:
-        return default

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from tunevault.client.config import DEFAULT_URL
+from tunevault.client.api import Client
+from tunevault.client.config import DEFAULT_URL, ClientConfig, normalize_base_url
 from tunevault.client.progress import human
+from tunevault.client.ready import wait_built
 from tunevault.client.retry import Backoff
 from tunevault.errors import Unauthenticated
 from tunevault.models import Kind
@@ -90,6 +93,12 @@ def _client(
     help="Upload at most this many bytes per second (suffixes K, M, G: powers of 1024).",
 )
 @click.option("--new", is_flag=True, help=f"Start a new fine-tune, ignoring {STATE_FILE}.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    help="Then wait up to this many seconds until every archive of the push is built, "
+    "and print the commands that download them.",
+)
 @_connection
 def push(
     directory: Path,
@@ -98,6 +107,7 @@ def push(
     suffix: str | None,
     include_optimizer: bool,
     new: bool,
+    wait: float | None,
     limit_rate: int | None,
     url: str,
     api_key: str | None,
@@ -119,15 +129,24 @@ def push(
         result = push_plan(client, plan, state, model=model, name=name, suffix=suffix)
     if not state.writable:
         click.echo(f"warning: cannot write {state.path}; a rerun starts over", err=True)
+    if not as_json:
+        click.echo(
+            f"{'resumed' if result.resumed else 'created'} {result.fine_tune_id}: "
+            f"{len(result.checkpoints)} checkpoints, {result.files} files, "
+            f"{human(result.bytes_uploaded)} sent of {human(result.bytes_total)}",
+            err=True,
+        )
+    out: dict[str, Any] = {**result.as_json(), "layout": plan.layout}
+    if wait is not None:
+        reader = Client(config=ClientConfig(normalize_base_url(url), api_key))
+        out["downloads"] = wait_built(reader, result.fine_tune_id, wait, sys.stderr)
     if as_json:
-        click.echo(json.dumps({**result.as_json(), "layout": plan.layout}))
+        click.echo(json.dumps(out))
         return
-    click.echo(
-        f"{'resumed' if result.resumed else 'created'} {result.fine_tune_id}: "
-        f"{len(result.checkpoints)} checkpoints, {result.files} files, "
-        f"{human(result.bytes_uploaded)} sent of {human(result.bytes_total)}",
-        err=True,
-    )
+    if wait is not None:
+        click.echo("every archive is built; download with:", err=True)
+        for command in out["downloads"]:
+            click.echo(f"  {command}", err=True)
     click.echo(result.fine_tune_id)
 
 
