@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 from tunevault.client import progress
 from tunevault.client.progress import Bar
 from tunevault.client.state import Spans
-from tunevault.client.target import disposition_filename, parse_ft_arg
+from tunevault.client.target import (
+    DownloadRequest,
+    WrongCheckpoint,
+    disposition_filename,
+    parse_ft_arg,
+)
 from tunevault.client.waiting import POLL_CAP, POLL_FLOOR, WaitLine, not_ready_after, poll_pause
 from tunevault.errors import ArchiveNotReady
 
@@ -90,3 +95,43 @@ def test_wait_line_shows_the_server_state_not_its_retry_hint() -> None:
         "merged archive: building, 40%, about 3 s; not waiting (--wait 0): "
         "run the same command again later, or pass a longer --wait"
     )
+
+
+def test_merged_at_a_step_is_asked_with_its_own_parameter() -> None:
+    assert DownloadRequest("ft-1", 4, "merged").params() == {
+        "ft_id": "ft-1",
+        "checkpoint": "merged",
+        "merged_step": "4",
+    }
+    assert DownloadRequest("ft-1", 4, "adapter").params() == {
+        "ft_id": "ft-1",
+        "checkpoint_step": "4",
+    }
+    assert DownloadRequest("ft-1", None, "merged").params() == {
+        "ft_id": "ft-1",
+        "checkpoint": "merged",
+    }
+
+
+@pytest.mark.parametrize(
+    ("step", "kind", "filename", "ok"),
+    [
+        (None, "merged", "run-step6-merged.tar.zst", True),
+        (None, "merged", "run-step6-adapter.tar.zst", False),
+        (4, "merged", "run-step4-merged.tar.zst", True),
+        (4, "merged", "run-step6-merged.tar.zst", False),  # a server that ignored merged_step
+        (4, "merged", "run-step4-adapter.tar.zst", False),
+        (4, "default", "run-step4-adapter.tar.zst", True),
+        (4, "default", "run-step5-adapter.tar.zst", False),
+        (None, "adapter", "archive.tar.zst", True),  # a name of another scheme: not checkable
+    ],
+)
+def test_the_archive_asked_for_is_the_one_kept(
+    step: int | None, kind: str, filename: str, ok: bool
+) -> None:
+    request = DownloadRequest("ft-1", step, kind)
+    if ok:
+        request.check_answer(filename)
+    else:
+        with pytest.raises(WrongCheckpoint, match=f"the server sent {filename}"):
+            request.check_answer(filename)

@@ -127,7 +127,11 @@ def download_extract(
     identity = request.identity(client.config.base_url)
     for restarts in range(policy.restarts + 1):
         first = fetcher.get({})
-        target = target_of(first, client, request, identity)
+        try:
+            target = target_of(first, client, request, identity)
+        except BaseException:
+            fetcher.release(first)
+            raise
         stream = _Stream(fetcher, target, first)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
         try:
