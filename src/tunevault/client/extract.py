@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +103,19 @@ def check_destination(dest: Path) -> None:
         raise InvalidRequest(f"--extract destination {dest} exists and is not an empty directory")
 
 
+def _temp_dir(dest: Path) -> Path:
+    """A fresh `.<name>.<random>.part` beside `dest`, with the mode the umask gives: it
+    becomes `dest`, which an inference server running as another user must be able to
+    read (mkdtemp would make it 0700)."""
+    while True:
+        tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.part"
+        try:
+            tmp.mkdir()
+        except FileExistsError:
+            continue  # 48 random bits taken: draw again
+        return tmp
+
+
 def download_extract(
     client: Client,
     ft_id: str,
@@ -133,7 +146,7 @@ def download_extract(
             fetcher.release(first)
             raise
         stream = _Stream(fetcher, target, first)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+        tmp = _temp_dir(dest)
         try:
             if progress:
                 progress.start(target.size, 0)
