@@ -130,6 +130,8 @@ def push(
     if not state.writable:
         click.echo(f"warning: cannot write {state.path}; a rerun starts over", err=True)
     if not as_json:
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
         click.echo(
             f"{'resumed' if result.resumed else 'created'} {result.fine_tune_id}: "
             f"{len(result.checkpoints)} checkpoints, {result.files} files, "
