@@ -257,3 +257,18 @@ def test_download_never_hands_back_another_kind(
     assert f"asked for the {kind} checkpoint of step {ref[1:]}" in body["error"]["message"]
     assert expected is None or kind == "merged"
     assert list(tmp_path.iterdir()) == []  # nothing of the wrong archive is kept
+
+
+def test_push_of_the_trained_directory_resumes_its_fine_tune(live: Live, run: Run) -> None:
+    """The callback recorded what it published: pushing `output_dir` afterwards continues
+    that fine-tune, uploads nothing and doubles no event or metric."""
+    before = live.get(f"/v1/fine-tunes/{run.ft_id}/events")["data"]
+    metrics = live.get(f"/v1/fine-tunes/{run.ft_id}/metrics")["metrics"]
+    proc = tunevault(live, "push", str(run.out), "--json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert result["id"] == run.ft_id and result["resumed"] is True
+    assert result["bytes_uploaded"] == 0
+    assert len(live.get(f"/v1/fine-tunes/{run.ft_id}/events")["data"]) == len(before)
+    assert live.get(f"/v1/fine-tunes/{run.ft_id}/metrics")["metrics"] == metrics

@@ -38,9 +38,12 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -
 
 @contextlib.contextmanager
 def run_server(
-    data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    port: int | None = None,  # a port clients were told before the server started
 ) -> Iterator[LiveServer]:
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     log = (data_dir / f"server-{port}.log").open("wb")

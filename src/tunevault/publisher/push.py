@@ -98,12 +98,17 @@ def publish_checkpoint(
     kind: Kind,
     final: bool,
     include_resume_state: bool = False,
+    state: PushState | None = None,
 ) -> dict[str, Any]:
-    """Upload one model directory's missing blobs and commit it as a checkpoint."""
+    """Upload one model directory's missing blobs and commit it as a checkpoint (recorded
+    in `state`, so that a later push of the training directory knows it)."""
     files = collect(directory, include_resume_state=include_resume_state)
     digests = hash_files(files, client.progress)
     client.upload_files(files, digests)
-    return client.add_checkpoint(ft_id, step, kind.value, final, manifest(files, digests))
+    out = client.add_checkpoint(ft_id, step, kind.value, final, manifest(files, digests))
+    if state is not None:
+        state.record_published(step, kind.value, {f.path: digests[f.source] for f in files})
+    return out
 
 
 def _commit(
