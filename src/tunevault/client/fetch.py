@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 from tunevault.client.api import Client
 from tunevault.client.http import NetworkError, Response
-from tunevault.client.retry import Backoff, announce_status, announce_unreachable
+from tunevault.client.retry import (
+    Backoff,
+    announce_lost,
+    announce_status,
+    announce_unreachable,
+)
 from tunevault.client.state import Target
 from tunevault.client.target import DownloadRequest, ProtocolError, content_range
 from tunevault.client.waiting import WaitNotice, not_ready_after, poll_pause
@@ -147,8 +152,10 @@ class Fetcher:
             raise err
         backoff = Backoff(self.policy.attempts, self.policy.backoff, self.policy.max_backoff)
         pause = backoff.pause(streak, err.headers.get("Retry-After"))
-        if isinstance(err, NetworkError):
+        if isinstance(err, NetworkError) and err.message.startswith("cannot reach"):
             announce_unreachable(self.url, err, pause, streak, self.policy.attempts)
+        elif isinstance(err, NetworkError):
+            announce_lost(self.url, err, pause, streak, self.policy.attempts)
         else:
             announce_status(self.url, err.status, pause, streak, self.policy.attempts)
         if self.cancel.wait(pause):

@@ -68,6 +68,20 @@ def announce_unreachable(
     )
 
 
+def announce_lost(
+    url: str, cause: BaseException, pause: float, attempt: int, attempts: int
+) -> None:
+    """A connection that worked and then failed (reset, cut, timed out mid-body)."""
+    log.warning(
+        "connection to %s failed: %s; retrying in %s s, %d/%d",
+        where(url),
+        reason(cause),
+        _seconds(pause),
+        attempt,
+        attempts,
+    )
+
+
 def announce_status(url: str, status: int, pause: float, attempt: int, attempts: int) -> None:
     log.warning(
         "%s answered HTTP %d; retrying in %s s, %d/%d",

@@ -33,6 +33,7 @@ class RunPublisher:
         self.client = client
         self.backlog = backlog
         self.output_dir = output_dir
+        output_dir.mkdir(parents=True, exist_ok=True)  # the state file goes there at once
         # A new run in this directory: what an earlier one published here is forgotten.
         self.state = PushState.load(output_dir, client.url, fresh=True)
         self.fine_tune_id: str | None = None
