@@ -91,7 +91,12 @@ def keys() -> None:
     show_default=True,
     help="Repeat for several scopes.",
 )
-def keys_create(org_name: str, name: str, scopes: tuple[str, ...], **flags: Any) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="Accepted for scripts: the output is JSON anyway."
+)
+def keys_create(
+    org_name: str, name: str, scopes: tuple[str, ...], as_json: bool, **flags: Any
+) -> None:
     """Create a key; the token is printed once and never stored."""
     from tunevault.services import open_services
 

@@ -78,11 +78,11 @@ def test_exit_codes(live: Live, proxy: FaultProxy, tmp_path: Path) -> None:
 def test_ls_and_checkpoints(live: Live) -> None:
     token = live.seeded.token
     r = run("ls", "--json", url=live.url, token=token)
-    assert live.ft in [ft["id"] for ft in json.loads(r.stdout)]
+    assert live.ft in [ft["id"] for ft in json.loads(r.stdout)["data"]]
     r = run("ls", url=live.url, token=token)
     assert r.stdout.startswith("ID") and live.ft in r.stdout
     r = run("checkpoints", live.ft, "--json", url=live.url, token=token)
-    assert [c["step"] for c in json.loads(r.stdout)] == [100]
+    assert [c["step"] for c in json.loads(r.stdout)["data"]] == [100]
     r = run("checkpoints", live.ft, url=live.url, token=token)
     assert f"tunevault download {live.ft} --checkpoint model_output_path" in r.stdout
 

@@ -162,9 +162,10 @@ def test_success_prints_one_object(live: Live, dirs: dict[str, str], tmp_path: P
         ["download", live.ft, "-o", str(tmp_path)],
         ["base", "ls"],
         ["gc", "--data-dir", dirs["data"], "--dry-run"],
+        ["keys", "create", "--data-dir", dirs["data"], "--org", "scripts"],
         ["keys", "list", "--data-dir", dirs["data"]],
     ):
         r = tv(*argv, "--json", url=live.url, token=token)
         assert r.returncode == 0, (argv, r.stderr)
         assert len(r.stdout.splitlines()) == 1
-        json.loads(r.stdout)
+        assert isinstance(json.loads(r.stdout), dict)

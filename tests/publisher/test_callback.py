@@ -76,7 +76,7 @@ def test_base_ls(live: Live, run: Run) -> None:
     proc = tunevault(live, "base", "ls", "--json")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    [base] = [m for m in json.loads(out) if m["name"] == BASE]
+    [base] = [m for m in json.loads(out)["data"] if m["name"] == BASE]
     assert base["files"] >= 2 and base["size"] > 0
 
 

@@ -192,7 +192,7 @@ def ls(as_json: bool, url: str | None, api_key: str | None, retries: int) -> Non
     client = Client(url, api_key, backoff=Backoff(attempts=retries))
     fts = client.list_fine_tunes()
     if as_json:
-        click.echo(json.dumps([ft.raw for ft in fts]))
+        click.echo(json.dumps({"data": [ft.raw for ft in fts]}))
         return
     rows = [(ft.id, ft.status, ft.training_type, ft.model_output_name, ft.created_at) for ft in fts]
     _table(("ID", "STATUS", "TYPE", "OUTPUT NAME", "CREATED"), rows)
@@ -210,7 +210,7 @@ def checkpoints(
     with same_not_found(ft_id):
         ckpts = client.list_checkpoints(ft_id)
     if as_json:
-        click.echo(json.dumps([c.__dict__ for c in ckpts]))
+        click.echo(json.dumps({"data": [c.__dict__ for c in ckpts]}))
         return
     rows = [
         (str(c.step), c.checkpoint_type, c.checkpoint, c.created_at, download_command(ft_id, c))

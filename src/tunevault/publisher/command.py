@@ -185,7 +185,7 @@ def base_ls(url: str, api_key: str | None, as_json: bool, retries: int) -> None:
     with _client(url, api_key, True, retries) as client:
         models = client.list_base_models()
     if as_json:
-        click.echo(json.dumps(models))
+        click.echo(json.dumps({"data": models}))
         return
     for m in models:
         click.echo(
