@@ -47,6 +47,8 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (tmp / "empty").mkdir()
     return {
         "adapter": str(helpers.adapter(tmp / "adapter")),  # names no base model
+        # names its base by a path on the training machine: not a base anyone can merge into
+        "local": str(helpers.adapter(tmp / "local", base="/scratch/run-7/llama")),
         "full": str(helpers.full(tmp / "full")),
         "empty": str(tmp / "empty"),
         "data": str(tmp / "data"),
@@ -87,6 +89,7 @@ CASES: dict[str, tuple[list[str], str, str, int, str]] = {
     "ls network": (["ls", "--retries", "0"], "dead", "good", 6, "network_error"),
     "push usage": (["push", "{empty}/nope"], "live", "good", 2, "usage_error"),
     "push without --model": (["push", "{adapter}"], "live", "good", 2, "invalid_layout"),
+    "push local base": (["push", "{local}"], "live", "good", 2, "invalid_layout"),
     "push no key": (["push", "{full}", "--model", "b"], "live", "none", 3, "invalid_api_key"),
     "push auth": (["push", "{full}", "--model", "b"], "live", "bad", 3, "invalid_api_key"),
     "push network": (

@@ -46,7 +46,7 @@ except ImportError as e:  # transformers is not a dependency of tunevault
 from tunevault.client.http import NetworkError
 from tunevault.publisher.background import Backlog
 from tunevault.publisher.layouts import lora_training_type, metric_row, model_kind
-from tunevault.publisher.push import fine_tune_body
+from tunevault.publisher.push import fine_tune_body, is_local_path
 from tunevault.publisher.run import RunPublisher
 from tunevault.publisher.uploader import PublishClient
 
@@ -242,10 +242,12 @@ class TunevaultCallback(TrainerCallback):
             getattr(getattr(model, "config", None), "_name_or_path", None),
         ]
         for name in candidates:
-            if isinstance(name, str) and name:
+            # A LoRA's merge needs the registered base name, never a local path.
+            if isinstance(name, str) and name and not (config and is_local_path(name)):
                 return name
         raise ValueError(
-            "the model does not name its base model; pass TunevaultCallback(model=...)"
+            "the model does not name its base model (or names a local path); pass "
+            "TunevaultCallback(model=...), the name the base is registered under"
         )
 
     def _flush_metrics(self) -> None:

@@ -47,6 +47,12 @@ class PushResult:
         }
 
 
+def is_local_path(name: str) -> bool:
+    """Whether a base model "name" is really a path on the training machine, which no
+    other machine (nor the merge) can use."""
+    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().is_dir()
+
+
 def fine_tune_body(
     model: str, name: str, training_type: dict[str, Any], suffix: str | None
 ) -> dict[str, Any]:
@@ -141,12 +147,17 @@ def push_plan(
     name: str | None = None,
     suffix: str | None = None,
 ) -> PushResult:
+    named = plan.model
+    if named and plan.training_type["type"] == "Lora" and is_local_path(named):
+        named = None  # merges need the registered name, not the training machine's path
     # A fine-tune this directory already started has its base; a new one needs it named.
-    body = fine_tune_body(
-        model or plan.model or "", name or plan.root.name, plan.training_type, suffix
-    )
+    body = fine_tune_body(model or named or "", name or plan.root.name, plan.training_type, suffix)
     if not body["model"] and state.fine_tune_id is None:
-        raise LayoutError(f"{plan.root}: the files do not name the base model; pass --model BASE")
+        said = f" (it names {plan.model}, a path on this machine)" if plan.model else ""
+        raise LayoutError(
+            f"{plan.root}: the files do not name the base model{said}; pass --model BASE, "
+            "the name the base was registered under (`tunevault base ls`)"
+        )
     files = [f for c in plan.checkpoints for f in c.files]
     digests = hash_files(files, client.progress, state.cached_digest)
     state.remember_digests(files, digests)
