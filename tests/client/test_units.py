@@ -85,7 +85,7 @@ def test_wait_line_shows_the_server_state_not_its_retry_hint() -> None:
     message = "merged archive: building, 40%, about 3 s; retry in 3 s"
     line.waiting(message, 2.0, 0.0, 600)
     line.waiting(message, 2.0, 2.0, 600)  # unchanged: not repeated off a terminal
-    line.ready(3.2)
+    line.done(3.2, ready=True)
     assert out.getvalue().splitlines() == [
         "ft-1 (merged): merged archive: building, 40%, about 3 s; checking again in 2.0 s "
         "(waited 0 s of 600 s)",

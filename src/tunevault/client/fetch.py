@@ -72,7 +72,17 @@ class Fetcher:
 
     def get(self, headers: dict[str, str]) -> Response:
         """A 200 or 206 answer; other statuses raise the server's error class."""
-        waiting_since: float | None = None
+        since: list[float] = []  # when a wait for a build began, once one did
+        ready = False
+        try:
+            resp = self._get(headers, since)
+            ready = True
+            return resp
+        finally:
+            if since and self.notice is not None:
+                self.notice.done(time.monotonic() - since[0], ready=ready)
+
+    def _get(self, headers: dict[str, str], since: list[float]) -> Response:
         while True:
             if self.cancel.is_set():
                 raise NetworkError("download cancelled")
@@ -81,15 +91,13 @@ class Fetcher:
                 if resp.status in (200, 206):
                     with self._lock:
                         self._live.add(resp)
-                    if waiting_since is not None and self.notice is not None:
-                        self.notice.ready(time.monotonic() - waiting_since)
                     return resp
                 resp.raise_for_error()
                 resp.close()
                 raise ProtocolError(f"unexpected HTTP {resp.status} from the download route")
             except ArchiveNotReady as e:
-                waiting_since = waiting_since or time.monotonic()
-                self._wait_out(e, waiting_since)
+                since[:] = since or [time.monotonic()]
+                self._wait_out(e, since[0])
             except TunevaultError as e:
                 if not _retryable(e):
                     raise

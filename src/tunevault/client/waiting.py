@@ -22,7 +22,7 @@ _RETRY_HINT = re.compile(r"[;,.]?\s*retry in \d+(\.\d+)?\s*s(econds)?\.?\s*$", r
 
 class WaitNotice(Protocol):
     def waiting(self, message: str, next_check: float, waited: float, limit: float) -> None: ...
-    def ready(self, waited: float) -> None: ...
+    def done(self, waited: float, *, ready: bool) -> None: ...
 
 
 def poll_pause(e: ArchiveNotReady) -> float:
@@ -69,7 +69,12 @@ class WaitLine:
         self._last = state
         self.stream.flush()
 
-    def ready(self, waited: float) -> None:
-        line = f"{self.label}: ready after waiting {waited:.1f} s"
-        self.stream.write(f"\r{line}\x1b[K\n" if self.tty else line + "\n")
+    def done(self, waited: float, *, ready: bool) -> None:
+        """The wait is over: say so when the archive is ready; else only end the line,
+        for the error that follows."""
+        if ready:
+            line = f"{self.label}: ready after waiting {waited:.1f} s"
+            self.stream.write(f"\r{line}\x1b[K\n" if self.tty else line + "\n")
+        elif self.tty:
+            self.stream.write("\n")
         self.stream.flush()
