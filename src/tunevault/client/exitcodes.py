@@ -93,6 +93,9 @@ def message(e: BaseException) -> str:
 def report(e: BaseException, as_json: bool) -> int:
     """Print the failure (stderr; and stdout with --json) and return its exit code."""
     code = exit_code(e)
+    if isinstance(e, click.exceptions.NoArgsIsHelpError):  # a bare group: its help, as asked
+        click.echo(e.format_message(), err=True)
+        return code
     text = message(e)
     if as_json:
         body = {"error": {"code": error_code(e), "message": text}, "exit_code": code}
