@@ -172,3 +172,25 @@ def test_success_prints_one_object(live: Live, dirs: dict[str, str], tmp_path: P
         assert r.returncode == 0, (argv, r.stderr)
         assert len(r.stdout.splitlines()) == 1
         assert isinstance(json.loads(r.stdout), dict)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["download", "ft-1"],
+        ["checkpoints", "ft-1"],
+        ["ls"],
+        ["push", "{full}", "--model", "b"],
+        ["base", "ls"],
+    ],
+    ids=lambda argv: " ".join(argv[:2]),
+)
+def test_unreachable_server_is_announced_at_each_retry(
+    dirs: dict[str, str], argv: list[str]
+) -> None:
+    r = tv(*[a.format(**dirs) for a in argv], "--retries", "2", url=DEAD, token="tv_any")
+    assert r.returncode == 6
+    *notices, last = r.stderr.splitlines()
+    assert [n.split(";")[0] for n in notices] == [f"cannot reach {DEAD}: connection refused"] * 2
+    assert [n.rsplit(", ", 1)[1] for n in notices] == ["1/2", "2/2"]
+    assert last.startswith(f"error: cannot reach {DEAD} (") and "connection refused" in last
