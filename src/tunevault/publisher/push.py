@@ -105,11 +105,15 @@ def publish_checkpoint(
     final: bool,
     include_resume_state: bool = False,
     state: PushState | None = None,
+    hashed: dict[Path, str] | None = None,
 ) -> dict[str, Any]:
     """Upload one model directory's missing blobs and commit it as a checkpoint (recorded
-    in `state`, so that a later push of the training directory knows it)."""
+    in `state`, so that a later push of the training directory knows it). `hashed` keeps
+    the digests across retries of the same directory."""
     files = collect(directory, include_resume_state=include_resume_state)
-    digests = hash_files(files, client.progress)
+    known = {} if hashed is None else hashed
+    digests = hash_files(files, client.progress, lambda f: known.get(f.source))
+    known.update(digests)
     client.upload_files(files, digests)
     out = client.add_checkpoint(ft_id, step, kind.value, final, manifest(files, digests))
     if state is not None:

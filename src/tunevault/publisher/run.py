@@ -58,6 +58,7 @@ class RunPublisher:
         assert kind is not None, f"{directory} holds no model"
         source = directory if final else self._snapshot(directory)
         what = "final model" if final else "checkpoint"
+        hashed: dict[Path, str] = {}  # a retry after the store was away does not hash again
 
         def publish() -> None:
             assert self.fine_tune_id is not None
@@ -70,6 +71,7 @@ class RunPublisher:
                 final=final,
                 include_resume_state=include_resume_state,
                 state=self.state,
+                hashed=hashed,
             )
             shutil.rmtree(source, ignore_errors=True)
             if not final:
