@@ -120,14 +120,7 @@ def download(
 
     Run the same command again after a failure or ^C: it continues from the exact byte.
     """
-    try:
-        ft_id, step = parse_ft_arg(ft_ref)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="FT_ID[:STEP]") from e
-    if checkpoint_step is not None:
-        if step is not None and step != checkpoint_step:
-            raise click.UsageError(f"{ft_ref} and --checkpoint-step {checkpoint_step} disagree")
-        step = checkpoint_step
+    ft_id, step = _ft_step(ft_ref, checkpoint_step)
     if output is not None and extract is not None:
         raise click.UsageError("use either -o or --extract")
     label = f"{ft_id}" + (f":{step}" if step is not None else f" ({checkpoint})")
@@ -166,6 +159,18 @@ def download(
         click.echo("warning: the server sent no sha256; only the size was checked", err=True)
     what = f"{result.files} files into" if result.files is not None else "saved"
     click.echo(f"{what} {result.path} ({result.size} bytes, sha256 {result.sha256})")
+
+
+def _ft_step(ft_ref: str, checkpoint_step: int | None) -> tuple[str, int | None]:
+    try:
+        ft_id, step = parse_ft_arg(ft_ref)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="FT_ID[:STEP]") from e
+    if checkpoint_step is not None:
+        if step is not None and step != checkpoint_step:
+            raise click.UsageError(f"{ft_ref} and --checkpoint-step {checkpoint_step} disagree")
+        step = checkpoint_step
+    return ft_id, step
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -103,6 +103,26 @@ def check_destination(dest: Path) -> None:
         raise InvalidRequest(f"--extract destination {dest} exists and is not an empty directory")
 
 
+def _prepare(dest: Path) -> Path:
+    check_destination(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run into the same DIR
+    return dest
+
+
+def _open(fetcher: Fetcher, client: Client) -> _Stream:
+    """The archive's body from its first byte, checked to be what was asked for."""
+    first = fetcher.get({})
+    identity = fetcher.request.identity(client.config.base_url)
+    try:
+        target = target_of(first, client, fetcher.request, identity)
+    except BaseException:
+        fetcher.release(first)
+        raise
+    return _Stream(fetcher, target, first)
+
+
 def _temp_dir(dest: Path) -> Path:
     """A fresh `.<name>.<random>.part` beside `dest`, with the mode the umask gives: it
     becomes `dest`, which an inference server running as another user must be able to
@@ -130,22 +150,12 @@ def download_extract(
     """Stream the archive into `dest` (absent or empty), verifying every file."""
     began = time.monotonic()
     policy = policy or RetryPolicy()
-    dest = dest.absolute()
-    check_destination(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run into the same DIR
+    dest = _prepare(dest.absolute())
     request = DownloadRequest(ft_id, step, checkpoint)
     fetcher = Fetcher(client, request, policy, notice)
-    identity = request.identity(client.config.base_url)
     for restarts in range(policy.restarts + 1):
-        first = fetcher.get({})
-        try:
-            target = target_of(first, client, request, identity)
-        except BaseException:
-            fetcher.release(first)
-            raise
-        stream = _Stream(fetcher, target, first)
+        stream = _open(fetcher, client)
+        target = stream.target
         tmp = _temp_dir(dest)
         try:
             if progress:
