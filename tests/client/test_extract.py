@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -176,3 +178,25 @@ def test_cli_extract_of_a_stored_name_over_255_bytes_is_a_clear_error(tmp_path: 
     assert r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
     assert "longer than 255 bytes" in r.stderr and "without --extract" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("umask", "dirs", "files"), [(0o022, 0o755, 0o644), (0o002, 0o775, 0o664)])
+def test_extracted_tree_follows_the_umask(
+    live: Live, tmp_path: Path, umask: int, dirs: int, files: int
+) -> None:
+    dest = tmp_path / "model"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNEVAULT_", "TOGETHER_"))}
+    env |= {"TUNEVAULT_URL": live.url, "TUNEVAULT_API_KEY": live.seeded.token}
+    subprocess.run(
+        [sys.executable, "-m", "tunevault", "download", live.ft, "--extract", str(dest)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+        preexec_fn=lambda: os.umask(umask),  # a fresh child, no threads yet
+    )
+    modes = {
+        p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")
+    }
+    assert modes["model"] == dirs and modes["model/tokenizer"] == dirs
+    assert {m for p, m in modes.items() if (tmp_path / p).is_file()} == {files}

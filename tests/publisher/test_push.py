@@ -102,7 +102,7 @@ def test_push_trainer_output_then_rerun(live: Live, tmp_path: Path) -> None:
 def test_push_refuses_without_base_model_name(live: Live, tmp_path: Path) -> None:
     proc = tunevault(live, "push", str(helpers.adapter(tmp_path / "a")))
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and "pass --model" in err
+    assert proc.returncode == 2 and "pass --model" in err
 
 
 def test_push_of_a_lora_on_an_unregistered_base(live: Live, tmp_path: Path) -> None:
@@ -173,3 +173,30 @@ def test_push_survives_sigkill(live: Live, tmp_path: Path) -> None:
     assert missing(live, digests) == set()
     assert settled(live, ft_id)["status"] == "completed"
     assert len(live.get(f"/v1/fine-tunes/{ft_id}/metrics")["metrics"]) == 8
+
+
+def test_push_of_another_run_is_refused_before_upload(live: Live, tmp_path: Path) -> None:
+    root = helpers.trainer_output(tmp_path / "run", lora=False)
+    first = push(live, str(root), "--model", "org/full-base")
+    again = push(live, str(root))  # the same files: resumed, the base need not be named
+    assert again["id"] == first["id"] and again["resumed"] and again["bytes_uploaded"] == 0
+
+    # Training again into the same directory rewrites the weights of every save.
+    for step in (2, 4):
+        shard = root / f"checkpoint-{step}" / "model-00001-of-00001.safetensors"
+        helpers.weights(shard, 4096, seed=7000 + step)
+    new_blob = hashlib.sha256(
+        (root / "checkpoint-2" / "model-00001-of-00001.safetensors").read_bytes()
+    ).hexdigest()
+    proc = tunevault(live, "push", str(root), "--json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 8, err
+    message = json.loads(out)["error"]["message"]
+    assert message.startswith(f"{root} was published as {first['id']}, and its files changed")
+    assert "step 2 (model_output_path): changed model-00001-of-00001.safetensors" in message
+    assert "step 4 (model_output_path): changed" in message and "pass --new" in message
+    assert missing(live, [new_blob]) == {new_blob}  # nothing was uploaded
+
+    other = push(live, str(root), "--new", "--model", "org/full-base")
+    assert other["id"] != first["id"] and not other["resumed"]
+    assert missing(live, [new_blob]) == set()

@@ -37,9 +37,9 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -
 
 
 def _spawn(
-    data_dir: Path, env: dict[str, str] | None, args: tuple[str, ...]
+    data_dir: Path, env: dict[str, str] | None, args: tuple[str, ...], port: int | None = None
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
+    port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     with (data_dir / f"server-{port}.log").open("wb") as log:
         proc = subprocess.Popen(
@@ -74,9 +74,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def run_server(
-    data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    port: int | None = None,  # a port clients were told before the server started
 ) -> Iterator[LiveServer]:
-    url, proc = _spawn(data_dir, env, args)
+    url, proc = _spawn(data_dir, env, args, port)
     try:
         wait_healthy(url, proc)
         yield LiveServer(url=url, data_dir=data_dir, process=proc)

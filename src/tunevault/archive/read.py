@@ -111,7 +111,8 @@ class _Tree:
 def _write_member(reader: Source, target: Path, size: int, on_bytes: Callable[[int], None]) -> str:
     digest = hashlib.sha256()
     # O_EXCL and O_NOFOLLOW: never follow or reuse something already at the target.
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    # 0o666: the umask decides, as for any file a user's tool writes.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     with os.fdopen(fd, "wb") as out:
         left = size
         while left > 0:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
 
 from tunevault.commands.options import settings_from_flags, store_options
-from tunevault.errors import TunevaultError
-from tunevault.models import KeyLimitOverrides, Scope
+from tunevault.models import ApiKey, KeyLimitOverrides, Scope
+
+JSON_ACCEPTED = click.option(
+    "--json", "as_json", is_flag=True, help="Accepted for scripts: the output is JSON anyway."
+)
 
 
 def limit_options(fn: Any) -> Any:
@@ -52,12 +53,14 @@ def keys() -> None:
     help="Repeat for several scopes.",
 )
 @limit_options
+@JSON_ACCEPTED
 def keys_create(
     org_name: str,
     name: str,
     scopes: tuple[str, ...],
     requests_per_minute: int | None,
     max_downloads: int | None,
+    as_json: bool,
     **flags: Any,
 ) -> None:
     """Create a key; the token is printed once and never stored."""
@@ -76,13 +79,17 @@ def keys_create(
 @keys.command("list")
 @store_options
 @click.option("--org", "org_name", help="Only this organization's keys.")
-def keys_list(org_name: str | None, **flags: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def keys_list(org_name: str | None, as_json: bool, **flags: Any) -> None:
     """List keys (never their secrets), with their limits ("default": the server's)."""
     from tunevault.service import accounts
     from tunevault.service.context import open_services
 
-    with open_services(settings_from_flags(**flags)) as svc, _errors():
+    with open_services(settings_from_flags(**flags)) as svc:
         found = accounts.list_keys(svc, org_name)
+    if as_json:
+        click.echo(json.dumps({"data": [_key_json(k) for k in found]}))
+        return
     for k in found:
         state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
         rpm = _figure(k.limits.requests_per_minute)
@@ -97,8 +104,13 @@ def keys_list(org_name: str | None, **flags: Any) -> None:
 @store_options
 @click.argument("key_id")
 @limit_options
+@JSON_ACCEPTED
 def keys_limits(
-    key_id: str, requests_per_minute: int | None, max_downloads: int | None, **flags: Any
+    key_id: str,
+    requests_per_minute: int | None,
+    max_downloads: int | None,
+    as_json: bool,
+    **flags: Any,
 ) -> None:
     """Set a key's limits; an option left out goes back to the server's default. Replicas
     apply it within auth_cache_seconds."""
@@ -106,7 +118,7 @@ def keys_limits(
     from tunevault.service.context import open_services
 
     limits = KeyLimitOverrides(requests_per_minute, max_downloads)
-    with open_services(settings_from_flags(**flags)) as svc, _errors():
+    with open_services(settings_from_flags(**flags)) as svc:
         accounts.set_key_limits(svc, key_id, limits)
     click.echo(json.dumps({"id": key_id, **_limits_json(limits)}))
 
@@ -114,26 +126,31 @@ def keys_limits(
 @keys.command("revoke")
 @store_options
 @click.argument("key_id")
-def keys_revoke(key_id: str, **flags: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def keys_revoke(key_id: str, as_json: bool, **flags: Any) -> None:
     """Revoke a key; replicas refuse it within auth_cache_seconds."""
     from tunevault.service import accounts
     from tunevault.service.context import open_services
 
-    with open_services(settings_from_flags(**flags)) as svc, _errors():
+    with open_services(settings_from_flags(**flags)) as svc:
         accounts.revoke_key(svc, key_id)
-    click.echo(f"revoked {key_id}")
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except TunevaultError as e:
-        raise click.ClickException(e.message) from e
+    click.echo(json.dumps({"id": key_id, "revoked": True}) if as_json else f"revoked {key_id}")
 
 
 def _figure(value: int | None) -> str:
     return "default" if value is None else ("unlimited" if value == 0 else str(value))
+
+
+def _key_json(k: ApiKey) -> dict[str, Any]:
+    revoked = k.revoked_at.isoformat() if k.revoked_at else None
+    return {
+        "id": k.id,
+        "org_id": k.org_id,
+        "name": k.name,
+        "scopes": sorted(k.scopes),
+        "revoked_at": revoked,
+        **_limits_json(k.limits),
+    }
 
 
 def _limits_json(limits: KeyLimitOverrides) -> dict[str, int | None]:

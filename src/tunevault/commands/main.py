@@ -7,6 +7,7 @@ should not pay for numpy (merge), httpx (push) or pydantic-settings (serve).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -29,6 +30,28 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        # One exit-code table and one error format for every command.
+        from tunevault.client.exitcodes import run_main
+
+        run_main(
+            self,
+            None if args is None else list(args),
+            prog_name=prog_name,
+            complete_var=complete_var,
+            **extra,
+        )
+        return None  # run_main exits
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
