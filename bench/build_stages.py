@@ -24,13 +24,13 @@ import xxhash
 import zstandard
 
 from bench.publish_bench import bf16_weights
-from tunevault.archive import CHUNK, write_archive
-from tunevault.builds import build_archive
+from tunevault.archive.write import CHUNK, write_archive
+from tunevault.layout import blob_key
 from tunevault.models import Archive, Kind
-from tunevault.publish import publish_directory
-from tunevault.services import open_services
+from tunevault.service.builds import build_archive
+from tunevault.service.context import open_services
+from tunevault.service.publishing import publish_directory
 from tunevault.settings import Settings
-from tunevault.storage.base import blob_key
 
 
 class Hash(Protocol):

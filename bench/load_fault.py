@@ -29,7 +29,7 @@ from tests.support.publishing import api_client, publish_files
 from tests.support.seeding import publish_and_build
 from tests.support.server import wait_healthy
 from tunevault.models import Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
 CHUNK = 256 << 10

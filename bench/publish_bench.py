@@ -25,11 +25,11 @@ import numpy as np
 from bench.common import random_file
 from tests.support.nginx import run_nginx
 from tests.support.server import run_server
-from tunevault.builds import build_archive
 from tunevault.models import Kind, Scope
-from tunevault.publish import publish_directory
 from tunevault.publisher.files import sha256_file
-from tunevault.services import open_services
+from tunevault.service.builds import build_archive
+from tunevault.service.context import open_services
+from tunevault.service.publishing import publish_directory
 from tunevault.settings import Settings
 
 

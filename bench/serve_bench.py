@@ -20,7 +20,7 @@ from tests.support.nginx import run_nginx
 from tests.support.seeding import seed_fine_tune
 from tests.support.server import run_server
 from tunevault.publisher.files import sha256_file
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
 

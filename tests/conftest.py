@@ -13,7 +13,7 @@ import pytest
 from tests.support.postgres import create_database, run_postgres
 from tests.support.server import LiveServer, run_server
 from tunevault.models import Archive, FineTune, Kind, Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
 
@@ -62,7 +62,7 @@ class Demo:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    from tunevault.demo import seed_demo  # imports the merge engine: only when needed
+    from tunevault.service.demo import seed_demo  # imports the merge engine: only when needed
 
     data_dir = tmp_path_factory.mktemp("demo")
     settings = Settings(data_dir=data_dir)
@@ -103,6 +103,27 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             other_ft=other_ft,
             archives=archives,
         )
+
+
+@dataclass(frozen=True)
+class FreshOrg:
+    id: str
+    token: str  # read + publish
+    read_token: str
+
+
+_fresh_orgs = iter(range(10**6))
+
+
+@pytest.fixture
+def fresh_org(demo: Demo) -> FreshOrg:
+    """An organization of this test's own on the shared demo server: a test that writes
+    uses it, so no other test sees its rows, in whatever order they run."""
+    with open_services(demo.settings) as svc:
+        org = svc.store.create_org(f"fresh-{next(_fresh_orgs)}")
+        _, token = svc.store.create_key(org.id, "rw", [Scope.READ, Scope.PUBLISH])
+        _, read_token = svc.store.create_key(org.id, "ro", [Scope.READ])
+    return FreshOrg(org.id, token, read_token)
 
 
 @pytest.fixture

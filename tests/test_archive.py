@@ -16,7 +16,7 @@ import zstandard
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tunevault.archive import MTIME, SUMS_NAME, write_archive
+from tunevault.archive.write import MTIME, SUMS_NAME, write_archive
 from tunevault.errors import IntegrityError
 from tunevault.models import FileEntry
 

@@ -29,9 +29,9 @@ from tests.support.publishing import api_client, commit, upload
 from tests.support.seaweed import SeaweedFS, run_seaweedfs
 from tests.support.server import LiveServer, run_server
 from tests.support.together import together_download
-from tunevault.demo import seed_demo
 from tunevault.models import FineTune, Kind, Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
+from tunevault.service.demo import seed_demo
 from tunevault.settings import Settings
 
 

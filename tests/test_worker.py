@@ -19,8 +19,8 @@ import zstandard
 from tests.reliability.helpers import wait_for
 from tests.support.publishing import publish_files
 from tests.support.server import run_server
-from tunevault.models import Job, Scope
-from tunevault.services import Services, open_services
+from tunevault.models import BuildJob, Scope
+from tunevault.service.context import Services, open_services
 from tunevault.settings import Settings
 
 
@@ -54,7 +54,7 @@ def publish(c: httpx.Client, files: dict[str, bytes], step: int = 1) -> str:
     return publish_files(c, files, step, name="w/out")
 
 
-def jobs(svc: Services, ft_id: str) -> list[Job]:
+def jobs(svc: Services, ft_id: str) -> list[BuildJob]:
     return [
         j for c in svc.store.list_checkpoints(ft_id) for j in svc.store.jobs_for_checkpoint(c.id)
     ]

@@ -1,5 +1,5 @@
 """`python -m tunevault` is the `tunevault` command."""
 
-from tunevault.cli import main
+from tunevault.commands.main import main
 
 main()

@@ -16,15 +16,21 @@ from `code`; the CLI maps the branches to exit codes.
     │   ├── FineTuneNotFound            404 fine_tune_not_found
     │   ├── CheckpointNotFound          404 checkpoint_not_found
     │   ├── BaseModelNotFound           404 base_model_not_found
-    │   └── ShareLinkNotFound           404 share_link_not_found
+    │   ├── ShareLinkNotFound           404 share_link_not_found
+    │   ├── RepositoryNotFound          404 repository_not_found
+    │   ├── RevisionNotFound            404 revision_not_found
+    │   └── EntryNotFound               404 entry_not_found
     ├── Conflict                        409 conflict
     │   ├── ArchiveNotReady             409 archive_not_ready
+    │   ├── CheckpointNotReady          409 checkpoint_not_ready
     │   └── UploadOffsetMismatch        409 upload_offset_mismatch
     ├── ShareLinkGone                   410 share_link_gone
     ├── PayloadTooLarge                 413 payload_too_large
     ├── RangeNotSatisfiable             416 range_not_satisfiable
     ├── RateLimited                     429 rate_limited
     ├── StorageUnavailable              503 storage_unavailable
+    ├── DatabaseUnavailable             503 database_unavailable
+    ├── SchemaOutdated                  503 schema_outdated
     ├── InsufficientStorage             507 insufficient_storage
     └── IntegrityError                  500 integrity_error
 """
@@ -144,6 +150,24 @@ class ShareLinkGone(TunevaultError):
     code = "share_link_gone"
 
 
+class RepositoryNotFound(NotFound):
+    """Hub protocol: no fine-tune or base model by that repo id in the caller's organization."""
+
+    code = "repository_not_found"
+
+
+class RevisionNotFound(NotFound):
+    """Hub protocol: the repo has no checkpoint by that revision name or commit id."""
+
+    code = "revision_not_found"
+
+
+class EntryNotFound(NotFound):
+    """Hub protocol: the revision has no file (or folder) at that path."""
+
+    code = "entry_not_found"
+
+
 class Conflict(TunevaultError):
     status = 409
     error_type = "conflict_error"
@@ -152,6 +176,12 @@ class Conflict(TunevaultError):
 
 class ArchiveNotReady(Conflict):
     code = "archive_not_ready"
+
+
+class CheckpointNotReady(Conflict):
+    """The checkpoint's files are still being made (a merge is running)."""
+
+    code = "checkpoint_not_ready"
 
 
 class UploadOffsetMismatch(Conflict):
@@ -180,6 +210,21 @@ class StorageUnavailable(TunevaultError):
     status = 503
     error_type = "server_error"
     code = "storage_unavailable"
+
+
+class DatabaseUnavailable(TunevaultError):
+    status = 503
+    error_type = "server_error"
+    code = "database_unavailable"
+
+
+class SchemaOutdated(TunevaultError):
+    """The database schema is not the revision this tunevault needs (auto_migrate off):
+    the process refuses to start."""
+
+    status = 503
+    error_type = "server_error"
+    code = "schema_outdated"
 
 
 class InsufficientStorage(TunevaultError):

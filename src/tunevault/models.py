@@ -12,6 +12,23 @@ class Scope(StrEnum):
     READ = "read"
     PUBLISH = "publish"
     ADMIN = "admin"
+    # The server's operator: process-wide views across organizations (/metrics). Never
+    # implied by admin, which any organization's own administrator holds.
+    OPERATOR = "operator"
+
+
+class JobKind(StrEnum):
+    """A build job: `archive` packs a checkpoint, `merge` makes a merged checkpoint."""
+
+    ARCHIVE = "archive"
+    MERGE = "merge"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
 
 
 class Kind(StrEnum):
@@ -50,6 +67,15 @@ class ApiKey:
     scopes: frozenset[Scope]
     created_at: datetime
     revoked_at: datetime | None
+    limits: KeyLimitOverrides = field(default_factory=lambda: KeyLimitOverrides())
+
+
+@dataclass(frozen=True)
+class KeyLimitOverrides:
+    """A key's own limits; None takes the server's default, 0 means no limit."""
+
+    requests_per_minute: int | None = None
+    max_downloads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,7 @@ class Principal:
     org_id: str
     org_name: str
     scopes: frozenset[Scope]
+    limits: KeyLimitOverrides = field(default_factory=lambda: KeyLimitOverrides())
 
 
 @dataclass(frozen=True)
@@ -78,6 +105,7 @@ class FineTune:
     lora_trainable_modules: str | None
     created_at: datetime
     updated_at: datetime
+    external_base: bool = False  # a LoRA whose base is not in the store: never merged
 
     @property
     def is_lora(self) -> bool:
@@ -85,8 +113,11 @@ class FineTune:
 
     @property
     def natural_kind(self) -> Kind:
-        """What `checkpoint=default` means: the merged model of a LoRA job, else the output."""
-        return Kind.MERGED if self.is_lora else Kind.MODEL_OUTPUT
+        """What `checkpoint=default` means: the merged model of a LoRA job (its adapter when
+        the base lives elsewhere), else the output."""
+        if not self.is_lora:
+            return Kind.MODEL_OUTPUT
+        return Kind.ADAPTER if self.external_base else Kind.MERGED
 
 
 @dataclass(frozen=True)
@@ -153,14 +184,33 @@ class BaseModel:
 
 
 @dataclass(frozen=True)
-class Job:
-    """A build job: `archive` packs a checkpoint, `merge` makes a merged checkpoint."""
+class BuildJob:
+    """A row of the build queue (tunevault.service.worker runs them)."""
 
     id: int
     checkpoint_id: int
-    kind: str
-    state: str
+    kind: JobKind
+    state: JobState
     attempts: int
     lease_owner: str | None
     error_code: str | None
     error_message: str | None
+
+
+@dataclass(frozen=True)
+class DownloadRecord:
+    created_at: datetime
+    org_id: str
+    key_id: str
+    ft_id: str
+    step: int
+    kind: str
+    archive_sha256: str
+    range_start: int
+    bytes_planned: int
+    bytes_sent: int
+    status: int  # 200/206 sent, 307 redirected, 499 the client went away
+    mode: str
+    client: str | None
+    user_agent: str | None
+    id: int = 0

@@ -15,7 +15,7 @@ from tests.support.server import LiveServer, run_server
 from tunevault.client import Client
 from tunevault.client.fetch import RetryPolicy
 from tunevault.models import Kind
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 
 MiB = 1 << 20
 # Bigger than Together's 10 MiB resume step, so cuts inside and after it both happen.

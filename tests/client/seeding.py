@@ -8,10 +8,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunevault.builds import build_archive
 from tunevault.models import Archive, FineTune, Kind, Scope
-from tunevault.publish import put_directory
-from tunevault.services import open_services
+from tunevault.service.builds import build_archive
+from tunevault.service.context import open_services
+from tunevault.service.publishing import put_directory
 from tunevault.settings import Settings
 
 CHUNK = 8 << 20

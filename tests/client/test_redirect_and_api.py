@@ -14,7 +14,7 @@ from tunevault.client.config import TOGETHER_URL
 from tunevault.client.extract import download_extract
 from tunevault.errors import Conflict, FineTuneNotFound
 from tunevault.models import MetricRow
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 
 
 def test_redirect_to_another_origin_drops_the_key_and_keeps_range(

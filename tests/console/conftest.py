@@ -18,11 +18,14 @@ from tunevault.metadata import tables as t
 from tunevault.metadata.base import now
 from tunevault.models import MetricRow, NewEvent, Scope
 from tunevault.service import shares
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 
 # Breaks out of text, of a quoted attribute and of an unquoted one, if anything is unescaped.
 EVIL = "<script>alert('name')</script>\"' onmouseover=alert(1) x=<img src=x onerror=alert(2)>"
 TRAIN_POINTS, EVAL_POINTS = 12, 3
+# The TLS-terminating proxy's address (loopback has many): only it is believed about
+# X-Forwarded-Proto. The tests' own requests come from 127.0.0.1, an ordinary client.
+PROXY = "127.0.0.3"
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         other_ft = svc.store.create_fine_tune(
             other.id, model="m", model_output_name="other/secret", training_type="Full"
         )
-    with run_server(data_dir) as server:
+    with run_server(data_dir, env={"TUNEVAULT_TRUSTED_PROXIES": PROXY}) as server:
         yield Console(server, seeded, archive_bytes(seeded), admin, read, evil.ft.id, other_ft.id)
 
 
@@ -99,7 +102,7 @@ def expired_share_url(console: Console) -> str:
         who = svc.store.authenticate(console.seeded.token)
         assert who is not None
         secret = shares.load_secret(settings)
-        link, _ = shares.create(svc.store, secret, who, console.seeded.checkpoint_id, 3600)
+        link, _ = shares.create(svc, secret, who, console.seeded.checkpoint_id, 3600)
         past = now().replace(microsecond=0) - timedelta(hours=2)
         with svc.store.engine.begin() as conn:
             conn.execute(
@@ -107,5 +110,5 @@ def expired_share_url(console: Console) -> str:
                 .where(t.share_links.c.id == link.id)
                 .values(created_at=past, expires_at=past + timedelta(hours=1))
             )
-        (old,) = [x for x in shares.list_links(svc.store, who.org_id) if x.id == link.id]
+        (old,) = [x for x in shares.list_links(svc, who.org_id) if x.id == link.id]
     return f"{console.url}/shared/{shares.token(secret, old)}"

@@ -25,7 +25,7 @@ from tests.console.browser import (
 from tests.console.conftest import EVAL_POINTS, EVIL, TRAIN_POINTS, Console, expired_share_url
 from tests.support.postgres import free_port
 from tunevault.models import Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=MISSING)
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from tests.console.conftest import EVAL_POINTS, EVIL, TRAIN_POINTS, Console, csrf_of, sign_in
-from tunevault.services import open_services
+from tests.console.conftest import EVAL_POINTS, EVIL, PROXY, TRAIN_POINTS, Console, csrf_of, sign_in
+from tunevault.service import console as service_console
+from tunevault.service.context import open_services
 
 
 def test_pages_need_a_session(console: Console) -> None:
@@ -199,7 +200,7 @@ def test_storage_and_base_model_pages(console: Console) -> None:
 
 def test_pasted_commands_download_the_checkpoint(console: Console, tmp_path: Path) -> None:
     """The together CLI, tunevault and curl commands, pasted into a shell as shown, save
-    the archive. (The HF_ENDPOINT one needs the Hub routes of the Hub-protocol work.)"""
+    the archive; the HF_ENDPOINT one (`hf download`) the checkpoint's files."""
     c = sign_in(console.url, console.read_token)
     html_page = c.get(f"/console/fine-tunes/{console.ft}").text
     shown = dict(
@@ -233,27 +234,84 @@ def test_pasted_commands_download_the_checkpoint(console: Console, tmp_path: Pat
         assert hashlib.sha256(saved.read_bytes()).hexdigest() == console.seeded.archive.sha256, (
             label
         )
+    _check_hf_download(console, html.unescape(shown["HF_ENDPOINT"]), env, tmp_path)
+
+
+def _check_hf_download(console: Console, command: str, env: dict[str, str], tmp: Path) -> None:
+    """`hf download` saves into its cache and prints the snapshot's folder: every file of
+    the checkpoint is there, with the sha256 the store recorded."""
+    env = {**env, "HF_HOME": str(tmp / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    r = subprocess.run(
+        ["bash", "-c", command], env=env, cwd=tmp, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    # The folder is the last line (`  path: <folder>` in newer `hf` versions).
+    snapshot = Path(r.stdout.strip().splitlines()[-1].strip().removeprefix("path: "))
+    with open_services(console.seeded.settings) as svc:
+        view = service_console.fine_tune_view(svc, console.seeded.ft.org_id, console.ft)
+    assert view is not None
+    ((ckpt, _),) = view.checkpoints
+    got = {
+        p.relative_to(snapshot).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in snapshot.rglob("*")
+        if p.is_file()
+    }
+    assert got == {f.path: f.sha256 for f in ckpt.files}
+
+
+GUESSER = "127.0.0.9"  # its own address: the limit it reaches is no other test's
 
 
 def test_behind_a_tls_proxy_the_cookie_is_secure(console: Console) -> None:
     """A TLS-terminating proxy speaks http to us and says X-Forwarded-Proto: https."""
     https = console.url.replace("http://", "https://")
     proxied = {"X-Forwarded-Proto": "https"}
-    form = httpx.get(f"{console.url}/console/sign-in", headers=proxied)
-    assert "Secure" in form.headers["Set-Cookie"]  # so the client here must send it itself
-    r = httpx.post(
-        f"{console.url}/console/sign-in",
-        data={"api_key": console.seeded.token, "csrf": csrf_of(form.text)},
-        headers={**proxied, "Origin": https, "Cookie": form.headers["Set-Cookie"].split(";")[0]},
-    )
-    assert r.status_code == 303
-    cookie = next(h for h in r.headers.get_list("Set-Cookie") if h.startswith("tv_session="))
-    assert "Secure" in cookie
-    page = httpx.get(
-        f"{console.url}/console/fine-tunes/{console.ft}",
-        headers={**proxied, "Cookie": cookie.split(";")[0]},
-    ).text
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=PROXY)) as proxy:
+        form = proxy.get(f"{console.url}/console/sign-in", headers=proxied)
+        assert "Secure" in form.headers["Set-Cookie"]  # so the client here must send it itself
+        sign_in_cookie = form.headers["Set-Cookie"].split(";")[0]
+        r = proxy.post(
+            f"{console.url}/console/sign-in",
+            data={"api_key": console.seeded.token, "csrf": csrf_of(form.text)},
+            headers={**proxied, "Origin": https, "Cookie": sign_in_cookie},
+        )
+        assert r.status_code == 303
+        cookie = next(h for h in r.headers.get_list("Set-Cookie") if h.startswith("tv_session="))
+        assert "Secure" in cookie
+        page = proxy.get(
+            f"{console.url}/console/fine-tunes/{console.ft}",
+            headers={**proxied, "Cookie": cookie.split(";")[0]},
+        ).text
     assert f"TUNEVAULT_URL={https} " in page
+
+
+def test_x_forwarded_proto_from_a_client_is_ignored(console: Console) -> None:
+    """Not from a trusted proxy: the header would only let a client pick our links' scheme."""
+    form = httpx.get(f"{console.url}/console/sign-in", headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" not in form.headers["Set-Cookie"]
+    c = sign_in(console.url, console.seeded.token)
+    page = c.get(f"/console/fine-tunes/{console.ft}", headers={"X-Forwarded-Proto": "https"}).text
+    assert f"TUNEVAULT_URL={console.url} " in page
+
+
+def test_guessing_keys_at_sign_in_is_limited_per_address(console: Console) -> None:
+    """Wrong keys at sign-in count like wrong API keys (auth_failures_per_minute, 60): past
+    the limit the address is refused, on the console and on the API, a right key too."""
+    with httpx.Client(
+        base_url=console.url, transport=httpx.HTTPTransport(local_address=GUESSER)
+    ) as c:
+        token = csrf_of(c.get("/console/sign-in").text)
+        answers = [
+            c.post("/console/sign-in", data={"api_key": f"tv_guess{i}", "csrf": token})
+            for i in range(61)
+        ]
+        assert {r.status_code for r in answers[:60]} == {401}
+        assert answers[60].status_code == 429 and "Retry-After" in answers[60].headers
+        right = c.post("/console/sign-in", data={"api_key": console.seeded.token, "csrf": token})
+        assert right.status_code == 429
+        api = c.get("/v1/fine-tunes", headers={"Authorization": f"Bearer {console.seeded.token}"})
+        assert api.status_code == 429 and api.json()["error"]["code"] == "rate_limited"
+    assert sign_in(console.url, console.seeded.token).get("/console/").status_code == 200
 
 
 def test_an_admin_grants_only_the_organizations_scopes(console: Console) -> None:

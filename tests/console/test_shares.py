@@ -17,7 +17,7 @@ import httpx
 from tests.console.conftest import Console, csrf_of, expired_share_url, sign_in
 from tunevault.models import Scope
 from tunevault.service import shares
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
 
@@ -165,3 +165,16 @@ def test_share_secret_is_the_setting_or_one_kept_private(tmp_path: Path) -> None
     assert len(first) >= 40 and shares.load_secret(Settings(data_dir=tmp_path)) == first
     assert (tmp_path / "share_secret").stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["share_secret"]  # no temporary left
+
+
+def test_share_failures_follow_the_cli_exit_code_table(console: Console) -> None:
+    """client/exitcodes.py: 4 not found, 3 unauthorised; `error: ...` on stderr, and with
+    --json the error object on stdout."""
+    gone = _cli(console, console.seeded.token, "--revoke", "0123456789abcdef", "--json")
+    assert gone.returncode == 4, gone.stderr
+    assert json.loads(gone.stdout)["error"]["code"] == "share_link_not_found"
+    assert "error: no share link '0123456789abcdef'" in gone.stderr
+    unknown = _cli(console, console.seeded.token, "ft-00000000-0000-0000-0000-000000000000")
+    assert unknown.returncode == 4 and "tunevault ls" in unknown.stderr
+    read_only = _cli(console, console.read_token, f"{console.ft}:100")
+    assert read_only.returncode == 3 and read_only.stderr.startswith("making a share link")

@@ -13,7 +13,7 @@ from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
 from tests.merge.helpers import save_pair, tiny_llama
-from tunevault.cli import main
+from tunevault.commands.main import main
 from tunevault.errors import MergeRefused
 from tunevault.merge import merge_lora
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.server import LiveServer, run_server
 from tunevault.models import Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
 

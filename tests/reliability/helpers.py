@@ -14,11 +14,11 @@ import sqlalchemy as sa
 import zstandard
 
 from tests.support.publishing import commit, create_fine_tune, sha, upload
+from tunevault.layout import blob_key
 from tunevault.metadata import tables as t
 from tunevault.models import Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
-from tunevault.storage.base import blob_key
 
 
 def make_key(settings: Settings, org: str = "rel") -> str:

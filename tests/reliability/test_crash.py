@@ -30,8 +30,8 @@ from tests.support.disk import fill
 from tests.support.publishing import api_client as client
 from tests.support.publishing import commit, create_fine_tune, sha, upload
 from tests.support.server import LiveServer, run_server
-from tunevault.gc import collect
-from tunevault.services import open_services
+from tunevault.service.context import open_services
+from tunevault.service.gc import collect
 from tunevault.settings import Settings
 
 CHUNK = 256 << 10
@@ -64,7 +64,7 @@ def test_kill_mid_upload_and_before_commit(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     token = make_key(settings)
     rng = random.Random(20261125)
-    size = 12 << 20  # many of the server's 1 MiB write buffers (server/uploads.py BUFFER)
+    size = 12 << 20  # many of the server's 1 MiB write buffers (service/uploads.py BUFFER)
     # Kill points: seeded offsets into the body, the very end, and after a full upload.
     points = [rng.randrange(CHUNK, size) for _ in range(3)] + [size, None]
     published: dict[str, bytes] = {}

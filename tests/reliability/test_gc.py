@@ -27,13 +27,13 @@ from tests.support.publishing import api_client as client
 from tests.support.publishing import sha
 from tests.support.seaweed import SeaweedFS, run_seaweedfs
 from tests.support.server import run_server
-from tunevault.builds import archive_key, build_archive
-from tunevault.gc import collect
+from tunevault.layout import blob_key
 from tunevault.models import FileEntry, Kind
-from tunevault.publish import commit_checkpoint, put_file
-from tunevault.services import Services, open_services
+from tunevault.service.builds import archive_key_of, build_archive
+from tunevault.service.context import Services, open_services
+from tunevault.service.gc import collect
+from tunevault.service.publishing import commit_checkpoint, put_file
 from tunevault.settings import Settings
-from tunevault.storage.base import blob_key
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +72,9 @@ def test_unreferenced_go_referenced_stay(settings: Settings, tmp_path: Path) -> 
         )
         kept = [_blob(svc, tmp_path, org.id, os.urandom(4096), f"k{i}") for i in range(2)]
         gone = _blob(svc, tmp_path, org.id, b"nobody names me")
-        ckpt, _ = commit_checkpoint(
-            svc.store, ft, step=1, kind=Kind.MODEL_OUTPUT, final=True, files=kept
-        )
+        ckpt, _ = commit_checkpoint(svc, ft, step=1, kind=Kind.MODEL_OUTPUT, final=True, files=kept)
         archive = build_archive(svc.store, svc.storage, ckpt.id)
-        stray = archive_key((gone,), 9)  # an archive no row points to (a build that died)
+        stray = archive_key_of((gone,), 9)  # an archive no row points to (a build that died)
         svc.storage.put(stray, b"x" * 100)
         orphan = os.urandom(1000)  # stored, never recorded (a server died in between)
         svc.storage.put(blob_key(sha(orphan)), orphan)

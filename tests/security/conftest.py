@@ -21,7 +21,7 @@ import pytest
 from tests.support.postgres import create_database
 from tests.support.server import LiveServer, run_server
 from tunevault.models import Scope
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
 
@@ -85,7 +85,7 @@ def _publish(c: httpx.Client) -> str:
 
 @pytest.fixture(scope="session")
 def target(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> Iterator[Target]:
-    from tunevault.demo import seed_demo  # imports the merge engine: only when needed
+    from tunevault.service.demo import seed_demo  # imports the merge engine: only when needed
 
     data_dir = tmp_path_factory.mktemp("security")
     db = create_database(pg_admin_url, "security")
@@ -98,7 +98,12 @@ def target(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> Itera
         _, admin_token = svc.store.create_key(org.id, "admin", [Scope.ADMIN])
         revoked, revoked_token = svc.store.create_key(org.id, "old", [Scope.READ, Scope.PUBLISH])
         svc.store.revoke_key(revoked.id)
-    env = {"TUNEVAULT_JOB_POLL_SECONDS": "0.1", "TUNEVAULT_DATABASE_URL": db}
+    env = {
+        "TUNEVAULT_JOB_POLL_SECONDS": "0.1",
+        "TUNEVAULT_DATABASE_URL": db,
+        # The fuzzer sends thousands of keyless requests from one address.
+        "TUNEVAULT_AUTH_FAILURES_PER_MINUTE": "0",
+    }
     with run_server(data_dir, env=env) as server:
         with httpx.Client(
             base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {token}"}

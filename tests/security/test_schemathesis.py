@@ -54,8 +54,19 @@ def _ft_ids(generated: Any, *, own: bool = True) -> st.SearchStrategy[Any]:
     return st.sampled_from([generated, *ours, *ours, *_IDS["foreign"]])
 
 
+def _hub_repos(params: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Hub routes: real repos too, at a real revision and file (fuzz's holds config.json)."""
+    real = {"revision": "main", "path": "config.json"}
+    tails = st.sampled_from([{}, {k: v for k, v in real.items() if k in params}])
+    return st.tuples(_ft_ids(params["repo_id"]), tails).map(
+        lambda t: {**params, "repo_id": t[0], **t[1]}
+    )
+
+
 @schema.hook
 def flatmap_path_parameters(ctx: Any, path_parameters: dict[str, Any] | None) -> Any:
+    if isinstance(path_parameters, dict) and "repo_id" in path_parameters:
+        return _hub_repos(path_parameters)
     if not isinstance(path_parameters, dict) or "ft_id" not in path_parameters:
         return st.just(path_parameters)
     # Deleting our own fine-tune would turn every later operation into a 404 run.

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Demo
+from tests.conftest import Demo, FreshOrg
 from tunevault.models import Kind
-from tunevault.services import open_services
+from tunevault.service.context import open_services
 
 
 def get(demo: Demo, path: str, token: str | None = "", **kw: Any) -> httpx.Response:
@@ -209,25 +209,26 @@ def test_fine_tune_routes(demo: Demo) -> None:
     assert len(metrics) == 20 and all("train/global_step" in m for m in metrics)
 
 
-def test_delete_and_cancel_need_publish_scope_and_ownership(demo: Demo) -> None:
+def test_delete_and_cancel_need_publish_scope_and_ownership(
+    demo: Demo, fresh_org: FreshOrg
+) -> None:
     with open_services(demo.settings) as svc:
-        org = svc.store.get_org_by_name("demo")
-        assert org is not None
         ft = svc.store.create_fine_tune(
-            org.id, model="m", model_output_name="tmp", training_type="Full", status="running"
+            fresh_org.id, model="m", model_output_name="tmp", training_type="Full", status="running"
         )
     url = f"{demo.url}/v1/fine-tunes/{ft.id}"
-    auth = {"Authorization": f"Bearer {demo.read_token}"}
+    auth = {"Authorization": f"Bearer {fresh_org.read_token}"}
     assert_envelope(httpx.delete(url, headers=auth), 403, "insufficient_scope")
     assert_envelope(httpx.post(url + "/cancel", headers=auth), 403, "insufficient_scope")
     other = {"Authorization": f"Bearer {demo.other_token}"}
     assert_envelope(httpx.delete(url, headers=other), 404, "fine_tune_not_found")
-    rw = {"Authorization": f"Bearer {demo.token}"}
+    rw = {"Authorization": f"Bearer {fresh_org.token}"}
     r = httpx.post(url + "/cancel", headers=rw)
     assert r.status_code == 200 and r.json()["status"] == "cancel_requested"
     assert httpx.post(url + "/cancel", headers=rw).json()["status"] == "cancel_requested"
     done = f"{demo.url}/v1/fine-tunes/{demo.lora.id}/cancel"
-    assert_envelope(httpx.post(done, headers=rw), 409, "conflict")
+    demo_rw = {"Authorization": f"Bearer {demo.token}"}
+    assert_envelope(httpx.post(done, headers=demo_rw), 409, "conflict")
     assert httpx.delete(url, headers=rw).json()["id"] == ft.id
     assert_envelope(httpx.get(url, headers=rw), 404, "fine_tune_not_found")
 

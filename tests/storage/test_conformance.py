@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from tests.storage.conftest import PART_SIZE_MIB
 from tunevault.storage import Storage, Unsupported
+from tunevault.storage.local import LocalStorage
+from tunevault.storage.s3 import S3Storage
 
 MiB = 1 << 20
 PART = PART_SIZE_MIB * MiB
@@ -177,7 +179,10 @@ def test_scratch_paths_do_not_outlive_their_writes(storage: Storage) -> None:
     assert list(storage.scratch_paths()) == []
     with storage.writer("k") as w:
         w.write(data_of(1000))
-        assert all(p.exists() for p in storage.scratch_paths())
+        pending = list(storage.scratch_paths())
+        # A backend that writes through local files must list them, and only real ones.
+        assert len(pending) == (1 if isinstance(storage, LocalStorage) else 0)
+        assert all(p.exists() for p in pending)
     with pytest.raises(RuntimeError), storage.writer("j") as w:
         w.write(data_of(1000))
         raise RuntimeError
@@ -294,3 +299,48 @@ def test_any_content_any_range(
     storage.put("prop", data)
     end = None if length is None else start + length
     assert read_all(storage, "prop", start, end) == data[start:end]
+
+
+# Capabilities each backend must offer: a backend answering Unsupported to everything
+# would pass the "works or unsupported" tests above, and serve nothing in its modes.
+REQUIRED = {"LocalStorage": "local_path", "S3Storage": "presigned_url"}
+
+
+def test_the_backend_offers_its_serving_capability(storage: Storage) -> None:
+    storage.put("cap", b"x")
+    capability = REQUIRED[type(storage).__name__]
+    if capability == "local_path":
+        assert Path(storage.local_path("cap")).read_bytes() == b"x"
+    else:
+        with urllib.request.urlopen(storage.presigned_url("cap", expires=60)) as resp:
+            assert resp.read() == b"x"
+
+
+def leftovers(storage: Storage) -> list[str]:
+    """What the backend holds beyond its keys: stray files, incomplete uploads."""
+    if isinstance(storage, LocalStorage):
+        keys = {storage.root / k for k in storage.list()}
+        files = [p for p in storage.root.rglob("*") if p.is_file() and p not in keys]
+        return sorted(str(p) for p in files)
+    assert isinstance(storage, S3Storage)
+    uploads = storage.client.list_multipart_uploads(Bucket=storage.bucket, Prefix=storage.prefix)
+    return sorted(u["Key"] for u in uploads.get("Uploads", []))
+
+
+def test_nothing_is_left_behind(storage: Storage, tmp_path: Path) -> None:
+    big = data_of(2 * PART + 5)  # multipart on S3: parts exist before the commit
+    with storage.writer("done") as w:
+        w.write(big)
+    with pytest.raises(RuntimeError), storage.writer("failed") as w:
+        w.write(big)
+        raise RuntimeError
+    aborted = storage.writer("aborted")
+    aborted.write(big)
+    aborted.abort()
+    source = tmp_path / "adopt-me"
+    source.write_bytes(big)
+    storage.adopt_file("adopted", source)
+    storage.put("gone", b"x")
+    storage.delete("gone")
+    assert sorted(storage.list()) == ["adopted", "done"]
+    assert leftovers(storage) == []

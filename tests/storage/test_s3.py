@@ -12,9 +12,9 @@ import pytest
 
 from tests.storage.conftest import PART_SIZE_MIB, s3_url
 from tests.support.seaweed import SeaweedFS
-from tunevault.errors import StorageUnavailable
 from tunevault.metadata.base import now
 from tunevault.storage import open_storage
+from tunevault.storage.errors import BackendUnavailable
 from tunevault.storage.s3 import MiB, S3Storage
 
 PART = PART_SIZE_MIB * MiB
@@ -188,14 +188,14 @@ def _closed_port() -> int:
 def test_unreachable_endpoint(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> None:
     seaweedfs.patch_env(monkeypatch)
     store = S3Storage("bkt", endpoint_url=f"http://127.0.0.1:{_closed_port()}")
-    with pytest.raises(StorageUnavailable, match="EndpointConnectionError") as info:
+    with pytest.raises(BackendUnavailable, match="EndpointConnectionError") as info:
         store.stat("k")
     assert "127.0.0.1" not in str(info.value)  # details stay in the chained exception
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(BackendUnavailable):
         store.open_read("k")
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(BackendUnavailable):
         store.put("k", b"x")
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(BackendUnavailable):
         list(store.list())
 
 
@@ -204,7 +204,7 @@ def test_wrong_secret(
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     store = S3Storage.from_url(s3_url(seaweedfs, s3_bucket))
-    with pytest.raises(StorageUnavailable, match="SignatureDoesNotMatch"):
+    with pytest.raises(BackendUnavailable, match="SignatureDoesNotMatch"):
         store.put("k", b"x")
 
 
@@ -214,9 +214,9 @@ def test_no_credentials(
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     store = S3Storage.from_url(s3_url(seaweedfs, s3_bucket))
-    with pytest.raises(StorageUnavailable, match="NoCredentialsError"):
+    with pytest.raises(BackendUnavailable, match="NoCredentialsError"):
         store.stat("k")
-    with pytest.raises(StorageUnavailable, match="NoCredentialsError"):
+    with pytest.raises(BackendUnavailable, match="NoCredentialsError"):
         store.presigned_url("k")
 
 

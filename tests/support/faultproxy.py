@@ -2,10 +2,11 @@
 
 Each proxied request gets its own upstream connection (the proxy forces
 `Connection: close`), so faults apply per request. Faults are queued: each download
-request takes the next one (other requests, and downloads once the queue is empty, get
-`default`). A fault can cut the response after N body bytes, flip the byte at archive
-offset K (located with Content-Range, so it works for ranged responses too), strip
-Range/If-Range so the server answers 200, or stall after N body bytes until released.
+request (of an archive, or a GET of a Hub file) takes the next one (other requests, and
+downloads once the queue is empty, get `default`). A fault can cut the response after N
+body bytes, flip the byte at archive offset K (located with Content-Range, so it works for
+ranged responses too), strip Range/If-Range so the server answers 200, or stall after N
+body bytes until released.
 Every exchange is logged with the request headers and the body bytes forwarded.
 """
 
@@ -34,6 +35,7 @@ class Fault:
 class Exchange:
     path: str
     headers: dict[str, str]
+    download: bool = False
     status: int = 0
     head_bytes: int = 0  # the response head as sent to the client, blank line included
     body_bytes: int = 0
@@ -86,7 +88,7 @@ class FaultProxy:
 
     def downloads(self) -> list[Exchange]:
         with self._lock:
-            return [e for e in self.log if "/finetune/download" in e.path]
+            return [e for e in self.log if e.download]
 
     def close(self) -> None:
         self._closed = True
@@ -117,11 +119,13 @@ class FaultProxy:
     def _proxy(self, client: socket.socket, upstream: socket.socket) -> None:
         head, rest = _read_head(client)
         request_line, *lines = head.split(b"\r\n")
-        path = request_line.split(b" ")[1].decode("latin-1")
+        method, target = request_line.split(b" ")[:2]
+        path = target.decode("latin-1")
+        # Archive downloads, and GETs of a Hub file (its HEAD reads metadata only).
+        is_download = "/finetune/download" in path or (method == b"GET" and "/resolve/" in path)
         with self._lock:
-            is_download = "/finetune/download" in path
             fault = self.faults.popleft() if is_download and self.faults else self.default
-            exchange = Exchange(path=path, headers=_headers(lines), fault=fault)
+            exchange = Exchange(path, _headers(lines), download=is_download, fault=fault)
             self.log.append(exchange)
         dropped = {b"connection", b"keep-alive"}
         if fault.strip_range:

@@ -37,6 +37,9 @@ def x_accel_locations(upstream: str, storage_root: Path, prefix: str) -> str:
             etag off;  # nginx's mtime-size tag would replace ours; keep tunevault's sha256
             add_header ETag $upstream_http_etag always;
             add_header Repr-Digest $upstream_http_repr_digest always;
+            add_header X-Repo-Commit $upstream_http_x_repo_commit always;
+            add_header X-Linked-Etag $upstream_http_x_linked_etag always;
+            add_header X-Linked-Size $upstream_http_x_linked_size always;
         }}"""
 
 

@@ -6,17 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunevault.models import Archive, FineTune, Kind, Scope
-from tunevault.publish import publish_directory
-from tunevault.services import Services, open_services
+from tunevault.service.context import Services, open_services
+from tunevault.service.publishing import publish_directory
+from tunevault.service.worker import Worker
 from tunevault.settings import Settings
-from tunevault.worker import Worker
 
 
 def publish_and_build(
     svc: Services, ft: FineTune, src: Path, *, step: int = 1, kind: Kind = Kind.MODEL_OUTPUT
 ) -> Archive:
     """Commit src as the final checkpoint of ft and run the build jobs it queues."""
-    ckpt = publish_directory(svc.store, svc.storage, ft, src, step=step, kind=kind, final=True)
+    ckpt = publish_directory(svc, ft, src, step=step, kind=kind, final=True)
     worker = Worker(svc)  # the builder the server runs, with the same settings
     while worker.run_once():
         pass

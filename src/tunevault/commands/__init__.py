@@ -1,1 +1,1 @@
-"""The `tunevault` subcommands, one module per command."""
+"""Every `tunevault` CLI command: thin shells over the service, the client and the publisher."""

@@ -11,8 +11,9 @@ from urllib.parse import quote
 import click
 
 from tunevault.client.api import Client
-from tunevault.client.commands import _client_options, _run
+from tunevault.client.retry import Backoff
 from tunevault.client.target import CHECKPOINTS, parse_ft_arg
+from tunevault.commands.download import _client_options, _retries, same_not_found
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -55,6 +56,7 @@ def _print(link: dict[str, Any], as_json: bool, verb: str) -> None:
     help="How long the link works: 90m, 24h, 7d (1 minute to 30 days).",
 )
 @click.option("--revoke", "revoke_id", metavar="SHARE_ID", help="Revoke this share link instead.")
+@_retries
 @_client_options
 def share(
     ft_ref: str | None,
@@ -64,6 +66,7 @@ def share(
     as_json: bool,
     url: str | None,
     api_key: str | None,
+    retries: int,
 ) -> None:
     """Print a URL that downloads one checkpoint's archive with no key (publish scope).
 
@@ -72,11 +75,11 @@ def share(
     """
     if (ft_ref is None) == (revoke_id is None):
         raise click.UsageError("give FT_ID[:STEP] to share, or --revoke SHARE_ID")
-    client = Client(url, api_key)
+    client = Client(url, api_key, backoff=Backoff(attempts=retries))
     if revoke_id is not None:
         click.echo(f"revoking share link {revoke_id} ...", err=True)
         path = f"/v1/shares/{quote(revoke_id, safe='')}"
-        _run(as_json, lambda: _print(client.transport.json("DELETE", path), as_json, "revoked"))
+        _print(client.transport.json("DELETE", path), as_json, "revoked")
         return
     assert ft_ref is not None
     try:
@@ -89,7 +92,6 @@ def share(
     else:
         body["checkpoint"] = checkpoint
     click.echo(f"making a share link to {ft_ref} for {expires} ...", err=True)
-    _run(
-        as_json,
-        lambda: _print(client.transport.json("POST", "/v1/shares", body=body), as_json, "made"),
-    )
+    with same_not_found(ft_id):
+        link = client.transport.json("POST", "/v1/shares", body=body)
+    _print(link, as_json, "made")

@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import asdict
 from typing import Any
 
 import sqlalchemy as sa
 
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase
-
-
-@dataclass(frozen=True)
-class DownloadRecord:
-    created_at: datetime
-    org_id: str
-    key_id: str
-    ft_id: str
-    step: int
-    kind: str
-    archive_sha256: str
-    range_start: int
-    bytes_planned: int
-    bytes_sent: int
-    status: int  # 200/206 sent, 307 redirected, 499 the client went away
-    mode: str
-    client: str | None
-    user_agent: str | None
-    id: int = 0
+from tunevault.models import DownloadRecord
 
 
 class AuditMixin(StoreBase):

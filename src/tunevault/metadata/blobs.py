@@ -36,7 +36,7 @@ class BlobsMixin(StoreBase):
             return _org_blob_sizes(conn, org_id, digests)
 
     def blob_xxh3(self, digests: Iterable[str]) -> dict[str, str]:
-        """The recorded xxh3 of those blobs that have one (see tunevault.checksums)."""
+        """The recorded xxh3 of those blobs that have one (see tunevault.archive.checksums)."""
         b = t.blobs.c
         with self.engine.connect() as conn:
             rows = select_in(

@@ -13,7 +13,7 @@ from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase, now
 from tunevault.metadata.finetunes import _select_fine_tunes
 from tunevault.metadata.jobs import enqueue
-from tunevault.models import Archive, Checkpoint, FileEntry, FineTune, Kind
+from tunevault.models import Archive, Checkpoint, FileEntry, FineTune, JobKind, Kind
 
 
 class CheckpointsMixin(StoreBase):
@@ -24,7 +24,7 @@ class CheckpointsMixin(StoreBase):
         kind: Kind,
         final: bool,
         files: Sequence[FileEntry],
-        jobs: Sequence[str] = (),
+        jobs: Sequence[JobKind] = (),
     ) -> Checkpoint:
         """Record a checkpoint and queue its build jobs, in one transaction."""
         ts = now()
@@ -51,6 +51,8 @@ class CheckpointsMixin(StoreBase):
                 )
             for job in jobs:
                 enqueue(conn, int(ckpt_id), job)
+        if jobs:
+            self.jobs_signal.notify()
         return Checkpoint(
             id=int(ckpt_id),
             ft_id=ft_id,
@@ -187,6 +189,21 @@ class CheckpointsMixin(StoreBase):
                     .where(f.org_id == org_id, f.model == base_name, c.kind == Kind.MERGED.value)
                 ).scalars()
             )
+
+    def fine_tune_files(self, ft_id: str) -> dict[int, tuple[FileEntry, ...]]:
+        """The files of every checkpoint of the fine-tune, by checkpoint id, in one query."""
+        c, cf = t.checkpoints.c, t.checkpoint_files.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(cf.checkpoint_id, cf.path, cf.size, cf.sha256)
+                .select_from(t.checkpoint_files.join(t.checkpoints, cf.checkpoint_id == c.id))
+                .where(c.ft_id == ft_id)
+                .order_by(cf.checkpoint_id, cf.path)
+            )
+            found: dict[int, list[FileEntry]] = {}
+            for r in rows:
+                found.setdefault(r.checkpoint_id, []).append(FileEntry(r.path, r.size, r.sha256))
+        return {ckpt_id: tuple(files) for ckpt_id, files in found.items()}
 
     def get_archive(self, checkpoint_id: int) -> Archive | None:
         with self.engine.connect() as conn:

@@ -47,6 +47,7 @@ class FineTunesMixin(StoreBase):
         lora_dropout: float | None = None,
         lora_trainable_modules: str | None = None,
         idempotency_key: str | None = None,
+        external_base: bool = False,
     ) -> FineTune:
         """A new fine-tune; with an `idempotency_key` already used in this organization,
         the fine-tune that key created (see `created_with_key`) and nothing new."""
@@ -65,6 +66,7 @@ class FineTunesMixin(StoreBase):
             lora_trainable_modules=lora_trainable_modules,
             created_at=ts,
             updated_at=ts,
+            external_base=external_base,
         )
         if idempotency_key is None:
             with self.engine.begin() as conn:
@@ -99,6 +101,17 @@ class FineTunesMixin(StoreBase):
         with self.engine.connect() as conn:
             row = conn.execute(_select_fine_tunes().where(t.fine_tunes.c.id == ft_id)).first()
         return FineTune(**row._mapping) if row else None
+
+    def fine_tune_ids_named(self, org_id: str, model_output_name: str) -> list[str]:
+        """Ids of the organization's fine-tunes with that output name (the Hub's repo ids)."""
+        f = t.fine_tunes.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(f.id)
+                .where(f.org_id == org_id, f.model_output_name == model_output_name)
+                .order_by(f.id)
+            )
+            return list(rows.scalars())
 
     def list_fine_tunes(self, org_id: str) -> list[FineTune]:
         with self.engine.connect() as conn:

@@ -15,18 +15,19 @@ import sqlalchemy as sa
 
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase, now
-from tunevault.models import Job
+from tunevault.metadata.notify import announce
+from tunevault.models import BuildJob, JobKind, JobState
 
-ACTIVE = ("queued", "running")
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 MAX_CLAIMS = 10
 
 
-def _job(m: Any) -> Job:
-    return Job(
+def _job(m: Any) -> BuildJob:
+    return BuildJob(
         id=m["id"],
         checkpoint_id=m["checkpoint_id"],
-        kind=m["kind"],
-        state=m["state"],
+        kind=JobKind(m["kind"]),
+        state=JobState(m["state"]),
         attempts=m["attempts"],
         lease_owner=m["lease_owner"],
         error_code=m["error_code"],
@@ -34,8 +35,10 @@ def _job(m: Any) -> Job:
     )
 
 
-def enqueue(conn: sa.Connection, checkpoint_id: int, kind: str) -> None:
-    """Queue a job (or re-queue a finished one) inside the caller's transaction."""
+def enqueue(conn: sa.Connection, checkpoint_id: int, kind: JobKind) -> None:
+    """Queue a job (or re-queue a finished one) inside the caller's transaction; the caller
+    wakes this process's workers (`jobs_signal`) once it has committed."""
+    announce(conn)
     ts = now()
     row = conn.execute(
         sa.select(t.build_jobs.c.id).where(
@@ -47,7 +50,7 @@ def enqueue(conn: sa.Connection, checkpoint_id: int, kind: str) -> None:
             t.build_jobs.insert().values(
                 checkpoint_id=checkpoint_id,
                 kind=kind,
-                state="queued",
+                state=JobState.QUEUED,
                 attempts=0,
                 created_at=ts,
                 updated_at=ts,
@@ -58,7 +61,7 @@ def enqueue(conn: sa.Connection, checkpoint_id: int, kind: str) -> None:
             t.build_jobs.update()
             .where(t.build_jobs.c.id == row.id, t.build_jobs.c.state.not_in(ACTIVE))
             .values(
-                state="queued",
+                state=JobState.QUEUED,
                 attempts=0,
                 error_code=None,
                 error_message=None,
@@ -70,25 +73,25 @@ def enqueue(conn: sa.Connection, checkpoint_id: int, kind: str) -> None:
 
 
 class JobsMixin(StoreBase):
-    def claim_job(self, owner: str, lease_seconds: float) -> Job | None:
+    def claim_job(self, owner: str, lease_seconds: float) -> BuildJob | None:
         """Take the oldest claimable job, or None; safe against any number of workers."""
         jobs = t.build_jobs
         ts = now()
         claimable = sa.or_(
-            jobs.c.state == "queued",
-            sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at < ts),
+            jobs.c.state == JobState.QUEUED,
+            sa.and_(jobs.c.state == JobState.RUNNING, jobs.c.lease_expires_at < ts),
         )
         with self.engine.begin() as conn:
             # A job whose workers keep dying (or cannot record an outcome) stops here.
             conn.execute(
                 jobs.update()
                 .where(
-                    jobs.c.state == "running",
+                    jobs.c.state == JobState.RUNNING,
                     jobs.c.lease_expires_at < ts,
                     jobs.c.attempts >= MAX_CLAIMS,
                 )
                 .values(
-                    state="failed",
+                    state=JobState.FAILED,
                     error_code="internal_error",
                     error_message=f"gave up after {MAX_CLAIMS} attempts",
                     lease_owner=None,
@@ -105,11 +108,14 @@ class JobsMixin(StoreBase):
                     jobs.update()
                     .where(jobs.c.id == job_id, claimable)
                     .values(
-                        state="running",
+                        state=JobState.RUNNING,
                         lease_owner=owner,
                         lease_expires_at=ts + timedelta(seconds=lease_seconds),
                         attempts=jobs.c.attempts + 1,
                         updated_at=ts,
+                        started_at=ts,
+                        progress_done=None,
+                        progress_total=None,
                     )
                 ).rowcount
                 if won:
@@ -126,7 +132,9 @@ class JobsMixin(StoreBase):
                 conn.execute(
                     jobs.update()
                     .where(
-                        jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.state == "running"
+                        jobs.c.id == job_id,
+                        jobs.c.lease_owner == owner,
+                        jobs.c.state == JobState.RUNNING,
                     )
                     .values(lease_expires_at=now() + timedelta(seconds=lease_seconds))
                 ).rowcount
@@ -142,10 +150,12 @@ class JobsMixin(StoreBase):
         retry: bool = False,
     ) -> bool:
         """Record the outcome if we still hold the job: done, failed, or queued again."""
-        state = "done" if error_code is None else ("queued" if retry else "failed")
+        state = (
+            JobState.DONE if error_code is None else (JobState.QUEUED if retry else JobState.FAILED)
+        )
         jobs = t.build_jobs
         with self.engine.begin() as conn:
-            return bool(
+            recorded = bool(
                 conn.execute(
                     jobs.update()
                     .where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
@@ -159,8 +169,23 @@ class JobsMixin(StoreBase):
                     )
                 ).rowcount
             )
+            if recorded and state == JobState.QUEUED:
+                announce(conn)
+        if recorded and state == JobState.QUEUED:
+            self.jobs_signal.notify()
+        return recorded
 
-    def jobs_for_checkpoint(self, checkpoint_id: int) -> list[Job]:
+    def set_job_progress(self, job_id: int, owner: str, done: int, total: int) -> None:
+        """Record how far a running build is (bytes of `total`), while we hold it."""
+        jobs = t.build_jobs
+        with self.engine.begin() as conn:
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+                .values(progress_done=done, progress_total=total)
+            )
+
+    def jobs_for_checkpoint(self, checkpoint_id: int) -> list[BuildJob]:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(t.build_jobs)
@@ -181,18 +206,23 @@ class JobsMixin(StoreBase):
         if checkpoint_ids is not None and not checkpoint_ids:
             return 0
         jobs = t.build_jobs
-        which = [jobs.c.state == "failed", jobs.c.error_code == error_code]
+        which = [jobs.c.state == JobState.FAILED, jobs.c.error_code == error_code]
         if checkpoint_ids is not None:
             which.append(jobs.c.checkpoint_id.in_(checkpoint_ids))
         with self.engine.begin() as conn:
-            return conn.execute(
+            count: int = conn.execute(
                 jobs.update()
                 .where(*which)
                 .values(
-                    state="queued",
+                    state=JobState.QUEUED,
                     attempts=0,
                     error_code=None,
                     error_message=None,
                     updated_at=now(),
                 )
             ).rowcount
+            if count:
+                announce(conn)
+        if count:
+            self.jobs_signal.notify()
+        return count

@@ -15,8 +15,9 @@ from aiohttp import web
 
 from tunevault.server.context import blocking
 from tunevault.server.ranges import ByteRange, parse_range
-from tunevault.settings import Settings
+from tunevault.service.context import Services, translated
 from tunevault.storage import Storage, Unsupported
+from tunevault.storage.errors import StorageError
 
 CHUNK = 1 << 20
 SNDBUF = 4 << 20
@@ -69,15 +70,27 @@ def choose_range(request: web.BaseRequest, blob: BlobRef) -> ByteRange | None:
 
 async def send_blob(
     request: web.Request,
-    storage: Storage,
+    svc: Services,
     blob: BlobRef,
-    settings: Settings,
     span: ByteRange | None,
+    presign_method: str | None = None,
 ) -> web.StreamResponse:
     """Answer with the blob in the configured mode: `span` of it (None: all of it), as
-    `choose_range` picked it for this request."""
+    `choose_range` picked it for this request. A redirect's URL is signed for
+    `presign_method` (default: the request's own method). The one module of the server
+    that speaks to storage: the byte path, where a domain call per chunk would cost."""
+    try:
+        return await _send(request, svc, blob, span, presign_method or request.method)
+    except StorageError as e:  # before the first byte this becomes the answer
+        raise translated(e) from e
+
+
+async def _send(
+    request: web.Request, svc: Services, blob: BlobRef, span: ByteRange | None, presign: str
+) -> web.StreamResponse:
+    storage, settings = svc.storage, svc.settings
     if settings.serve_mode == "redirect":
-        return await _redirect(request, storage, blob, settings.presign_seconds)
+        return await _redirect(storage, blob, settings.presign_seconds, presign)
     if settings.serve_mode == "x-accel":
         return _x_accel(storage, blob, settings.x_accel_prefix)
     resp = web.StreamResponse(status=200 if span is None else 206, headers=blob.headers())
@@ -100,15 +113,13 @@ async def send_blob(
     return resp
 
 
-async def _redirect(
-    request: web.Request, storage: Storage, blob: BlobRef, expires: int
-) -> web.Response:
+async def _redirect(storage: Storage, blob: BlobRef, expires: int, method: str) -> web.Response:
     # Archive keys are content-derived and never rewritten, so a client that validated our
     # ETag here may fetch any range of the presigned URL without If-Range.
     url = await blocking(
         storage.presigned_url,
         blob.key,
-        method=request.method,
+        method=method,
         expires=expires,
         filename=blob.filename,
     )

@@ -1,30 +1,23 @@
-"""`GET /v1/finetune/download`: resolve (organization, fine-tune, step or kind) to an archive."""
+"""`GET /v1/finetune/download`: parse, authorize, resolve (tunevault.service.downloads), send."""
 
 from __future__ import annotations
 
-import re
 from contextlib import nullcontext
+from datetime import UTC, datetime
 
 from aiohttp import web
 
-from tunevault.errors import (
-    ArchiveNotReady,
-    CheckpointNotFound,
-    FineTuneNotFound,
-    TunevaultError,
-)
-from tunevault.metadata import MetadataStore
-from tunevault.metadata.audit import DownloadRecord
-from tunevault.metadata.base import now
-from tunevault.models import Archive, Checkpoint, FineTune, Kind, Principal
+from tunevault.errors import TunevaultError
+from tunevault.models import DownloadRecord, Principal
 from tunevault.server.audit import AUDIT
 from tunevault.server.blob import BlobRef, choose_range, send_blob
+from tunevault.server.clients import client_address
 from tunevault.server.context import LIMITS, blocking, principal, services
 from tunevault.server.observability import METRICS
-from tunevault.server.query import DownloadQuery, parse_download_query
+from tunevault.server.query import parse_download_query
+from tunevault.service.downloads import Resolved, resolve
 
 routes = web.RouteTableDef()
-RETRY_AFTER_S = 30
 
 
 def _printable(text: str) -> str:
@@ -32,91 +25,24 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "replace").decode()[:300]
 
 
-def archive_filename(ft: FineTune, ckpt: Checkpoint) -> str:
-    """`<output name>-step<N>-<kind>.tar.zst`: checkpoints never overwrite each other."""
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", ft.model_output_name.rsplit("/", 1)[-1]).strip("._")
-    return f"{base or ft.id}-step{ckpt.step}-{ckpt.kind.value}.tar.zst"
-
-
-def _pick_step(ft: FineTune, ckpts: list[Checkpoint], step: int) -> Checkpoint:
-    at_step = [c for c in ckpts if c.step == step]
-    if not at_step:
-        steps = ", ".join(str(s) for s in sorted({c.step for c in ckpts})) or "none yet"
-        raise CheckpointNotFound(
-            f"fine-tune {ft.id} has no checkpoint at step {step}; available steps: {steps}",
-            param="checkpoint_step",
-        )
-    # The raw output of that step: the intermediate save, else the final adapter/output.
-    raw = Kind.ADAPTER if ft.is_lora else Kind.MODEL_OUTPUT
-    return min(at_step, key=lambda c: (c.final, c.kind != raw))
-
-
-def _pick_kind(ft: FineTune, ckpts: list[Checkpoint], checkpoint: str) -> Checkpoint:
-    kind = ft.natural_kind if checkpoint == "default" else Kind(checkpoint)
-    finals = [c for c in ckpts if c.final and c.kind == kind]
-    if finals:
-        return max(finals, key=lambda c: c.step)
-    kinds = sorted({c.kind.value for c in ckpts if c.final})
-    if not kinds:
-        hint = f"the fine-tune is {ft.status} and has no final checkpoint yet"
-    else:
-        hint = f"available: {', '.join(kinds)}"
-    raise CheckpointNotFound(
-        f"fine-tune {ft.id} has no {kind.value} checkpoint; {hint}", param="checkpoint"
-    )
-
-
-def resolve(
-    store: MetadataStore, org_id: str, q: DownloadQuery
-) -> tuple[FineTune, Checkpoint, Archive]:
-    ft, rows = store.fine_tune_with_archives(org_id, q.ft_id)
-    if ft is None:
-        raise FineTuneNotFound(
-            f"fine-tune {q.ft_id} not found; GET /v1/fine-tunes lists yours", param="ft_id"
-        )
-    ckpts = [c for c, _ in rows]
-    if q.step is not None:
-        ckpt = _pick_step(ft, ckpts, q.step)
-    else:
-        assert q.checkpoint is not None
-        ckpt = _pick_kind(ft, ckpts, q.checkpoint)
-    archive = dict((c.id, a) for c, a in rows)[ckpt.id]
-    if archive is None:
-        failed = [j for j in store.jobs_for_checkpoint(ckpt.id) if j.state == "failed"]
-        if failed:  # say why, with the class the build failed with (e.g. a missing base)
-            klass = TunevaultError.registry.get(failed[-1].error_code or "", TunevaultError)
-            raise klass(
-                f"the {ckpt.kind.value} archive of {ft.id} could not be built: "
-                f"{failed[-1].error_message}"
-            )
-        raise ArchiveNotReady(
-            f"the {ckpt.kind.value} archive of {ft.id} step {ckpt.step} is being prepared; "
-            f"retry in {RETRY_AFTER_S} s",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
-    return ft, ckpt, archive
-
-
 @routes.get("/v1/finetune/download")
 async def download(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     query = request.rel_url.query
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
-    ft, ckpt, archive = await blocking(resolve, services(request).store, who.org_id, q)
-    return await serve_archive(request, who, ft, ckpt, archive)
+    found = await blocking(resolve, services(request), who.org_id, q)
+    return await serve_archive(request, who, found)
 
 
 async def serve_archive(
-    request: web.Request, who: Principal, ft: FineTune, ckpt: Checkpoint, archive: Archive
+    request: web.Request, who: Principal, found: Resolved
 ) -> web.StreamResponse:
     """Send the archive in the configured mode, within the key's download slots, audited
-    under `who.key_id` (the console's session key, or a share link's id)."""
+    under `who.key_id` (the API's key, the console's session key, or a share link's id)."""
     svc = services(request)
+    ft, ckpt, archive = found.ft, found.ckpt, found.archive
     blob = BlobRef(
-        key=archive.storage_key,
-        size=archive.size,
-        sha256=archive.sha256,
-        filename=archive_filename(ft, ckpt),
+        key=archive.storage_key, size=archive.size, sha256=archive.sha256, filename=found.filename
     )
     metrics = request.app[METRICS]
     mode = svc.settings.serve_mode
@@ -125,7 +51,7 @@ async def serve_archive(
     sent = planned = start = 0
     # Download slots bound the bytes this process sends; a redirect or an X-Accel answer
     # hands the sending to the object store or nginx, and takes none.
-    slot = request.app[LIMITS].download(who.key_id) if mode == "proxy" else nullcontext()
+    slot = request.app[LIMITS].download(who) if mode == "proxy" else nullcontext()
     with slot:
         metrics.downloads_in_flight.inc()
         try:
@@ -134,7 +60,7 @@ async def serve_archive(
             start = span.start if span is not None else 0
             if mode == "proxy":  # else the object store or nginx sends the bytes
                 planned = span.length if span is not None else blob.size
-            resp = await send_blob(request, svc.storage, blob, svc.settings, span)
+            resp = await send_blob(request, svc, blob, span)
         except (web.HTTPException, TunevaultError):
             status = None  # a validator or range answer (304, 412, 416): nothing was sent
             raise
@@ -148,7 +74,7 @@ async def serve_archive(
             if status is not None:
                 request.app[AUDIT].add(
                     DownloadRecord(
-                        created_at=now(),
+                        created_at=datetime.now(UTC),
                         org_id=who.org_id,
                         key_id=who.key_id,
                         ft_id=ft.id,
@@ -160,7 +86,7 @@ async def serve_archive(
                         bytes_sent=sent,
                         status=status,
                         mode=mode,
-                        client=request.remote,
+                        client=client_address(request),
                         user_agent=_printable(request.headers.get("User-Agent", "")) or None,
                     ),
                 )

@@ -10,26 +10,27 @@ from typing import Any
 
 from aiohttp import web
 
-from tunevault.errors import Conflict, InvalidRequest
+from tunevault.errors import InvalidRequest
 from tunevault.models import FT_STATUSES, Kind, MetricRow, NewEvent, Scope
-from tunevault.publish import commit_checkpoint, register_base_model, validate_manifest
 from tunevault.server import render
 from tunevault.server.context import blocking, json_body, principal, services
 from tunevault.server.finetunes import owned_fine_tune
+from tunevault.service import reporting
+from tunevault.service.publishing import commit_checkpoint, register_base_model, validate_manifest
 
 routes = web.RouteTableDef()
 MAX_ROWS = 10_000
 MAX_SUFFIX = 100
-_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,300}$")
-_EVENT_TYPE = re.compile(r"^[A-Za-z_]{1,64}$")
-_ROW_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,100}$")
+_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,300}")
+_EVENT_TYPE = re.compile(r"[A-Za-z_]{1,64}")
+_ROW_ID = re.compile(r"[A-Za-z0-9._:/-]{1,100}")  # all three: fullmatch only
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
     value = body.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise InvalidRequest(f"{name} must be 1-300 printable characters", param=name)
     return value
 
@@ -66,6 +67,16 @@ def _training_type(raw: Any) -> dict[str, Any]:
     }
 
 
+def _external_base(body: dict[str, Any], training_type: str) -> bool:
+    """A LoRA whose base model lives elsewhere: published as it is, never merged."""
+    value = body.get("external_base", False)
+    if not isinstance(value, bool):
+        raise InvalidRequest("external_base must be true or false", param="external_base")
+    if value and training_type != "Lora":
+        raise InvalidRequest("external_base applies to LoRA fine-tunes", param="external_base")
+    return value
+
+
 @routes.post("/v1/publish/fine-tunes")
 async def create_fine_tune(request: web.Request) -> web.Response:
     who = principal(request, Scope.PUBLISH)
@@ -82,27 +93,22 @@ async def create_fine_tune(request: web.Request) -> web.Response:
         "suffix": suffix,
         **_training_type(body.get("training_type")),
     }
-    store = services(request).store
+    fields["external_base"] = _external_base(body, fields["training_type"])
     key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        if not _ROW_ID.match(key):
-            raise InvalidRequest(
-                "Idempotency-Key is 1 to 100 characters of letters, digits and . _ : / -",
-                param="Idempotency-Key",
-            )
-        earlier = await blocking(store.created_with_key, who.org_id, key)
-        if earlier is not None:  # a retry: the fine-tune that request created
-            if any(getattr(earlier, name) != value for name, value in fields.items()):
-                raise Conflict(
-                    f"Idempotency-Key {key!r} already created {earlier.id} with other "
-                    "parameters; use a new key for a new fine-tune"
-                )
-            events = await blocking(store.list_events, earlier.id)
-            return web.json_response(render.fine_tune(earlier, events))
-    ft = await blocking(
-        store.create_fine_tune, who.org_id, status=status, idempotency_key=key, **fields
+    if key is not None and not _ROW_ID.fullmatch(key):
+        raise InvalidRequest(
+            "Idempotency-Key is 1 to 100 characters of letters, digits and . _ : / -",
+            param="Idempotency-Key",
+        )
+    ft, events, created = await blocking(
+        reporting.create_fine_tune,
+        services(request),
+        who.org_id,
+        fields,
+        status=status,
+        idempotency_key=key,
     )
-    return web.json_response(render.fine_tune(ft, []), status=201)
+    return web.json_response(render.fine_tune(ft, events), status=201 if created else 200)
 
 
 @routes.post("/v1/publish/fine-tunes/{ft_id}/checkpoints")
@@ -118,7 +124,7 @@ async def add_checkpoint(request: web.Request) -> web.Response:
     files = validate_manifest(body.get("files"))
     ckpt, created = await blocking(
         commit_checkpoint,
-        services(request).store,
+        services(request),
         ft,
         step=_int(body, "step"),
         kind=Kind(kind_raw),
@@ -145,7 +151,7 @@ async def add_events(request: web.Request) -> web.Response:
         raise InvalidRequest(f"events must be a list of 1 to {MAX_ROWS} events", param="events")
     rows = []
     for e in events:
-        if not isinstance(e, dict) or not _EVENT_TYPE.match(str(e.get("type", ""))):
+        if not isinstance(e, dict) or not _EVENT_TYPE.fullmatch(str(e.get("type", ""))):
             raise InvalidRequest("every event needs a type of letters and _", param="events")
         level = e.get("level", "info")
         message = e.get("message", "")
@@ -155,7 +161,7 @@ async def add_events(request: web.Request) -> web.Response:
             )
         step = _int(e, "step") if e.get("step") is not None else None
         rows.append(NewEvent(str(e["type"]), message[:10_000], level, step, _row_id(e, "events")))
-    added = await blocking(services(request).store.add_events, ft.id, rows)
+    added = await blocking(reporting.add_events, services(request), ft, rows)
     return web.json_response({"count": len(rows), "added": added}, status=201)
 
 
@@ -170,18 +176,22 @@ async def add_metrics(request: web.Request) -> web.Response:
         if not isinstance(row, dict):
             raise InvalidRequest("every metrics row is an object with a step", param="metrics")
         values = {k: v for k, v in row.items() if k not in ("step", "id")}
-        if not all(
-            isinstance(v, int | float)
-            and not isinstance(v, bool)
-            and math.isfinite(v)
-            and isinstance(k, str)
-            and len(k) <= 200
-            for k, v in values.items()
-        ):
+        if not all(_finite(v) and isinstance(k, str) and len(k) <= 200 for k, v in values.items()):
             raise InvalidRequest("metric values must be finite numbers", param="metrics")
         rows.append(MetricRow(_int(row, "step"), values, _row_id(row, "metrics")))
-    added = await blocking(services(request).store.add_metrics, ft.id, rows)
+    added = await blocking(reporting.add_metrics, services(request), ft, rows)
     return web.json_response({"count": len(rows), "added": added}, status=201)
+
+
+def _finite(value: object) -> bool:
+    """A number a float holds: an integer of 400 digits is past float's range (math.isfinite
+    raised OverflowError, a 500)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _row_id(row: dict[str, Any], param: str) -> str | None:
@@ -190,7 +200,7 @@ def _row_id(row: dict[str, Any], param: str) -> str | None:
     value = row.get("id")
     if value is None:
         return None
-    if not isinstance(value, str) or not _ROW_ID.match(value):
+    if not isinstance(value, str) or not _ROW_ID.fullmatch(value):
         raise InvalidRequest(
             "a row id is 1 to 100 characters of letters, digits and . _ : / -", param=param
         )
@@ -207,10 +217,8 @@ async def set_status(request: web.Request) -> web.Response:
             "(compressing is reported by tunevault)",
             param="status",
         )
-    store = services(request).store
-    updated = await blocking(store.set_status, ft.org_id, ft.id, status)
-    events = await blocking(store.list_events, ft.id)
-    return web.json_response(render.fine_tune(updated or ft, events))
+    ft, events = await blocking(reporting.set_status, services(request), ft, status)
+    return web.json_response(render.fine_tune(ft, events))
 
 
 @routes.post("/v1/publish/base-models")
@@ -219,9 +227,7 @@ async def add_base_model(request: web.Request) -> web.Response:
     body = await json_body(request)
     name = _name(body, "name")
     files = validate_manifest(body.get("files"))
-    model, created = await blocking(
-        register_base_model, services(request).store, who.org_id, name, files
-    )
+    model, created = await blocking(register_base_model, services(request), who.org_id, name, files)
     return web.json_response(
         {"name": model.name, "files": len(model.files)}, status=201 if created else 200
     )
@@ -230,7 +236,7 @@ async def add_base_model(request: web.Request) -> web.Response:
 @routes.get("/v1/publish/base-models")
 async def list_base_models(request: web.Request) -> web.Response:
     who = principal(request, Scope.PUBLISH)
-    models = await blocking(services(request).store.list_base_models, who.org_id)
+    models = await blocking(reporting.list_base_models, services(request), who.org_id)
     return web.json_response(
         {
             "data": [

@@ -8,11 +8,12 @@ from aiohttp import web
 from tunevault.errors import InvalidRequest, ShareLinkNotFound
 from tunevault.models import Principal, Scope
 from tunevault.server.context import blocking, json_body, principal, services
-from tunevault.server.download import resolve, serve_archive
+from tunevault.server.download import serve_archive
 from tunevault.server.origin import public_origin
 from tunevault.server.query import parse_download_query
 from tunevault.server.render import iso
 from tunevault.service import shares
+from tunevault.service.downloads import resolve
 from tunevault.settings import Settings
 
 routes = web.RouteTableDef()
@@ -57,9 +58,9 @@ async def create_share(request: web.Request) -> web.Response:
     params["checkpoint"] = [str(body.get("checkpoint", "default"))]
     q = parse_download_query(params)
     svc = services(request)
-    _, ckpt, _ = await blocking(resolve, svc.store, who.org_id, q)
+    found = await blocking(resolve, svc, who.org_id, q)
     link, _ = await blocking(
-        shares.create, svc.store, request.app[SHARE_SECRET], who, ckpt.id, seconds
+        shares.create, svc, request.app[SHARE_SECRET], who, found.ckpt.id, seconds
     )
     return web.json_response(_render(request, link), status=201)
 
@@ -68,7 +69,7 @@ async def create_share(request: web.Request) -> web.Response:
 async def revoke_share(request: web.Request) -> web.Response:
     who = principal(request, Scope.PUBLISH)
     link_id = request.match_info["share_id"][:32]
-    link = await blocking(shares.revoke, services(request).store, who, link_id)
+    link = await blocking(shares.revoke, services(request), who, link_id)
     if link is None:
         raise ShareLinkNotFound(f"no share link {link_id!r} in your organization")
     return web.json_response(_render(request, link))
@@ -77,11 +78,9 @@ async def revoke_share(request: web.Request) -> web.Response:
 @public_routes.get(PUBLIC_PREFIX + "{token}")
 async def download_shared(request: web.Request) -> web.StreamResponse:
     """No key: the signed token is the credential. Audited as key `share:<id>`."""
-    store = services(request).store
+    svc = services(request)
     secret = request.app[SHARE_SECRET]
-    link, ft, ckpt, archive = await blocking(
-        shares.open_link, store, secret, request.match_info["token"][:200]
-    )
+    link, found = await blocking(shares.open_link, svc, secret, request.match_info["token"][:200])
     who = Principal(
         key_id=link.audit_key,
         key_name="share link",
@@ -89,4 +88,4 @@ async def download_shared(request: web.Request) -> web.StreamResponse:
         org_name="",
         scopes=frozenset({Scope.READ}),
     )
-    return await serve_archive(request, who, ft, ckpt, archive)
+    return await serve_archive(request, who, found)

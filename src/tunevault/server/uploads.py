@@ -9,7 +9,6 @@ enter storage; a mismatch leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tunevault.checksums import BlobHasher
+from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import (
     Conflict,
     DigestMismatch,
@@ -26,22 +25,29 @@ from tunevault.errors import (
     NotFound,
     UploadOffsetMismatch,
 )
-from tunevault.inuse import claim
 from tunevault.models import Scope
-from tunevault.publish import _SHA256
 from tunevault.server.context import blocking, json_body, principal, services
-from tunevault.services import Services
-from tunevault.storage.base import blob_key
+from tunevault.service.context import Services
+from tunevault.service.publishing import SHA256_HEX
+from tunevault.service.uploads import (
+    BUFFER,
+    append,
+    commit_blob,
+    hash_prefix,
+    open_part,
+    owned_blob_sizes,
+    staged_offset,
+    staging_path,
+)
 
 routes = web.RouteTableDef()
-BUFFER = 1 << 20  # bytes per write+hash call off the event loop (BENCHMARKS.md, upload)
 MAX_BLOB = 1 << 40
 _active: set[tuple[str, str]] = set()
 
 
 def _digest(request: web.Request) -> str:
     sha = request.match_info["sha256"]
-    if not _SHA256.fullmatch(sha):  # match() would let a trailing newline through
+    if not SHA256_HEX.fullmatch(sha):  # match() would let a trailing newline through
         raise InvalidRequest(
             "a blob is named by its sha256: 64 lower-case hex digits", param="sha256"
         )
@@ -59,56 +65,6 @@ def _header_int(request: web.Request, name: str, default: int | None = None) -> 
     return int(raw)
 
 
-def staging_path(svc: Services, org_id: str, sha: str) -> Path:
-    return svc.settings.data_dir / "uploads" / org_id / f"{sha}.part"
-
-
-def _append(f: Any, hasher: BlobHasher, data: bytearray) -> None:
-    try:
-        view = memoryview(data)
-        while view:  # an unbuffered write may store less than asked (a nearly full disk)
-            view = view[f.write(view) :]
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InsufficientStorage("the server's upload disk is full") from e
-        raise
-    hasher.update(data)
-
-
-def _hash_prefix(path: Path) -> BlobHasher:
-    hasher = BlobHasher()
-    with path.open("rb") as f:
-        while chunk := f.read(BUFFER):
-            hasher.update(chunk)
-    return hasher
-
-
-def _open_part(part: Path) -> Any:
-    """The staging file, open for appending and locked: no other process (another server on
-    this data dir, `tunevault gc`) touches it until we close it."""
-    for _ in range(3):
-        f = part.open("ab", buffering=0)
-        if claim(f.fileno(), part):
-            return f
-        f.close()  # held elsewhere, or gc removed it between our open and our lock
-    raise Conflict(f"another upload of blob {part.stem} is in progress; retry when it ends")
-
-
-def _commit(svc: Services, org_id: str, sha: str, size: int, part: Path, xxh3: str) -> None:
-    key = blob_key(sha)
-    if svc.storage.stat(key) is None:
-        svc.storage.adopt_file(key, part)  # new bytes: the long copy outside the gc lock
-
-    def ensure_stored() -> None:
-        if svc.storage.stat(key) is None:  # collected since: our part has the bytes
-            if not part.exists():
-                raise Conflict(f"blob {sha} was collected while being stored; upload it again")
-            svc.storage.adopt_file(key, part)
-
-    svc.store.record_stored_blob(sha, size, org_id, ensure_stored, xxh3)
-    part.unlink(missing_ok=True)  # stored for someone already: this organization proved it
-
-
 @routes.post("/v1/publish/blobs/check")
 async def check_blobs(request: web.Request) -> web.Response:
     who = principal(request, Scope.PUBLISH)
@@ -117,10 +73,10 @@ async def check_blobs(request: web.Request) -> web.Response:
     if (
         not isinstance(digests, list)
         or len(digests) > 10_000
-        or not all(isinstance(d, str) and _SHA256.fullmatch(d) for d in digests)
+        or not all(isinstance(d, str) and SHA256_HEX.fullmatch(d) for d in digests)
     ):
         raise InvalidRequest("sha256 must be a list of at most 10,000 hex digests", param="sha256")
-    owned = await blocking(services(request).store.org_blob_sizes, who.org_id, digests)
+    owned = await blocking(owned_blob_sizes, services(request), who.org_id, digests)
     return web.json_response({"missing": sorted(set(digests) - set(owned))})
 
 
@@ -129,11 +85,10 @@ async def head_blob(request: web.Request) -> web.Response:
     who = principal(request, Scope.PUBLISH)
     sha = _digest(request)
     svc = services(request)
-    owned = await blocking(svc.store.org_blob_sizes, who.org_id, [sha])
+    owned = await blocking(owned_blob_sizes, svc, who.org_id, [sha])
     if sha in owned:
         return web.Response(headers={"Content-Length": str(owned[sha])})
-    part = staging_path(svc, who.org_id, sha)
-    kept = part.stat().st_size if part.exists() else 0
+    kept = await blocking(staged_offset, svc, who.org_id, sha)
     raise NotFound(f"blob {sha} is not uploaded", headers={"Upload-Offset": str(kept)})
 
 
@@ -144,7 +99,7 @@ async def put_blob(request: web.Request) -> web.Response:
     total = _header_int(request, "Upload-Length")
     offset = _header_int(request, "Upload-Offset", 0)
     svc = services(request)
-    owned = await blocking(svc.store.org_blob_sizes, who.org_id, [sha])
+    owned = await blocking(owned_blob_sizes, svc, who.org_id, [sha])
     if sha in owned:
         return web.json_response({"sha256": sha, "size": owned[sha]})
     slot = (who.org_id, sha)
@@ -162,7 +117,7 @@ async def _receive(
 ) -> web.Response:
     part = staging_path(svc, org_id, sha)
     part.parent.mkdir(parents=True, exist_ok=True)
-    f = await blocking(_open_part, part)
+    f = await blocking(open_part, part)
     try:  # the lock lasts until the blob is committed: gc never takes a live part
         kept = os.fstat(f.fileno()).st_size
         if offset != kept:
@@ -184,7 +139,7 @@ async def _receive(
                 param="sha256",
             )
         try:
-            await blocking(_commit, svc, org_id, sha, total, part, hasher.xxh3())
+            await blocking(commit_blob, svc, org_id, sha, total, part, hasher.xxh3())
         except InsufficientStorage:
             part.unlink(missing_ok=True)  # an unstorable upload leaves no debris
             raise
@@ -197,7 +152,7 @@ async def _stream(
     request: web.Request, f: Any, part: Path, kept: int, total: int
 ) -> tuple[int, BlobHasher]:
     """Append the body to the part, hashing as it goes: the new offset and the hasher."""
-    hasher = await blocking(_hash_prefix, part) if kept else BlobHasher()
+    hasher = await blocking(hash_prefix, part) if kept else BlobHasher()
     buf = bytearray()
     try:
         async for chunk in request.content.iter_chunked(BUFFER):
@@ -207,10 +162,10 @@ async def _stream(
                 )
             buf += chunk
             if len(buf) >= BUFFER:
-                await blocking(_append, f, hasher, buf)
+                await blocking(append, f, hasher, buf)
                 kept, buf = kept + len(buf), bytearray()
         if buf:
-            await blocking(_append, f, hasher, buf)
+            await blocking(append, f, hasher, buf)
             kept, buf = kept + len(buf), bytearray()
     except (InvalidRequest, InsufficientStorage):
         part.unlink(missing_ok=True)  # a refused or unstorable upload leaves no debris
@@ -218,6 +173,6 @@ async def _stream(
     except BaseException:
         # The client went away: keep every byte that arrived, for a resume.
         with contextlib.suppress(Exception):
-            await blocking(_append, f, hasher, buf)
+            await blocking(append, f, hasher, buf)
         raise
     return kept, hasher

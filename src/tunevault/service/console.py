@@ -9,20 +9,21 @@ from dataclasses import dataclass, replace
 import sqlalchemy as sa
 
 from tunevault.errors import ArchiveNotReady, CheckpointNotFound, FineTuneNotFound
-from tunevault.metadata import MetadataStore
 from tunevault.metadata import tables as t
-from tunevault.metadata.audit import DownloadRecord
 from tunevault.models import (
     ApiKey,
     Archive,
     BaseModel,
     Checkpoint,
+    DownloadRecord,
     Event,
     FileEntry,
     FineTune,
     MetricRow,
     Scope,
 )
+from tunevault.service.context import Services
+from tunevault.service.downloads import Resolved
 from tunevault.service.sessions import end_key_sessions
 
 PAGE_SIZE = 25
@@ -53,7 +54,7 @@ class StorageUsage:
 
 
 def list_fine_tunes(
-    store: MetadataStore,
+    svc: Services,
     org_id: str,
     *,
     status: str = "",
@@ -66,7 +67,7 @@ def list_fine_tunes(
     needle = text.strip().lower()
     found = [
         ft
-        for ft in reversed(store.list_fine_tunes(org_id))
+        for ft in reversed(svc.store.list_fine_tunes(org_id))
         if (not status or ft.status == status)
         and (not training_type or ft.training_type == training_type)
         and (not needle or needle in f"{ft.id} {ft.model_output_name} {ft.model}".lower())
@@ -77,10 +78,10 @@ def list_fine_tunes(
     return FineTunePage(found[start : start + PAGE_SIZE], len(found), page, pages)
 
 
-def _files(store: MetadataStore, ids: Iterable[int]) -> dict[int, tuple[FileEntry, ...]]:
+def _files(svc: Services, ids: Iterable[int]) -> dict[int, tuple[FileEntry, ...]]:
     f = t.checkpoint_files.c
     out: dict[int, list[FileEntry]] = {}
-    with store.engine.connect() as conn:
+    with svc.store.engine.connect() as conn:
         rows = conn.execute(
             sa.select(f.checkpoint_id, f.path, f.size, f.sha256)
             .where(f.checkpoint_id.in_(list(ids)))
@@ -91,21 +92,21 @@ def _files(store: MetadataStore, ids: Iterable[int]) -> dict[int, tuple[FileEntr
     return {k: tuple(v) for k, v in out.items()}
 
 
-def fine_tune_view(store: MetadataStore, org_id: str, ft_id: str) -> FineTuneView | None:
+def fine_tune_view(svc: Services, org_id: str, ft_id: str) -> FineTuneView | None:
     """The fine-tune with everything its page shows; None if the organization has none."""
-    ft, rows = store.fine_tune_with_archives(org_id, ft_id)
+    ft, rows = svc.store.fine_tune_with_archives(org_id, ft_id)
     if ft is None:
         return None
-    files = _files(store, [c.id for c, _ in rows])
+    files = _files(svc, [c.id for c, _ in rows])
     ckpts = [(replace(c, files=files.get(c.id, ())), a) for c, a in rows]
     ckpts.sort(key=lambda ca: (-ca[0].step, not ca[0].final, ca[0].kind.value))
-    return FineTuneView(ft, store.list_events(ft.id), store.list_metrics(ft.id), ckpts)
+    return FineTuneView(ft, svc.store.list_events(ft.id), svc.store.list_metrics(ft.id), ckpts)
 
 
-def storage_usage(store: MetadataStore, org_id: str) -> StorageUsage:
+def storage_usage(svc: Services, org_id: str) -> StorageUsage:
     """The bytes of the blobs the organization uploaded and of its built archives."""
     ob, a, c, f = t.org_blobs.c, t.archives.c, t.checkpoints.c, t.fine_tunes.c
-    with store.engine.connect() as conn:
+    with svc.store.engine.connect() as conn:
         blobs = conn.execute(
             sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(ob.size), 0)).where(
                 ob.org_id == org_id
@@ -123,40 +124,38 @@ def storage_usage(store: MetadataStore, org_id: str) -> StorageUsage:
     return StorageUsage(int(blobs[0]), int(blobs[1]), int(archives[0]), int(archives[1]))
 
 
-def list_base_models(store: MetadataStore, org_id: str) -> list[BaseModel]:
-    return store.list_base_models(org_id)
+def list_base_models(svc: Services, org_id: str) -> list[BaseModel]:
+    return svc.store.list_base_models(org_id)
 
 
-def list_downloads(store: MetadataStore, org_id: str) -> list[DownloadRecord]:
-    return store.list_downloads(org_id, limit=200)
+def list_downloads(svc: Services, org_id: str) -> list[DownloadRecord]:
+    return svc.store.list_downloads(org_id, limit=200)
 
 
-def list_keys(store: MetadataStore, org_id: str) -> list[ApiKey]:
-    return store.list_keys(org_id)
+def list_keys(svc: Services, org_id: str) -> list[ApiKey]:
+    return svc.store.list_keys(org_id)
 
 
 def create_key(
-    store: MetadataStore, org_id: str, name: str, scopes: Iterable[Scope]
+    svc: Services, org_id: str, name: str, scopes: Iterable[Scope]
 ) -> tuple[ApiKey, str]:
-    return store.create_key(org_id, name, scopes)
+    return svc.store.create_key(org_id, name, scopes)
 
 
-def revoke_key(store: MetadataStore, org_id: str, key_id: str) -> bool:
+def revoke_key(svc: Services, org_id: str, key_id: str) -> bool:
     """Revoke one of the organization's keys and end its console sessions; False when the
     organization has no such active key (another organization's key looks the same)."""
-    if not any(k.id == key_id and k.revoked_at is None for k in store.list_keys(org_id)):
+    if not any(k.id == key_id and k.revoked_at is None for k in svc.store.list_keys(org_id)):
         return False
-    revoked = store.revoke_key(key_id)
-    end_key_sessions(store, key_id)
+    revoked = svc.store.revoke_key(key_id)
+    end_key_sessions(svc, key_id)
     return revoked
 
 
-def checkpoint_archive(
-    store: MetadataStore, org_id: str, ft_id: str, checkpoint_id: int
-) -> tuple[FineTune, Checkpoint, Archive]:
+def checkpoint_archive(svc: Services, org_id: str, ft_id: str, checkpoint_id: int) -> Resolved:
     """One checkpoint of the organization's fine-tune and its built archive, or the error
     that says why not (another organization's fine-tune is not found, like a missing one)."""
-    ft, rows = store.fine_tune_with_archives(org_id, ft_id)
+    ft, rows = svc.store.fine_tune_with_archives(org_id, ft_id)
     if ft is None:
         raise FineTuneNotFound(f"fine-tune {ft_id[:80]!r} not found", param="ft_id")
     found = [(c, a) for c, a in rows if c.id == checkpoint_id]
@@ -167,4 +166,4 @@ def checkpoint_archive(
         raise ArchiveNotReady(
             f"the archive of {ft.id} step {ckpt.step} is being prepared; reload in a while"
         )
-    return ft, ckpt, archive
+    return Resolved(ft, ckpt, archive)

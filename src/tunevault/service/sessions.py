@@ -13,10 +13,10 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from tunevault.metadata import MetadataStore
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import now
-from tunevault.models import Principal, Scope
+from tunevault.models import KeyLimitOverrides, Principal, Scope
+from tunevault.service.context import Services
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,15 @@ def _digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
-def sign_in(store: MetadataStore, token: str, hours: float) -> tuple[str, Session] | None:
+def sign_in(svc: Services, token: str, hours: float) -> tuple[str, Session] | None:
     """A new session for a valid key: (cookie value, session); None for a bad key."""
-    who = store.authenticate(token)
+    who = svc.store.authenticate(token)
     if who is None:
         return None
     session_id = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(32)
     created = now()
-    with store.engine.begin() as conn:
+    with svc.store.engine.begin() as conn:
         # Sign-in is the moment to sweep the key's expired sessions: no timer needed.
         s = t.console_sessions.c
         conn.execute(
@@ -56,11 +56,20 @@ def sign_in(store: MetadataStore, token: str, hours: float) -> tuple[str, Sessio
     return session_id, Session(principal=who, csrf_token=csrf)
 
 
-def lookup(store: MetadataStore, session_id: str) -> Session | None:
+def lookup(svc: Services, session_id: str) -> Session | None:
     """The live session behind a cookie value: unexpired, and its key not revoked."""
     s, k, o = t.console_sessions.c, t.api_keys.c, t.organizations.c
     q = (
-        sa.select(s.csrf_token, k.id, k.name, k.org_id, k.scopes, o.name.label("org_name"))
+        sa.select(
+            s.csrf_token,
+            k.id,
+            k.name,
+            k.org_id,
+            k.scopes,
+            k.requests_per_minute,
+            k.max_downloads,
+            o.name.label("org_name"),
+        )
         .select_from(
             t.console_sessions.join(t.api_keys, k.id == s.key_id).join(
                 t.organizations, o.id == k.org_id
@@ -68,7 +77,7 @@ def lookup(store: MetadataStore, session_id: str) -> Session | None:
         )
         .where(s.id_sha256 == _digest(session_id), s.expires_at > now(), k.revoked_at.is_(None))
     )
-    with store.engine.connect() as conn:
+    with svc.store.engine.connect() as conn:
         row = conn.execute(q).first()
     if row is None:
         return None
@@ -78,18 +87,19 @@ def lookup(store: MetadataStore, session_id: str) -> Session | None:
         org_id=row.org_id,
         org_name=row.org_name,
         scopes=frozenset(Scope(v) for v in row.scopes.split(",") if v),
+        limits=KeyLimitOverrides(row.requests_per_minute, row.max_downloads),
     )
     return Session(principal=who, csrf_token=row.csrf_token)
 
 
-def sign_out(store: MetadataStore, session_id: str) -> None:
-    with store.engine.begin() as conn:
+def sign_out(svc: Services, session_id: str) -> None:
+    with svc.store.engine.begin() as conn:
         conn.execute(
             t.console_sessions.delete().where(t.console_sessions.c.id_sha256 == _digest(session_id))
         )
 
 
-def end_key_sessions(store: MetadataStore, key_id: str) -> None:
+def end_key_sessions(svc: Services, key_id: str) -> None:
     """Drop a revoked key's session rows (lookup already refuses them)."""
-    with store.engine.begin() as conn:
+    with svc.store.engine.begin() as conn:
         conn.execute(t.console_sessions.delete().where(t.console_sessions.c.key_id == key_id))

@@ -20,10 +20,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from tunevault.errors import ArchiveNotReady, CheckpointNotFound, ShareLinkGone, ShareLinkNotFound
-from tunevault.metadata import MetadataStore
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import now
-from tunevault.models import Archive, Checkpoint, FineTune, Kind, Principal
+from tunevault.models import Kind, Principal
+from tunevault.service.context import Services
+from tunevault.service.downloads import Resolved
 from tunevault.settings import Settings
 
 MAX_SECONDS = 30 * 24 * 3600
@@ -94,7 +95,7 @@ def _link(m: Any) -> ShareLink:
 
 
 def create(
-    store: MetadataStore,
+    svc: Services,
     secret: bytes,
     who: Principal,
     checkpoint_id: int,
@@ -107,7 +108,7 @@ def create(
     c, f = t.checkpoints.c, t.fine_tunes.c
     created = now().replace(microsecond=0)  # the signature covers whole seconds
     link_id = secrets.token_hex(8)
-    with store.engine.begin() as conn:
+    with svc.store.engine.begin() as conn:
         owned = conn.execute(
             sa.select(c.id, c.ft_id, c.step, t.archives.c.size)
             .select_from(
@@ -138,12 +139,10 @@ def create(
     return link, token(secret, link)
 
 
-def open_link(
-    store: MetadataStore, secret: bytes, text: str
-) -> tuple[ShareLink, FineTune, Checkpoint, Archive]:
+def open_link(svc: Services, secret: bytes, text: str) -> tuple[ShareLink, Resolved]:
     """What a share token downloads; refused if unknown, altered, expired or revoked."""
     link_id, _, signature = text.partition(".")
-    with store.engine.connect() as conn:
+    with svc.store.engine.connect() as conn:
         row = conn.execute(_select().where(t.share_links.c.id == link_id[:32])).first()
     link = _link(row._mapping) if row else None
     expected = _sign(secret, link.id, link.checkpoint_id, link.expires_at) if link else ""
@@ -156,19 +155,19 @@ def open_link(
             f"this share link expired at {link.expires_at:%Y-%m-%d %H:%M:%S} UTC; "
             "ask its owner for a new one"
         )
-    ft, rows = store.fine_tune_with_archives(link.org_id, link.ft_id)
+    ft, rows = svc.store.fine_tune_with_archives(link.org_id, link.ft_id)
     found = [(c, a) for c, a in rows if c.id == link.checkpoint_id]
     if ft is None or not found or found[0][1] is None:
         raise ShareLinkGone("the shared checkpoint was deleted; ask its owner for a new link")
     ckpt, archive = found[0]
     assert archive is not None
-    return link, ft, ckpt, archive
+    return link, Resolved(ft, ckpt, archive)
 
 
-def revoke(store: MetadataStore, who: Principal, link_id: str) -> ShareLink | None:
+def revoke(svc: Services, who: Principal, link_id: str) -> ShareLink | None:
     """Revoke one of the organization's links (again is harmless); None if it has none."""
     s = t.share_links.c
-    with store.engine.begin() as conn:
+    with svc.store.engine.begin() as conn:
         conn.execute(
             t.share_links.update()
             .where(s.id == link_id, s.org_id == who.org_id, s.revoked_at.is_(None))
@@ -178,12 +177,12 @@ def revoke(store: MetadataStore, who: Principal, link_id: str) -> ShareLink | No
     return _link(row._mapping) if row else None
 
 
-def list_links(store: MetadataStore, org_id: str, *, ft_id: str | None = None) -> list[ShareLink]:
+def list_links(svc: Services, org_id: str, *, ft_id: str | None = None) -> list[ShareLink]:
     """The organization's links, newest first (at most 200)."""
     s = t.share_links.c
     q = _select().where(s.org_id == org_id)
     if ft_id is not None:
         q = q.where(t.checkpoints.c.ft_id == ft_id)
-    with store.engine.connect() as conn:
+    with svc.store.engine.connect() as conn:
         rows = conn.execute(q.order_by(s.created_at.desc(), s.id).limit(200))
         return [_link(r._mapping) for r in rows]

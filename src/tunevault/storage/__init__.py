@@ -1,5 +1,7 @@
-"""Blob storage backends, chosen by URL scheme (see `open_storage`)."""
+"""Blob storage: the interface (base.py), its errors, and backends chosen by URL scheme
+(registry.py)."""
 
-from tunevault.storage.base import BlobStat, BlobWriter, Storage, Unsupported, open_storage
+from tunevault.storage.base import BlobStat, BlobWriter, Storage, Unsupported
+from tunevault.storage.registry import open_storage
 
 __all__ = ["BlobStat", "BlobWriter", "Storage", "Unsupported", "open_storage"]

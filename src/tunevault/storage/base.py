@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, Protocol
 
 _KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
@@ -36,11 +36,16 @@ def check_key(key: str) -> str:
     return key
 
 
-def blob_key(sha256_hex: str) -> str:
-    """The content-addressed key of a blob."""
-    if not re.fullmatch(r"[0-9a-f]{64}", sha256_hex):
-        raise ValueError(f"not a sha256 hex digest: {sha256_hex!r}")
-    return f"blobs/sha256/{sha256_hex[:2]}/{sha256_hex}"
+class BlobReader(Protocol):
+    """What `open_read` returns: bytes in order, closed by `with`."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> BlobReader: ...
+
+    def __exit__(self, t: Any, v: Any, tb: Any, /) -> None: ...
 
 
 class BlobWriter(abc.ABC):
@@ -92,7 +97,7 @@ class Storage(abc.ABC):
         """Size of a committed key, or None when it does not exist."""
 
     @abc.abstractmethod
-    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BlobReader:
         """A file-like reader over bytes [start, end) of the key. Raises FileNotFoundError."""
 
     def iter_range(
@@ -128,6 +133,11 @@ class Storage(abc.ABC):
     def list(self, prefix: str = "") -> Iterator[str]:
         """Committed keys that start with the prefix, in lexicographic order."""
 
+    def probe_write(self, key: str) -> None:
+        """Write and delete `key`: raises unless the storage takes writes now (readiness)."""
+        self.put(key, b"ready")
+        self.delete(key)
+
     def local_path(self, key: str) -> str:
         """A filesystem path of the committed key (for sendfile and X-Accel-Redirect)."""
         raise Unsupported(f"{type(self).__name__} has no local paths")
@@ -151,21 +161,8 @@ class Storage(abc.ABC):
 
     def scratch_paths(self) -> Iterator[Path]:
         """Local files of pending writes, live or left by dead processes: gc removes those
-        no live writer holds (tunevault.inuse). The default store keeps none."""
+        no live writer holds (tunevault.storage.inuse). The default store keeps none."""
         return iter(())
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default holds none."""
-
-
-def open_storage(url: str) -> Storage:
-    """Open the backend named by the URL scheme."""
-    if url.startswith("file://"):
-        from tunevault.storage.local import LocalStorage
-
-        return LocalStorage.from_url(url)
-    if url.startswith("s3://"):
-        from tunevault.storage.s3 import S3Storage
-
-        return S3Storage.from_url(url)
-    raise ValueError(f"unsupported storage URL scheme: {url.split(':', 1)[0]!r}")

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-from tunevault.errors import InsufficientStorage
-from tunevault.inuse import claim
-from tunevault.storage.base import BlobStat, BlobWriter, Storage, check_key
+from tunevault.storage.base import BlobReader, BlobStat, BlobWriter, Storage, check_key
+from tunevault.storage.errors import StorageFull
+from tunevault.storage.inuse import claim
+from tunevault.storage.registry import register
 
 WRITEBACK_EVERY = 8 << 20
 _SYNC_FILE_RANGE_WRITE = 2  # start writeback of dirty pages, do not wait for it
@@ -95,19 +96,19 @@ class _LocalWriter(BlobWriter):
         self._written_back = 0  # bytes whose writeback was started
         self._done = False
         self._aborted = False
-        self._failure: InsufficientStorage | None = None
+        self._failure: StorageFull | None = None
 
     def write(self, data: bytes | memoryview) -> int:
         if self._failure is not None:
             # A stream above us (zstd, tar) flushes again while unwinding: repeat the cause,
-            # not "write to closed file", so the job fails as insufficient_storage.
+            # not "write to closed file", so the job fails as a full disk.
             raise self._failure
         try:
             n = self._f.write(data)
         except OSError as e:
             self.abort()
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._failure = InsufficientStorage("the storage disk is full")
+                self._failure = StorageFull("the storage disk is full")
                 raise self._failure from e
             raise
         self.size += n
@@ -136,7 +137,7 @@ class _LocalWriter(BlobWriter):
         except OSError as e:
             self.abort()
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientStorage("the storage disk is full") from e
+                raise StorageFull("the storage disk is full") from e
             raise
         self._done = True
 
@@ -173,9 +174,9 @@ class LocalStorage(Storage):
             return None
         return BlobStat(size=st.st_size) if stat.S_ISREG(st.st_mode) else None
 
-    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BlobReader:
         f = self._path(key).open("rb")
-        return _RangeReader(f, start, end)  # type: ignore[return-value]
+        return _RangeReader(f, start, end)
 
     def writer(self, key: str) -> BlobWriter:
         return _LocalWriter(self._path(key), self._tmp)
@@ -215,3 +216,6 @@ class LocalStorage(Storage):
 
     def local_path(self, key: str) -> str:
         return str(self._path(key))
+
+
+register("file", LocalStorage.from_url)

@@ -14,15 +14,16 @@ import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from tunevault.errors import PayloadTooLarge, StorageUnavailable
-from tunevault.storage.base import BlobStat, BlobWriter, Storage, check_key
+from tunevault.storage.base import BlobReader, BlobStat, BlobWriter, Storage, check_key
+from tunevault.storage.errors import BackendUnavailable, BlobTooLarge
+from tunevault.storage.registry import register
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
@@ -53,7 +54,7 @@ def _code(e: ClientError) -> str:
 
 @contextlib.contextmanager
 def _unavailable_on_error() -> Iterator[None]:
-    """Report refused requests, network, credential and server failures as StorageUnavailable.
+    """Report refused requests, network, credential and server failures as BackendUnavailable.
 
     Callers handle the expected not-found cases inside the block; whatever else S3 says
     means the store cannot serve us right now. Parameter errors are our bugs and stay.
@@ -65,9 +66,9 @@ def _unavailable_on_error() -> Iterator[None]:
     except ParamValidationError:
         raise
     except ClientError as e:
-        raise StorageUnavailable(f"S3 refused the request ({_code(e) or 'no code'})") from e
+        raise BackendUnavailable(f"S3 refused the request ({_code(e) or 'no code'})") from e
     except BotoCoreError as e:
-        raise StorageUnavailable(f"S3 is unavailable ({type(e).__name__})") from e
+        raise BackendUnavailable(f"S3 is unavailable ({type(e).__name__})") from e
 
 
 def _content_disposition(filename: str) -> str:
@@ -139,7 +140,7 @@ class _S3Writer(BlobWriter):
     def _upload_part(self) -> None:
         number = len(self._parts) + 1
         if number > MAX_PARTS:
-            raise PayloadTooLarge(
+            raise BlobTooLarge(
                 f"blob exceeds {MAX_PARTS} parts of {self._part_size} bytes; raise part_size_mib"
             )
         with _unavailable_on_error():
@@ -316,14 +317,14 @@ class S3Storage(Storage):
                 raise
         return BlobStat(size=head["ContentLength"])
 
-    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BlobReader:
         if start < 0:
             raise ValueError(f"negative range start: {start}")
         if end is not None and end <= start:
             # S3 cannot express an empty range; still say whether the key exists.
             if self.stat(key) is None:
                 raise FileNotFoundError(key)
-            return _S3Reader(None)  # type: ignore[return-value]
+            return _S3Reader(None)
         rng = f"bytes={start}-{'' if end is None else end - 1}"
         with _unavailable_on_error():
             try:
@@ -335,9 +336,9 @@ class S3Storage(Storage):
                 if _code(e) in _MISSING:
                     raise FileNotFoundError(key) from e
                 if _code(e) == "InvalidRange":  # start at or past the end
-                    return _S3Reader(None)  # type: ignore[return-value]
+                    return _S3Reader(None)
                 raise
-        return _S3Reader(resp["Body"])  # type: ignore[return-value]
+        return _S3Reader(resp["Body"])
 
     def writer(self, key: str) -> BlobWriter:
         return _S3Writer(self, self._key(key))
@@ -348,6 +349,17 @@ class S3Storage(Storage):
         with _unavailable_on_error():
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         return existed
+
+    def probe_write(self, key: str) -> None:
+        # The bucket first: some stores (SeaweedFS) create a missing bucket on PUT.
+        with _unavailable_on_error():
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as e:
+                if _code(e) in ("404", "NoSuchBucket"):
+                    raise BackendUnavailable(f"the bucket {self.bucket} does not exist") from e
+                raise
+        super().probe_write(key)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = f"{self.prefix}/" if self.prefix else ""
@@ -410,3 +422,6 @@ class S3Storage(Storage):
         self.client.close()
         if self._presigner is not self.client:
             self._presigner.close()
+
+
+register("s3", S3Storage.from_url)

@@ -19,7 +19,7 @@ GRANTABLE = (Scope.READ, Scope.PUBLISH, Scope.ADMIN)
 
 async def _keys_page(request: web.Request, status: int = 200, **shown: object) -> web.Response:
     who = principal(request, Scope.ADMIN)
-    keys = await blocking(console.list_keys, services(request).store, who.org_id)
+    keys = await blocking(console.list_keys, services(request), who.org_id)
     return page(request, "keys.html", status=status, keys=keys, scopes=GRANTABLE, **shown)
 
 
@@ -42,9 +42,7 @@ async def create_key(request: web.Request) -> web.Response:
         raise InvalidRequest("scope must be read, publish or admin", param="scope")
     if not scopes:
         raise InvalidRequest("pick at least one scope", param="scope")
-    key, token = await blocking(
-        console.create_key, services(request).store, who.org_id, name, scopes
-    )
+    key, token = await blocking(console.create_key, services(request), who.org_id, name, scopes)
     return await _keys_page(request, status=201, new_token=token, new_key=key)
 
 
@@ -52,7 +50,7 @@ async def create_key(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     who = principal(request, Scope.ADMIN)
     key_id = request.match_info["key_id"][:64]
-    if not await blocking(console.revoke_key, services(request).store, who.org_id, key_id):
+    if not await blocking(console.revoke_key, services(request), who.org_id, key_id):
         raise NotFound(f"no active key {key_id!r} in your organization")
     raise web.HTTPSeeOther(KEYS)
 
@@ -61,7 +59,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def audit(request: web.Request) -> web.Response:
     """Downloads (archive, console button, share link) and share links, newest first."""
     who = principal(request, Scope.ADMIN)
-    store = services(request).store
-    downloads = await blocking(console.list_downloads, store, who.org_id)
-    links = await blocking(shares.list_links, store, who.org_id)
+    svc = services(request)
+    downloads = await blocking(console.list_downloads, svc, who.org_id)
+    links = await blocking(shares.list_links, svc, who.org_id)
     return page(request, "audit.html", downloads=downloads, links=links)

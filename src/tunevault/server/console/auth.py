@@ -6,6 +6,7 @@ import secrets
 
 from aiohttp import web
 
+from tunevault.server.clients import FAILURES, client_address
 from tunevault.server.console.middleware import SIGN_IN, SIGN_OUT, cookie_token
 from tunevault.server.console.state import COOKIE, PREFIX, SESSION, SIGN_IN_COOKIE
 from tunevault.server.console.views import page
@@ -58,14 +59,19 @@ async def sign_in_form(request: web.Request) -> web.Response:
 
 @routes.post(SIGN_IN)
 async def sign_in(request: web.Request) -> web.Response:
+    # Wrong keys count against the client's address as on the API (server/clients.py): a
+    # guesser is refused with 429 before its guesses reach the database.
+    failures, client = request.app[FAILURES], client_address(request)
+    failures.check(client)
     form = await request.post()
     key = str(form.get("api_key", "")).strip()
     svc = services(request)
-    made = await blocking(sessions.sign_in, svc.store, key, svc.settings.console_session_hours)
+    made = await blocking(sessions.sign_in, svc, key, svc.settings.console_session_hours)
     if made is None:
+        failures.failed(client)
         return _sign_in_form(request, 401, "That key is not valid or was revoked.")
     if (old := cookie_token(request, COOKIE)) is not None:  # one browser, one session
-        await blocking(sessions.sign_out, svc.store, old)
+        await blocking(sessions.sign_out, svc, old)
     session_id, _ = made
     resp = web.HTTPSeeOther(_next(request))
     _set_cookie(request, resp, COOKIE, session_id)
@@ -77,7 +83,7 @@ async def sign_in(request: web.Request) -> web.Response:
 async def sign_out(request: web.Request) -> web.Response:
     session_id = cookie_token(request, COOKIE)
     if session_id is not None:
-        await blocking(sessions.sign_out, services(request).store, session_id)
+        await blocking(sessions.sign_out, services(request), session_id)
     resp = web.HTTPSeeOther(SIGN_IN)
     resp.del_cookie(COOKIE, path=PREFIX)
     raise resp

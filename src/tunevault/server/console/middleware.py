@@ -61,15 +61,19 @@ async def _authenticate(request: web.Request) -> None:
     session_id = cookie_token(request, COOKIE)
     if session_id is None:
         return
-    session = await blocking(sessions.lookup, services(request).store, session_id)
+    session = await blocking(sessions.lookup, services(request), session_id)
     if session is not None:
         request[SESSION] = session
         request[PRINCIPAL] = session.principal
-        request.app[LIMITS].charge(session.principal.key_id)
+        request.app[LIMITS].charge(session.principal)
 
 
-def _error_page(request: web.Request, status: int, message: str) -> web.Response:
-    return page(request, "error.html", status=status, status_code=status, message=message)
+def _error_page(
+    request: web.Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    resp = page(request, "error.html", status=status, status_code=status, message=message)
+    resp.headers.update(headers or {})  # Retry-After of a 429
+    return resp
 
 
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -83,7 +87,7 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
         target = request.path_qs if request.method == "GET" else f"{PREFIX}/"
         raise web.HTTPSeeOther(f"{SIGN_IN}?next={quote(target, safe='')}") from None
     except TunevaultError as e:
-        return _error_page(request, e.status, e.message)
+        return _error_page(request, e.status, e.message, e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -15,11 +15,12 @@ from tunevault.server.console.snippets import Snippet, snippets
 from tunevault.server.console.state import PREFIX
 from tunevault.server.console.views import page
 from tunevault.server.context import blocking, principal, services
-from tunevault.server.download import archive_filename, serve_archive
+from tunevault.server.download import serve_archive
 from tunevault.server.origin import public_origin
 from tunevault.server.query import FT_ID, parse_step
 from tunevault.server.shares import PUBLIC_PREFIX, SHARE_SECRET
 from tunevault.service import console, shares
+from tunevault.service.downloads import archive_filename
 
 routes = web.RouteTableDef()
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
@@ -40,7 +41,7 @@ async def fine_tunes(request: web.Request) -> web.Response:
         raise InvalidRequest("type must be Lora or Full", param="type")
     found = await blocking(
         console.list_fine_tunes,
-        services(request).store,
+        services(request),
         who.org_id,
         status=status,
         training_type=kind,
@@ -82,10 +83,10 @@ async def fine_tune(request: web.Request) -> web.Response:
     svc = services(request)
     view = None
     if FT_ID.fullmatch(ft_id):
-        view = await blocking(console.fine_tune_view, svc.store, who.org_id, ft_id)
+        view = await blocking(console.fine_tune_view, svc, who.org_id, ft_id)
     if view is None:
         raise FineTuneNotFound(f"fine-tune {ft_id[:80]!r} not found")
-    links = await blocking(shares.list_links, svc.store, who.org_id, ft_id=view.ft.id)
+    links = await blocking(shares.list_links, svc, who.org_id, ft_id=view.ft.id)
     secret = request.app[SHARE_SECRET]
     origin = public_origin(request)
     share_urls = {link.id: f"{origin}{PUBLIC_PREFIX}{shares.token(secret, link)}" for link in links}
@@ -108,27 +109,27 @@ async def download(request: web.Request) -> web.StreamResponse:
     """The download button: the API's download path, audited under the session's key."""
     who = principal(request)
     ckpt_id = parse_step(request.match_info["checkpoint_id"], "checkpoint")
-    ft, ckpt, archive = await blocking(
+    found = await blocking(
         console.checkpoint_archive,
-        services(request).store,
+        services(request),
         who.org_id,
         request.match_info["ft_id"],
         ckpt_id,
     )
-    return await serve_archive(request, who, ft, ckpt, archive)
+    return await serve_archive(request, who, found)
 
 
 @routes.get(PREFIX + "/base-models")
 async def base_models(request: web.Request) -> web.Response:
     who = principal(request)
-    models = await blocking(console.list_base_models, services(request).store, who.org_id)
+    models = await blocking(console.list_base_models, services(request), who.org_id)
     return page(request, "base_models.html", models=models)
 
 
 @routes.get(PREFIX + "/storage")
 async def storage(request: web.Request) -> web.Response:
     who = principal(request)
-    usage = await blocking(console.storage_usage, services(request).store, who.org_id)
+    usage = await blocking(console.storage_usage, services(request), who.org_id)
     return page(request, "storage.html", usage=usage)
 
 

@@ -29,7 +29,7 @@ async def create(request: web.Request) -> web.Response:
         raise InvalidRequest(f"a share link lives 1 to {MAX_HOURS} hours", param="hours")
     await blocking(
         shares.create,
-        services(request).store,
+        services(request),
         request.app[SHARE_SECRET],
         who,
         ckpt_id,
@@ -43,7 +43,7 @@ async def create(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     who = principal(request, Scope.PUBLISH)
     link = await blocking(
-        shares.revoke, services(request).store, who, request.match_info["share_id"][:32]
+        shares.revoke, services(request), who, request.match_info["share_id"][:32]
     )
     if link is None:
         raise NotFound("no such share link in your organization")

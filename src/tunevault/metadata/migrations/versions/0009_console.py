@@ -1,7 +1,7 @@
 """The web console: sign-in sessions and share links.
 
-Revision ID: 0009_console
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 
 import sqlalchemy as sa
@@ -9,8 +9,8 @@ from alembic import op
 
 from tunevault.metadata.tables import UTCDateTime
 
-revision = "0009_console"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

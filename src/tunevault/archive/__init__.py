@@ -1,0 +1,1 @@
+"""Archives: the deterministic tar.zst writer, the safe streaming reader, blob checksums."""

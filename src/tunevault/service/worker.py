@@ -1,0 +1,222 @@
+"""The build worker: claims jobs from the queue in the database and runs them.
+
+`archive` jobs pack a checkpoint into its tar.zst; `merge` jobs merge the final LoRA
+adapter into the registered base model, store the result as the `merged` checkpoint and
+pack it. A lease, renewed while the job runs, lets another worker finish the job of one
+that died. Runs inside `tunevault serve` (threads) or alone as `tunevault worker`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from tunevault.errors import BaseModelNotFound, CheckpointNotFound, TunevaultError
+from tunevault.layout import MERGE_PREFIX, blob_key, scratch_dir
+from tunevault.merge import merge_lora
+from tunevault.metadata.notify import listen_for_jobs
+from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
+from tunevault.service.builds import build_archive
+from tunevault.service.context import Services, translated
+from tunevault.service.progress import JobProgress
+from tunevault.service.publishing import put_directory
+from tunevault.storage import Unsupported
+from tunevault.storage.errors import StorageError
+from tunevault.storage.inuse import claim
+
+log = logging.getLogger("tunevault.service.worker")
+MAX_ATTEMPTS = 3
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over: drop our result."""
+
+
+class Worker:
+    def __init__(
+        self,
+        svc: Services,
+        name: str | None = None,
+        observe: Callable[[str, str, float], None] | None = None,
+    ) -> None:
+        self.svc = svc
+        self.observe = observe  # (job kind, outcome, seconds): the server's build metric
+        self.owner = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lease = svc.settings.job_lease_seconds
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until `stop` is set (then call `store.jobs_signal.notify()`). Idle, the
+        worker sleeps until a job is queued (see tunevault.metadata.notify), looking again
+        every `job_poll_seconds` in case a wake-up was lost."""
+        log.info("worker %s started", self.owner)
+        signal = self.svc.store.jobs_signal
+        while not stop.is_set():
+            seen = signal.generation
+            try:
+                worked = self.run_once()
+            except Exception:  # the database blinked: keep the worker alive, try again
+                log.exception("worker %s: claiming a job failed", self.owner)
+                worked = False
+            if not worked:
+                signal.wait(seen, self.svc.settings.job_poll_seconds)
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when the queue had nothing claimable."""
+        job = self.svc.store.claim_job(self.owner, self.lease)
+        if job is None:
+            return False
+        stop_beat = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job, stop_beat), daemon=True)
+        beat.start()
+        started, outcome = time.monotonic(), "done"
+        try:
+            self._run(job)
+        except LeaseLost:
+            outcome = "lost"
+            log.warning("job %d: lease lost to another worker; result dropped", job.id)
+        except TunevaultError as e:  # a definite answer (missing base, refused merge, rot)
+            outcome = "failed"
+            log.warning("job %d (%s) failed: %s", job.id, job.kind, e.message)
+            self.svc.store.finish_job(
+                job.id, self.owner, error_code=e.code, error_message=e.message
+            )
+        except Exception as e:  # possibly transient (I/O, network): retry a few times
+            outcome = "crashed"
+            log.exception("job %d (%s) crashed", job.id, job.kind)
+            self.svc.store.finish_job(
+                job.id,
+                self.owner,
+                error_code="internal_error",
+                error_message=str(e)[:1000],
+                retry=job.attempts < MAX_ATTEMPTS,
+            )
+        else:
+            self.svc.store.finish_job(job.id, self.owner)
+        finally:
+            stop_beat.set()
+            beat.join()
+            if self.observe is not None:
+                self.observe(job.kind, outcome, time.monotonic() - started)
+        return True
+
+    def _heartbeat(self, job: BuildJob, stop: threading.Event) -> None:
+        while not stop.wait(self.lease / 3):
+            if not self.svc.store.renew_lease(job.id, self.owner, self.lease):
+                return
+
+    def _still_mine(self, job: BuildJob) -> None:
+        if not self.svc.store.renew_lease(job.id, self.owner, self.lease):
+            raise LeaseLost
+
+    def _run(self, job: BuildJob) -> None:
+        try:
+            self._build(job)
+        except StorageError as e:  # a definite answer too: a full disk fails the job once
+            raise translated(e) from e
+
+    def _build(self, job: BuildJob) -> None:
+        ckpt = self.svc.store.get_checkpoint(job.checkpoint_id)
+        if ckpt is None:
+            raise CheckpointNotFound(f"checkpoint {job.checkpoint_id} was deleted")
+        progress = JobProgress(self.svc.store, job.id, self.owner, _size(ckpt.files))
+        if job.kind == JobKind.MERGE:
+            ckpt = self._merge(job, ckpt, progress)
+            progress.extend(progress.done + _size(ckpt.files))
+        self._still_mine(job)
+        settings = self.svc.settings
+        build_archive(
+            self.svc.store,
+            self.svc.storage,
+            ckpt,
+            level=settings.zstd_level,
+            threads=settings.zstd_threads,
+            progress=progress.add,
+        )
+        progress.flush()
+        log.info(
+            "job %d: built the %s archive of %s step %d",
+            job.id,
+            ckpt.kind.value,
+            ckpt.ft_id,
+            ckpt.step,
+        )
+
+    def _merge(self, job: BuildJob, ckpt: Checkpoint, progress: JobProgress) -> Checkpoint:
+        """Merge and record the merged files as the checkpoint's; the checkpoint with them."""
+        store = self.svc.store
+        ft = store.fine_tune_by_id(ckpt.ft_id)
+        adapter = store.find_checkpoint(ckpt.ft_id, ckpt.step, Kind.ADAPTER)
+        if ft is None or adapter is None:
+            raise CheckpointNotFound(f"the adapter of {ckpt.ft_id} step {ckpt.step} is gone")
+        base = store.get_base_model(ft.org_id, ft.model)
+        if base is None:
+            raise BaseModelNotFound(missing_base_message(ft))
+        progress.extend(2 * _size(base.files))  # the merge, then the archive of about as much
+        scratch = scratch_dir(self.svc.settings.data_dir)
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch, prefix=MERGE_PREFIX) as tmp_name:
+            tmp = Path(tmp_name)
+            held = os.open(tmp, os.O_RDONLY)  # locked while we merge: gc takes dead ones only
+            try:
+                if not claim(held, tmp):
+                    raise RuntimeError(f"{tmp} was removed before the merge began")
+                self._materialize(base.files, tmp / "base")
+                self._materialize(adapter.files, tmp / "adapter")
+                merge_lora(tmp / "base", tmp / "adapter", tmp / "merged", progress=progress.add)
+                self._still_mine(job)
+                files = put_directory(store, self.svc.storage, ft.org_id, tmp / "merged")
+            finally:
+                os.close(held)
+        store.set_checkpoint_files(ckpt.id, files)
+        # gc may have collected an output blob between its upload and this manifest: check
+        # under the gc lock, and merge again (a retry) if so (see tunevault.service.gc).
+        digests = {f.sha256 for f in files}
+        if digests - store.locked_blob_sizes(ft.org_id, digests).keys():
+            raise RuntimeError("gc collected merged blobs before they were recorded; retrying")
+        return dataclasses.replace(ckpt, files=tuple(sorted(files, key=lambda f: f.path)))
+
+    def _materialize(self, files: tuple[FileEntry, ...], root: Path) -> None:
+        """Lay blobs out as a directory: links to local blobs, copies from object storage."""
+        storage = self.svc.storage
+        for f in files:
+            dst = root / f.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                dst.symlink_to(storage.local_path(blob_key(f.sha256)))
+            except Unsupported:
+                with storage.open_read(blob_key(f.sha256)) as src, dst.open("wb") as out:
+                    shutil.copyfileobj(src, out, 4 << 20)
+
+
+def _size(files: tuple[FileEntry, ...]) -> int:
+    return sum(f.size for f in files)
+
+
+def start_listener(svc: Services, stop: threading.Event) -> threading.Thread | None:
+    """On PostgreSQL, wake this process's workers for jobs other processes queue."""
+    if not svc.store.url.startswith("postgresql"):
+        return None
+    listener = threading.Thread(
+        target=listen_for_jobs,
+        args=(svc.store.url, svc.store.jobs_signal, stop),
+        name="job-listener",
+        daemon=True,
+    )
+    listener.start()
+    return listener
+
+
+def missing_base_message(ft: FineTune) -> str:
+    return (
+        f"the merged model of {ft.id} needs its base model {ft.model!r}, which is not in "
+        f"the store; push it with `tunevault base push {ft.model} DIR`, and the merge runs"
+    )
