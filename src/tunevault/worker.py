@@ -26,6 +26,7 @@ from tunevault.inuse import claim
 from tunevault.merge import merge_lora
 from tunevault.models import Checkpoint, FileEntry, FineTune, Job, Kind
 from tunevault.publish import put_directory
+from tunevault.service.readiness import is_database_outage
 from tunevault.services import Services
 from tunevault.storage import Unsupported
 from tunevault.storage.base import blob_key
@@ -56,8 +57,11 @@ class Worker:
         while not stop.is_set():
             try:
                 worked = self.run_once()
-            except Exception:  # the database blinked: keep the worker alive, try again
-                log.exception("worker %s: claiming a job failed", self.owner)
+            except Exception as e:  # the database blinked: keep the worker alive, try again
+                if is_database_outage(e):  # expected while it is down: no traceback
+                    log.warning("worker %s: the database is unavailable: %s", self.owner, e)
+                else:
+                    log.exception("worker %s: claiming a job failed", self.owner)
                 worked = False
             if not worked:
                 stop.wait(self.svc.settings.job_poll_seconds)
