@@ -60,7 +60,7 @@ def fine_tune_body(
     }
     if suffix:
         body["suffix"] = suffix
-    if external_base:  # a LoRA whose base is not in the store: no merge is built
+    if external_base and training_type.get("type") == "Lora":  # its base is elsewhere: no merge
         body["external_base"] = True
     return body
 
@@ -117,10 +117,7 @@ def push_plan(
     base = model or plan.model
     if not base:
         raise LayoutError(f"{plan.root}: the files do not name the base model; pass --model BASE")
-    lora = plan.training_type.get("type") == "Lora"
-    body = fine_tune_body(
-        base, name or plan.root.name, plan.training_type, suffix, external_base and lora
-    )
+    body = fine_tune_body(base, name or plan.root.name, plan.training_type, suffix, external_base)
     files = [f for c in plan.checkpoints for f in c.files]
     digests = hash_files(files, client.progress, state.cached_digest)
     state.remember_digests(files, digests)
