@@ -26,6 +26,7 @@ from tunevault.errors import (
 )
 from tunevault.metadata import MetadataStore
 from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, JobState, Kind
+from tunevault.service.context import Services
 from tunevault.service.downloads import RETRY_AFTER_S, pick_kind, pick_step
 
 MAIN = "main"
@@ -61,9 +62,10 @@ def commit_id(files: Iterable[FileEntry]) -> str:
     return h.hexdigest()
 
 
-def open_snapshot(store: MetadataStore, org_id: str, repo_id: str, revision: str) -> Snapshot:
+def open_snapshot(svc: Services, org_id: str, repo_id: str, revision: str) -> Snapshot:
     """The files of `repo_id` at `revision`, in the caller's organization only: another
     organization's repo is not found, exactly like a missing one."""
+    store = svc.store
     if not _NAME.fullmatch(repo_id):
         raise RepositoryNotFound("no repo has that id: it holds characters no name can have")
     ft, ckpts = _find_fine_tune(store, org_id, repo_id)
