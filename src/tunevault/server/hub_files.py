@@ -53,7 +53,7 @@ async def resolve_file(request: web.Request) -> web.StreamResponse:
     repo_id, revision = request.match_info["repo_id"], request.match_info["revision"]
     path = request.match_info["path"]
     svc = services(request)
-    snap = await blocking(open_snapshot, svc.store, who.org_id, repo_id, revision)
+    snap = await blocking(open_snapshot, svc, who.org_id, repo_id, revision)
     entry = snap.file(path)
     if entry is None:
         raise EntryNotFound(
