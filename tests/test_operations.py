@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import pytest
 from tests.support.postgres import run_postgres
 from tests.support.seeding import publish_and_build
 from tests.support.server import LiveServer, run_server
-from tunevault.models import Scope
+from tunevault.models import KeyLimitOverrides, Scope
 from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
@@ -33,6 +35,7 @@ class Site:
     admin: str
     reader: str
     other_admin: str
+    operator: str
     ft_id: str
     body: bytes
 
@@ -47,6 +50,8 @@ def make_site(data_dir: Path, size: int = 4 << 20) -> Site:
         _, admin = svc.store.create_key(org.id, "admin", [Scope.ADMIN])
         _, reader = svc.store.create_key(org.id, "reader", [Scope.READ])
         _, other_admin = svc.store.create_key(other.id, "admin", [Scope.ADMIN])
+        ops = svc.store.create_org("operators")
+        _, operator = svc.store.create_key(ops.id, "prometheus", [Scope.OPERATOR])
         ft = svc.store.create_fine_tune(
             org.id,
             model="m",
@@ -56,7 +61,7 @@ def make_site(data_dir: Path, size: int = 4 << 20) -> Site:
         )
         archive = publish_and_build(svc, ft, src, step=7)
         body = b"".join(svc.storage.iter_range(archive.storage_key))
-    return Site(settings, admin, reader, other_admin, ft.id, body)
+    return Site(settings, admin, reader, other_admin, operator, ft.id, body)
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +111,18 @@ def test_readyz_fails_when_the_database_goes_away(tmp_path: Path) -> None:
         assert httpx.get(server.url + "/healthz").status_code == 200  # alive, not ready
 
 
-def test_metrics_need_admin_and_count_downloads(site: tuple[Site, LiveServer]) -> None:
+def test_metrics_need_the_operator_and_count_downloads(site: tuple[Site, LiveServer]) -> None:
     s, server = site
-    assert httpx.get(server.url + "/metrics", headers=h(s.reader)).status_code == 403
-    before = httpx.get(server.url + "/metrics", headers=h(s.admin)).text
+    for key in (s.reader, s.admin):  # an organization's admin sees no process-wide figures
+        r = httpx.get(server.url + "/metrics", headers=h(key))
+        assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+    r = httpx.get(server.url + "/v1/fine-tunes", headers=h(s.operator))
+    assert r.status_code == 403  # and the operator reads no organization's data
+    before = httpx.get(server.url + "/metrics", headers=h(s.operator)).text
     r = httpx.get(dl_url(server, s), headers=h(s.reader))
     assert r.content == s.body
     httpx.get(server.url + "/v1/fine-tunes/ft-nope", headers=h(s.reader))
-    after = httpx.get(server.url + "/metrics", headers=h(s.admin)).text
+    after = httpx.get(server.url + "/metrics", headers=h(s.operator)).text
     sent = metric(after, "tunevault_bytes_served_total") - metric(
         before, "tunevault_bytes_served_total"
     )
@@ -178,16 +187,72 @@ def test_audit_lists_who_downloaded_what(site: tuple[Site, LiveServer]) -> None:
     assert page and all(r["id"] < latest["id"] for r in page)
 
 
-def test_revocation_is_effective_at_once(site: tuple[Site, LiveServer]) -> None:
-    s, server = site
+def first_status(url: str, token: str, want: int, tries: int = 100) -> int:
+    """Ask every 50 ms until the answer is `want` (or the tries run out): its request number."""
+    for n in range(1, tries + 1):
+        if httpx.get(url, headers=h(token)).status_code == want:
+            return n
+        time.sleep(0.05)
+    raise AssertionError(f"never answered {want} in {tries} tries")
+
+
+def test_revocation_takes_effect_once_the_key_cache_expires(tmp_path: Path) -> None:
+    s = make_site(tmp_path / "data")
     with open_services(s.settings) as svc:
         org = svc.store.get_org_by_name("ops")
         assert org is not None
         key, token = svc.store.create_key(org.id, "short-lived", [Scope.READ])
-    assert httpx.get(server.url + "/v1/fine-tunes", headers=h(token)).status_code == 200
+    env = {"TUNEVAULT_AUTH_CACHE_SECONDS": "0.5"}
+    with run_server(s.settings.data_dir, env=env) as server:
+        url = server.url + "/v1/fine-tunes"
+        assert httpx.get(url, headers=h(token)).status_code == 200  # now cached
+        with open_services(s.settings) as svc:
+            svc.store.revoke_key(key.id)
+        # Refused within the cache time (0.5 s: ten 50 ms tries), never served for long.
+        assert first_status(url, token, 401) <= 20
+        assert httpx.get(url, headers=h(token)).status_code == 401
+
+
+def test_without_the_cache_revocation_is_at_once(tmp_path: Path) -> None:
+    s = make_site(tmp_path / "data")
     with open_services(s.settings) as svc:
-        svc.store.revoke_key(key.id)
-    assert httpx.get(server.url + "/v1/fine-tunes", headers=h(token)).status_code == 401
+        org = svc.store.get_org_by_name("ops")
+        assert org is not None
+        key, token = svc.store.create_key(org.id, "short-lived", [Scope.READ])
+    with run_server(s.settings.data_dir, env={"TUNEVAULT_AUTH_CACHE_SECONDS": "0"}) as server:
+        url = server.url + "/v1/fine-tunes"
+        assert httpx.get(url, headers=h(token)).status_code == 200
+        with open_services(s.settings) as svc:
+            svc.store.revoke_key(key.id)
+        assert httpx.get(url, headers=h(token)).status_code == 401
+
+
+def test_limits_are_a_property_of_each_key(tmp_path: Path) -> None:
+    s = make_site(tmp_path / "data")
+    with open_services(s.settings) as svc:
+        org = svc.store.get_org_by_name("ops")
+        assert org is not None
+        tight, tight_token = svc.store.create_key(
+            org.id, "tight", [Scope.READ], KeyLimitOverrides(requests_per_minute=3)
+        )
+    env = {"TUNEVAULT_RATE_LIMIT_PER_MINUTE": "1000", "TUNEVAULT_AUTH_CACHE_SECONDS": "0.2"}
+    with run_server(s.settings.data_dir, env=env) as server:
+        url = server.url + "/v1/fine-tunes"
+        codes = [httpx.get(url, headers=h(tight_token)).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        # The server's default holds for a key without limits of its own.
+        assert {httpx.get(url, headers=h(s.reader)).status_code for _ in range(10)} == {200}
+        cli = [sys.executable, "-m", "tunevault", "keys", "limits", tight.id]
+        done = subprocess.run(
+            [*cli, "--data-dir", str(s.settings.data_dir), "--requests-per-minute", "0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(done.stdout)["requests_per_minute"] == 0
+        # 0 is no limit: once the replica's cache has the new figure, nothing is refused.
+        first_status(url, tight_token, 200)
+        assert {httpx.get(url, headers=h(tight_token)).status_code for _ in range(10)} == {200}
 
 
 def test_rate_and_concurrency_limits(tmp_path: Path) -> None:
@@ -239,3 +304,9 @@ def test_sigterm_lets_a_download_in_flight_finish(tmp_path: Path) -> None:
         head, _, body = bytes(received).partition(b"\r\n\r\n")
         assert b"200 OK" in head and body == s.body
         assert server.process.wait(30) == 0
+    # The download finished after SIGTERM: its audit row was written before the exit.
+    with open_services(s.settings) as svc:
+        org = svc.store.get_org_by_name("ops")
+        assert org is not None
+        rows = svc.store.list_downloads(org.id)
+    assert [(r.status, r.bytes_sent, r.ft_id) for r in rows] == [(200, len(s.body), s.ft_id)]

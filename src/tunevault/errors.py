@@ -27,6 +27,8 @@ from `code`; the CLI maps the branches to exit codes.
     ├── RangeNotSatisfiable             416 range_not_satisfiable
     ├── RateLimited                     429 rate_limited
     ├── StorageUnavailable              503 storage_unavailable
+    ├── DatabaseUnavailable             503 database_unavailable
+    ├── SchemaOutdated                  503 schema_outdated
     ├── InsufficientStorage             507 insufficient_storage
     └── IntegrityError                  500 integrity_error
 """
@@ -192,6 +194,21 @@ class StorageUnavailable(TunevaultError):
     status = 503
     error_type = "server_error"
     code = "storage_unavailable"
+
+
+class DatabaseUnavailable(TunevaultError):
+    status = 503
+    error_type = "server_error"
+    code = "database_unavailable"
+
+
+class SchemaOutdated(TunevaultError):
+    """The database schema is not the revision this tunevault needs (auto_migrate off):
+    the process refuses to start."""
+
+    status = 503
+    error_type = "server_error"
+    code = "schema_outdated"
 
 
 class InsufficientStorage(TunevaultError):

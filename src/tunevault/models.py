@@ -12,6 +12,9 @@ class Scope(StrEnum):
     READ = "read"
     PUBLISH = "publish"
     ADMIN = "admin"
+    # The server's operator: process-wide views across organizations (/metrics). Never
+    # implied by admin, which any organization's own administrator holds.
+    OPERATOR = "operator"
 
 
 class JobKind(StrEnum):
@@ -64,6 +67,15 @@ class ApiKey:
     scopes: frozenset[Scope]
     created_at: datetime
     revoked_at: datetime | None
+    limits: KeyLimitOverrides = field(default_factory=lambda: KeyLimitOverrides())
+
+
+@dataclass(frozen=True)
+class KeyLimitOverrides:
+    """A key's own limits; None takes the server's default, 0 means no limit."""
+
+    requests_per_minute: int | None = None
+    max_downloads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,7 @@ class Principal:
     org_id: str
     org_name: str
     scopes: frozenset[Scope]
+    limits: KeyLimitOverrides = field(default_factory=lambda: KeyLimitOverrides())
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,7 @@ class FineTune:
     lora_trainable_modules: str | None
     created_at: datetime
     updated_at: datetime
+    external_base: bool = False  # a LoRA whose base is not in the store: never merged
 
     @property
     def is_lora(self) -> bool:
@@ -99,8 +113,11 @@ class FineTune:
 
     @property
     def natural_kind(self) -> Kind:
-        """What `checkpoint=default` means: the merged model of a LoRA job, else the output."""
-        return Kind.MERGED if self.is_lora else Kind.MODEL_OUTPUT
+        """What `checkpoint=default` means: the merged model of a LoRA job (its adapter when
+        the base lives elsewhere), else the output."""
+        if not self.is_lora:
+            return Kind.MODEL_OUTPUT
+        return Kind.ADAPTER if self.external_base else Kind.MERGED
 
 
 @dataclass(frozen=True)

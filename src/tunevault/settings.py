@@ -6,11 +6,12 @@ constructed, and CLI flags of the same name override them.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tunevault.layout import blob_dir, database_file
 
@@ -33,6 +34,12 @@ class Settings(BaseSettings):
         default=None,
         description="Where blobs live: file:///path or s3://bucket/prefix. "
         "Default: data_dir/blobs.",
+    )
+    auto_migrate: bool = Field(
+        default=True,
+        description="Whether serve, worker, keys and gc bring an older database schema to "
+        "the newest revision at start (true), or refuse to start, naming `tunevault migrate` "
+        "(false: for deployments that migrate in a release step).",
     )
     host: str = Field(default="127.0.0.1", description="Address the server binds.")
     port: int = Field(default=8000, description="TCP port the server binds.")
@@ -67,17 +74,40 @@ class Settings(BaseSettings):
         "worker may take it over.",
     )
     job_poll_seconds: float = Field(
-        default=1.0, gt=0, description="How often an idle worker looks for new build jobs."
+        default=30.0,
+        gt=0,
+        description="How often an idle worker looks for build jobs anyway: a queued job wakes "
+        "it at once; this fallback finds jobs whose worker died.",
     )
     rate_limit_per_minute: int = Field(
-        default=6000,
+        default=60_000,
         ge=0,
-        description="Requests per minute one API key may make to one replica (0: no limit).",
+        description="Requests per minute an API key without its own limit may make to one "
+        "replica (0: no limit). High enough for a fleet of a few hundred inference replicas "
+        "sharing one deployment key; set lower per key with `tunevault keys limits`.",
     )
     max_downloads_per_key: int = Field(
-        default=32,
+        default=1000,
         ge=0,
-        description="Downloads one API key may have in progress on one replica (0: no limit).",
+        description="Downloads an API key without its own limit may have in progress on one "
+        "replica (0: no limit).",
+    )
+    auth_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a replica reuses an API key's lookup: a revoked key or a "
+        "changed limit takes effect within this time (0: look every key up every request).",
+    )
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDRs of the proxies in front of the server: only from "
+        "them are Forwarded / X-Forwarded-For believed (access log, audit, per-client limits).",
+    )
+    auth_failures_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="Requests with a missing or wrong API key one client address may make "
+        "per minute to one replica (0: no limit).",
     )
     shutdown_grace_seconds: float = Field(
         default=60.0,
@@ -88,6 +118,13 @@ class Settings(BaseSettings):
         default="json", description="Log lines as JSON objects (json) or plain text (text)."
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_cidrs(cls, value: object) -> object:
+        if isinstance(value, str):  # TUNEVAULT_TRUSTED_PROXIES=10.0.0.0/8,192.168.1.7
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{database_file(self.data_dir).resolve()}"

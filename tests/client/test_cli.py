@@ -15,6 +15,7 @@ import pytest
 from tests.client.conftest import Live, MiB, leftovers
 from tests.support.faultproxy import Fault, FaultProxy
 from tunevault.client.state import PartFile
+from tunevault.client.waiting import POLL_CAP
 
 
 def run(
@@ -67,7 +68,7 @@ def test_exit_codes(live: Live, proxy: FaultProxy, tmp_path: Path) -> None:
     for name, (args, url, key, code) in cases.items():
         r = run(*args, url=url, token=key)
         assert r.returncode == code, (name, r.stdout, r.stderr)
-        assert r.stderr.startswith(("error:", "Usage:")), (name, r.stderr)
+        assert r.stderr.splitlines()[-1].startswith("error: "), (name, r.stderr)
     proxy.default = Fault(corrupt_at=MiB)
     r = run("download", live.ft, "-o", out, "--json", url=proxy.url, token=token)
     assert r.returncode == 5 and json.loads(r.stdout)["error"]["code"] == "integrity_error"
@@ -77,11 +78,11 @@ def test_exit_codes(live: Live, proxy: FaultProxy, tmp_path: Path) -> None:
 def test_ls_and_checkpoints(live: Live) -> None:
     token = live.seeded.token
     r = run("ls", "--json", url=live.url, token=token)
-    assert live.ft in [ft["id"] for ft in json.loads(r.stdout)]
+    assert live.ft in [ft["id"] for ft in json.loads(r.stdout)["data"]]
     r = run("ls", url=live.url, token=token)
     assert r.stdout.startswith("ID") and live.ft in r.stdout
     r = run("checkpoints", live.ft, "--json", url=live.url, token=token)
-    assert [c["step"] for c in json.loads(r.stdout)] == [100]
+    assert [c["step"] for c in json.loads(r.stdout)["data"]] == [100]
     r = run("checkpoints", live.ft, url=live.url, token=token)
     assert f"tunevault download {live.ft} --checkpoint model_output_path" in r.stdout
 
@@ -168,3 +169,17 @@ def test_sigkill_then_rerun_transfers_only_the_rest(
     assert sum(ex.body_bytes for ex in rerun) == len(live.data) - present
     assert rerun[0].headers["range"].startswith(f"bytes={missing[0][0]}-")
     assert leftovers(tmp_path) == []
+
+
+def test_waiting_is_shown_and_bounded(live: Live) -> None:
+    r = run("download", live.pending_ft, "--wait", "3", url=live.url, token=live.seeded.token)
+    assert r.returncode == 7, r.stderr
+    [shown] = [line for line in r.stderr.splitlines() if "checking again in" in line]
+    # The server's own account of the build, as it says it (queue place, progress, estimate).
+    assert shown.startswith(f"{live.pending_ft} (default): model_output_path archive of ")
+    # Whatever Retry-After says, the client looks again within its cap.
+    pause = float(shown.split("checking again in ")[1].split(" s")[0])
+    assert pause <= POLL_CAP
+    assert r.stderr.splitlines()[-1].endswith(
+        "still not ready after 3 s: run the same command again later, or pass a longer --wait"
+    )

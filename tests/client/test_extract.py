@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,8 @@ import pytest
 import zstandard
 
 from tests.client.conftest import FAST, Live, MiB
+from tests.client.origins import blob_host
+from tests.client.test_cli import run
 from tests.support.faultproxy import Fault, FaultProxy
 from tunevault.archive.read import UnsafeArchive, unpack_stream
 from tunevault.client import Client
@@ -118,6 +122,7 @@ UNSAFE: dict[str, Callable[[], bytes]] = {
         sums=f"{hashlib.sha256(b'1').hexdigest()}  a\n".encode(),
     ),
     "file-under-file": lambda: make_archive([_file("a"), _file("a/b")]),
+    "name-over-255-bytes": lambda: make_archive([_file("d/" + "x" * 256)]),
 }
 WRONG: dict[str, Callable[[], bytes]] = {
     "no-sums-first": lambda: zstandard.ZstdCompressor().compress(_plain_tar()),
@@ -161,3 +166,37 @@ def test_nested_paths_and_directory_members_are_fine(tmp_path: Path) -> None:
     result = unpack_stream(io.BytesIO(data), tmp_path)
     assert result.files == {"sub/deep/f": hashlib.sha256(b"ok").hexdigest()}
     assert (tmp_path / "sub" / "deep" / "f").read_bytes() == b"ok"
+
+
+def test_cli_extract_of_a_stored_name_over_255_bytes_is_a_clear_error(tmp_path: Path) -> None:
+    # Archives stored before publishing refused such names still exist: the CLI must say
+    # why it cannot extract, not die in open() with ENAMETOOLONG.
+    data = make_archive([_file("ok.json"), _file("d/" + "x" * 300)])
+    with blob_host(data) as host:
+        r = run("download", "ft-x", "--extract", str(tmp_path / "out"), url=host.url, token="k")
+    assert r.returncode == 5, (r.stdout, r.stderr)
+    assert r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
+    assert "longer than 255 bytes" in r.stderr and "without --extract" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("umask", "dirs", "files"), [(0o022, 0o755, 0o644), (0o002, 0o775, 0o664)])
+def test_extracted_tree_follows_the_umask(
+    live: Live, tmp_path: Path, umask: int, dirs: int, files: int
+) -> None:
+    dest = tmp_path / "model"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNEVAULT_", "TOGETHER_"))}
+    env |= {"TUNEVAULT_URL": live.url, "TUNEVAULT_API_KEY": live.seeded.token}
+    subprocess.run(
+        [sys.executable, "-m", "tunevault", "download", live.ft, "--extract", str(dest)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+        preexec_fn=lambda: os.umask(umask),  # a fresh child, no threads yet
+    )
+    modes = {
+        p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")
+    }
+    assert modes["model"] == dirs and modes["model/tokenizer"] == dirs
+    assert {m for p, m in modes.items() if (tmp_path / p).is_file()} == {files}

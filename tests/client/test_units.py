@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from tunevault.client import progress
 from tunevault.client.progress import Bar
 from tunevault.client.state import Spans
-from tunevault.client.target import disposition_filename, parse_ft_arg
+from tunevault.client.target import (
+    DownloadRequest,
+    WrongCheckpoint,
+    disposition_filename,
+    parse_ft_arg,
+)
+from tunevault.client.waiting import POLL_CAP, POLL_FLOOR, WaitLine, not_ready_after, poll_pause
+from tunevault.errors import ArchiveNotReady
 
 SIZE = 200
 
@@ -61,3 +68,70 @@ def test_progress_bar_shows_speed_and_eta(monkeypatch: pytest.MonkeyPatch) -> No
     assert "0 B/s ETA --:--" in lines[0]
     assert " 50.0% 2.0 MiB/4.0 MiB 512.0 KiB/s ETA 0:04 " in lines[1]
     assert "100.0% 4.0 MiB/4.0 MiB 768.0 KiB/s ETA 0:00 " in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "pause"),
+    [("30", POLL_CAP), ("1", 1.0), ("0.5", 0.5), ("0", POLL_FLOOR), ("soon", POLL_CAP)],
+)
+def test_a_build_is_polled_as_the_server_says_within_bounds(retry_after: str, pause: float) -> None:
+    e = ArchiveNotReady("building", headers={"Retry-After": retry_after})
+    assert poll_pause(e) == pause
+
+
+def test_wait_line_shows_the_server_state_not_its_retry_hint() -> None:
+    out = io.StringIO()
+    line = WaitLine("ft-1 (merged)", out)
+    message = "merged archive: building, 40%, about 3 s; retry in 3 s"
+    line.waiting(message, 2.0, 0.0, 600)
+    line.waiting(message, 2.0, 2.0, 600)  # unchanged: not repeated off a terminal
+    line.done(3.2, ready=True)
+    assert out.getvalue().splitlines() == [
+        "ft-1 (merged): merged archive: building, 40%, about 3 s; checking again in 2.0 s "
+        "(waited 0 s of 600 s)",
+        "ft-1 (merged): ready after waiting 3.2 s",
+    ]
+    assert not_ready_after(ArchiveNotReady(message), 0).message == (
+        "merged archive: building, 40%, about 3 s; not waiting (--wait 0): "
+        "run the same command again later, or pass a longer --wait"
+    )
+
+
+def test_merged_at_a_step_is_asked_with_its_own_parameter() -> None:
+    assert DownloadRequest("ft-1", 4, "merged").params() == {
+        "ft_id": "ft-1",
+        "checkpoint": "merged",
+        "merged_step": "4",
+    }
+    assert DownloadRequest("ft-1", 4, "adapter").params() == {
+        "ft_id": "ft-1",
+        "checkpoint_step": "4",
+    }
+    assert DownloadRequest("ft-1", None, "merged").params() == {
+        "ft_id": "ft-1",
+        "checkpoint": "merged",
+    }
+
+
+@pytest.mark.parametrize(
+    ("step", "kind", "filename", "ok"),
+    [
+        (None, "merged", "run-step6-merged.tar.zst", True),
+        (None, "merged", "run-step6-adapter.tar.zst", False),
+        (4, "merged", "run-step4-merged.tar.zst", True),
+        (4, "merged", "run-step6-merged.tar.zst", False),  # a server that ignored merged_step
+        (4, "merged", "run-step4-adapter.tar.zst", False),
+        (4, "default", "run-step4-adapter.tar.zst", True),
+        (4, "default", "run-step5-adapter.tar.zst", False),
+        (None, "adapter", "archive.tar.zst", True),  # a name of another scheme: not checkable
+    ],
+)
+def test_the_archive_asked_for_is_the_one_kept(
+    step: int | None, kind: str, filename: str, ok: bool
+) -> None:
+    request = DownloadRequest("ft-1", step, kind)
+    if ok:
+        request.check_answer(filename)
+    else:
+        with pytest.raises(WrongCheckpoint, match=f"the server sent {filename}"):
+            request.check_answer(filename)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,16 @@ def test_trained_minilm_adapter_matches_peft(minilm_dir: Path, tmp_path: Path) -
     # query, value and three dense per layer, and the pooler's dense; their biases are replaced
     assert report.tensors_merged == report.tensors_replaced == 6 * 5 + 1
     assert {"vocab.txt", "tokenizer.json", "config.json"} <= set(report.output_files)
+    # Every base file the adapter does not replace: the sentence-transformers pipeline too.
+    kept = {
+        p.relative_to(minilm_dir).as_posix()
+        for p in minilm_dir.rglob("*")
+        if p.is_file() and p.name != "model.safetensors"
+    }
+    assert {"modules.json", "1_Pooling/config.json", "sentence_bert_config.json"} <= kept
+    assert {"special_tokens_map.json", "vocab.txt"} <= kept
+    for name in kept:
+        assert (out / name).read_bytes() == (minilm_dir / name).read_bytes(), name
 
     reference = PeftModel.from_pretrained(BertModel.from_pretrained(minilm_dir), adapter_dir)
     reference = reference.merge_and_unload().eval()
@@ -207,3 +218,30 @@ def test_trained_minilm_adapter_matches_peft(minilm_dir: Path, tmp_path: Path) -
             rtol=1e-5,
             atol=1e-5,
         )
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.usefixtures("blocks")
+def test_tied_embeddings_with_a_saved_lm_head_are_untied_as_peft_does(
+    dtype: torch.dtype, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=ALL_LINEAR, modules_to_save=["lm_head"])
+    base_dir, adapter_dir = save_pair(tiny_llama(tie=True), config, tmp_path, dtype=dtype)
+    out = tmp_path / "merged"
+    report = merge_lora(base_dir, adapter_dir, out)
+    assert report.untied == ("lm_head.weight",)
+    assert "no longer tied" in caplog.text
+
+    reference = peft_merge(LlamaForCausalLM, base_dir, adapter_dir, dtype)
+    assert reference.config.tie_word_embeddings is False  # what PEFT does, warning too
+    ours_tensors = load_dir(out)
+    assert {"lm_head.weight", "model.embed_tokens.weight"} <= set(ours_tensors)
+    assert_close_to_peft(ours_tensors, reference)
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+
+    ours = LlamaForCausalLM.from_pretrained(out, dtype=dtype).eval()
+    assert ours.lm_head.weight.data_ptr() != ours.model.embed_tokens.weight.data_ptr()
+    ids = torch.randint(0, 96, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)

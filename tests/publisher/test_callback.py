@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -74,7 +76,7 @@ def test_base_ls(live: Live, run: Run) -> None:
     proc = tunevault(live, "base", "ls", "--json")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    [base] = [m for m in json.loads(out) if m["name"] == BASE]
+    [base] = [m for m in json.loads(out)["data"] if m["name"] == BASE]
     assert base["files"] >= 2 and base["size"] > 0
 
 
@@ -147,6 +149,20 @@ def test_full_fine_tune(live: Live, tmp_path: Path) -> None:
     )
 
 
+def test_a_base_loaded_from_a_local_directory_needs_its_registered_name(
+    live: Live, tmp_path: Path
+) -> None:
+    training.tiny_llama().save_pretrained(tmp_path / "base")
+    local = type(training.tiny_llama()).from_pretrained(tmp_path / "base")
+    callback = TunevaultCallback(url=live.url, api_key=live.token, name="me/local-base")
+    before = len(live.get("/v1/fine-tunes")["data"])
+    with pytest.raises(ValueError, match="tunevault base push NAME DIR") as refused:
+        training.train(training.with_lora(local), tmp_path / "out", [callback], max_steps=2)
+    assert str(tmp_path / "base") in str(refused.value) and "model=NAME" in str(refused.value)
+    assert callback.fine_tune_id is None
+    assert len(live.get("/v1/fine-tunes")["data"]) == before
+
+
 class Gate(TrainerCallback):
     """Holds training at `step` until `opened` is set: the cancel lands at a known point."""
 
@@ -164,7 +180,12 @@ class Gate(TrainerCallback):
 def test_cancel_stops_training(live: Live, tmp_path: Path) -> None:
     gate = Gate(step=3)
     callback = TunevaultCallback(
-        url=live.url, api_key=live.token, model=BASE, name="me/cancelled", poll_interval=0
+        url=live.url,
+        api_key=live.token,
+        model=BASE,
+        name="me/cancelled",
+        poll_interval=0,
+        external_base=True,  # whether or not another test registered it
     )
 
     def cancel_after_first_save() -> None:
@@ -206,7 +227,9 @@ class Explode(TrainerCallback):
 
 
 def test_crash_marks_error(live: Live, tmp_path: Path) -> None:
-    callback = TunevaultCallback(url=live.url, api_key=live.token, model=BASE, name="me/crash")
+    callback = TunevaultCallback(
+        url=live.url, api_key=live.token, model=BASE, name="me/crash", external_base=True
+    )
     with pytest.raises(RuntimeError, match="out of memory"), callback:
         training.train(
             training.with_lora(training.tiny_llama()), tmp_path / "out", [callback, Explode()]
@@ -215,3 +238,58 @@ def test_crash_marks_error(live: Live, tmp_path: Path) -> None:
     assert ft["status"] == "error"
     events = live.get(f"/v1/fine-tunes/{ft['id']}/events")["data"]
     assert any(e["type"] == "JOB_ERROR" and "out of memory" in e["message"] for e in events)
+
+
+def client_download(live: Live, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TUNEVAULT_URL": live.url, "TUNEVAULT_API_KEY": live.token}
+    return subprocess.run(
+        [sys.executable, "-m", "tunevault", "download", *args, "-o", f"{out}/", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.parametrize(
+    ("ref", "kind", "expected"),
+    [
+        (":6", "merged", "-step6-merged.tar.zst"),  # the final step: Together's merged model
+        (":4", "adapter", "-step4-adapter.tar.zst"),
+        (":4", "model_output_path", None),  # a LoRA run has no full weights at step 4
+        # tunevault's merged-at-any-step extension (merged_step): either that archive, or,
+        # from a server without it, a refusal; never the adapter or another step's merge.
+        (":4", "merged", "-step4-merged.tar.zst"),
+    ],
+)
+def test_download_never_hands_back_another_kind(
+    live: Live, run: Run, tmp_path: Path, ref: str, kind: str, expected: str | None
+) -> None:
+    direct(live, ft_id=run.ft_id, checkpoint="merged")  # the final merge is built
+    r = client_download(live, tmp_path, run.ft_id + ref, "--checkpoint", kind)
+    body = json.loads(r.stdout)
+    if r.returncode == 0:
+        assert expected is not None and body["filename"].endswith(expected), body
+        files = members(Path(body["path"]).read_bytes())
+        assert ("config.json" in files) == (kind == "merged")
+        return
+    assert r.returncode == 4, r.stderr
+    assert body["error"]["code"] == "checkpoint_kind_unavailable"
+    assert f"asked for the {kind} checkpoint of step {ref[1:]}" in body["error"]["message"]
+    assert expected is None or kind == "merged"
+    assert list(tmp_path.iterdir()) == []  # nothing of the wrong archive is kept
+
+
+def test_push_of_the_trained_directory_resumes_its_fine_tune(live: Live, run: Run) -> None:
+    """The callback recorded what it published: pushing `output_dir` afterwards continues
+    that fine-tune, uploads nothing and doubles no event or metric."""
+    before = live.get(f"/v1/fine-tunes/{run.ft_id}/events")["data"]
+    metrics = live.get(f"/v1/fine-tunes/{run.ft_id}/metrics")["metrics"]
+    proc = tunevault(live, "push", str(run.out), "--json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert result["id"] == run.ft_id and result["resumed"] is True
+    assert result["bytes_uploaded"] == 0
+    assert len(live.get(f"/v1/fine-tunes/{run.ft_id}/events")["data"]) == len(before)
+    assert live.get(f"/v1/fine-tunes/{run.ft_id}/metrics")["metrics"] == metrics

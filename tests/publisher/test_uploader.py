@@ -11,8 +11,9 @@ import pytest
 from tests.publisher.conftest import Live
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.postgres import free_port
+from tunevault.client.http import NetworkError
 from tunevault.errors import DigestMismatch, Unauthenticated
-from tunevault.publisher.uploader import PublishClient, PublishConnectionError
+from tunevault.publisher.uploader import PublishClient
 
 
 def blob(tmp_path: Path, size: int) -> tuple[Path, str]:
@@ -54,11 +55,15 @@ def test_bad_key(live: Live) -> None:
         client.missing(["0" * 64])
 
 
-def test_unreachable_server_gives_up() -> None:
+def test_unreachable_server_gives_up(caplog: pytest.LogCaptureFixture) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     client = PublishClient(url, "k", retries=2, backoff_s=0.01)
-    with client, pytest.raises(PublishConnectionError, match="ConnectError"):
+    with client, pytest.raises(NetworkError, match="connection refused"):
         client.missing(["0" * 64])
+    # Each retry was announced as it happened.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot reach {url}: connection refused; retrying in 0.0 s, {i}/2" for i in (1, 2)
+    ]
 
 
 @pytest.mark.parametrize("with_ids", [True, False])
@@ -73,7 +78,7 @@ def test_rows_with_ids_are_retried_after_lost_answers_and_stored_once(
     with FaultProxy(live.url) as proxy:
         proxy.default = Fault(cut_after=1)  # every answer is lost after its first byte
         client = PublishClient(proxy.url, live.token, retries=2, backoff_s=0.01)
-        with client, pytest.raises(PublishConnectionError):
+        with client, pytest.raises(NetworkError):
             client.add_events(ft["id"], rows)
         delivered = len(proxy.log)
     events = live.get(f"/v1/fine-tunes/{ft['id']}/events")["data"]
@@ -91,7 +96,7 @@ def test_a_fine_tune_whose_answer_was_lost_is_created_once(live: Live) -> None:
     with FaultProxy(live.url) as proxy:
         proxy.default = Fault(cut_after=1)
         client = PublishClient(proxy.url, live.token, retries=2, backoff_s=0.01)
-        with client, pytest.raises(PublishConnectionError):
+        with client, pytest.raises(NetworkError):
             client.create_fine_tune(body, "push:lost")
         assert len(proxy.log) == 3  # retried: the key makes it safe
     with PublishClient(live.url, live.token) as client:  # e.g. the rerun of a push

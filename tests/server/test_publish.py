@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import socket
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,10 +18,14 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 import xxhash
+import zstandard
 
 from tests.support.server import LiveServer, run_server
 from tunevault.layout import blob_key
+from tunevault.merge import merge_lora
 from tunevault.models import Scope
+from tunevault.service.adapterconfig import named_base
+from tunevault.service.builds import build_archive
 from tunevault.service.context import open_services
 from tunevault.service.demo import BASE_NAME, TinyLlama, base_weights, write_adapter, write_model
 from tunevault.settings import Settings
@@ -412,7 +418,9 @@ def _push_dir(c: httpx.Client, root: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def test_merged_waits_for_its_base_model_then_builds(env: Env, tmp_path: Path) -> None:
+def test_a_lora_of_an_unregistered_base_is_refused_until_it_is_registered(
+    env: Env, tmp_path: Path
+) -> None:
     import numpy as np
 
     rng = np.random.default_rng(1)
@@ -420,22 +428,22 @@ def test_merged_waits_for_its_base_model_then_builds(env: Env, tmp_path: Path) -
     base_dir = write_model(tmp_path / "base", spec, base_weights(spec, rng))
     adapter = write_adapter(tmp_path / "adapter", spec, rng)
     name = f"{BASE_NAME}-{tmp_path.name}"
-    ft = new_ft(env.a, lora=True, model=name)
-    r = env.a.post(
-        f"/v1/publish/fine-tunes/{ft['id']}/checkpoints",
-        json={"step": 3, "kind": "adapter", "final": True, "files": _push_dir(env.a, adapter)},
-    )
-    assert r.status_code == 201
-    merged = f"ft_id={ft['id']}&checkpoint=merged"
-    for _ in range(300):
-        r = env.a.get(f"/v1/finetune/download?{merged}")
-        if r.status_code != 409:
-            break
-        time.sleep(0.1)
+    before = env.a.get("/v1/fine-tunes").json()["data"]
+    body = {
+        "model": name,
+        "model_output_name": "org/out",
+        "training_type": {"type": "Lora", "lora_r": 8, "lora_alpha": 16},
+    }
+    r = env.a.post("/v1/publish/fine-tunes", json=body)
     err = r.json()["error"]
     assert r.status_code == 404 and err["code"] == "base_model_not_found", r.text
-    assert name in err["message"] and "tunevault base push" in err["message"]
-    assert wait_download(env.a, f"ft_id={ft['id']}&checkpoint=adapter").status_code == 200
+    assert err["param"] == "model" and f"tunevault base push {name} DIR" in err["message"]
+    assert env.a.get("/v1/fine-tunes").json()["data"] == before  # nothing was created
+    bad = env.a.post("/v1/publish/fine-tunes", json={**body, "external_base": "yes"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "external_base"
+    full = {**body, "training_type": {"type": "Full"}, "external_base": True}
+    assert env.a.post("/v1/publish/fine-tunes", json=full).status_code == 400
+
     r = env.a.post(
         "/v1/publish/base-models", json={"name": name, "files": _push_dir(env.a, base_dir)}
     )
@@ -443,6 +451,154 @@ def test_merged_waits_for_its_base_model_then_builds(env: Env, tmp_path: Path) -
     listed = env.a.get("/v1/publish/base-models").json()["data"]
     assert name in [m["name"] for m in listed]
     assert name not in json.dumps(env.b.get("/v1/publish/base-models").json())
-    r = wait_download(env.a, merged)
+    assert env.b.post("/v1/publish/fine-tunes", json=body).status_code == 404  # a's base only
+    ft = new_ft(env.a, lora=True, model=name)
+    r = env.a.post(
+        f"/v1/publish/fine-tunes/{ft['id']}/checkpoints",
+        json={"step": 3, "kind": "adapter", "final": True, "files": _push_dir(env.a, adapter)},
+    )
+    assert r.status_code == 201
+    r = wait_download(env.a, f"ft_id={ft['id']}&checkpoint=merged")
     assert r.status_code == 200, r.text
     assert "step3-merged" in r.headers["content-disposition"]
+
+
+def test_an_external_base_publishes_the_adapter_and_no_merge(env: Env, tmp_path: Path) -> None:
+    import numpy as np
+
+    spec = TinyLlama(vocab=64, hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1)
+    adapter = write_adapter(tmp_path / "adapter", spec, np.random.default_rng(2))
+    r = env.a.post(
+        "/v1/publish/fine-tunes",
+        json={
+            "model": "elsewhere/base",
+            "model_output_name": "org/ext",
+            "training_type": {"type": "Lora", "lora_r": 8, "lora_alpha": 16},
+            "external_base": True,
+        },
+    )
+    assert r.status_code == 201, r.text
+    ft_id = r.json()["id"]
+    r = env.a.post(
+        f"/v1/publish/fine-tunes/{ft_id}/checkpoints",
+        json={"step": 3, "kind": "adapter", "final": True, "files": _push_dir(env.a, adapter)},
+    )
+    assert r.status_code == 201, r.text
+    ckpts = env.a.get(f"/v1/fine-tunes/{ft_id}/checkpoints").json()["data"]
+    assert [c["checkpoint_type"] for c in ckpts] == ["Final Adapter"]
+    assert wait_download(env.a, f"ft_id={ft_id}&checkpoint=default").status_code == 200
+    r = env.a.get(f"/v1/finetune/download?ft_id={ft_id}&checkpoint=merged")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "checkpoint_not_found"
+    r = env.a.get(f"/v1/finetune/download?ft_id={ft_id}&checkpoint=merged&merged_step=3")
+    assert r.status_code == 404 and "external_base" in r.json()["error"]["message"]
+
+
+def members(archive: bytes) -> dict[str, bytes]:
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(archive)).read()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return {
+            m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isfile()
+        }
+
+
+def test_merged_step_merges_an_intermediate_adapter_on_demand(env: Env, tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    spec = TinyLlama(vocab=64, hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1)
+    base_dir = write_model(tmp_path / "base", spec, base_weights(spec, rng))
+    adapters = {step: write_adapter(tmp_path / f"a{step}", spec, rng) for step in (1, 3)}
+    name = f"{BASE_NAME}-{tmp_path.name}"
+    files = _push_dir(env.a, base_dir)
+    assert env.a.post("/v1/publish/base-models", json={"name": name, "files": files}).is_success
+    ft_id = new_ft(env.a, lora=True, model=name)["id"]
+    for step, adapter in adapters.items():
+        r = env.a.post(
+            f"/v1/publish/fine-tunes/{ft_id}/checkpoints",
+            json={
+                "step": step,
+                "kind": "adapter",
+                "final": step == 3,
+                "files": _push_dir(env.a, adapter),
+            },
+        )
+        assert r.status_code == 201, r.text
+    q = f"ft_id={ft_id}&checkpoint=merged"
+
+    first = env.a.get(f"/v1/finetune/download?{q}&merged_step=1")  # queues its merge
+    assert first.status_code == 409 and "merged archive of" in first.json()["error"]["message"]
+    r = wait_download(env.a, f"{q}&merged_step=1")
+    assert r.status_code == 200, r.text
+    assert "step1-merged" in r.headers["content-disposition"]
+    merge_lora(base_dir, adapters[1], tmp_path / "want")
+    got = members(r.content)
+    assert got["model.safetensors"] == (tmp_path / "want" / "model.safetensors").read_bytes()
+
+    final = wait_download(env.a, q)
+    assert wait_download(env.a, f"{q}&merged_step=3").content == final.content
+    # The spec's rule stays: with a step, `checkpoint` is ignored (the together CLI's case).
+    plain = wait_download(env.a, f"{q}&checkpoint_step=1")
+    assert "adapter_model.safetensors" in members(plain.content)
+    listed = env.a.get(f"/v1/fine-tunes/{ft_id}/checkpoints").json()["data"]
+    assert [(c["step"], c["checkpoint_type"]) for c in listed] == [
+        (3, "Final Merged"),
+        (3, "Final Adapter"),
+        (1, "Intermediate"),
+    ]
+    missing = env.a.get(f"/v1/finetune/download?{q}&merged_step=2")
+    assert (
+        missing.status_code == 404 and "adapter steps: 1, 3" in missing.json()["error"]["message"]
+    )
+    foreign = env.b.get(f"/v1/finetune/download?{q}&merged_step=1")
+    assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "fine_tune_not_found"
+
+
+def test_the_adapter_archive_names_the_fine_tunes_base(env: Env, tmp_path: Path) -> None:
+    import numpy as np
+    from peft import PeftConfig
+
+    spec = TinyLlama(vocab=64, hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1)
+    adapter = write_adapter(tmp_path / "adapter", spec, np.random.default_rng(4))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "/scratch/job-17/base"  # the training machine's
+    (adapter / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    uploaded = (adapter / "adapter_config.json").read_bytes()
+    r = env.a.post(
+        "/v1/publish/fine-tunes",
+        json={
+            "model": "hub/some-base",
+            "model_output_name": "org/named",
+            "training_type": {"type": "Lora", "lora_r": 8, "lora_alpha": 16},
+            "external_base": True,
+        },
+    )
+    ft_id = r.json()["id"]
+    r = env.a.post(
+        f"/v1/publish/fine-tunes/{ft_id}/checkpoints",
+        json={"step": 2, "kind": "adapter", "final": True, "files": _push_dir(env.a, adapter)},
+    )
+    assert r.status_code == 201, r.text
+    archive = wait_download(env.a, f"ft_id={ft_id}&checkpoint=adapter")
+    got = members(archive.content)
+    rewritten = json.loads(got["adapter_config.json"])
+    assert rewritten == {**config, "base_model_name_or_path": "hub/some-base"}
+    sums = dict(line.split("  ")[::-1] for line in got["SHA256SUMS"].decode().splitlines())
+    assert all(sums[name] == sha(data) for name, data in got.items() if name != "SHA256SUMS")
+    (tmp_path / "out").mkdir()
+    for name, data in got.items():
+        (tmp_path / "out" / name).write_bytes(data)
+    assert PeftConfig.from_pretrained(tmp_path / "out").base_model_name_or_path == "hub/some-base"
+    assert named_base(got["adapter_config.json"], "hub/some-base") is None  # named: kept as is
+
+    with open_services(env.settings) as svc:
+        stored = svc.storage.local_path(blob_key(sha(uploaded)))
+        assert Path(stored).read_bytes() == uploaded  # the upload stays as uploaded
+        [ckpt] = svc.store.list_checkpoints(ft_id)
+        before = svc.store.get_archive(ckpt.id)
+        again = build_archive(svc.store, svc.storage, ckpt.id)  # deterministic
+    assert before is not None and (again.sha256, again.storage_key) == (
+        before.sha256,
+        before.storage_key,
+    )

@@ -59,7 +59,7 @@ def test_missing_checkpoint_names_the_allowed_values() -> None:
 
 @given(
     st.dictionaries(
-        st.sampled_from(["ft_id", "checkpoint", "checkpoint_step", "x"]),
+        st.sampled_from(["ft_id", "checkpoint", "checkpoint_step", "merged_step", "x"]),
         st.lists(st.text(max_size=60), max_size=3),
     )
 )
@@ -67,7 +67,23 @@ def test_arbitrary_queries_parse_or_refuse_with_400(params: dict[str, list[str]]
     try:
         got = parse_download_query(params)
     except InvalidRequest as e:
-        assert e.status == 400 and e.param in ("ft_id", "checkpoint", "checkpoint_step")
+        assert e.status == 400
+        assert e.param in ("ft_id", "checkpoint", "checkpoint_step", "merged_step")
         return
     assert got.ft_id.startswith("ft-")
     assert (got.step is None) != (got.checkpoint is None)
+
+
+def test_merged_step_is_a_merged_model_of_that_step_and_nothing_else() -> None:
+    assert q(ft_id=FT, checkpoint="merged", merged_step="4") == DownloadQuery(FT, None, "merged", 4)
+    assert q(ft_id=FT, checkpoint="merged").merged_step is None
+    for params in (
+        {"ft_id": FT, "merged_step": "4"},  # the kind is not implied
+        {"ft_id": FT, "checkpoint": "adapter", "merged_step": "4"},
+        {"ft_id": FT, "checkpoint": "merged", "checkpoint_step": "4", "merged_step": "4"},
+        {"ft_id": f"{FT}:4", "checkpoint": "merged", "merged_step": "4"},
+        {"ft_id": FT, "checkpoint": "merged", "merged_step": "four"},
+    ):
+        with pytest.raises(InvalidRequest) as refused:
+            q(**params)
+        assert refused.value.param == "merged_step"

@@ -26,6 +26,22 @@ def test_contract_cases() -> None:
         parse_range("bytes=0-", 0)
 
 
+@pytest.mark.parametrize(
+    ("header", "span"),
+    [
+        ("bytes=0-0,999-999", None),  # was bytes 0-999: the whole file for two bytes
+        ("bytes=-1,0-0", None),
+        ("bytes=0-0,82-82", None),
+        ("bytes=0-0,81-81", (0, 82)),  # a gap of MAX_GAP bytes: cheaper than a second part
+        ("bytes=50-60,0-9,5-20", (0, 61)),  # unsorted and overlapping
+        ("bytes=0-0,2000-", (0, 1)),  # the unsatisfiable part is dropped
+    ],
+)
+def test_several_ranges(header: str, span: tuple[int, int] | None) -> None:
+    got = parse_range(header, 1000)
+    assert (None if got is None else (got.start, got.end)) == span
+
+
 @given(total=sizes, start=sizes)
 def test_open_range_is_the_exact_rest(total: int, start: int) -> None:
     if start >= total:

@@ -28,6 +28,7 @@ from tunevault.archive.write import SUMS_NAME
 from tunevault.errors import IntegrityError
 
 MAX_SUMS_BYTES = 16 << 20
+MAX_NAME_BYTES = 255  # NAME_MAX: a longer component fails open() with ENAMETOOLONG
 CHUNK = 1 << 20
 _SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
@@ -57,6 +58,11 @@ def check_member_path(name: str) -> str:
     parts = name.removesuffix("/").split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise UnsafeArchive(f"member path {name[:200]!r} has an empty, '.' or '..' component")
+    if any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for p in parts):
+        raise UnsafeArchive(
+            f"member path {name[:80]!r}... has a component longer than {MAX_NAME_BYTES} "
+            "bytes, which this filesystem cannot create; download without --extract"
+        )
     return "/".join(parts)
 
 
@@ -105,7 +111,8 @@ class _Tree:
 def _write_member(reader: Source, target: Path, size: int, on_bytes: Callable[[int], None]) -> str:
     digest = hashlib.sha256()
     # O_EXCL and O_NOFOLLOW: never follow or reuse something already at the target.
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    # 0o666: the umask decides, as for any file a user's tool writes.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     with os.fdopen(fd, "wb") as out:
         left = size
         while left > 0:

@@ -135,9 +135,11 @@ def write_archive(
     level: int = 3,
     threads: int = -1,
     xxh3: Mapping[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ArchiveResult:
     """Write the tar.zst of `files` to `sink`; `open_file` yields each file's bytes.
-    `xxh3` maps a blob's sha256 to its recorded xxh3, the cheaper re-check."""
+    `xxh3` maps a blob's sha256 to its recorded xxh3, the cheaper re-check; `progress`
+    hears the input bytes as they are packed."""
     entries = sorted(files, key=lambda f: f.path)
     if len({f.path for f in entries}) != len(entries) or any(f.path == SUMS_NAME for f in entries):
         raise ValueError("archive member paths must be unique and not SHA256SUMS")
@@ -160,7 +162,7 @@ def write_archive(
             for entry in entries:
                 emit(_header(entry.path, entry.size))
                 check = StoredCheck(entry.sha256, checks.get(entry.sha256))
-                _copy_verified(entry, open_file, emit, buf, check)
+                _copy_verified(entry, open_file, emit, buf, check, progress)
                 emit(_padding(entry.size))
             emit(b"\0" * (2 * _BLOCK))
             emit(_padding(tar_size, _RECORD))
@@ -177,6 +179,7 @@ def _copy_verified(
     emit: Callable[[bytes | memoryview], None],
     buf: memoryview,
     check: StoredCheck,
+    progress: Callable[[int], None] | None,
 ) -> None:
     seen = 0
     with open_file(entry) as f:
@@ -190,6 +193,8 @@ def _copy_verified(
             if seen > entry.size:
                 break
             emit(chunk)
+            if progress is not None:
+                progress(n)
     if seen != entry.size or not check.ok():
         raise IntegrityError(
             f"stored content of {entry.path!r} does not match its manifest "

@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from tunevault.client.config import ClientConfig
 from tunevault.client.http import Transport
+from tunevault.client.retry import Backoff
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,10 @@ class Client:
         *,
         timeout: float = 60.0,
         config: ClientConfig | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.config = config or ClientConfig.resolve(url, api_key)
-        self.transport = Transport(self.config, timeout=timeout)
+        self.transport = Transport(self.config, timeout=timeout, backoff=backoff)
 
     def _ft(self, ft_id: str, suffix: str = "") -> str:
         return f"/v1/fine-tunes/{quote(ft_id, safe='')}{suffix}"

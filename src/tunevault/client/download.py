@@ -35,6 +35,7 @@ from tunevault.client.target import (
     full_size,
     strong_etag,
 )
+from tunevault.client.waiting import WaitNotice
 from tunevault.errors import IntegrityError, RangeNotSatisfiable, TunevaultError
 
 # One sidecar line per chunk: a killed process loses at most the chunk it was writing.
@@ -79,12 +80,13 @@ def download(
     connections: int = 1,
     progress: Progress | None = None,
     policy: RetryPolicy | None = None,
+    notice: WaitNotice | None = None,
 ) -> DownloadResult:
     """Download a checkpoint archive to `output` (a file, or a directory to put it in)."""
     began = time.monotonic()
     policy = policy or RetryPolicy()
     request = DownloadRequest(ft_id, step, checkpoint)
-    fetcher = Fetcher(client, request, policy)
+    fetcher = Fetcher(client, request, policy, notice)
     # A str keeps a trailing "/", which says "a directory" even before it exists.
     into_dir = output is None or Path(output).is_dir() or str(output).endswith(os.sep)
     out = Path(output or Path.cwd()).absolute()
@@ -166,7 +168,9 @@ def _resumable_file(final: Path, identity: str) -> PartFile | None:
 def target_of(resp: Response, client: Client, request: DownloadRequest, identity: str) -> Target:
     """What a 200 or 206 announces; the name falls back to Together's naming scheme."""
     filename = disposition_filename(resp.header("Content-Disposition"))
-    if filename is None:
+    if filename is not None:
+        request.check_answer(filename)  # never another kind or step than asked for
+    else:
         try:
             output_name: str | None = client.get_fine_tune(request.ft_id).model_output_name
         except TunevaultError:
@@ -212,11 +216,11 @@ def _open(
     if fresh.status != 200:
         fetcher.release(fresh)
         raise ProtocolError(f"expected 200 to a plain GET, got {fresh.status}")
-    target = target_of(fresh, client, fetcher.request, identity)
-    if target.etag is None:
-        connections = 1  # pieces would be ranges that no If-Range guards against a change
-    final = out / target.filename if into_dir else out
     try:
+        target = target_of(fresh, client, fetcher.request, identity)
+        if target.etag is None:
+            connections = 1  # pieces would be ranges that no If-Range guards against a change
+        final = out / target.filename if into_dir else out
         return PartFile.create(final, target, reserve=connections > 1), fresh, connections
     except BaseException:
         fetcher.release(fresh)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +25,7 @@ from tunevault.client.fetch import Changed, Fetcher, RetryPolicy
 from tunevault.client.http import NETWORK_ERRORS, NetworkError, Response
 from tunevault.client.state import Target
 from tunevault.client.target import DownloadRequest, strong_etag
+from tunevault.client.waiting import WaitNotice
 from tunevault.errors import IntegrityError, InvalidRequest
 
 CHUNK = 1 << 20
@@ -102,6 +103,39 @@ def check_destination(dest: Path) -> None:
         raise InvalidRequest(f"--extract destination {dest} exists and is not an empty directory")
 
 
+def _prepare(dest: Path) -> Path:
+    check_destination(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run into the same DIR
+    return dest
+
+
+def _open(fetcher: Fetcher, client: Client) -> _Stream:
+    """The archive's body from its first byte, checked to be what was asked for."""
+    first = fetcher.get({})
+    identity = fetcher.request.identity(client.config.base_url)
+    try:
+        target = target_of(first, client, fetcher.request, identity)
+    except BaseException:
+        fetcher.release(first)
+        raise
+    return _Stream(fetcher, target, first)
+
+
+def _temp_dir(dest: Path) -> Path:
+    """A fresh `.<name>.<random>.part` beside `dest`, with the mode the umask gives: it
+    becomes `dest`, which an inference server running as another user must be able to
+    read (mkdtemp would make it 0700)."""
+    while True:
+        tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.part"
+        try:
+            tmp.mkdir()
+        except FileExistsError:
+            continue  # 48 random bits taken: draw again
+        return tmp
+
+
 def download_extract(
     client: Client,
     ft_id: str,
@@ -111,23 +145,18 @@ def download_extract(
     checkpoint: str = "default",
     progress: Progress | None = None,
     policy: RetryPolicy | None = None,
+    notice: WaitNotice | None = None,
 ) -> DownloadResult:
     """Stream the archive into `dest` (absent or empty), verifying every file."""
     began = time.monotonic()
     policy = policy or RetryPolicy()
-    dest = dest.absolute()
-    check_destination(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run into the same DIR
+    dest = _prepare(dest.absolute())
     request = DownloadRequest(ft_id, step, checkpoint)
-    fetcher = Fetcher(client, request, policy)
-    identity = request.identity(client.config.base_url)
+    fetcher = Fetcher(client, request, policy, notice)
     for restarts in range(policy.restarts + 1):
-        first = fetcher.get({})
-        target = target_of(first, client, request, identity)
-        stream = _Stream(fetcher, target, first)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+        stream = _open(fetcher, client)
+        target = stream.target
+        tmp = _temp_dir(dest)
         try:
             if progress:
                 progress.start(target.size, 0)

@@ -14,8 +14,15 @@ from dataclasses import dataclass
 
 from tunevault.client.api import Client
 from tunevault.client.http import NetworkError, Response
+from tunevault.client.retry import (
+    Backoff,
+    announce_lost,
+    announce_status,
+    announce_unreachable,
+)
 from tunevault.client.state import Target
 from tunevault.client.target import DownloadRequest, ProtocolError, content_range
+from tunevault.client.waiting import WaitNotice, not_ready_after, poll_pause
 from tunevault.errors import ArchiveNotReady, RateLimited, StorageUnavailable, TunevaultError
 
 
@@ -44,8 +51,15 @@ def _retryable(e: TunevaultError) -> bool:
 
 
 class Fetcher:
-    def __init__(self, client: Client, request: DownloadRequest, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        client: Client,
+        request: DownloadRequest,
+        policy: RetryPolicy,
+        notice: WaitNotice | None = None,
+    ) -> None:
         self.transport = client.transport
+        self.notice = notice
         self.request = request
         self.url = client.transport.url("/v1/finetune/download", request.params())
         self.policy = policy
@@ -58,7 +72,17 @@ class Fetcher:
 
     def get(self, headers: dict[str, str]) -> Response:
         """A 200 or 206 answer; other statuses raise the server's error class."""
-        ready_deadline: float | None = None
+        since: list[float] = []  # when a wait for a build began, once one did
+        ready = False
+        try:
+            resp = self._get(headers, since)
+            ready = True
+            return resp
+        finally:
+            if since and self.notice is not None:
+                self.notice.done(time.monotonic() - since[0], ready=ready)
+
+    def _get(self, headers: dict[str, str], since: list[float]) -> Response:
         while True:
             if self.cancel.is_set():
                 raise NetworkError("download cancelled")
@@ -72,17 +96,23 @@ class Fetcher:
                 resp.close()
                 raise ProtocolError(f"unexpected HTTP {resp.status} from the download route")
             except ArchiveNotReady as e:
-                wait = _retry_after(e, default=5.0)
-                now = time.monotonic()
-                if ready_deadline is None:
-                    ready_deadline = now + self.policy.not_ready_timeout
-                if now + wait > ready_deadline:
-                    raise
-                self.cancel.wait(wait)
+                since[:] = since or [time.monotonic()]
+                self._wait_out(e, since[0])
             except TunevaultError as e:
                 if not _retryable(e):
                     raise
                 self.failed(e)
+
+    def _wait_out(self, e: ArchiveNotReady, since: float) -> None:
+        """Sleep until the next look at an archive being built, or raise when --wait is up."""
+        limit = self.policy.not_ready_timeout
+        waited = time.monotonic() - since
+        if waited >= limit:
+            raise not_ready_after(e, limit) from e
+        pause = min(poll_pause(e), limit - waited)
+        if self.notice is not None:
+            self.notice.waiting(e.message, pause, waited, limit)
+        self.cancel.wait(pause)
 
     def get_range(self, target: Target, start: int, end: int | None = None) -> Response:
         """Bytes `start` to `end` (exclusive; None: to the end) of `target`, guarded by
@@ -128,7 +158,14 @@ class Fetcher:
             streak, total = self._streak, self._failures
         if streak > self.policy.attempts or total > self.policy.total_failures:
             raise err
-        pause = min(self.policy.backoff * 2 ** (streak - 1), self.policy.max_backoff)
+        backoff = Backoff(self.policy.attempts, self.policy.backoff, self.policy.max_backoff)
+        pause = backoff.pause(streak, err.headers.get("Retry-After"))
+        if isinstance(err, NetworkError) and err.message.startswith("cannot reach"):
+            announce_unreachable(self.url, err, pause, streak, self.policy.attempts)
+        elif isinstance(err, NetworkError):
+            announce_lost(self.url, err, pause, streak, self.policy.attempts)
+        else:
+            announce_status(self.url, err.status, pause, streak, self.policy.attempts)
         if self.cancel.wait(pause):
             raise err
 
@@ -150,10 +187,3 @@ class Fetcher:
             live = list(self._live)
         for resp in live:
             resp.shutdown()
-
-
-def _retry_after(e: TunevaultError, default: float) -> float:
-    try:
-        return max(0.0, float(e.headers.get("Retry-After", default)))
-    except ValueError:
-        return default

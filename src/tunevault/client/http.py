@@ -12,12 +12,21 @@ import http.client
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from tunevault.client import splice
 from tunevault.client.config import ClientConfig
+from tunevault.client.retry import (
+    RETRY_STATUSES,
+    Backoff,
+    announce_status,
+    announce_unreachable,
+    reason,
+    where,
+)
 from tunevault.errors import TunevaultError
 
 USER_AGENT = "tunevault-client/0.1"
@@ -25,6 +34,7 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 1 << 20
 MAX_JSON_BODY = 64 << 20
+IDEMPOTENT = frozenset({"GET", "HEAD", "DELETE"})
 # Raised by the socket layer or http.client when a peer vanishes mid-exchange.
 NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
@@ -170,9 +180,12 @@ class Response:
 
 
 class Transport:
-    def __init__(self, config: ClientConfig, timeout: float = 60.0) -> None:
+    def __init__(
+        self, config: ClientConfig, timeout: float = 60.0, backoff: Backoff | None = None
+    ) -> None:
         self.config = config
         self.timeout = timeout
+        self.backoff = backoff or Backoff()
         self._origin = origin(config.base_url)
 
     def url(self, path: str, params: dict[str, Any] | None = None) -> str:
@@ -222,11 +235,38 @@ class Transport:
             raw = conn.getresponse()
         except NETWORK_ERRORS as e:
             conn.close()
-            raise NetworkError(f"{method} {_redact(url)}: {_describe(e)}") from e
+            raise NetworkError(
+                f"cannot reach {where(url)} ({method} {parts.path}): {reason(e)}; "
+                "check the URL and that the server runs, then run the command again"
+            ) from e
         return Response(status=raw.status, raw=raw, conn=conn, sock=sock)
 
     def json(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
-        resp = self.open(method, self.url(path, params), {"Accept": "application/json"})
+        """One API call, retried (client/retry.py) while the server is unreachable or busy;
+        a request that may have arrived is retried only when it is idempotent."""
+        url = self.url(path, params)
+        attempts = self.backoff.attempts
+        for attempt in range(1, attempts + 2):
+            try:
+                resp = self.open(method, url, {"Accept": "application/json"})
+            except NetworkError as e:
+                refused = isinstance(e.__cause__, ConnectionRefusedError)
+                if attempt > attempts or not (refused or method in IDEMPOTENT):
+                    raise
+                pause = self.backoff.pause(attempt)
+                announce_unreachable(url, e, pause, attempt, attempts)
+                time.sleep(pause)
+                continue
+            if resp.status in RETRY_STATUSES and attempt <= attempts and method in IDEMPOTENT:
+                pause = self.backoff.pause(attempt, resp.header("Retry-After"))
+                resp.close()
+                announce_status(url, resp.status, pause, attempt, attempts)
+                time.sleep(pause)
+                continue
+            return self._read_json(resp, method, path)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _read_json(self, resp: Response, method: str, path: str) -> Any:
         resp.raise_for_error()
         try:
             data = resp.read(MAX_JSON_BODY)
@@ -238,12 +278,6 @@ class Transport:
             return json.loads(data)
         except ValueError as e:
             raise TunevaultError(f"{method} {path}: the server sent invalid JSON") from e
-
-
-def _redact(url: str) -> str:
-    """Presigned URLs carry credentials in the query: keep them out of messages."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 def _describe(e: BaseException) -> str:

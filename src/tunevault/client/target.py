@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from tunevault.client.http import Response
-from tunevault.errors import TunevaultError
+from tunevault.errors import NotFound, TunevaultError
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 CHECKPOINTS = ("merged", "adapter", "model_output_path", "default")
+_ARCHIVE_NAME = re.compile(r"-step(\d+)-(merged|adapter|model_output_path)\.tar\.zst$")
 
 
 class ProtocolError(TunevaultError):
@@ -24,6 +25,14 @@ class ProtocolError(TunevaultError):
     status = 502
     error_type = "protocol_error"
     code = "protocol_error"
+
+
+class WrongCheckpoint(NotFound):
+    """The server answered with another checkpoint than the one asked for (a server that
+    ignores `merged_step`, or a step whose raw checkpoint is of another kind)."""
+
+    client_side = True
+    code = "checkpoint_kind_unavailable"
 
 
 @dataclass(frozen=True)
@@ -36,9 +45,37 @@ class DownloadRequest:
         params = {"ft_id": self.ft_id}
         if self.step is None:
             params["checkpoint"] = self.checkpoint
+        elif self.checkpoint == "merged":
+            # tunevault's extension: the merged model of any step. With checkpoint_step the
+            # spec ignores `checkpoint`, so the step goes in a parameter of its own.
+            params.update(checkpoint="merged", merged_step=str(self.step))
         else:
             params["checkpoint_step"] = str(self.step)
         return params
+
+    def check_answer(self, filename: str) -> None:
+        """Refuse an archive, named `<name>-step<N>-<kind>.tar.zst` by the server, of
+        another step or kind than asked for; other names cannot be checked."""
+        m = _ARCHIVE_NAME.search(filename)
+        if m is None:
+            return
+        step, kind = int(m.group(1)), m.group(2)
+        want_kind = None if self.checkpoint == "default" else self.checkpoint
+        if (want_kind is None or kind == want_kind) and self.step in (None, step):
+            return
+        asked = f"the {want_kind or 'raw'} checkpoint" + (
+            f" of step {self.step}" if self.step is not None else ""
+        )
+        hint = (
+            f"this server does not merge intermediate steps: download {self.ft_id}:{self.step} "
+            "--checkpoint adapter and merge it with `tunevault merge`"
+            if want_kind == "merged" and self.step is not None
+            else f"`tunevault checkpoints {self.ft_id}` lists what there is"
+        )
+        raise WrongCheckpoint(
+            f"asked for {asked} of {self.ft_id}, but the server sent {filename} "
+            f"({kind}, step {step}); refusing it: {hint}"
+        )
 
     def identity(self, base_url: str) -> str:
         step = "" if self.step is None else str(self.step)

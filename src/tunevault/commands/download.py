@@ -1,8 +1,7 @@
 """Client commands of the `tunevault` CLI: download, ls, checkpoints.
 
-Exit codes (docs/client.md): 0 success, 1 other error, 2 bad usage or request,
-3 unauthorised, 4 not found, 5 integrity failure, 6 network failure,
-7 archive still not ready after waiting, 130 interrupted.
+Failures propagate to the CLI's one handler (client/exitcodes.py): one exit-code table
+and one error format for every command.
 """
 
 from __future__ import annotations
@@ -10,10 +9,10 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, cast
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -22,48 +21,32 @@ from tunevault.client.download import download as download_file
 from tunevault.client.extract import download_extract
 from tunevault.client.fetch import RetryPolicy
 from tunevault.client.files import download_files, revision_of
-from tunevault.client.http import NetworkError
 from tunevault.client.progress import Bar
-from tunevault.client.target import CHECKPOINTS, ProtocolError, parse_ft_arg
-from tunevault.errors import (
-    ArchiveNotReady,
-    CheckpointNotReady,
-    IntegrityError,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    RangeNotSatisfiable,
-    TunevaultError,
-    Unauthenticated,
-)
+from tunevault.client.ready import download_command
+from tunevault.client.retry import Backoff
+from tunevault.client.target import CHECKPOINTS, parse_ft_arg
+from tunevault.client.waiting import WaitLine
+from tunevault.errors import FineTuneNotFound, InvalidRequest
 
-EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_NOT_FOUND = 1, 2, 3, 4
-EXIT_INTEGRITY, EXIT_NETWORK, EXIT_NOT_READY, EXIT_INTERRUPTED = 5, 6, 7, 130
-_EXIT_CODES: tuple[tuple[type[TunevaultError], int], ...] = (
-    (IntegrityError, EXIT_INTEGRITY),
-    (Unauthenticated, EXIT_AUTH),
-    (PermissionDenied, EXIT_AUTH),
-    (NotFound, EXIT_NOT_FOUND),
-    (ArchiveNotReady, EXIT_NOT_READY),
-    (CheckpointNotReady, EXIT_NOT_READY),
-    (NetworkError, EXIT_NETWORK),
-    (ProtocolError, EXIT_NETWORK),
-    (RangeNotSatisfiable, EXIT_NETWORK),
-    (InvalidRequest, EXIT_USAGE),
-)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def exit_code(e: TunevaultError) -> int:
-    return next((code for klass, code in _EXIT_CODES if isinstance(e, klass)), EXIT_ERROR)
+@contextmanager
+def same_not_found(ft_id: str) -> Iterator[None]:
+    """One answer for an unknown fine-tune, whichever route noticed: the download route
+    refuses a malformed id as invalid, the others say not found."""
+    try:
+        yield
+    except FineTuneNotFound as e:
+        raise FineTuneNotFound(_unknown(ft_id), param="ft_id") from e
+    except InvalidRequest as e:
+        if e.param != "ft_id":
+            raise
+        raise FineTuneNotFound(_unknown(ft_id), param="ft_id") from e
 
 
-def _fail(e: TunevaultError, as_json: bool) -> NoReturn:
-    code = exit_code(e)
-    if as_json:
-        click.echo(json.dumps({"error": {"code": e.code, "message": e.message}, "exit_code": code}))
-    click.echo(f"error: {e.message}", err=True)
-    sys.exit(code)
+def _unknown(ft_id: str) -> str:
+    return f"fine-tune {ft_id} not found; `tunevault ls` lists yours"
 
 
 def _client_options(fn: F) -> F:
@@ -72,28 +55,6 @@ def _client_options(fn: F) -> F:
         "--url", help="Server base URL (TUNEVAULT_URL, else TOGETHER_BASE_URL; /v1 optional)."
     )(fn)
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
-
-
-def _run(as_json: bool, action: Callable[[], None]) -> None:
-    try:
-        action()
-    except TunevaultError as e:
-        _fail(e, as_json)
-    except KeyboardInterrupt:
-        click.echo("interrupted; run the same command again to resume", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-
-
-def _ft_and_step(ft_ref: str, checkpoint_step: int | None) -> tuple[str, int | None]:
-    try:
-        ft_id, step = parse_ft_arg(ft_ref)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="FT_ID[:STEP]") from e
-    if checkpoint_step is not None:
-        if step is not None and step != checkpoint_step:
-            raise click.UsageError(f"{ft_ref} and --checkpoint-step {checkpoint_step} disagree")
-        step = checkpoint_step
-    return ft_id, step
 
 
 def _file_selection(command: F) -> F:
@@ -119,7 +80,7 @@ def _file_selection(command: F) -> F:
             return
         if kw["extract"] is not None or kw["connections"] != 1:
             raise click.UsageError("--file/--include/--exclude take no --extract or --connections")
-        ft_id, step = _ft_and_step(kw["ft_ref"], kw["checkpoint_step"])
+        ft_id, step = _ft_step(kw["ft_ref"], kw["checkpoint_step"])
         client, as_json = Client(kw["url"], kw["api_key"]), kw["as_json"]
         say = (lambda _line: None) if as_json else functools.partial(click.echo, err=True)
 
@@ -140,7 +101,7 @@ def _file_selection(command: F) -> F:
             else:
                 click.echo(f"{len(result.files)} files in {result.directory}, each verified")
 
-        _run(as_json, action)
+        action()  # errors: the one exit-code table (client/exitcodes.py)
 
     return cast(F, wrapper)
 
@@ -181,7 +142,8 @@ def _file_selection(command: F) -> F:
     type=click.FloatRange(min=0),
     default=RetryPolicy.not_ready_timeout,
     show_default=True,
-    help="Seconds to wait for an archive the server is still building (409).",
+    help="Seconds to wait for an archive the server is still building (0: do not wait); "
+    "the wait is shown on stderr.",
 )
 @click.option(
     "--retries",
@@ -211,7 +173,7 @@ def download(
 
     Run the same command again after a failure or ^C: it continues from the exact byte.
     """
-    ft_id, step = _ft_and_step(ft_ref, checkpoint_step)
+    ft_id, step = _ft_step(ft_ref, checkpoint_step)
     if output is not None and extract is not None:
         raise click.UsageError("use either -o or --extract")
     label = f"{ft_id}" + (f":{step}" if step is not None else f" ({checkpoint})")
@@ -219,7 +181,7 @@ def download(
     client = Client(url, api_key)
     policy = RetryPolicy(attempts=retries, not_ready_timeout=wait)
 
-    def action() -> None:
+    with same_not_found(ft_id):
         if extract is not None:
             result = download_extract(
                 client,
@@ -229,6 +191,7 @@ def download(
                 checkpoint=checkpoint,
                 progress=bar,
                 policy=policy,
+                notice=WaitLine(label),
             )
         else:
             result = download_file(
@@ -240,16 +203,27 @@ def download(
                 connections=connections,
                 progress=bar,
                 policy=policy,
+                notice=WaitLine(label),
             )
-        if as_json:
-            click.echo(json.dumps(result.as_dict()))
-            return
-        if not result.verified:
-            click.echo("warning: the server sent no sha256; only the size was checked", err=True)
-        what = f"{result.files} files into" if result.files is not None else "saved"
-        click.echo(f"{what} {result.path} ({result.size} bytes, sha256 {result.sha256})")
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        return
+    if not result.verified:
+        click.echo("warning: the server sent no sha256; only the size was checked", err=True)
+    what = f"{result.files} files into" if result.files is not None else "saved"
+    click.echo(f"{what} {result.path} ({result.size} bytes, sha256 {result.sha256})")
 
-    _run(as_json, action)
+
+def _ft_step(ft_ref: str, checkpoint_step: int | None) -> tuple[str, int | None]:
+    try:
+        ft_id, step = parse_ft_arg(ft_ref)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="FT_ID[:STEP]") from e
+    if checkpoint_step is not None:
+        if step is not None and step != checkpoint_step:
+            raise click.UsageError(f"{ft_ref} and --checkpoint-step {checkpoint_step} disagree")
+        step = checkpoint_step
+    return ft_id, step
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -258,50 +232,46 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
+def _retries(fn: F) -> F:
+    return click.option(
+        "--retries",
+        type=click.IntRange(min=0),
+        default=Backoff.attempts,
+        show_default=True,
+        help="Retries (with backoff) while the server is unreachable or busy.",
+    )(fn)
+
+
 @click.command("ls")
+@_retries
 @_client_options
-def ls(as_json: bool, url: str | None, api_key: str | None) -> None:
+def ls(as_json: bool, url: str | None, api_key: str | None, retries: int) -> None:
     """List your fine-tunes."""
-    client = Client(url, api_key)
-
-    def action() -> None:
-        fts = client.list_fine_tunes()
-        if as_json:
-            click.echo(json.dumps([ft.raw for ft in fts]))
-            return
-        rows = [
-            (ft.id, ft.status, ft.training_type, ft.model_output_name, ft.created_at) for ft in fts
-        ]
-        _table(("ID", "STATUS", "TYPE", "OUTPUT NAME", "CREATED"), rows)
-
-    _run(as_json, action)
+    client = Client(url, api_key, backoff=Backoff(attempts=retries))
+    fts = client.list_fine_tunes()
+    if as_json:
+        click.echo(json.dumps({"data": [ft.raw for ft in fts]}))
+        return
+    rows = [(ft.id, ft.status, ft.training_type, ft.model_output_name, ft.created_at) for ft in fts]
+    _table(("ID", "STATUS", "TYPE", "OUTPUT NAME", "CREATED"), rows)
 
 
 @click.command()
 @click.argument("ft_id")
+@_retries
 @_client_options
-def checkpoints(ft_id: str, as_json: bool, url: str | None, api_key: str | None) -> None:
+def checkpoints(
+    ft_id: str, as_json: bool, url: str | None, api_key: str | None, retries: int
+) -> None:
     """List a fine-tune's checkpoints, with the command that downloads each."""
-    client = Client(url, api_key)
-
-    def action() -> None:
+    client = Client(url, api_key, backoff=Backoff(attempts=retries))
+    with same_not_found(ft_id):
         ckpts = client.list_checkpoints(ft_id)
-        if as_json:
-            click.echo(json.dumps([c.__dict__ for c in ckpts]))
-            return
-        rows = []
-        for c in ckpts:
-            kind = _kind_of(c.path)
-            get = f"tunevault download {ft_id}" + (
-                f" --checkpoint {kind}" if kind else f":{c.step}"
-            )
-            rows.append((str(c.step), c.checkpoint_type, c.checkpoint, c.created_at, get))
-        _table(("STEP", "TYPE", "CONTENT", "CREATED", "DOWNLOAD WITH"), rows)
-
-    _run(as_json, action)
-
-
-def _kind_of(path: str) -> str | None:
-    """The `checkpoint=` of a final checkpoint's path, None for an intermediate one."""
-    values = parse_qs(urlsplit(path).query).get("checkpoint")
-    return values[0] if values else None
+    if as_json:
+        click.echo(json.dumps({"data": [c.__dict__ for c in ckpts]}))
+        return
+    rows = [
+        (str(c.step), c.checkpoint_type, c.checkpoint, c.created_at, download_command(ft_id, c))
+        for c in ckpts
+    ]
+    _table(("STEP", "TYPE", "CONTENT", "CREATED", "DOWNLOAD WITH"), rows)

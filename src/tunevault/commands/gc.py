@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tunevault.commands.service import settings_from_flags, store_options
+from tunevault.commands.options import settings_from_flags, store_options
 
 
 @click.command("gc")

@@ -7,13 +7,17 @@ should not pay for numpy (merge), httpx (push) or pydantic-settings (serve).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
+from typing import Any
 
 import click
+
+from tunevault.errors import SchemaOutdated
 
 COMMANDS = {
     "serve": "tunevault.commands.service:serve",
     "worker": "tunevault.commands.service:worker",
-    "keys": "tunevault.commands.service:keys",
+    "keys": "tunevault.commands.keys:keys",
     "download": "tunevault.commands.download:download",
     "ls": "tunevault.commands.download:ls",
     "checkpoints": "tunevault.commands.download:checkpoints",
@@ -21,10 +25,33 @@ COMMANDS = {
     "base": "tunevault.commands.push:base",
     "merge": "tunevault.commands.merge:merge",
     "gc": "tunevault.commands.gc:gc",
+    "migrate": "tunevault.commands.migrate:migrate",
 }
 
 
 class LazyGroup(click.Group):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        # One exit-code table and one error format for every command.
+        from tunevault.client.exitcodes import run_main
+
+        run_main(
+            self,
+            None if args is None else list(args),
+            prog_name=prog_name,
+            complete_var=complete_var,
+            **extra,
+        )
+        return None  # run_main exits
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
@@ -36,6 +63,12 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module), attr)
         assert isinstance(command, click.Command)
         return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SchemaOutdated as e:  # any command that opens the store (auto_migrate off)
+            raise click.ClickException(e.message) from e
 
 
 @click.group(cls=LazyGroup)

@@ -3,34 +3,40 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from tunevault.client.config import DEFAULT_URL
+from tunevault.client.api import Client
+from tunevault.client.config import DEFAULT_URL, ClientConfig, normalize_base_url
 from tunevault.client.progress import human
-from tunevault.errors import TunevaultError
+from tunevault.client.ready import wait_built
+from tunevault.client.retry import Backoff
+from tunevault.errors import Unauthenticated
 from tunevault.models import Kind
 from tunevault.publisher.files import LayoutError, collect
 from tunevault.publisher.layouts import detect, model_kind
 from tunevault.publisher.progress import Progress
 from tunevault.publisher.push import push_plan
 from tunevault.publisher.state import STATE_FILE, PushState
-from tunevault.publisher.uploader import (
-    PublishClient,
-    PublishConnectionError,
-    hash_files,
-    manifest,
-)
+from tunevault.publisher.uploader import PublishClient, hash_files, manifest
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def _connection(fn: F) -> F:
+    fn = click.option(
+        "--retries",
+        type=click.IntRange(min=0),
+        default=Backoff.attempts,
+        show_default=True,
+        help="Retries (with backoff) while the server is unreachable or busy.",
+    )(fn)
+    # Together's variables are deliberately not read: a push must never go to Together.
     fn = click.option("--api-key", envvar="TUNEVAULT_API_KEY", help="TUNEVAULT_API_KEY")(fn)
     fn = click.option(
         "--url",
@@ -56,23 +62,18 @@ def parse_rate(value: str | None) -> int | None:
     return rate
 
 
-@contextmanager
 def _client(
-    url: str, api_key: str | None, quiet: bool, rate_limit: int | None = None
-) -> Iterator[PublishClient]:
-    """A client whose failures leave as one-line messages and a non-zero exit."""
+    url: str,
+    api_key: str | None,
+    quiet: bool,
+    retries: int,
+    rate_limit: int | None = None,
+) -> PublishClient:
+    """A publishing client; its failures reach the CLI's one handler (client/exitcodes.py)."""
     if not api_key:
-        raise click.UsageError("no API key: pass --api-key or set TUNEVAULT_API_KEY")
+        raise Unauthenticated("no API key: pass --api-key or set TUNEVAULT_API_KEY")
     progress = Progress(enabled=False) if quiet else Progress()
-    try:
-        with PublishClient(url, api_key, progress=progress, rate_limit=rate_limit) as client:
-            yield client
-    except TunevaultError as e:
-        raise click.ClickException(f"{e.code}: {e.message}") from e
-    except (LayoutError, PublishConnectionError) as e:
-        raise click.ClickException(str(e)) from e
-    except OSError as e:
-        raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}") from e
+    return PublishClient(url, api_key, progress=progress, retries=retries, rate_limit=rate_limit)
 
 
 @click.command("push")
@@ -92,6 +93,17 @@ def _client(
     help="Upload at most this many bytes per second (suffixes K, M, G: powers of 1024).",
 )
 @click.option("--new", is_flag=True, help=f"Start a new fine-tune, ignoring {STATE_FILE}.")
+@click.option(
+    "--external-base",
+    is_flag=True,
+    help="A LoRA whose base model is not in the store: publish the adapter, build no merge.",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    help="Then wait up to this many seconds until every archive of the push is built, "
+    "and print the commands that download them.",
+)
 @_connection
 def push(
     directory: Path,
@@ -100,10 +112,13 @@ def push(
     suffix: str | None,
     include_optimizer: bool,
     new: bool,
+    external_base: bool,
+    wait: float | None,
     limit_rate: int | None,
     url: str,
     api_key: str | None,
     as_json: bool,
+    retries: int,
 ) -> None:
     """Publish a training output DIR as a fine-tune and print its id.
 
@@ -111,24 +126,43 @@ def push(
     full model. Rerunning after an interruption continues the same fine-tune and sends
     only what the server is missing.
     """
-    with _client(url, api_key, as_json, limit_rate) as client:
+    with _client(url, api_key, as_json, retries, limit_rate) as client:
         plan = detect(directory, include_optimizer=include_optimizer)
         if not as_json:
             for note in plan.notes:
                 click.echo(f"note: {note}", err=True)
         state = PushState.load(plan.root, client.url, fresh=new)
-        result = push_plan(client, plan, state, model=model, name=name, suffix=suffix)
+        result = push_plan(
+            client,
+            plan,
+            state,
+            model=model,
+            name=name,
+            suffix=suffix,
+            external_base=external_base,
+        )
     if not state.writable:
         click.echo(f"warning: cannot write {state.path}; a rerun starts over", err=True)
+    if not as_json:
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
+        click.echo(
+            f"{'resumed' if result.resumed else 'created'} {result.fine_tune_id}: "
+            f"{len(result.checkpoints)} checkpoints, {result.files} files, "
+            f"{human(result.bytes_uploaded)} sent of {human(result.bytes_total)}",
+            err=True,
+        )
+    out: dict[str, Any] = {**result.as_json(), "layout": plan.layout}
+    if wait is not None:
+        reader = Client(config=ClientConfig(normalize_base_url(url), api_key))
+        out["downloads"] = wait_built(reader, result.fine_tune_id, wait, sys.stderr)
     if as_json:
-        click.echo(json.dumps({**result.as_json(), "layout": plan.layout}))
+        click.echo(json.dumps(out))
         return
-    click.echo(
-        f"{'resumed' if result.resumed else 'created'} {result.fine_tune_id}: "
-        f"{len(result.checkpoints)} checkpoints, {result.files} files, "
-        f"{human(result.bytes_uploaded)} sent of {human(result.bytes_total)}",
-        err=True,
-    )
+    if wait is not None:
+        click.echo("every archive is built; download with:", err=True)
+        for command in out["downloads"]:
+            click.echo(f"  {command}", err=True)
     click.echo(result.fine_tune_id)
 
 
@@ -141,9 +175,11 @@ def base() -> None:
 @click.argument("name")
 @click.argument("directory", type=_DIR)
 @_connection
-def base_push(name: str, directory: Path, url: str, api_key: str | None, as_json: bool) -> None:
+def base_push(
+    name: str, directory: Path, url: str, api_key: str | None, as_json: bool, retries: int
+) -> None:
     """Upload the model in DIRECTORY and register it as base model NAME."""
-    with _client(url, api_key, as_json) as client:
+    with _client(url, api_key, as_json, retries) as client:
         if model_kind(directory) != Kind.MODEL_OUTPUT:
             raise LayoutError(f"{directory}: expected config.json and *.safetensors weights")
         files = collect(directory)
@@ -158,12 +194,12 @@ def base_push(name: str, directory: Path, url: str, api_key: str | None, as_json
 
 @base.command("ls")
 @_connection
-def base_ls(url: str, api_key: str | None, as_json: bool) -> None:
+def base_ls(url: str, api_key: str | None, as_json: bool, retries: int) -> None:
     """List the registered base models."""
-    with _client(url, api_key, True) as client:
+    with _client(url, api_key, True, retries) as client:
         models = client.list_base_models()
     if as_json:
-        click.echo(json.dumps(models))
+        click.echo(json.dumps({"data": models}))
         return
     for m in models:
         click.echo(

@@ -1,30 +1,12 @@
-"""The service side of the CLI: `serve`, `worker`, `keys` (and the options they share)."""
+"""`tunevault serve` and `tunevault worker`: running the service."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import click
 
-from tunevault.models import Scope
-from tunevault.settings import Settings
-
-
-def settings_from_flags(**flags: Any) -> Settings:
-    """Flags override `TUNEVAULT_*` variables, which override defaults."""
-    return Settings(**{k: v for k, v in flags.items() if v is not None})
-
-
-def store_options(fn: Any) -> Any:
-    for opt in (
-        click.option("--data-dir", type=click.Path(path_type=Path), help="TUNEVAULT_DATA_DIR"),
-        click.option("--database-url", help="TUNEVAULT_DATABASE_URL"),
-        click.option("--storage-url", help="TUNEVAULT_STORAGE_URL"),
-    ):
-        fn = opt(fn)
-    return fn
+from tunevault.commands.options import settings_from_flags, store_options
 
 
 @click.command()
@@ -61,82 +43,18 @@ def worker(**flags: Any) -> None:
 
     from tunevault.server.observability import setup_logging
     from tunevault.service.context import open_services
-    from tunevault.service.worker import Worker
+    from tunevault.service.worker import Worker, start_listener
 
     settings = settings_from_flags(**flags)
     setup_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     with open_services(settings) as svc:
+
+        def on_signal(*_: Any) -> None:
+            stop.set()
+            svc.store.jobs_signal.notify()  # wake the idle worker to see the stop
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        start_listener(svc, stop)
         Worker(svc).run(stop)
-
-
-@click.group()
-def keys() -> None:
-    """Create, list and revoke API keys."""
-
-
-@keys.command("create")
-@store_options
-@click.option("--org", "org_name", required=True, help="Organization name (created if new).")
-@click.option("--name", default="default", show_default=True, help="A label for the key.")
-@click.option(
-    "--scope",
-    "scopes",
-    multiple=True,
-    type=click.Choice([s.value for s in Scope]),
-    default=["read"],
-    show_default=True,
-    help="Repeat for several scopes.",
-)
-def keys_create(org_name: str, name: str, scopes: tuple[str, ...], **flags: Any) -> None:
-    """Create a key; the token is printed once and never stored."""
-    from tunevault.service.context import open_services
-
-    with open_services(settings_from_flags(**flags)) as svc:
-        org = svc.store.get_org_by_name(org_name) or svc.store.create_org(org_name)
-        key, token = svc.store.create_key(org.id, name, [Scope(s) for s in scopes])
-    click.echo(
-        json.dumps(
-            {
-                "id": key.id,
-                "org": org.name,
-                "org_id": org.id,
-                "scopes": sorted(scopes),
-                "token": token,
-            }
-        )
-    )
-
-
-@keys.command("list")
-@store_options
-@click.option("--org", "org_name", help="Only this organization's keys.")
-def keys_list(org_name: str | None, **flags: Any) -> None:
-    """List keys (never their secrets)."""
-    from tunevault.service.context import open_services
-
-    with open_services(settings_from_flags(**flags)) as svc:
-        org_id = None
-        if org_name:
-            org = svc.store.get_org_by_name(org_name)
-            if org is None:
-                raise click.ClickException(f"no organization named {org_name!r}")
-            org_id = org.id
-        for k in svc.store.list_keys(org_id):
-            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
-            click.echo(f"{k.id}  {k.org_id}  {k.name:<16} {','.join(sorted(k.scopes)):<20} {state}")
-
-
-@keys.command("revoke")
-@store_options
-@click.argument("key_id")
-def keys_revoke(key_id: str, **flags: Any) -> None:
-    """Revoke a key at once."""
-    from tunevault.service.context import open_services
-
-    with open_services(settings_from_flags(**flags)) as svc:
-        if not svc.store.revoke_key(key_id):
-            raise click.ClickException(f"no active key {key_id!r}")
-    click.echo(f"revoked {key_id}")

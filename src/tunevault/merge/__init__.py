@@ -7,20 +7,23 @@ tensor by tensor in row blocks, so memory is bounded by a block plus one adapter
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunevault.errors import MergeRefused
 from tunevault.merge.apply import write_plan
 from tunevault.merge.config import load_settings
-from tunevault.merge.files import adapter_tensors, base_tensors, side_files
+from tunevault.merge.files import adapter_tensors, base_tensors, side_files, tied_outputs
 from tunevault.merge.plan import build_plan, resolve_dtype
 
 __all__ = ["MergeRefused", "MergeReport", "merge_lora"]
 
 _TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+log = logging.getLogger("tunevault.merge")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class MergeReport:
     total_bytes: int
     peak_bytes_planned: int
     dtype: str | None
+    untied: tuple[str, ...] = ()  # output embeddings no longer tied to the input ones
 
 
 def merge_lora(
@@ -42,8 +46,10 @@ def merge_lora(
     *,
     dtype: str | None = None,
     max_shard_bytes: int = 5 * 2**30,
+    progress: Callable[[int], None] | None = None,
 ) -> MergeReport:
-    """Merge the LoRA adapter in `adapter_dir` into the model in `base_dir`, writing `out_dir`.
+    """Merge the LoRA adapter in `adapter_dir` into the model in `base_dir`, writing `out_dir`;
+    `progress` hears the bytes of each output tensor written.
 
     Raises MergeRefused, before anything is written, when the pair cannot be merged exactly.
     """
@@ -51,24 +57,22 @@ def merge_lora(
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise MergeRefused(f"output directory {out_dir} exists and is not empty")
     settings = load_settings(adapter_dir)
+    base = base_tensors(base_dir)
     plan = build_plan(
-        base_tensors(base_dir),
+        base,
         adapter_tensors(adapter_dir),
         settings,
         dtype=dtype,
         max_shard_bytes=max_shard_bytes,
+        tied=tied_outputs(base_dir, base),
     )
     sides = side_files(base_dir, adapter_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Written next to out_dir and renamed at the end, so an interrupted merge leaves no output.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        write_plan(plan, tmp)
-        for name, src in sides.items():
-            shutil.copyfile(src, tmp / name)
-        code = resolve_dtype(dtype)
-        if code is not None and (tmp / "config.json").is_file():
-            _set_config_dtype(tmp / "config.json", _TORCH_DTYPES[code])
+        write_plan(plan, tmp, progress)
+        _write_side_files(tmp, sides, dtype, plan.untied)
         if out_dir.exists():
             out_dir.rmdir()
         tmp.replace(out_dir)
@@ -86,7 +90,34 @@ def merge_lora(
         total_bytes=sum(j.out.nbytes for j in jobs),
         peak_bytes_planned=plan.peak_bytes,
         dtype=dtype,
+        untied=plan.untied,
     )
+
+
+def _write_side_files(
+    tmp: Path, sides: dict[str, Path], dtype: str | None, untied: tuple[str, ...]
+) -> None:
+    """Copy the base's other files, then say in config.json what the merge changed."""
+    for name, src in sides.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, tmp / name)
+    code = resolve_dtype(dtype)
+    if code is not None and (tmp / "config.json").is_file():
+        _set_config_dtype(tmp / "config.json", _TORCH_DTYPES[code])
+    if untied:
+        _untie(tmp / "config.json", untied)
+
+
+def _untie(path: Path, names: tuple[str, ...]) -> None:
+    """As PEFT's merge does when the adapter replaced a tied output embedding."""
+    log.warning(
+        "input and output embeddings are no longer tied after merging (the adapter replaces "
+        "%s); setting tie_word_embeddings=false in config.json",
+        ", ".join(names),
+    )
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    config["tie_word_embeddings"] = False
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _set_config_dtype(path: Path, name: str) -> None:

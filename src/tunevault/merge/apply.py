@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from tunevault.merge.safetensors_io import DTYPES, ShardWriter, TensorInfo, read
 Array = np.ndarray[Any, Any]
 
 
-def write_plan(plan: Plan, out_dir: Path) -> None:
-    """Write all shards, and the index when there are several."""
+def write_plan(plan: Plan, out_dir: Path, progress: Callable[[int], None] | None = None) -> None:
+    """Write all shards, and the index when there are several; `progress` hears the bytes
+    of each tensor written."""
     weight_map: dict[str, str] = {}
     total = 0
     scratch = _Scratch()
@@ -38,6 +40,8 @@ def write_plan(plan: Plan, out_dir: Path) -> None:
                     _run(job, writer, scratch, io)
                     writer.end()
                     weight_map[job.out.name] = filename
+                    if progress is not None:
+                        progress(job.out.nbytes)
             except BaseException:
                 writer.file.close()  # the caller removes the partial output
                 raise

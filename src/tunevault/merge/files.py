@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 
 from tunevault.errors import MergeRefused
 from tunevault.merge.safetensors_io import TensorInfo, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
-CONFIG_FILES = ("config.json", "generation_config.json")
+# The base's own weights, in any format: the merge writes the merged ones instead.
+WEIGHT_FILES = (
+    "*.safetensors",
+    INDEX_NAME,
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model*.h5",
+    "flax_model*.msgpack",
+    "rust_model.ot",
+    "*.gguf",
+)
+# Exports of the unmerged weights (sentence-transformers repositories carry them).
+EXPORT_DIRS = ("onnx", "openvino")
 # A tokenizer is a set of files that must agree with each other, so it is taken whole from one side.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -57,6 +70,30 @@ def base_tensors(base_dir: Path) -> dict[str, TensorInfo]:
     raise MergeRefused(f"base model: no model.safetensors or {INDEX_NAME} in {base_dir}{hint}")
 
 
+# Input embeddings an output embedding (`lm_head`) is tied to, by architecture.
+INPUT_EMBEDDINGS = (
+    "embed_tokens.weight",
+    "wte.weight",
+    "word_embeddings.weight",
+    "embed_in.weight",
+    "shared.weight",
+)
+
+
+def tied_outputs(base_dir: Path, base: dict[str, TensorInfo]) -> dict[str, str]:
+    """`{"lm_head.weight": <input embedding>}` for a base that ties them (and so stores only
+    the input one); empty when its config unties them or the pair is not recognised."""
+    config_path = base_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except ValueError as e:
+        raise MergeRefused(f"base model: malformed config.json: {e}") from e
+    if "lm_head.weight" in base or config.get("tie_word_embeddings") is False:
+        return {}
+    inputs = [n for n in base if n.endswith(INPUT_EMBEDDINGS)]
+    return {"lm_head.weight": inputs[0]} if len(inputs) == 1 else {}
+
+
 def adapter_tensors(adapter_dir: Path) -> dict[str, TensorInfo]:
     path = adapter_dir / "adapter_model.safetensors"
     if not path.is_file():
@@ -67,9 +104,21 @@ def adapter_tensors(adapter_dir: Path) -> dict[str, TensorInfo]:
 
 
 def side_files(base_dir: Path, adapter_dir: Path) -> dict[str, Path]:
-    """Output name -> source: base config files; the adapter's tokenizer if it has one."""
-    out = {n: base_dir / n for n in CONFIG_FILES if (base_dir / n).is_file()}
+    """Output path -> source: every base file but its weights (config, generation config,
+    a sentence-transformers pipeline: modules.json, 1_Pooling/, ...), with the adapter's
+    tokenizer instead of the base's if the adapter has one."""
     adapter_tok = {n: adapter_dir / n for n in TOKENIZER_FILES if (adapter_dir / n).is_file()}
-    base_tok = {n: base_dir / n for n in TOKENIZER_FILES if (base_dir / n).is_file()}
-    out.update(adapter_tok or base_tok)
+    replaced = set(TOKENIZER_FILES) if adapter_tok else set()
+    out: dict[str, Path] = {}
+    for path in sorted(base_dir.rglob("*")):
+        rel = path.relative_to(base_dir)
+        if path.is_file() and not _holds_weights(rel) and rel.as_posix() not in replaced:
+            out[rel.as_posix()] = path
+    out.update(adapter_tok)
     return out
+
+
+def _holds_weights(rel: Path) -> bool:
+    if rel.parts[0] in EXPORT_DIRS or rel.suffix == ".onnx":
+        return True
+    return len(rel.parts) == 1 and any(fnmatch(rel.name, p) for p in WEIGHT_FILES)

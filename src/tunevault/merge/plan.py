@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,6 +73,7 @@ class Plan:
     jobs: tuple[Job, ...]
     shards: tuple[tuple[str, tuple[Job, ...]], ...]
     peak_bytes: int
+    untied: tuple[str, ...] = ()  # output embeddings the adapter replaced on a tied base
 
 
 def resolve_dtype(dtype: str | None) -> str | None:
@@ -90,7 +92,9 @@ def build_plan(
     *,
     dtype: str | None,
     max_shard_bytes: int,
+    tied: Mapping[str, str] | None = None,
 ) -> Plan:
+    """`tied` maps an output embedding the base leaves out (tied) to the tensor it shares."""
     out_code = resolve_dtype(dtype)
     if max_shard_bytes <= 0:
         raise MergeRefused("max_shard_bytes must be positive")
@@ -114,10 +118,9 @@ def build_plan(
     jobs: dict[str, Job] = {}
     for name, info in base.items():
         jobs[name] = Job(_out_spec(info, out_code), info)
-    for target, info in replacements.items():
-        _check_replacement(target, info, base.get(target))
-        old = jobs[target]
-        jobs[target] = Job(old.out, info, adapter_keys=(info.name,))
+    # Base file order keeps reads sequential; an untied output follows the tensor it shared.
+    where = {name: (str(info.path), info.start) for name, info in base.items()}
+    untied = _plan_replacements(replacements, base, jobs, where, tied or {}, out_code)
 
     lora_modules: set[str] = set()
     for module, keys in modules.items():
@@ -125,8 +128,6 @@ def build_plan(
     _check_untouched_targets(base, settings, lora_modules)
     _check_fan_in_fan_out(jobs, settings)
 
-    # Base file order keeps reads sequential.
-    where = {name: (str(info.path), info.start) for name, info in base.items()}
     ordered = tuple(sorted(jobs.values(), key=lambda j: where[j.out.name]))
     # Each adapter tensor must be applied exactly once: a dropped one would silently lose part
     # of the adapter, a doubled one would add its delta twice.
@@ -141,7 +142,34 @@ def build_plan(
         jobs=ordered,
         shards=_shard(ordered, max_shard_bytes),
         peak_bytes=max((_peak(j) for j in ordered), default=0),
+        untied=tuple(untied),
     )
+
+
+def _plan_replacements(
+    replacements: dict[str, TensorInfo],
+    base: dict[str, TensorInfo],
+    jobs: dict[str, Job],
+    where: dict[str, tuple[str, int]],
+    tied: Mapping[str, str],
+    out_code: str | None,
+) -> list[str]:
+    """Full tensors the adapter replaces; returns the tied outputs it unties."""
+    untied = []
+    for target, info in replacements.items():
+        shared = tied.get(target) if target not in base else None
+        if shared is not None:  # PEFT unties it: the adapter's copy, the input one unchanged
+            _check_replacement(target, info, base[shared])
+            spec = _out_spec(base[shared], out_code)
+            out = OutSpec(target, spec.dtype, spec.shape)
+            jobs[target] = Job(out, info, adapter_keys=(info.name,))
+            where[target] = where[shared]
+            untied.append(target)
+            continue
+        _check_replacement(target, info, base.get(target))
+        old = jobs[target]
+        jobs[target] = Job(old.out, info, adapter_keys=(info.name,))
+    return untied
 
 
 def _out_spec(info: TensorInfo, out_code: str | None) -> OutSpec:

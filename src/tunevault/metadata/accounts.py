@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase, now
-from tunevault.models import ApiKey, Organization, Principal, Scope
+from tunevault.models import ApiKey, KeyLimitOverrides, Organization, Principal, Scope
 
 _TOKEN = re.compile(r"^tv_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
 
@@ -38,8 +38,15 @@ class AccountsMixin(StoreBase):
             ).first()
         return Organization(**row._mapping) if row else None
 
-    def create_key(self, org_id: str, name: str, scopes: Iterable[Scope]) -> tuple[ApiKey, str]:
+    def create_key(
+        self,
+        org_id: str,
+        name: str,
+        scopes: Iterable[Scope],
+        limits: KeyLimitOverrides | None = None,
+    ) -> tuple[ApiKey, str]:
         """Create a key; the returned token is shown once and never stored."""
+        limits = limits or KeyLimitOverrides()
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         scope_set = frozenset(Scope(s) for s in scopes)
@@ -50,6 +57,7 @@ class AccountsMixin(StoreBase):
             scopes=scope_set,
             created_at=now(),
             revoked_at=None,
+            limits=limits,
         )
         with self.engine.begin() as conn:
             conn.execute(
@@ -60,6 +68,8 @@ class AccountsMixin(StoreBase):
                     secret_sha256=_hash_secret(secret),
                     scopes=",".join(sorted(scope_set)),
                     created_at=key.created_at,
+                    requests_per_minute=limits.requests_per_minute,
+                    max_downloads=limits.max_downloads,
                 )
             )
         return key, f"tv_{key_id}_{secret}"
@@ -77,6 +87,19 @@ class AccountsMixin(StoreBase):
                 t.api_keys.update()
                 .where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=now())
+            )
+        return res.rowcount > 0
+
+    def set_key_limits(self, key_id: str, limits: KeyLimitOverrides) -> bool:
+        """Replace a key's limits; False when no such key."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                t.api_keys.update()
+                .where(t.api_keys.c.id == key_id)
+                .values(
+                    requests_per_minute=limits.requests_per_minute,
+                    max_downloads=limits.max_downloads,
+                )
             )
         return res.rowcount > 0
 
@@ -102,6 +125,7 @@ class AccountsMixin(StoreBase):
             org_id=row.org_id,
             org_name=row.org_name,
             scopes=_scopes(row.scopes),
+            limits=_limits(row._mapping),
         )
 
 
@@ -117,4 +141,9 @@ def _key(m: Any) -> ApiKey:
         scopes=_scopes(m["scopes"]),
         created_at=m["created_at"],
         revoked_at=m["revoked_at"],
+        limits=_limits(m),
     )
+
+
+def _limits(m: Any) -> KeyLimitOverrides:
+    return KeyLimitOverrides(m["requests_per_minute"], m["max_downloads"])

@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, Row
 
+from tunevault.metadata.notify import JobSignal
+
 # Values per `IN (...)` list: well under SQLite's bound-parameter limit (999 before 3.32),
 # with room for the query's other parameters.
 IN_BATCH = 500
@@ -39,3 +41,4 @@ def select_in(
 
 class StoreBase:
     engine: Engine
+    jobs_signal: JobSignal  # wakes this process's idle workers when a job is queued

@@ -51,6 +51,8 @@ class CheckpointsMixin(StoreBase):
                 )
             for job in jobs:
                 enqueue(conn, int(ckpt_id), job)
+        if jobs:
+            self.jobs_signal.notify()
         return Checkpoint(
             id=int(ckpt_id),
             ft_id=ft_id,

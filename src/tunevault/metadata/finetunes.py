@@ -47,6 +47,7 @@ class FineTunesMixin(StoreBase):
         lora_dropout: float | None = None,
         lora_trainable_modules: str | None = None,
         idempotency_key: str | None = None,
+        external_base: bool = False,
     ) -> FineTune:
         """A new fine-tune; with an `idempotency_key` already used in this organization,
         the fine-tune that key created (see `created_with_key`) and nothing new."""
@@ -65,6 +66,7 @@ class FineTunesMixin(StoreBase):
             lora_trainable_modules=lora_trainable_modules,
             created_at=ts,
             updated_at=ts,
+            external_base=external_base,
         )
         if idempotency_key is None:
             with self.engine.begin() as conn:

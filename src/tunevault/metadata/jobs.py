@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase, now
+from tunevault.metadata.notify import announce
 from tunevault.models import BuildJob, JobKind, JobState
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
@@ -35,7 +36,9 @@ def _job(m: Any) -> BuildJob:
 
 
 def enqueue(conn: sa.Connection, checkpoint_id: int, kind: JobKind) -> None:
-    """Queue a job (or re-queue a finished one) inside the caller's transaction."""
+    """Queue a job (or re-queue a finished one) inside the caller's transaction; the caller
+    wakes this process's workers (`jobs_signal`) once it has committed."""
+    announce(conn)
     ts = now()
     row = conn.execute(
         sa.select(t.build_jobs.c.id).where(
@@ -110,6 +113,9 @@ class JobsMixin(StoreBase):
                         lease_expires_at=ts + timedelta(seconds=lease_seconds),
                         attempts=jobs.c.attempts + 1,
                         updated_at=ts,
+                        started_at=ts,
+                        progress_done=None,
+                        progress_total=None,
                     )
                 ).rowcount
                 if won:
@@ -149,7 +155,7 @@ class JobsMixin(StoreBase):
         )
         jobs = t.build_jobs
         with self.engine.begin() as conn:
-            return bool(
+            recorded = bool(
                 conn.execute(
                     jobs.update()
                     .where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
@@ -162,6 +168,21 @@ class JobsMixin(StoreBase):
                         updated_at=now(),
                     )
                 ).rowcount
+            )
+            if recorded and state == JobState.QUEUED:
+                announce(conn)
+        if recorded and state == JobState.QUEUED:
+            self.jobs_signal.notify()
+        return recorded
+
+    def set_job_progress(self, job_id: int, owner: str, done: int, total: int) -> None:
+        """Record how far a running build is (bytes of `total`), while we hold it."""
+        jobs = t.build_jobs
+        with self.engine.begin() as conn:
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+                .values(progress_done=done, progress_total=total)
             )
 
     def jobs_for_checkpoint(self, checkpoint_id: int) -> list[BuildJob]:
@@ -189,7 +210,7 @@ class JobsMixin(StoreBase):
         if checkpoint_ids is not None:
             which.append(jobs.c.checkpoint_id.in_(checkpoint_ids))
         with self.engine.begin() as conn:
-            return conn.execute(
+            count: int = conn.execute(
                 jobs.update()
                 .where(*which)
                 .values(
@@ -200,3 +221,8 @@ class JobsMixin(StoreBase):
                     updated_at=now(),
                 )
             ).rowcount
+            if count:
+                announce(conn)
+        if count:
+            self.jobs_signal.notify()
+        return count

@@ -13,15 +13,37 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import Engine
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
 
+from tunevault.errors import SchemaOutdated
 from tunevault.metadata.accounts import AccountsMixin
 from tunevault.metadata.audit import AuditMixin
 from tunevault.metadata.blobs import BlobsMixin
+from tunevault.metadata.buildqueue import BuildQueueMixin
 from tunevault.metadata.checkpoints import CheckpointsMixin
 from tunevault.metadata.collection import GcMixin
 from tunevault.metadata.finetunes import FineTunesMixin
 from tunevault.metadata.jobs import JobsMixin
+from tunevault.metadata.notify import JobSignal
+
+# The PostgreSQL advisory lock every migrating process takes ("tvmi"): processes started
+# together on an empty database migrate one after another, the later ones finding nothing
+# to do. Without it two raced CREATE TABLE into UniqueViolation pg_type_typname_nsp_index.
+MIGRATION_LOCK = 0x74766D69
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option(
+        "script_location", str(resources.files("tunevault.metadata") / "migrations")
+    )
+    return cfg
+
+
+def _revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
 
 
 def make_engine(url: str) -> Engine:
@@ -41,21 +63,43 @@ def make_engine(url: str) -> Engine:
 
 
 class MetadataStore(
-    AccountsMixin, FineTunesMixin, CheckpointsMixin, BlobsMixin, JobsMixin, AuditMixin, GcMixin
+    AccountsMixin,
+    FineTunesMixin,
+    CheckpointsMixin,
+    BlobsMixin,
+    JobsMixin,
+    BuildQueueMixin,
+    AuditMixin,
+    GcMixin,
 ):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self.jobs_signal = JobSignal()
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (idempotent)."""
-        cfg = Config()
-        cfg.set_main_option(
-            "script_location", str(resources.files("tunevault.metadata") / "migrations")
-        )
+    def migrate(self) -> tuple[str | None, str | None]:
+        """Bring the schema to the newest Alembic revision (idempotent); the revisions
+        before and after. On PostgreSQL under MIGRATION_LOCK, held to the commit."""
+        cfg = _alembic_config()
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            before = _revision(conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+            return before, _revision(conn)
+
+    def check_schema(self) -> None:
+        """Refuse a schema other than the newest revision, naming the fix."""
+        with self.engine.connect() as conn:
+            current = _revision(conn)
+        head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+        if current != head:
+            raise SchemaOutdated(
+                f"the database schema is at revision {current or 'none (an empty database)'}, "
+                f"this tunevault needs {head}: run `tunevault migrate` first "
+                "(or set TUNEVAULT_AUTO_MIGRATE=true to migrate at every start)"
+            )
 
     def close(self) -> None:
         self.engine.dispose()

@@ -47,6 +47,9 @@ api_keys = sa.Table(
     sa.Column("scopes", sa.String(100), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
+    # 0010: per-key limits; NULL means the server's default
+    sa.Column("requests_per_minute", sa.Integer, nullable=True),
+    sa.Column("max_downloads", sa.Integer, nullable=True),
 )
 
 fine_tunes = sa.Table(
@@ -66,6 +69,7 @@ fine_tunes = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("idempotency_key", sa.String(100), nullable=True),  # 0006
+    sa.Column("external_base", sa.Boolean, nullable=False, server_default=sa.false()),  # 0008
     sa.Index("ix_fine_tunes_org", "org_id", "created_at"),
     sa.Index("ux_fine_tunes_idempotency_key", "org_id", "idempotency_key", unique=True),  # 0006
 )
@@ -212,6 +216,9 @@ build_jobs = sa.Table(
     sa.Column("error_message", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),  # 0008: claimed at
+    sa.Column("progress_done", sa.BigInteger, nullable=True),  # 0008: bytes built so far
+    sa.Column("progress_total", sa.BigInteger, nullable=True),  # 0008: of this many
     sa.UniqueConstraint("checkpoint_id", "kind", name="uq_build_job"),
     sa.Index("ix_build_jobs_state", "state", "id"),
 )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunevault.archive.write import SUMS_NAME
+from tunevault.errors import InvalidRequest
 
 CHUNK = 1 << 20
 MAX_PATH_BYTES = 1000
@@ -26,8 +27,11 @@ RESUME_STATE_PREFIXES = ("rng_state",)  # rng_state.pth, rng_state_<rank>.pth
 RESUME_STATE_DIRS = ("global_step",)  # DeepSpeed's per-step optimizer shards
 
 
-class LayoutError(ValueError):
+class LayoutError(InvalidRequest, ValueError):
     """The directory cannot be published as it is; the message says why and what to do."""
+
+    code = "invalid_layout"
+    client_side = True
 
 
 @dataclass(frozen=True)

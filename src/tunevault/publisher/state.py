@@ -2,10 +2,11 @@
 
 Per server URL: the fine-tune created and the steps done (events, metrics rows, status),
 so that a rerun sends only what is left (the server also skips event and metric rows whose
-ids it has, so a step done but not recorded here is not doubled). Checkpoints are not
-recorded: a rerun posts every manifest again, which the server answers with the checkpoint
-it already has. Beside them, a cache of file digests keyed by (size, mtime) so a rerun does
-not hash gigabytes again.
+ids it has, so a step done but not recorded here is not doubled), and the manifest of each
+checkpoint published, so that a rerun tells an unchanged directory from another training
+run before uploading anything (publisher/repush.py). `tunevault push` and the Trainer
+callback write the same file, so either resumes what the other published. Beside them, a
+cache of file digests keyed by (size, mtime) so a rerun does not hash gigabytes again.
 """
 
 from __future__ import annotations
@@ -70,6 +71,15 @@ class PushState:
 
     def mark(self, step: str) -> None:
         self.run.setdefault("done", []).append(step)
+        self.save()
+
+    def published(self, step: int, kind: str) -> dict[str, str] | None:
+        """The manifest (path -> sha256) this directory published at (step, kind), if any."""
+        record = self.run.get("published", {}).get(f"{step}:{kind}")
+        return record if isinstance(record, dict) else None
+
+    def record_published(self, step: int, kind: str, files: dict[str, str]) -> None:
+        self.run.setdefault("published", {})[f"{step}:{kind}"] = files
         self.save()
 
     @property

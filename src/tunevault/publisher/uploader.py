@@ -18,18 +18,20 @@ from typing import Any
 import httpx
 
 from tunevault.client.config import normalize_base_url
+from tunevault.client.http import NetworkError
+from tunevault.client.retry import (
+    RETRY_STATUSES,
+    Backoff,
+    announce_status,
+    announce_unreachable,
+    reason,
+)
 from tunevault.errors import TunevaultError, UploadOffsetMismatch
 from tunevault.publisher.files import CHUNK, LocalFile, sha256_file
 from tunevault.publisher.progress import Progress
 
 USER_AGENT = "tunevault-publisher/0.1"
 CHECK_BATCH = 10_000  # the server's limit per blobs/check request
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-MAX_BACKOFF_S = 30.0
-
-
-class PublishConnectionError(RuntimeError):
-    """The server stayed unreachable through every retry."""
 
 
 def manifest(files: Iterable[LocalFile], digests: dict[Path, str]) -> list[dict[str, Any]]:
@@ -53,7 +55,7 @@ class PublishClient:
         self.url = normalize_base_url(url)
         self.progress = progress or Progress(enabled=False)
         self.retries = retries
-        self.backoff_s = backoff_s
+        self.backoff = Backoff(attempts=retries, first=backoff_s)
         self.bytes_sent = 0  # blob bytes handed to the connection, retries included
         self.blobs_sent = 0
         self.rate_limit = rate_limit  # bytes/s of blob upload, None for as fast as possible
@@ -76,10 +78,7 @@ class PublishClient:
     # -- transport --------------------------------------------------------------------
 
     def _sleep(self, attempt: int, retry_after: str | None = None) -> None:
-        delay = self.backoff_s * 2**attempt
-        if retry_after is not None and retry_after.isdigit():
-            delay = float(retry_after)
-        time.sleep(min(delay, MAX_BACKOFF_S))
+        time.sleep(self.backoff.pause(attempt + 1, retry_after))
 
     def send(
         self,
@@ -91,12 +90,13 @@ class PublishClient:
         content: Callable[[], Iterable[bytes]] | None = None,
         idempotent: bool = True,
     ) -> httpx.Response:
-        """One request, retried on connection failures and 429/502/503/504.
+        """One request, retried (client/retry.py) on connection failures and 429/502/503/504.
 
         `content` is a factory so that a retry streams the body again from the start.
         """
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
+        attempts = self.backoff.attempts
+        for attempt in range(1, attempts + 2):
+            last = attempt > attempts
             try:
                 resp = self._http.request(
                     method,
@@ -108,13 +108,18 @@ class PublishClient:
             except httpx.TransportError as e:
                 # Without idempotency, only a connection that never opened is safe to retry.
                 if last or not (idempotent or isinstance(e, httpx.ConnectError)):
-                    raise PublishConnectionError(
-                        f"{method} {self.url}{path}: {type(e).__name__}: {e}"
+                    raise NetworkError(
+                        f"cannot reach {self.url} ({method} {path}): {reason(e)}; "
+                        "check the URL and that the server runs, then run the command again"
                     ) from e
-                self._sleep(attempt)
+                pause = self.backoff.pause(attempt)
+                announce_unreachable(self.url, e, pause, attempt, attempts)
+                time.sleep(pause)
                 continue
             if resp.status_code in RETRY_STATUSES and not last:
-                self._sleep(attempt, resp.headers.get("Retry-After"))
+                pause = self.backoff.pause(attempt, resp.headers.get("Retry-After"))
+                announce_status(self.url, resp.status_code, pause, attempt, attempts)
+                time.sleep(pause)
                 continue
             return resp
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -173,7 +178,7 @@ class PublishClient:
                     content=functools.partial(self._read_from, source, start, size),
                     idempotent=False,  # the body is not replayable blindly: re-ask the offset
                 )
-            except PublishConnectionError:
+            except NetworkError:
                 failures += 1
                 if failures > self.retries:
                     raise
@@ -196,7 +201,7 @@ class PublishClient:
                 raise error_of(resp)
             failures = 0 if offset is not None and offset > start else failures + 1
             if failures > self.retries:
-                raise PublishConnectionError(f"upload of {sha256} makes no progress at {offset}")
+                raise NetworkError(f"upload of {sha256} makes no progress at {offset}")
 
     def _read_from(self, source: Path, offset: int, size: int) -> Iterator[bytes]:
         chunk_size = CHUNK if self.rate_limit is None else min(CHUNK, max(self.rate_limit // 8, 1))

@@ -14,7 +14,19 @@ from aiohttp import web
 from tunevault.errors import NotFound, TunevaultError, Unauthenticated
 from tunevault.server import download, finetunes, hub, hub_files, ops, publish, uploads, whoami
 from tunevault.server.audit import AUDIT, audit_ctx
-from tunevault.server.context import LIMITS, PRINCIPAL, SERVICES, blocking
+from tunevault.server.clients import (
+    FAILURES,
+    TRUSTED,
+    FailureLimits,
+    client_address,
+    client_middleware,
+)
+from tunevault.server.context import KEY_CACHE, LIMITS, PRINCIPAL, SERVICES, blocking
+from tunevault.server.edge import (
+    MAX_HEADERS,
+    body_limit_middleware,
+    database_outage_middleware,
+)
 from tunevault.server.hub_errors import hub_error_middleware
 from tunevault.server.limits import KeyLimits
 from tunevault.server.observability import (
@@ -23,7 +35,7 @@ from tunevault.server.observability import (
     echo_request_id,
     request_id_middleware,
 )
-from tunevault.service.accounts import authenticate
+from tunevault.service.accounts import KeyCache, authenticate
 from tunevault.service.audit import AuditWriter
 from tunevault.service.context import Services
 
@@ -87,14 +99,23 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
         return await handler(request)
+    failures, client = request.app[FAILURES], client_address(request)
+    failures.check(client)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        failures.failed(client)
         raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
-    who = await blocking(authenticate, request.app[SERVICES], token.strip())
-    if who is None:
-        raise Unauthenticated("invalid or revoked API key")
+    token = token.strip()
+    cache = request.app[KEY_CACHE]
+    who = cache.get(token)
+    if who is None:  # a miss costs a thread hop and a query; a hit neither
+        who = await blocking(authenticate, request.app[SERVICES], token)
+        if who is None:
+            failures.failed(client)
+            raise Unauthenticated("invalid or revoked API key")
+        cache.put(token, who)
     request[PRINCIPAL] = who
-    request.app[LIMITS].charge(who.key_id)
+    request.app[LIMITS].charge(who)
     return await handler(request)
 
 
@@ -108,20 +129,26 @@ def make_app(svc: Services) -> web.Application:
     app = web.Application(
         middlewares=[
             request_id_middleware,
+            client_middleware,
             error_middleware,
             hub_error_middleware,
+            body_limit_middleware,
+            database_outage_middleware,
             auth_middleware,
         ],
         client_max_size=32 << 20,
         # Uploads are written and hashed off the loop 1 MiB at a time (uploads.BUFFER): a
         # 4 MiB read buffer (aiohttp's default is 64 KiB) holds what arrives meanwhile.
-        handler_args={"read_bufsize": 4 << 20},
+        handler_args={"read_bufsize": 4 << 20, "max_headers": MAX_HEADERS},
     )
     app[SERVICES] = svc
     app[METRICS] = Metrics()
     if svc is not None:  # None only when a test inspects the routing table
         app[AUDIT] = AuditWriter(svc.store)
         app.cleanup_ctx.append(audit_ctx)
+        app[KEY_CACHE] = KeyCache(svc.settings.auth_cache_seconds)
+        app[TRUSTED] = tuple(svc.settings.trusted_proxies)
+        app[FAILURES] = FailureLimits(svc.settings.auth_failures_per_minute)
         app[LIMITS] = KeyLimits(
             svc.settings.rate_limit_per_minute, svc.settings.max_downloads_per_key
         )

@@ -12,6 +12,7 @@ from aiohttp import web
 from tunevault.errors import InvalidRequest, PermissionDenied, Unauthenticated
 from tunevault.models import Principal, Scope
 from tunevault.server.limits import KeyLimits
+from tunevault.service.accounts import KeyCache
 from tunevault.service.context import Services
 
 P = ParamSpec("P")
@@ -20,6 +21,7 @@ T = TypeVar("T")
 
 SERVICES = web.AppKey("services", Services)
 LIMITS = web.AppKey("limits", KeyLimits)
+KEY_CACHE = web.AppKey("key_cache", KeyCache)
 PRINCIPAL = "tunevault.principal"
 # Valid JSON, yet no database stores it: NUL (PostgreSQL refuses it) and lone surrogates
 # like "\ud800" (no UTF-8 encodes them); both were 500s further down.
@@ -35,7 +37,8 @@ def principal(request: web.Request, scope: Scope = Scope.READ) -> Principal:
     who: Principal | None = request.get(PRINCIPAL)
     if who is None:
         raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
-    if scope not in who.scopes and Scope.ADMIN not in who.scopes:
+    implied = Scope.ADMIN in who.scopes and scope is not Scope.OPERATOR
+    if scope not in who.scopes and not implied:
         raise PermissionDenied(f"this API key lacks the {scope.value!r} scope")
     return who
 

@@ -11,6 +11,7 @@ from tunevault.errors import TunevaultError
 from tunevault.models import DownloadRecord
 from tunevault.server.audit import AUDIT
 from tunevault.server.blob import BlobRef, choose_range, send_blob
+from tunevault.server.clients import client_address
 from tunevault.server.context import LIMITS, blocking, principal, services
 from tunevault.server.observability import METRICS
 from tunevault.server.query import parse_download_query
@@ -30,7 +31,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     query = request.rel_url.query
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
     svc = services(request)
-    found = await blocking(resolve, svc, who.org_id, q.ft_id, q.step, q.checkpoint)
+    found = await blocking(resolve, svc, who.org_id, q)
     ft, ckpt, archive = found.ft, found.ckpt, found.archive
     blob = BlobRef(
         key=archive.storage_key, size=archive.size, sha256=archive.sha256, filename=found.filename
@@ -42,7 +43,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     sent = planned = start = 0
     # Download slots bound the bytes this process sends; a redirect or an X-Accel answer
     # hands the sending to the object store or nginx, and takes none.
-    slot = request.app[LIMITS].download(who.key_id) if mode == "proxy" else nullcontext()
+    slot = request.app[LIMITS].download(who) if mode == "proxy" else nullcontext()
     with slot:
         metrics.downloads_in_flight.inc()
         try:
@@ -77,7 +78,7 @@ async def download(request: web.Request) -> web.StreamResponse:
                         bytes_sent=sent,
                         status=status,
                         mode=mode,
-                        client=request.remote,
+                        client=client_address(request),
                         user_agent=_printable(request.headers.get("User-Agent", "")) or None,
                     ),
                 )

@@ -85,7 +85,7 @@ async def _download(
     # 499 (nginx's "client closed request") unless the answer goes out whole.
     status: int | None = 499
     sent = planned = start = 0
-    slot = request.app[LIMITS].download(who.key_id) if mode == "proxy" else nullcontext()
+    slot = request.app[LIMITS].download(who) if mode == "proxy" else nullcontext()
     with slot:
         metrics.downloads_in_flight.inc()
         try:

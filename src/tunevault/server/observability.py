@@ -20,6 +20,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from tunevault.server.clients import client_address
+
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -151,7 +153,7 @@ class AccessLogger(AbstractAccessLogger):
                     "bytes": response.body_length,
                     "seconds": round(time, 6),
                     "key_id": who.key_id if who else None,
-                    "remote": request.remote,
+                    "remote": client_address(request),
                 },
             },
         )

@@ -67,6 +67,16 @@ def _training_type(raw: Any) -> dict[str, Any]:
     }
 
 
+def _external_base(body: dict[str, Any], training_type: str) -> bool:
+    """A LoRA whose base model lives elsewhere: published as it is, never merged."""
+    value = body.get("external_base", False)
+    if not isinstance(value, bool):
+        raise InvalidRequest("external_base must be true or false", param="external_base")
+    if value and training_type != "Lora":
+        raise InvalidRequest("external_base applies to LoRA fine-tunes", param="external_base")
+    return value
+
+
 @routes.post("/v1/publish/fine-tunes")
 async def create_fine_tune(request: web.Request) -> web.Response:
     who = principal(request, Scope.PUBLISH)
@@ -83,6 +93,7 @@ async def create_fine_tune(request: web.Request) -> web.Response:
         "suffix": suffix,
         **_training_type(body.get("training_type")),
     }
+    fields["external_base"] = _external_base(body, fields["training_type"])
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _ROW_ID.fullmatch(key):
         raise InvalidRequest(
@@ -165,18 +176,22 @@ async def add_metrics(request: web.Request) -> web.Response:
         if not isinstance(row, dict):
             raise InvalidRequest("every metrics row is an object with a step", param="metrics")
         values = {k: v for k, v in row.items() if k not in ("step", "id")}
-        if not all(
-            isinstance(v, int | float)
-            and not isinstance(v, bool)
-            and math.isfinite(v)
-            and isinstance(k, str)
-            and len(k) <= 200
-            for k, v in values.items()
-        ):
+        if not all(_finite(v) and isinstance(k, str) and len(k) <= 200 for k, v in values.items()):
             raise InvalidRequest("metric values must be finite numbers", param="metrics")
         rows.append(MetricRow(_int(row, "step"), values, _row_id(row, "metrics")))
     added = await blocking(reporting.add_metrics, services(request), ft, rows)
     return web.json_response({"count": len(rows), "added": added}, status=201)
+
+
+def _finite(value: object) -> bool:
+    """A number a float holds: an integer of 400 digits is past float's range (math.isfinite
+    raised OverflowError, a 500)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _row_id(row: dict[str, Any], param: str) -> str | None:

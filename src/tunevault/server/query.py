@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from tunevault.errors import InvalidRequest
+from tunevault.service.downloads import DownloadQuery
 
 CHECKPOINT_VALUES = ("merged", "adapter", "model_output_path")
 # Spellings other clients send: 1.x's camelCase and the 3.x CLI's "default".
@@ -19,13 +19,6 @@ _ALIASES = {"modelOutputPath": "model_output_path", "default": "default"}
 # which may refuse it outright (PostgreSQL: a NUL character is an error, not a miss).
 FT_ID = re.compile(r"ft-[0-9a-f-]{1,64}")
 MAX_STEP = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class DownloadQuery:
-    ft_id: str
-    step: int | None
-    checkpoint: str | None  # one of CHECKPOINT_VALUES or "default"; None when a step is set
 
 
 def _single(params: Mapping[str, Sequence[str]], name: str) -> str | None:
@@ -45,6 +38,22 @@ def parse_step(text: str, param: str = "checkpoint_step") -> int:
 
 
 def parse_download_query(params: Mapping[str, Sequence[str]]) -> DownloadQuery:
+    raw = _single(params, "merged_step")
+    if raw is None:
+        return _parse_spec(params)
+    if _single(params, "checkpoint") == "merged":
+        query = _parse_spec(params)
+        if query.step is None:
+            return DownloadQuery(query.ft_id, None, "merged", parse_step(raw, "merged_step"))
+    raise InvalidRequest(
+        "merged_step goes with checkpoint=merged and no other step "
+        "(checkpoint_step or ft_id:N): it names the step whose adapter is merged",
+        param="merged_step",
+    )
+
+
+def _parse_spec(params: Mapping[str, Sequence[str]]) -> DownloadQuery:
+    """The parameters of the spec (and the together clients)."""
     raw_id = _single(params, "ft_id")
     if not raw_id:
         raise InvalidRequest("ft_id is required: the id of a fine-tune, ft-...", param="ft_id")

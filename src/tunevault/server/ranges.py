@@ -2,8 +2,14 @@
 
 Anything that is not a satisfiable byte range raises `RangeNotSatisfiable`: the download
 contract forbids answering a ranged GET with 200, so a malformed header is refused rather
-than ignored. Several ranges are coalesced into the one span that covers them all (a
-server MAY coalesce), which keeps every answer a single-part 206.
+than ignored. Several ranges that overlap or lie within `MAX_GAP` bytes of each other are
+coalesced into one span (RFC 9110 section 14.2: a server MAY coalesce ranges "separated by a
+gap that is smaller than the overhead of sending multiple parts"), a single-part 206.
+Ranges further apart would need multipart/byteranges, which no client of ours asks for:
+such a header is ignored and the whole body sent with 200 (RFC 9110: a server MAY ignore
+Range). Not 416, which RFC 9110 keeps for ranges none of which is satisfiable or for an
+excessive number of them; not a 206 spanning the gap, which sent a whole file to a client
+that asked for two bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from tunevault.errors import RangeNotSatisfiable
 # 4300-digit limit: a longer number is past any archive anyway.
 _SPEC = re.compile(r"^\s*([0-9]{0,30})\s*-\s*([0-9]{0,30})\s*$")
 MAX_RANGES = 100
+MAX_GAP = 80  # about the part headers one more part of a multipart/byteranges body costs
 
 
 @dataclass(frozen=True)
@@ -32,8 +39,9 @@ class ByteRange:
         return f"bytes {self.start}-{self.end - 1}/{total}"
 
 
-def parse_range(header: str, total: int) -> ByteRange:
-    """The span the `Range` header asks for, within a representation of `total` bytes."""
+def parse_range(header: str, total: int) -> ByteRange | None:
+    """The span the `Range` header asks for, within a representation of `total` bytes;
+    None when the ranges are too far apart for one span: send the whole body."""
     try:
         return _parse(header, total)
     except RangeNotSatisfiable as e:
@@ -41,7 +49,7 @@ def parse_range(header: str, total: int) -> ByteRange:
         raise
 
 
-def _parse(header: str, total: int) -> ByteRange:
+def _parse(header: str, total: int) -> ByteRange | None:
     unit, sep, specs = header.partition("=")
     if not sep or unit.strip().lower() != "bytes":
         raise RangeNotSatisfiable(f"unsupported Range header {header[:100]!r}; use bytes=N-")
@@ -51,7 +59,13 @@ def _parse(header: str, total: int) -> ByteRange:
     spans = [s for s in (_one(p, total) for p in parts) if s is not None]
     if not spans:
         raise RangeNotSatisfiable(f"range {header[:100]!r} is outside the {total} bytes")
-    return ByteRange(min(s.start for s in spans), max(s.end for s in spans))
+    spans.sort(key=lambda s: s.start)
+    merged = spans[0]
+    for span in spans[1:]:
+        if span.start > merged.end + MAX_GAP:
+            return None
+        merged = ByteRange(merged.start, max(merged.end, span.end))
+    return merged
 
 
 def _one(spec: str, total: int) -> ByteRange | None:

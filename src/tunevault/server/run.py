@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from tunevault.server.app import make_app
+from tunevault.server.edge import EnvelopeRunner
 from tunevault.server.observability import METRICS, AccessLogger
 from tunevault.service.context import Services, check_serve_mode, open_services
 from tunevault.service.demo import seed_demo_with_key
-from tunevault.service.worker import Worker
+from tunevault.service.worker import Worker, start_listener
 from tunevault.settings import Settings
 
 log = logging.getLogger("tunevault.server")
@@ -40,8 +42,11 @@ def _workers(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]:
         ]
         for t in threads:
             t.start()
+        if threads:
+            start_listener(svc, stop)
         yield
         stop.set()
+        svc.store.jobs_signal.notify()  # idle workers wake to see the stop
         for t in threads:  # a build in progress finishes, or its lease lets another take it
             await asyncio.to_thread(t.join, svc.settings.job_lease_seconds)
 
@@ -55,17 +60,37 @@ def run_server(settings: Settings, *, demo: bool = False) -> None:
         if demo:
             banner = seed_demo_with_key(svc, f"http://{settings.host}:{settings.port}")
         app = make_app(svc)
-        app.cleanup_ctx.append(_workers(svc))
+        # First in, last out: at shutdown the audit queue is drained before the wait for a
+        # build in progress (up to job_lease_seconds), which a stop timeout may cut short.
+        app.cleanup_ctx.insert(0, _workers(svc))
         if banner:
             print(banner, flush=True)
+        asyncio.run(_serve(app, settings))
+
+
+async def _serve(app: web.Application, settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish
+    (up to shutdown_grace_seconds) and only then drain the audit queue and stop workers."""
+    runner = EnvelopeRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("tunevault.access"),
+        access_log_class=AccessLogger,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
         log.info("serving on http://%s:%d", settings.host, settings.port)
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            access_log=logging.getLogger("tunevault.access"),
-            access_log_class=AccessLogger,
-            # On SIGTERM: stop accepting, let in-flight downloads finish up to the deadline.
-            shutdown_timeout=settings.shutdown_grace_seconds,
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info(
+            "stopping: in-flight requests have up to %g s to finish",
+            settings.shutdown_grace_seconds,
         )
+    finally:
+        await runner.cleanup()
+    log.info("stopped")

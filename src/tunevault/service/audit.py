@@ -35,6 +35,13 @@ class AuditWriter:
         while len(batch) < BATCH and not self.queue.empty():
             batch.append(self.queue.get_nowait())
         try:
+            await self._write(batch)
+        finally:
+            for _ in batch:
+                self.queue.task_done()
+
+    async def _write(self, batch: list[DownloadRecord]) -> None:
+        try:
             await asyncio.to_thread(self.store.record_downloads, batch)
         except Exception:
             # One bad row must not take its batch down with it: retry the rows one by one.
@@ -46,8 +53,4 @@ class AuditWriter:
 
     async def run(self) -> None:
         while True:
-            await self._flush_batch()
-
-    async def drain(self) -> None:
-        while not self.queue.empty():
             await self._flush_batch()

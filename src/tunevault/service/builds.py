@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from tunevault.archive.write import input_digest, write_archive
+import io
+from collections.abc import Callable
+
+from tunevault.archive.write import Source, input_digest, write_archive
 from tunevault.layout import archive_key, blob_key
 from tunevault.metadata import MetadataStore
 from tunevault.models import Archive, Checkpoint, FileEntry
+from tunevault.service.adapterconfig import archive_overrides, replaced
 from tunevault.storage import Storage
-from tunevault.storage.base import BlobReader
 
 
 def archive_key_of(files: tuple[FileEntry, ...], level: int) -> str:
@@ -21,6 +24,7 @@ def build_archive(
     *,
     level: int = 3,
     threads: int = -1,
+    progress: Callable[[int], None] | None = None,
 ) -> Archive:
     """Build and record the archive of a checkpoint, given by id or as read with its files
     (the worker's); a crash leaves no visible archive."""
@@ -28,15 +32,26 @@ def build_archive(
     if ckpt is None:
         raise LookupError(f"checkpoint {checkpoint} does not exist")
 
-    def open_file(entry: FileEntry) -> BlobReader:
+    overrides = archive_overrides(store, storage, ckpt)  # an adapter names its base
+    files = replaced(ckpt.files, overrides)
+
+    def open_file(entry: FileEntry) -> Source:
+        if entry.path in overrides:
+            return io.BytesIO(overrides[entry.path])
         return storage.open_read(blob_key(entry.sha256))
 
-    key = archive_key_of(ckpt.files, level)
+    key = archive_key_of(files, level)
     xxh3 = store.blob_xxh3(f.sha256 for f in ckpt.files)
     for _ in range(3):
         with storage.writer(key) as sink:
             result = write_archive(
-                ckpt.files, open_file, sink, level=level, threads=threads, xxh3=xxh3
+                files,
+                open_file,
+                sink,
+                level=level,
+                threads=threads,
+                xxh3=xxh3,
+                progress=progress,
             )
         archive = store.set_archive(ckpt.id, key, result.sha256, result.size)
         # gc deletes archive keys no row points to: confirm ours survived the moment between

@@ -29,10 +29,18 @@ class Services:
 
 @contextmanager
 def open_services(settings: Settings) -> Iterator[Services]:
-    """The store (migrated to the newest schema) and storage, closed on exit."""
+    """The store (migrated to the newest schema, or checked to be at it when auto_migrate
+    is off) and storage, closed on exit."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = MetadataStore(settings.resolved_database_url())
-    store.migrate()
+    try:
+        if settings.auto_migrate:
+            store.migrate()
+        else:
+            store.check_schema()
+    except BaseException:
+        store.close()
+        raise
     storage = open_storage(settings.resolved_storage_url())
     try:
         yield Services(settings=settings, store=store, storage=storage)

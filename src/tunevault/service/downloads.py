@@ -11,10 +11,11 @@ import re
 from dataclasses import dataclass
 
 from tunevault.errors import ArchiveNotReady, CheckpointNotFound, FineTuneNotFound, TunevaultError
+from tunevault.metadata import MetadataStore
 from tunevault.models import Archive, Checkpoint, FineTune, JobState, Kind
+from tunevault.service.buildwait import build_wait
 from tunevault.service.context import Services
-
-RETRY_AFTER_S = 30
+from tunevault.service.mergedstep import merged_at_step
 
 
 @dataclass(frozen=True)
@@ -62,34 +63,62 @@ def pick_kind(ft: FineTune, ckpts: list[Checkpoint], checkpoint: str) -> Checkpo
     )
 
 
-def resolve(
-    svc: Services, org_id: str, ft_id: str, step: int | None, checkpoint: str | None
-) -> Resolved:
+@dataclass(frozen=True)
+class DownloadQuery:
+    """What a download names: a fine-tune and a step, a kind, or (tunevault's extension)
+    the merged model of a step's adapter."""
+
+    ft_id: str
+    step: int | None = None
+    checkpoint: str | None = None  # "merged", "adapter", "model_output_path" or "default"
+    merged_step: int | None = None
+
+
+def resolve(svc: Services, org_id: str, q: DownloadQuery) -> Resolved:
     """The checkpoint a download names and its built archive; raises ArchiveNotReady (with
-    Retry-After) while it is being built, and the build's own error if it failed."""
-    ft, rows = svc.store.fine_tune_with_archives(org_id, ft_id)
+    a Retry-After from the build queue's real state) while it is being built, and the
+    build's own error if it failed."""
+    ft, rows = svc.store.fine_tune_with_archives(org_id, q.ft_id)
     if ft is None:
         raise FineTuneNotFound(
-            f"fine-tune {ft_id} not found; GET /v1/fine-tunes lists yours", param="ft_id"
+            f"fine-tune {q.ft_id} not found; GET /v1/fine-tunes lists yours", param="ft_id"
         )
     ckpts = [c for c, _ in rows]
-    if step is not None:
-        ckpt = pick_step(ft, ckpts, step)
+    if q.merged_step is not None:
+        ckpt = merged_at_step(svc.store, ft, ckpts, q.merged_step)
+    elif q.step is not None:
+        ckpt = pick_step(ft, ckpts, q.step)
     else:
-        assert checkpoint is not None
-        ckpt = pick_kind(ft, ckpts, checkpoint)
-    archive = dict((c.id, a) for c, a in rows)[ckpt.id]
+        assert q.checkpoint is not None
+        ckpt = pick_kind(ft, ckpts, q.checkpoint)
+    archive = {c.id: a for c, a in rows}.get(ckpt.id)  # none yet for a merge just queued
     if archive is None:
-        failed = [j for j in svc.store.jobs_for_checkpoint(ckpt.id) if j.state == JobState.FAILED]
-        if failed:  # say why, with the class the build failed with (e.g. a missing base)
-            klass = TunevaultError.registry.get(failed[-1].error_code or "", TunevaultError)
-            raise klass(
-                f"the {ckpt.kind.value} archive of {ft.id} could not be built: "
-                f"{failed[-1].error_message}"
-            )
-        raise ArchiveNotReady(
-            f"the {ckpt.kind.value} archive of {ft.id} step {ckpt.step} is being prepared; "
-            f"retry in {RETRY_AFTER_S} s",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
+        raise not_ready(svc.store, ft, ckpt, max(svc.settings.build_workers, 1))
     return Resolved(ft, ckpt, archive)
+
+
+def not_ready(
+    store: MetadataStore,
+    ft: FineTune,
+    ckpt: Checkpoint,
+    workers: int,
+    *,
+    error: type[TunevaultError] = ArchiveNotReady,
+    noun: str = "archive",
+) -> TunevaultError:
+    """What to answer for a checkpoint not built yet: the error its build failed with (e.g.
+    a missing base), or `error` with a Retry-After from the build queue's real state
+    (`workers` build in parallel; 0 in settings means `tunevault worker`s, count one)."""
+    failed = [j for j in store.jobs_for_checkpoint(ckpt.id) if j.state == JobState.FAILED]
+    if failed:
+        klass = TunevaultError.registry.get(failed[-1].error_code or "", TunevaultError)
+        return klass(
+            f"the {ckpt.kind.value} {noun} of {ft.id} could not be built: "
+            f"{failed[-1].error_message}"
+        )
+    wait = build_wait(store, ckpt.id, workers)
+    return error(
+        f"{ckpt.kind.value} {noun} of {ft.id} step {ckpt.step}: {wait.describe()}; "
+        f"retry in {wait.retry_after} s",
+        headers=wait.headers(),
+    )

@@ -32,8 +32,9 @@ def events(svc: Services, ft: FineTune) -> list[Event]:
 
 
 def checkpoints(svc: Services, ft: FineTune) -> list[Checkpoint]:
-    """Newest first; at one step finals first, the merged model (the default) leading."""
-    ckpts = svc.store.list_checkpoints(ft.id)
+    """Newest first; at one step finals first, the merged model (the default) leading.
+    Merges of intermediate adapters (built on demand, see merged_step) are not listed."""
+    ckpts = [c for c in svc.store.list_checkpoints(ft.id) if c.final or c.kind != Kind.MERGED]
     ckpts.sort(key=lambda c: (-c.step, not c.final, c.kind != Kind.MERGED, c.kind.value))
     return ckpts
 

@@ -22,12 +22,11 @@ from tunevault.errors import (
     CheckpointNotReady,
     RepositoryNotFound,
     RevisionNotFound,
-    TunevaultError,
 )
 from tunevault.metadata import MetadataStore
-from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, JobState, Kind
+from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, Kind
 from tunevault.service.context import Services
-from tunevault.service.downloads import RETRY_AFTER_S, pick_kind, pick_step
+from tunevault.service.downloads import not_ready, pick_kind, pick_step
 
 MAIN = "main"
 BASE_KIND = "base"
@@ -112,7 +111,7 @@ def _fine_tune_snapshot(
     ckpt = _pick(ft, ckpts, revision)
     found = store.get_checkpoint(ckpt.id)
     if found is None or not found.files:  # a merge fills its checkpoint when it finishes
-        raise _not_ready(store, ft, ckpt)
+        raise not_ready(store, ft, ckpt, 1, error=CheckpointNotReady, noun="checkpoint")
     return _snapshot(repo_id, ft, ckpt, found.files)
 
 
@@ -130,21 +129,6 @@ def _pick(ft: FineTune, ckpts: list[Checkpoint], revision: str) -> Checkpoint:
     raise RevisionNotFound(
         f"unknown revision {revision!r}; use main, merged, adapter, model_output_path, "
         "step-N or a 40-hex commit id"
-    )
-
-
-def _not_ready(store: MetadataStore, ft: FineTune, ckpt: Checkpoint) -> TunevaultError:
-    failed = [j for j in store.jobs_for_checkpoint(ckpt.id) if j.state == JobState.FAILED]
-    if failed:  # say why, with the class the build failed with (e.g. a missing base model)
-        klass = TunevaultError.registry.get(failed[-1].error_code or "", TunevaultError)
-        return klass(
-            f"the {ckpt.kind.value} checkpoint of {ft.id} could not be made: "
-            f"{failed[-1].error_message}"
-        )
-    return CheckpointNotReady(
-        f"the {ckpt.kind.value} checkpoint of {ft.id} step {ckpt.step} is being made; "
-        f"retry in {RETRY_AFTER_S} s",
-        headers={"Retry-After": str(RETRY_AFTER_S)},
     )
 
 

@@ -1,29 +1,10 @@
-"""What operators ask of the service: is it ready, how deep is the build queue, who
-downloaded what (the audit, per organization)."""
+"""What operators ask of the service: how deep is the build queue, who downloaded what
+(the audit, per organization). Readiness is in readiness.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from tunevault.models import DownloadRecord, JobState
 from tunevault.service.context import Services
-
-
-def readiness(svc: Services) -> dict[str, str]:
-    """Each part's state: "ok", or "unavailable (<exception class>)" (never the message,
-    which may carry an address or a credential)."""
-    probes: dict[str, Callable[[], object]] = {
-        "database": svc.store.ping,
-        "storage": lambda: svc.storage.stat("readyz"),
-    }
-    checks = {}
-    for name, probe in probes.items():
-        try:
-            probe()
-            checks[name] = "ok"
-        except Exception as e:  # any failure means not ready; say which part, not why
-            checks[name] = f"unavailable ({type(e).__name__})"
-    return checks
 
 
 def queue_depth(svc: Services) -> dict[JobState, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tunevault.errors import Conflict, InvalidManifest, InvalidRequest
 from tunevault.layout import blob_key
 from tunevault.metadata import MetadataStore
 from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, JobKind, Kind
+from tunevault.service.bases import require_base
 from tunevault.service.context import Services
 from tunevault.storage import Storage
 
@@ -28,6 +30,7 @@ CHUNK = 4 << 20
 MAX_FILES = 100_000
 MAX_PATH_BYTES = 1000
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # always fullmatch: `$` matches before a final newline
+MAX_NAME_BYTES = 255  # one path component: NAME_MAX of ext4, XFS and APFS
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -42,6 +45,11 @@ def _check_path(path: object) -> str:
         raise InvalidManifest(f"path {path[:200]!r} is absolute; paths are relative to the root")
     if any(part in ("", ".", "..") for part in path.split("/")):
         raise InvalidManifest(f"path {path[:200]!r} has an empty, '.' or '..' component")
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in path.split("/")):
+        raise InvalidManifest(
+            f"path {path[:80]!r}... has a component longer than {MAX_NAME_BYTES} bytes, "
+            "which no common filesystem can extract; shorten that file or directory name"
+        )
     if path == SUMS_NAME:
         raise InvalidManifest(f"{SUMS_NAME} is reserved: tunevault writes it into every archive")
     return path
@@ -76,9 +84,14 @@ def validate_manifest(raw: Any) -> list[FileEntry]:
             raise InvalidManifest(f"path {path!r} appears twice")
         seen.add(path)
         entries.append(FileEntry(path=path, size=size, sha256=sha))
-    folded = {p.casefold() for p in seen}
+    # NFC and case folded: macOS (APFS, HFS+) treats `café` composed and decomposed as one
+    # name, as case-insensitive filesystems treat `A` and `a`.
+    folded = {unicodedata.normalize("NFC", p).casefold() for p in seen}
     if len(folded) != len(seen):
-        raise InvalidManifest("two paths differ only in case; they would collide on extraction")
+        raise InvalidManifest(
+            "two paths differ only in case or Unicode normalization (NFC/NFD); they would "
+            "collide on extraction: rename one of them"
+        )
     dirs = {p.rsplit("/", 1)[0] for p in seen if "/" in p}
     if clash := sorted(seen & {d for p in dirs for d in _prefixes(p)}):
         raise InvalidManifest(f"{clash[0]!r} is both a file and a directory")
@@ -122,7 +135,8 @@ def commit_checkpoint(
     """Record a checkpoint and queue its builds; the same manifest again is a no-op.
 
     Returns the checkpoint and whether it was created now. The final adapter of a LoRA
-    fine-tune also gets its `merged` checkpoint, built by a merge job.
+    fine-tune also gets its `merged` checkpoint, built by a merge job, unless its base lives
+    elsewhere; else its base must be registered.
     """
     store = svc.store
     if kind == Kind.MERGED:
@@ -134,6 +148,9 @@ def commit_checkpoint(
         raise InvalidRequest(
             f"a {ft.training_type} fine-tune publishes {want} checkpoints", param="kind"
         )
+    merges = ft.is_lora and not ft.external_base
+    if merges:
+        require_base(store, ft.org_id, ft.model)
     check_blobs(store, ft.org_id, files)
     created = True
     try:
@@ -154,7 +171,7 @@ def commit_checkpoint(
         if created:
             store.forget_checkpoint(ckpt.id)
         raise
-    if ft.is_lora and final:
+    if merges and final:
         _ensure_merged(store, ft, step)
     return ckpt, created
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from tunevault.errors import Conflict
 from tunevault.models import BaseModel, Event, FineTune, MetricRow, NewEvent
+from tunevault.service.bases import require_base
 from tunevault.service.context import Services
 
 
@@ -19,8 +20,12 @@ def create_fine_tune(
     idempotency_key: str | None,
 ) -> tuple[FineTune, list[Event], bool]:
     """The new fine-tune, its events and True; or, for a retry with the same
-    Idempotency-Key, the one that request created and False."""
+    Idempotency-Key, the one that request created and False. A LoRA's base must be
+    registered first, unless the base lives elsewhere (external_base): else a merged model
+    would be listed that can never be built."""
     store = svc.store
+    if fields["training_type"] == "Lora" and not fields.get("external_base"):
+        require_base(store, org_id, fields["model"])
     if idempotency_key is not None:
         earlier = store.created_with_key(org_id, idempotency_key)
         if earlier is not None:

@@ -23,9 +23,11 @@ from pathlib import Path
 from tunevault.errors import BaseModelNotFound, CheckpointNotFound, TunevaultError
 from tunevault.layout import MERGE_PREFIX, blob_key, scratch_dir
 from tunevault.merge import merge_lora
+from tunevault.metadata.notify import listen_for_jobs
 from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
 from tunevault.service.builds import build_archive
 from tunevault.service.context import Services, translated
+from tunevault.service.progress import JobProgress
 from tunevault.service.publishing import put_directory
 from tunevault.storage import Unsupported
 from tunevault.storage.errors import StorageError
@@ -52,16 +54,20 @@ class Worker:
         self.lease = svc.settings.job_lease_seconds
 
     def run(self, stop: threading.Event) -> None:
-        """Work until `stop` is set; idle polls are `job_poll_seconds` apart."""
+        """Work until `stop` is set (then call `store.jobs_signal.notify()`). Idle, the
+        worker sleeps until a job is queued (see tunevault.metadata.notify), looking again
+        every `job_poll_seconds` in case a wake-up was lost."""
         log.info("worker %s started", self.owner)
+        signal = self.svc.store.jobs_signal
         while not stop.is_set():
+            seen = signal.generation
             try:
                 worked = self.run_once()
             except Exception:  # the database blinked: keep the worker alive, try again
                 log.exception("worker %s: claiming a job failed", self.owner)
                 worked = False
             if not worked:
-                stop.wait(self.svc.settings.job_poll_seconds)
+                signal.wait(seen, self.svc.settings.job_poll_seconds)
 
     def run_once(self) -> bool:
         """Claim and run one job; False when the queue had nothing claimable."""
@@ -121,8 +127,10 @@ class Worker:
         ckpt = self.svc.store.get_checkpoint(job.checkpoint_id)
         if ckpt is None:
             raise CheckpointNotFound(f"checkpoint {job.checkpoint_id} was deleted")
+        progress = JobProgress(self.svc.store, job.id, self.owner, _size(ckpt.files))
         if job.kind == JobKind.MERGE:
-            ckpt = self._merge(job, ckpt)
+            ckpt = self._merge(job, ckpt, progress)
+            progress.extend(progress.done + _size(ckpt.files))
         self._still_mine(job)
         settings = self.svc.settings
         build_archive(
@@ -131,7 +139,9 @@ class Worker:
             ckpt,
             level=settings.zstd_level,
             threads=settings.zstd_threads,
+            progress=progress.add,
         )
+        progress.flush()
         log.info(
             "job %d: built the %s archive of %s step %d",
             job.id,
@@ -140,7 +150,7 @@ class Worker:
             ckpt.step,
         )
 
-    def _merge(self, job: BuildJob, ckpt: Checkpoint) -> Checkpoint:
+    def _merge(self, job: BuildJob, ckpt: Checkpoint, progress: JobProgress) -> Checkpoint:
         """Merge and record the merged files as the checkpoint's; the checkpoint with them."""
         store = self.svc.store
         ft = store.fine_tune_by_id(ckpt.ft_id)
@@ -150,6 +160,7 @@ class Worker:
         base = store.get_base_model(ft.org_id, ft.model)
         if base is None:
             raise BaseModelNotFound(missing_base_message(ft))
+        progress.extend(2 * _size(base.files))  # the merge, then the archive of about as much
         scratch = scratch_dir(self.svc.settings.data_dir)
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch, prefix=MERGE_PREFIX) as tmp_name:
@@ -160,7 +171,7 @@ class Worker:
                     raise RuntimeError(f"{tmp} was removed before the merge began")
                 self._materialize(base.files, tmp / "base")
                 self._materialize(adapter.files, tmp / "adapter")
-                merge_lora(tmp / "base", tmp / "adapter", tmp / "merged")
+                merge_lora(tmp / "base", tmp / "adapter", tmp / "merged", progress=progress.add)
                 self._still_mine(job)
                 files = put_directory(store, self.svc.storage, ft.org_id, tmp / "merged")
             finally:
@@ -184,6 +195,24 @@ class Worker:
             except Unsupported:
                 with storage.open_read(blob_key(f.sha256)) as src, dst.open("wb") as out:
                     shutil.copyfileobj(src, out, 4 << 20)
+
+
+def _size(files: tuple[FileEntry, ...]) -> int:
+    return sum(f.size for f in files)
+
+
+def start_listener(svc: Services, stop: threading.Event) -> threading.Thread | None:
+    """On PostgreSQL, wake this process's workers for jobs other processes queue."""
+    if not svc.store.url.startswith("postgresql"):
+        return None
+    listener = threading.Thread(
+        target=listen_for_jobs,
+        args=(svc.store.url, svc.store.jobs_signal, stop),
+        name="job-listener",
+        daemon=True,
+    )
+    listener.start()
+    return listener
 
 
 def missing_base_message(ft: FineTune) -> str:

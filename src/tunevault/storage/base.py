@@ -133,6 +133,11 @@ class Storage(abc.ABC):
     def list(self, prefix: str = "") -> Iterator[str]:
         """Committed keys that start with the prefix, in lexicographic order."""
 
+    def probe_write(self, key: str) -> None:
+        """Write and delete `key`: raises unless the storage takes writes now (readiness)."""
+        self.put(key, b"ready")
+        self.delete(key)
+
     def local_path(self, key: str) -> str:
         """A filesystem path of the committed key (for sendfile and X-Accel-Redirect)."""
         raise Unsupported(f"{type(self).__name__} has no local paths")

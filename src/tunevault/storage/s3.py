@@ -350,6 +350,17 @@ class S3Storage(Storage):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         return existed
 
+    def probe_write(self, key: str) -> None:
+        # The bucket first: some stores (SeaweedFS) create a missing bucket on PUT.
+        with _unavailable_on_error():
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as e:
+                if _code(e) in ("404", "NoSuchBucket"):
+                    raise BackendUnavailable(f"the bucket {self.bucket} does not exist") from e
+                raise
+        super().probe_write(key)
+
     def list(self, prefix: str = "") -> Iterator[str]:
         base = f"{self.prefix}/" if self.prefix else ""
         keys = []
