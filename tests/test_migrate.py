@@ -7,16 +7,19 @@ import json
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 
 from tests.support.postgres import create_database
 from tests.support.server import run_server, run_servers, stop
 
-HEAD = "0007"
+# The scripts' one head (get_current_head refuses a branched history).
+HEAD = ScriptDirectory(str(resources.files("tunevault.metadata") / "migrations")).get_current_head()
 
 
 def tunevault(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
