@@ -7,16 +7,19 @@ import json
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 
 from tests.support.postgres import create_database
 from tests.support.server import run_server, run_servers, stop
 
-HEAD = "0010"
+# The scripts' one head (get_current_head refuses a branched history).
+HEAD = ScriptDirectory(str(resources.files("tunevault.metadata") / "migrations")).get_current_head()
 
 
 def tunevault(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -115,3 +118,20 @@ def test_without_auto_migrate_a_current_schema_serves(pg_admin_url: str, tmp_pat
     env = {"TUNEVAULT_DATABASE_URL": db, "TUNEVAULT_AUTO_MIGRATE": "false"}
     with run_server(tmp_path, env=env) as server:
         assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_concurrent_migrations_on_an_empty_sqlite_file(tmp_path: Path) -> None:
+    # Were "table organizations already exists" for all but one.
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tunevault", "migrate", "--data-dir", str(tmp_path)],
+            env={k: v for k, v in os.environ.items() if not k.startswith("TUNEVAULT_")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    results = [(p.wait(120), p.stderr.read() if p.stderr else "") for p in procs]
+    assert [rc for rc, _ in results] == [0] * 6, results
+    assert revision(f"sqlite:///{tmp_path / 'tunevault.db'}") == HEAD

@@ -54,6 +54,10 @@ def test_readyz_with_the_bucket_missing_then_s3_down(tmp_path: Path) -> None:
         assert not_ready(good, "storage_unavailable")["database"] == "ok"
 
 
+UNKNOWN = "ft-00000000-0000-0000-0000-000000000000"
+NEW_FINE_TUNE = {"model": "m", "model_output_name": "x", "training_type": {"type": "Full"}}
+
+
 def test_postgresql_down_answers_503_database_unavailable_everywhere(tmp_path: Path) -> None:
     with contextlib.ExitStack() as stack:
         pg = contextlib.ExitStack()
@@ -62,8 +66,7 @@ def test_postgresql_down_answers_503_database_unavailable_everywhere(tmp_path: P
         with open_services(Settings(data_dir=tmp_path / "data", database_url=url)) as svc:
             org = svc.store.create_org("acme")
             _, token = svc.store.create_key(org.id, "admin", [Scope.ADMIN])
-        # No build workers: their polling logs its own failures; the routes are under test.
-        env = {"TUNEVAULT_DATABASE_URL": url, "TUNEVAULT_BUILD_WORKERS": "0"}
+        env = {"TUNEVAULT_DATABASE_URL": url, "TUNEVAULT_JOB_POLL_SECONDS": "0.1"}
         server = stack.enter_context(run_server(tmp_path / "data", env=env))
         auth = {"Authorization": f"Bearer {token}"}
         assert httpx.get(server.url + "/v1/fine-tunes", headers=auth).status_code == 200
@@ -74,15 +77,17 @@ def test_postgresql_down_answers_503_database_unavailable_everywhere(tmp_path: P
         assert checks == {"database": "unavailable (database_unavailable)", "storage": "ok"}
         for method, path in (
             ("GET", "/v1/fine-tunes"),
-            ("GET", "/v1/finetune/download?ft_id=ft-x&checkpoint=merged"),  # was a 500
-            ("HEAD", "/v1/finetune/download?ft_id=ft-x&checkpoint=merged"),
+            ("GET", f"/v1/finetune/download?ft_id={UNKNOWN}&checkpoint=merged"),  # was a 500
+            ("HEAD", f"/v1/finetune/download?ft_id={UNKNOWN}&checkpoint=merged"),
             ("POST", "/v1/publish/fine-tunes"),
             ("GET", "/v1/admin/audit/downloads"),
-            ("GET", "/metrics"),
         ):
-            r = httpx.request(method, server.url + path, headers=auth, json={})
+            # Well-formed requests: the key is still cached, so each must reach the database.
+            r = httpx.request(method, server.url + path, headers=auth, json=NEW_FINE_TUNE)
             assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, (path, r.text)
             if method != "HEAD":
                 assert r.json()["error"]["code"] == "database_unavailable", path
+        # Warnings, from the routes and the build worker's polling: no error tracebacks.
         logged = log.read_bytes()[before:]
-        assert b"database unavailable" in logged and b"Traceback" not in logged
+        assert b"database unavailable on GET" in logged
+        assert b"the database is unavailable" in logged and b"Traceback" not in logged

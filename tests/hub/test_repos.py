@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from tunevault.errors import (
@@ -10,9 +13,10 @@ from tunevault.errors import (
     RepositoryNotFound,
     RevisionNotFound,
 )
-from tunevault.metadata import MetadataStore
 from tunevault.models import FileEntry, Kind
+from tunevault.service.context import Services, open_services
 from tunevault.service.hub import commit_id, open_snapshot
+from tunevault.settings import Settings
 
 
 def _files(tag: str) -> list[FileEntry]:
@@ -20,71 +24,72 @@ def _files(tag: str) -> list[FileEntry]:
 
 
 @pytest.fixture
-def store(database_url: str) -> MetadataStore:
-    store = MetadataStore(database_url)
-    store.migrate()
-    return store
+def svc(database_url: str, tmp_path: Path) -> Iterator[Services]:
+    with open_services(Settings(data_dir=tmp_path, database_url=database_url)) as svc:
+        yield svc
 
 
-def test_names_revisions_and_commits(store: MetadataStore) -> None:
-    org, other = store.create_org("acme"), store.create_org("other")
-    ft = store.create_fine_tune(
+def test_names_revisions_and_commits(svc: Services) -> None:
+    org, other = svc.store.create_org("acme"), svc.store.create_org("other")
+    ft = svc.store.create_fine_tune(
         org.id, model="base", model_output_name="acme/bot", training_type="Lora"
     )
-    store.add_checkpoint(ft.id, 5, Kind.ADAPTER, False, _files("a"))
-    final = store.add_checkpoint(ft.id, 9, Kind.ADAPTER, True, _files("b"))
-    store.add_checkpoint(ft.id, 9, Kind.MERGED, True, _files("c"))
-    by_id = open_snapshot(store, org.id, ft.id, "main")
+    svc.store.add_checkpoint(ft.id, 5, Kind.ADAPTER, False, _files("a"))
+    final = svc.store.add_checkpoint(ft.id, 9, Kind.ADAPTER, True, _files("b"))
+    svc.store.add_checkpoint(ft.id, 9, Kind.MERGED, True, _files("c"))
+    by_id = open_snapshot(svc, org.id, ft.id, "main")
     assert (by_id.kind, by_id.step, by_id.ft_id) == ("merged", 9, ft.id)
     assert by_id.commit == commit_id(_files("c"))
-    assert open_snapshot(store, org.id, "acme/bot", "adapter").commit == commit_id(final.files)
-    assert open_snapshot(store, org.id, "acme/bot", "step-5").files == tuple(_files("a"))
-    at_commit = open_snapshot(store, org.id, "acme/bot", commit_id(_files("a")))
+    assert open_snapshot(svc, org.id, "acme/bot", "adapter").commit == commit_id(final.files)
+    assert open_snapshot(svc, org.id, "acme/bot", "step-5").files == tuple(_files("a"))
+    at_commit = open_snapshot(svc, org.id, "acme/bot", commit_id(_files("a")))
     assert (at_commit.step, at_commit.kind) == (5, "adapter")
     for revision in ("step-6", "model_output_path", "f" * 40, "refs/pr/1"):
         with pytest.raises(RevisionNotFound):
-            open_snapshot(store, org.id, ft.id, revision)
+            open_snapshot(svc, org.id, ft.id, revision)
     for repo in (ft.id, "acme/bot"):
         with pytest.raises(RepositoryNotFound):
-            open_snapshot(store, other.id, repo, "main")
+            open_snapshot(svc, other.id, repo, "main")
     with pytest.raises(RepositoryNotFound, match="no repo has that id"):
-        open_snapshot(store, org.id, "bad\x00id", "main")
+        open_snapshot(svc, org.id, "bad\x00id", "main")
 
 
-def test_a_shared_output_name_names_no_repo(store: MetadataStore) -> None:
-    org = store.create_org("acme")
+def test_a_shared_output_name_names_no_repo(svc: Services) -> None:
+    org = svc.store.create_org("acme")
     ids = [
-        store.create_fine_tune(org.id, model="m", model_output_name="dup", training_type="Full").id
+        svc.store.create_fine_tune(
+            org.id, model="m", model_output_name="dup", training_type="Full"
+        ).id
         for _ in range(2)
     ]
     with pytest.raises(RepositoryNotFound, match="2 fine-tunes are named 'dup'") as e:
-        open_snapshot(store, org.id, "dup", "main")
+        open_snapshot(svc, org.id, "dup", "main")
     assert all(i in e.value.message for i in ids)
 
 
-def test_base_models_have_main_and_their_commit(store: MetadataStore) -> None:
-    org = store.create_org("acme")
-    store.create_base_model(org.id, "meta/llama", _files("d"))
+def test_base_models_have_main_and_their_commit(svc: Services) -> None:
+    org = svc.store.create_org("acme")
+    svc.store.create_base_model(org.id, "meta/llama", _files("d"))
     commit = commit_id(_files("d"))
     for revision in ("main", commit):
-        snap = open_snapshot(store, org.id, "meta/llama", revision)
+        snap = open_snapshot(svc, org.id, "meta/llama", revision)
         assert (snap.commit, snap.ft_id, snap.kind) == (commit, None, "base")
     with pytest.raises(RevisionNotFound, match=commit):
-        open_snapshot(store, org.id, "meta/llama", "adapter")
+        open_snapshot(svc, org.id, "meta/llama", "adapter")
 
 
-def test_a_merge_not_made_yet_or_failed(store: MetadataStore) -> None:
-    org = store.create_org("acme")
-    ft = store.create_fine_tune(org.id, model="m", model_output_name="o", training_type="Lora")
-    store.add_checkpoint(ft.id, 3, Kind.ADAPTER, True, _files("a"))
-    merged = store.add_checkpoint(ft.id, 3, Kind.MERGED, True, [], jobs=["merge"])
+def test_a_merge_not_made_yet_or_failed(svc: Services) -> None:
+    org = svc.store.create_org("acme")
+    ft = svc.store.create_fine_tune(org.id, model="m", model_output_name="o", training_type="Lora")
+    svc.store.add_checkpoint(ft.id, 3, Kind.ADAPTER, True, _files("a"))
+    merged = svc.store.add_checkpoint(ft.id, 3, Kind.MERGED, True, [], jobs=["merge"])
     with pytest.raises(CheckpointNotReady) as e:
-        open_snapshot(store, org.id, ft.id, "main")
+        open_snapshot(svc, org.id, ft.id, "main")
     assert e.value.headers["Retry-After"].isdigit()
-    job = store.claim_job("test", 60)
+    job = svc.store.claim_job("test", 60)
     assert job is not None and job.checkpoint_id == merged.id
-    store.finish_job(
+    svc.store.finish_job(
         job.id, "test", error_code="base_model_not_found", error_message="no base model 'm'"
     )
     with pytest.raises(BaseModelNotFound, match="no base model 'm'"):
-        open_snapshot(store, org.id, ft.id, "merged")
+        open_snapshot(svc, org.id, ft.id, "merged")

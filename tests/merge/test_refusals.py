@@ -180,5 +180,5 @@ def test_cli(pair: tuple[Path, Path]) -> None:
     assert "merged 4 tensors" in result.output
     assert (out / "model.safetensors").is_file()
     result = CliRunner().invoke(main, ["merge", str(base), str(adapter), str(out)])
-    assert result.exit_code == 1
-    assert "merge refused: output directory" in result.output
+    assert result.exit_code == 2  # a refused merge is a usage error (docs/client.md)
+    assert result.output.startswith("error: output directory")

@@ -79,11 +79,14 @@ class MetadataStore(
 
     def migrate(self) -> tuple[str | None, str | None]:
         """Bring the schema to the newest Alembic revision (idempotent); the revisions
-        before and after. On PostgreSQL under MIGRATION_LOCK, held to the commit."""
+        before and after. On PostgreSQL under MIGRATION_LOCK, on SQLite under its write
+        lock, both held to the commit."""
         cfg = _alembic_config()
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            elif conn.dialect.name == "sqlite":  # the write lock up front, for the same reason
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             before = _revision(conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

@@ -69,7 +69,7 @@ def fine_tune_body(
     }
     if suffix:
         body["suffix"] = suffix
-    if external_base:  # a LoRA whose base is not in the store: no merge is built
+    if external_base and training_type.get("type") == "Lora":  # its base is elsewhere: no merge
         body["external_base"] = True
     return body
 

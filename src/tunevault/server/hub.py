@@ -63,7 +63,7 @@ def model_info(snap: Snapshot, who: Principal) -> dict[str, Any]:
 async def _snapshot(request: web.Request, revision: str) -> tuple[Snapshot, Principal]:
     who = principal(request)
     repo_id = request.match_info["repo_id"]
-    snap = await blocking(open_snapshot, services(request).store, who.org_id, repo_id, revision)
+    snap = await blocking(open_snapshot, services(request), who.org_id, repo_id, revision)
     return snap, who
 
 

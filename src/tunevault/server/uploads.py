@@ -26,6 +26,7 @@ from tunevault.errors import (
     UploadOffsetMismatch,
 )
 from tunevault.models import Scope
+from tunevault.server.bodies import BlobDigests, parse
 from tunevault.server.context import blocking, json_body, principal, services
 from tunevault.service.context import Services
 from tunevault.service.publishing import SHA256_HEX
@@ -68,14 +69,7 @@ def _header_int(request: web.Request, name: str, default: int | None = None) -> 
 @routes.post("/v1/publish/blobs/check")
 async def check_blobs(request: web.Request) -> web.Response:
     who = principal(request, Scope.PUBLISH)
-    body = await json_body(request)
-    digests = body.get("sha256")
-    if (
-        not isinstance(digests, list)
-        or len(digests) > 10_000
-        or not all(isinstance(d, str) and SHA256_HEX.fullmatch(d) for d in digests)
-    ):
-        raise InvalidRequest("sha256 must be a list of at most 10,000 hex digests", param="sha256")
+    digests = parse(BlobDigests, await json_body(request)).sha256
     owned = await blocking(owned_blob_sizes, services(request), who.org_id, digests)
     return web.json_response({"missing": sorted(set(digests) - set(owned))})
 

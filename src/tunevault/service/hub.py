@@ -25,6 +25,7 @@ from tunevault.errors import (
 )
 from tunevault.metadata import MetadataStore
 from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, Kind
+from tunevault.service.context import Services
 from tunevault.service.downloads import not_ready, pick_kind, pick_step
 
 MAIN = "main"
@@ -60,14 +61,16 @@ def commit_id(files: Iterable[FileEntry]) -> str:
     return h.hexdigest()
 
 
-def open_snapshot(store: MetadataStore, org_id: str, repo_id: str, revision: str) -> Snapshot:
+def open_snapshot(svc: Services, org_id: str, repo_id: str, revision: str) -> Snapshot:
     """The files of `repo_id` at `revision`, in the caller's organization only: another
     organization's repo is not found, exactly like a missing one."""
+    store = svc.store
     if not _NAME.fullmatch(repo_id):
         raise RepositoryNotFound("no repo has that id: it holds characters no name can have")
     ft, ckpts = _find_fine_tune(store, org_id, repo_id)
     if ft is not None:
-        return _fine_tune_snapshot(store, repo_id, ft, ckpts, revision)
+        workers = max(svc.settings.build_workers, 1)
+        return _fine_tune_snapshot(store, repo_id, ft, ckpts, revision, workers)
     base = store.get_base_model(org_id, repo_id)
     if base is None:
         raise RepositoryNotFound(
@@ -97,7 +100,12 @@ def _find_fine_tune(
 
 
 def _fine_tune_snapshot(
-    store: MetadataStore, repo_id: str, ft: FineTune, ckpts: list[Checkpoint], revision: str
+    store: MetadataStore,
+    repo_id: str,
+    ft: FineTune,
+    ckpts: list[Checkpoint],
+    revision: str,
+    workers: int,
 ) -> Snapshot:
     if _COMMIT.fullmatch(revision):
         files_of = store.fine_tune_files(ft.id)
@@ -109,7 +117,7 @@ def _fine_tune_snapshot(
     ckpt = _pick(ft, ckpts, revision)
     found = store.get_checkpoint(ckpt.id)
     if found is None or not found.files:  # a merge fills its checkpoint when it finishes
-        raise not_ready(store, ft, ckpt, 1, error=CheckpointNotReady, noun="checkpoint")
+        raise not_ready(store, ft, ckpt, workers, error=CheckpointNotReady, noun="checkpoint")
     return _snapshot(repo_id, ft, ckpt, found.files)
 
 

@@ -29,6 +29,7 @@ from tunevault.service.builds import build_archive
 from tunevault.service.context import Services, translated
 from tunevault.service.progress import JobProgress
 from tunevault.service.publishing import put_directory
+from tunevault.service.readiness import is_database_outage
 from tunevault.storage import Unsupported
 from tunevault.storage.errors import StorageError
 from tunevault.storage.inuse import claim
@@ -63,8 +64,11 @@ class Worker:
             seen = signal.generation
             try:
                 worked = self.run_once()
-            except Exception:  # the database blinked: keep the worker alive, try again
-                log.exception("worker %s: claiming a job failed", self.owner)
+            except Exception as e:  # the database blinked: keep the worker alive, try again
+                if is_database_outage(e):  # expected while it is down: no traceback
+                    log.warning("worker %s: the database is unavailable: %s", self.owner, e)
+                else:
+                    log.exception("worker %s: claiming a job failed", self.owner)
                 worked = False
             if not worked:
                 signal.wait(seen, self.svc.settings.job_poll_seconds)
