@@ -55,7 +55,7 @@ def end_to_end(env: dict[str, str], adapter: Path, out: Path) -> tuple[str, floa
     t0 = time.perf_counter()
     pushed = cli(env, "push", str(adapter), "--model", BASE, "--new")
     t_push = time.perf_counter() - t0
-    ft_id = str(pushed["fine_tune_id"])
+    ft_id = str(pushed["id"])
     got = cli(env, "download", ft_id, "--checkpoint", "merged", "-o", str(out))
     return ft_id, t_push, time.perf_counter() - t0, str(got["sha256"])
 

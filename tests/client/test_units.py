@@ -79,6 +79,11 @@ def test_a_build_is_polled_as_the_server_says_within_bounds(retry_after: str, pa
     assert poll_pause(e) == pause
 
 
+def test_a_build_about_to_end_is_looked_at_when_it_should_end() -> None:
+    e = ArchiveNotReady("building", headers={"Retry-After": "1", "Tunevault-Build-Eta": "0.3"})
+    assert poll_pause(e) == 0.3
+
+
 def test_wait_line_shows_the_server_state_not_its_retry_hint() -> None:
     out = io.StringIO()
     line = WaitLine("ft-1 (merged)", out)

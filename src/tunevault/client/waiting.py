@@ -1,7 +1,9 @@
 """Waiting for an archive the server is still building (409 `archive_not_ready`).
 
-The server's `Retry-After` says when to look again; it is honoured, but never beyond
-`POLL_CAP` (a build that ends early is noticed within that) nor below `POLL_FLOOR`. What
+The server's `Retry-After` says when to look again; it is honoured, as is its estimate of
+the build's end (`Tunevault-Build-Eta`) when that comes sooner, but never beyond
+`POLL_CAP` (a build that ends early is noticed within that: the wait adds at most it, as
+bench.first_hour_bench measures) nor below `POLL_FLOOR`. What
 the server says about the build (its message: state, progress, estimate) is shown on
 stderr while waiting: one line redrawn in place on a terminal, else a line whenever the
 message changes.
@@ -9,13 +11,14 @@ message changes.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from typing import Protocol, TextIO
 
 from tunevault.errors import ArchiveNotReady
 
-POLL_CAP = 2.0
+POLL_CAP = 1.0
 POLL_FLOOR = 0.1
 _RETRY_HINT = re.compile(r"[;,.]?\s*retry in \d+(\.\d+)?\s*s(econds)?\.?\s*$", re.IGNORECASE)
 
@@ -30,6 +33,8 @@ def poll_pause(e: ArchiveNotReady) -> float:
         after = float(e.headers.get("Retry-After", POLL_CAP))
     except ValueError:
         after = POLL_CAP  # an HTTP date: look again soon
+    with contextlib.suppress(KeyError, ValueError):  # no estimate: an older server, or a
+        after = min(after, float(e.headers["Tunevault-Build-Eta"]))  # queue it cannot size
     return min(max(after, POLL_FLOOR), POLL_CAP)
 
 
