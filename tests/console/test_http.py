@@ -240,7 +240,9 @@ def test_pasted_commands_download_the_checkpoint(console: Console, tmp_path: Pat
 def _check_hf_download(console: Console, command: str, env: dict[str, str], tmp: Path) -> None:
     """`hf download` saves into its cache and prints the snapshot's folder: every file of
     the checkpoint is there, with the sha256 the store recorded."""
-    env = {**env, "HF_HOME": str(tmp / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    # Other test modules set HF_HUB_OFFLINE in this process (their models come from configs).
+    env = {k: v for k, v in env.items() if k != "HF_HUB_OFFLINE"}
+    env |= {"HF_HOME": str(tmp / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
     r = subprocess.run(
         ["bash", "-c", command], env=env, cwd=tmp, capture_output=True, text=True, timeout=120
     )
