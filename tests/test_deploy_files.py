@@ -30,6 +30,8 @@ from tests.support.deploy import (
     tunevault_services,
 )
 from tests.support.nginx import nginx_binary
+from tunevault.commands.main import main
+from tunevault.settings import Settings
 
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 INSTALLED = "/opt/tunevault/bin/tunevault"  # where the units expect the venv's entry point
@@ -56,6 +58,23 @@ def test_a_wrong_command_or_setting_is_caught() -> None:
         check_command(["serve", "--build-workers", "0"])
     with pytest.raises(AssertionError, match="build_worker"):
         check_settings({"TUNEVAULT_BUILD_WORKER": "0"})
+
+
+def _options(command: click.Command) -> set[str]:
+    if isinstance(command, click.Group):
+        ctx = click.Context(command)
+        subs = (command.get_command(ctx, name) for name in command.list_commands(ctx))
+        return set().union(*(_options(c) for c in subs if c is not None))
+    return {p.name for p in command.params if isinstance(p, click.Option) and p.name}
+
+
+def test_settings_doc_names_the_settings_that_have_flags() -> None:
+    """Most settings are environment only; settings.md says which have flags."""
+    flagged = _options(main) & set(Settings.model_fields)
+    assert flagged == {"data_dir", "database_url", "storage_url", "host", "port"}
+    intro = (DEPLOY.parent / "docs" / "settings.md").read_text().split("| setting |")[0]
+    for name in flagged:
+        assert f"`--{name.replace('_', '-')}`" in intro
 
 
 def test_compose_wiring() -> None:
