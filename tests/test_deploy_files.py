@@ -71,7 +71,7 @@ def _options(command: click.Command) -> set[str]:
 def test_settings_doc_names_the_settings_that_have_flags() -> None:
     """Most settings are environment only; settings.md says which have flags."""
     flagged = _options(main) & set(Settings.model_fields)
-    assert flagged == {"data_dir", "database_url", "storage_url", "host", "port"}
+    assert flagged == {"config", "data_dir", "database_url", "storage_url", "host", "port"}
     intro = (DEPLOY.parent / "docs" / "settings.md").read_text().split("| setting |")[0]
     for name in flagged:
         assert f"`--{name.replace('_', '-')}`" in intro
