@@ -15,6 +15,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +24,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.support.deploy import command_of, load_compose, local_nginx_conf, nginx_upstreams
+from tests.support.deploy import (
+    command_of,
+    load_compose,
+    local_nginx_conf,
+    nginx_upstreams,
+    tunevault_services,
+)
 from tests.support.nginx import nginx_binary, serve_nginx
 from tests.support.postgres import free_port
 from tests.support.publishing import api_client, publish_files
@@ -56,16 +63,22 @@ def _database(admin_url: str, compose_url: str) -> tuple[str, str]:
     return f"@{url.host}:{url.port}/{url.database}", f"@{admin.host}:{admin.port}/{name}"
 
 
-def _localise(env: Mapping[str, Any], swaps: Mapping[str, str], data_dir: Path) -> dict[str, str]:
-    """A service's environment with container addresses replaced by loopback ones."""
-    out = {k: str(v) for k, v in env.items()}
-    for old, new in swaps.items():
-        hits = [k for k, v in out.items() if old in v]
-        assert hits or old == "172.30.0.0/24", f"compose no longer names {old}"
-        out.update({k: out[k].replace(old, new) for k in hits})
+def _localise(
+    services: Mapping[str, Any], swaps: Mapping[str, str], root: Path
+) -> dict[str, dict[str, str]]:
+    """Each tunevault service's environment with container addresses made loopback ones;
+    every swap must be used, or the compose file no longer names what this test replaces."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TUNEVAULT_"))}
-    aws_files = {"AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
-    return {**base, **aws_files, **out, "TUNEVAULT_DATA_DIR": str(data_dir)}
+    base |= {"AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    envs, used = {}, set()
+    for name in tunevault_services({"services": services}):
+        env = {k: str(v) for k, v in services[name]["environment"].items()}
+        for old, new in swaps.items():
+            used |= {old for v in env.values() if old in v}
+            env = {k: v.replace(old, new) for k, v in env.items()}
+        envs[name] = {**base, **env, "TUNEVAULT_DATA_DIR": str(root / name)}
+    assert used == set(swaps), f"compose no longer names {set(swaps) - used}"
+    return envs
 
 
 def _on_port(command: list[str], port: int) -> list[str]:
@@ -89,10 +102,38 @@ def _run(args: list[str], env: dict[str, str]) -> str:
     return r.stdout
 
 
-@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed")
-def test_the_compose_stack_publishes_and_serves_through_nginx(
-    pg_admin_url: str, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class Stack:
+    front: str  # nginx's URL
+    token: str  # a read+publish key of organization acme
+    services: dict[str, Any]
+    envs: dict[str, dict[str, str]]
+
+
+def _replicas_and_worker(
+    stack: contextlib.ExitStack,
+    services: dict[str, Any],
+    envs: dict[str, dict[str, str]],
+    logs: Path,
+) -> dict[str, str]:
+    """Start serve-1, serve-2 and the worker; the replicas' addresses once both are healthy."""
+    replicas = {}
+    for name in ("serve-1", "serve-2"):
+        port = free_port()
+        command = _on_port(command_of(services[name]), port)
+        proc = stack.enter_context(_process(command, envs[name], logs / f"{name}.log"))
+        replicas[name] = (f"127.0.0.1:{port}", proc)
+    for address, proc in replicas.values():
+        wait_healthy(f"http://{address}", proc)
+    worker = command_of(services["worker"])
+    stack.enter_context(_process(worker, envs["worker"], logs / "worker.log"))
+    return {name: address for name, (address, _) in replicas.items()}
+
+
+@contextlib.contextmanager
+def _compose_stack(pg_admin_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """The compose file's stack in compose's order: storage and database, bucket, migrate,
+    a key (`docker compose run --rm migrate keys create ...`), replicas and worker, nginx."""
     compose = load_compose(_variables())
     services = compose["services"]
     identities = json.loads(compose["configs"]["seaweedfs_s3"]["content"])["identities"]
@@ -103,47 +144,41 @@ def test_the_compose_stack_publishes_and_serves_through_nginx(
         contextlib.ExitStack() as stack,
     ):
         seaweed.admin.create_bucket(Bucket=storage.netloc)  # what the `bucket` service does
+        stack.callback(seaweed.delete_bucket, storage.netloc)
         probe = services["seaweedfs"]["healthcheck"]["test"][-1].split()[-1]  # its healthcheck
         assert httpx.get(seaweed.endpoint_url + urlsplit(probe).path).status_code == 200
-        stack.callback(seaweed.delete_bucket, storage.netloc)
         swaps = {
             **dict([_database(pg_admin_url, compose_db)]),
             "http://seaweedfs:8333": seaweed.endpoint_url,
             "172.30.0.0/24": "127.0.0.1/32",  # nginx's network: here, loopback
         }
-
-        def env(name: str) -> dict[str, str]:
-            return _localise(services[name]["environment"], swaps, tmp_path / name)
-
-        _run(command_of(services["migrate"]), env("migrate"))
-        # `docker compose run --rm migrate keys create ...`, as deploy.md says.
+        envs = _localise(services, swaps, tmp_path)
+        _run(command_of(services["migrate"]), envs["migrate"])
         keys = ["keys", "create", "--org", "acme", "--scope", "read", "--scope", "publish"]
-        token = json.loads(_run(keys, env("migrate")))["token"]
-        replicas = {}
-        for name in ("serve-1", "serve-2"):
-            port = free_port()
-            command = _on_port(command_of(services[name]), port)
-            proc = stack.enter_context(_process(command, env(name), tmp_path / f"{name}.log"))
-            replicas[name] = (f"127.0.0.1:{port}", proc)
-        for address, proc in replicas.values():
-            wait_healthy(f"http://{address}", proc)
-        worker = command_of(services["worker"])
-        stack.enter_context(_process(worker, env("worker"), tmp_path / "worker.log"))
-        nginx_dir = tmp_path / "nginx"
+        token = json.loads(_run(keys, envs["migrate"]))["token"]
+        replicas = _replicas_and_worker(stack, services, envs, tmp_path)
+        nginx_dir, port = tmp_path / "nginx", free_port()
         nginx_dir.mkdir()
-        port = free_port()
-        upstreams = {u: replicas[u.split(":")[0]][0] for u in nginx_upstreams()}
+        upstreams = {u: replicas[u.split(":")[0]] for u in nginx_upstreams()}
         (nginx_dir / "nginx.conf").write_text(local_nginx_conf(upstreams, port, nginx_dir))
         front = stack.enter_context(serve_nginx(nginx_dir / "nginx.conf", nginx_dir, port))
+        yield Stack(front=front, token=token, services=services, envs=envs)
 
-        assert httpx.get(f"{front}/readyz").status_code == 200  # bucket writable by its identity
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed")
+def test_the_compose_stack_publishes_and_serves_through_nginx(
+    pg_admin_url: str, tmp_path: Path
+) -> None:
+    with _compose_stack(pg_admin_url, tmp_path) as stack:
+        assert httpx.get(f"{stack.front}/readyz").status_code == 200  # its identity may write
         files = {"config.json": b'{"model_type": "llama"}', "weights.bin": os.urandom(3 << 20)}
-        ft_id = publish_files(api_client(front, token), files)
+        ft_id = publish_files(api_client(stack.front, stack.token), files)
         out = tmp_path / "extracted"
-        client = {**os.environ, "TUNEVAULT_URL": front, "TUNEVAULT_API_KEY": token}
+        client = {**os.environ, "TUNEVAULT_URL": stack.front, "TUNEVAULT_API_KEY": stack.token}
         _run(["download", ft_id, "--extract", str(out), "--wait", "120"], client)
         assert {name: (out / name).read_bytes() for name in files} == files
-        for name in replicas:  # nginx spread the requests over both replicas
+        for name in ("serve-1", "serve-2"):  # nginx spread the requests over both replicas
             assert '"route"' in (tmp_path / f"{name}.log").read_text(), name
-        report = json.loads(_run([*command_of(services["gc"]), "--json"], env("gc")))
+        gc = [*command_of(stack.services["gc"]), "--json"]
+        report = json.loads(_run(gc, stack.envs["gc"]))
         assert report["blobs_deleted"] == 0  # runs with tunevault's identity; keeps new blobs
