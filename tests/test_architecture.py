@@ -17,7 +17,7 @@ LAYERS = [
     {"client", "publisher", "integrations"},
     {"merge"},
     {"archive", "metadata", "storage"},
-    {"layout", "settings", "errors", "models", "__init__"},
+    {"layout", "settings", "configfile", "errors", "models", "__init__"},
 ]
 MAX_FUNCTION_LINES = 60
 

@@ -1,7 +1,8 @@
 """Service configuration: one object, built at the edge (CLI or test) and passed down.
 
 Nothing here is read at import time; `Settings()` reads `TUNEVAULT_*` variables when it is
-constructed, and CLI flags of the same name override them.
+constructed, beneath them the TOML file `config` names (configfile.py), and CLI flags of
+the same name override both.
 """
 
 from __future__ import annotations
@@ -11,8 +12,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from tunevault.configfile import TomlFile
 from tunevault.layout import blob_dir, database_file
 
 
@@ -20,6 +27,12 @@ class Settings(BaseSettings):
     """Every setting of the server and worker; see docs/settings.md."""
 
     model_config = SettingsConfigDict(env_prefix="TUNEVAULT_", extra="ignore")
+
+    config: Path | None = Field(
+        default=None,
+        description="A TOML file of settings (keys: these names), read beneath the "
+        "environment: a TUNEVAULT_* variable or a flag wins over the file.",
+    )
 
     data_dir: Path = Field(
         default=Path("./data"),
@@ -129,6 +142,19 @@ class Settings(BaseSettings):
         default="json", description="Log lines as JSON objects (json) or plain text (text)."
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: flags, the environment, then the config file they name.
+        toml = TomlFile(settings_cls, init_settings, env_settings)
+        return init_settings, env_settings, toml, dotenv_settings, file_secret_settings
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -46,37 +46,53 @@ def x_accel_locations(upstream: str, storage_root: Path, prefix: str) -> str:
 @contextlib.contextmanager
 def run_nginx(workdir: Path, locations: str) -> Iterator[str]:
     """nginx (sendfile on, one worker) with the given `location` blocks; yields its URL."""
-    binary = nginx_binary()
-    if binary is None:
-        raise FileNotFoundError("nginx is not installed (scripts/test installs it)")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    # Blobs are private (0600, like the rest of the data dir): the worker runs as us.
-    user = f"user {getpass.getuser()};" if os.geteuid() == 0 else ""
     conf = workdir / "nginx.conf"
     conf.write_text(f"""
-{user}
+{worker_user()}
 worker_processes 1;
-daemon off;
 pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
+error_log stderr warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
+    {temp_paths(workdir)}
     server {{
         listen 127.0.0.1:{port};
         {locations}
     }}
 }}
 """)
-    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(workdir)])
+    with serve_nginx(conf, workdir, port) as url:
+        yield url
+
+
+def worker_user() -> str:
+    # Blobs are private (0600, like the rest of the data dir): the worker runs as us.
+    return f"user {getpass.getuser()};" if os.geteuid() == 0 else ""
+
+
+def temp_paths(workdir: Path) -> str:
+    """Directives that keep nginx's temp files in workdir (an `http` block's)."""
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    return " ".join(f"{kind}_temp_path {workdir}/{kind};" for kind in kinds)
+
+
+@contextlib.contextmanager
+def serve_nginx(conf: Path, workdir: Path, port: int) -> Iterator[str]:
+    """Run nginx (in the foreground) with a complete configuration listening on port."""
+    binary = nginx_binary()
+    if binary is None:
+        raise FileNotFoundError("nginx is not installed (scripts/test installs it)")
+    with (workdir / "nginx.out").open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):
@@ -87,7 +103,7 @@ http {{
                 break  # nginx answered
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError((workdir / "error.log").read_text()) from None
+                    raise RuntimeError((workdir / "nginx.out").read_text()) from None
                 time.sleep(0.05)
         yield url
     finally:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -151,13 +151,15 @@ class SeaweedFS:
             self.delete_bucket(name)
 
 
-def _write_identity(path: Path, access_key: str, secret_key: str) -> None:
+def _write_identity(
+    path: Path, access_key: str, secret_key: str, extra: Sequence[Mapping[str, object]]
+) -> None:
     identity = {
         "name": "tunevault-tests",
         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
-    path.write_text(json.dumps({"identities": [identity]}))
+    path.write_text(json.dumps({"identities": [identity, *extra]}))
     path.chmod(0o600)
 
 
@@ -221,14 +223,17 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 @contextlib.contextmanager
-def run_seaweedfs(tmpdir: Path, *, timeout: float = 60) -> Iterator[SeaweedFS]:
-    """Start SeaweedFS with its state under tmpdir; stop it when the block exits."""
+def run_seaweedfs(
+    tmpdir: Path, *, timeout: float = 60, identities: Sequence[Mapping[str, object]] = ()
+) -> Iterator[SeaweedFS]:
+    """Start SeaweedFS with its state under tmpdir; stop it when the block exits.
+    `identities` (s3.json's form) are added to the admin identity it makes."""
     weed = weed_binary()
     tmpdir.mkdir(parents=True, exist_ok=True)
     access_key = "TV" + secrets.token_hex(9).upper()
     secret_key = secrets.token_urlsafe(30)
     config = tmpdir / "s3.json"
-    _write_identity(config, access_key, secret_key)
+    _write_identity(config, access_key, secret_key, identities)
     for attempt in range(_START_ATTEMPTS):
         run_dir = tmpdir / f"run{attempt}"
         (run_dir / "logs").mkdir(parents=True)
