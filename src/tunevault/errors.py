@@ -26,6 +26,7 @@ from `code`; the CLI maps the branches to exit codes.
     │   └── UploadOffsetMismatch        409 upload_offset_mismatch
     ├── ShareLinkGone                   410 share_link_gone
     ├── PayloadTooLarge                 413 payload_too_large
+    │   └── QuotaExceeded               413 quota_exceeded
     ├── RangeNotSatisfiable             416 range_not_satisfiable
     ├── RateLimited                     429 rate_limited
     ├── StorageUnavailable              503 storage_unavailable
@@ -192,6 +193,12 @@ class PayloadTooLarge(TunevaultError):
     status = 413
     error_type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class QuotaExceeded(PayloadTooLarge):
+    """An upload would take the organization's source bytes past its quota."""
+
+    code = "quota_exceeded"
 
 
 class RangeNotSatisfiable(TunevaultError):

@@ -214,3 +214,41 @@ class DownloadRecord:
     client: str | None
     user_agent: str | None
     id: int = 0
+
+
+@dataclass(frozen=True)
+class OrgUsage:
+    """An organization's stored bytes: uploads (never rebuilt) and what builds made."""
+
+    org_id: str
+    org: str
+    source_bytes: int  # blobs it uploaded: adapters, full outputs, base models
+    archive_bytes: int  # archives of its checkpoints
+    merged_bytes: int  # the files of its merged checkpoints
+    source_quota_bytes: int | None  # None: no quota
+
+    @property
+    def derived_bytes(self) -> int:
+        return self.archive_bytes + self.merged_bytes
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Keep the newest `keep_last` intermediate steps, drop those older than
+    `max_age_days`; None: no such rule."""
+
+    keep_last: int | None = None
+    max_age_days: int | None = None
+
+
+@dataclass(frozen=True)
+class IntermediateStep:
+    """A step of a fine-tune with no final checkpoint, and the checkpoints it holds."""
+
+    ft_id: str
+    org_id: str
+    step: int
+    created_at: datetime  # its newest checkpoint's
+    checkpoint_ids: tuple[int, ...]
+    kinds: tuple[str, ...]
+    policy: Retention  # the fine-tune's own, else its organization's

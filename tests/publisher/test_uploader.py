@@ -52,14 +52,14 @@ def test_changed_file_is_refused(live: Live, tmp_path: Path) -> None:
 
 def test_bad_key(live: Live) -> None:
     with PublishClient(live.url, "tv_nope") as client, pytest.raises(Unauthenticated):
-        client.missing(["0" * 64])
+        client.missing({"0" * 64: 1})
 
 
 def test_unreachable_server_gives_up(caplog: pytest.LogCaptureFixture) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     client = PublishClient(url, "k", retries=2, backoff_s=0.01)
     with client, pytest.raises(NetworkError, match="connection refused"):
-        client.missing(["0" * 64])
+        client.missing({"0" * 64: 1})
     # Each retry was announced as it happened.
     assert [r.getMessage() for r in caplog.records] == [
         f"cannot reach {url}: connection refused; retrying in 0.0 s, {i}/2" for i in (1, 2)

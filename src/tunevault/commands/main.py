@@ -27,6 +27,7 @@ COMMANDS = {
     "gc": "tunevault.commands.gc:gc",
     "migrate": "tunevault.commands.migrate:migrate",
     "share": "tunevault.commands.share:share",
+    "usage": "tunevault.commands.usage:usage",
 }
 
 

@@ -32,10 +32,9 @@ class AccountsMixin(StoreBase):
         return org
 
     def get_org_by_name(self, name: str) -> Organization | None:
+        o = t.organizations.c  # the record's fields; the storage policy columns stay here
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(t.organizations).where(t.organizations.c.name == name)
-            ).first()
+            row = conn.execute(sa.select(o.id, o.name, o.created_at).where(o.name == name)).first()
         return Organization(**row._mapping) if row else None
 
     def create_key(

@@ -27,6 +27,7 @@ from tunevault.metadata.collection import GcMixin
 from tunevault.metadata.finetunes import FineTunesMixin
 from tunevault.metadata.jobs import JobsMixin
 from tunevault.metadata.notify import JobSignal
+from tunevault.metadata.policy import PolicyMixin
 
 # The PostgreSQL advisory lock every migrating process takes ("tvmi"): processes started
 # together on an empty database migrate one after another, the later ones finding nothing
@@ -71,6 +72,7 @@ class MetadataStore(
     BuildQueueMixin,
     AuditMixin,
     GcMixin,
+    PolicyMixin,
 ):
     def __init__(self, url: str) -> None:
         self.url = url

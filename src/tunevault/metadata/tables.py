@@ -35,6 +35,10 @@ organizations = sa.Table(
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("name", sa.String(200), nullable=False, unique=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # 0011: storage policy (tunevault.service.usage, tunevault.service.retention)
+    sa.Column("source_quota_bytes", sa.BigInteger, nullable=True),
+    sa.Column("retention_keep_last", sa.Integer, nullable=True),
+    sa.Column("retention_max_age_days", sa.Integer, nullable=True),
 )
 
 api_keys = sa.Table(
@@ -70,6 +74,8 @@ fine_tunes = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("idempotency_key", sa.String(100), nullable=True),  # 0006
     sa.Column("external_base", sa.Boolean, nullable=False, server_default=sa.false()),  # 0008
+    sa.Column("retention_keep_last", sa.Integer, nullable=True),  # 0011: NULL: the org's
+    sa.Column("retention_max_age_days", sa.Integer, nullable=True),  # 0011: -1: no rule
     sa.Index("ix_fine_tunes_org", "org_id", "created_at"),
     sa.Index("ux_fine_tunes_idempotency_key", "org_id", "idempotency_key", unique=True),  # 0006
 )

@@ -140,12 +140,17 @@ class PublishClient:
 
     # -- blobs ------------------------------------------------------------------------
 
-    def missing(self, digests: Sequence[str]) -> set[str]:
-        wanted = sorted(set(digests))
+    def missing(self, sizes: dict[str, int]) -> set[str]:
+        """The digests the server lacks; their sizes let it refuse a publish past the
+        organization's quota before anything is uploaded."""
+        wanted = sorted(sizes)
         out: set[str] = set()
         for i in range(0, len(wanted), CHECK_BATCH):
+            batch = wanted[i : i + CHECK_BATCH]
             body = self.call(
-                "POST", "/v1/publish/blobs/check", json={"sha256": wanted[i : i + CHECK_BATCH]}
+                "POST",
+                "/v1/publish/blobs/check",
+                json={"sha256": batch, "sizes": [sizes[d] for d in batch]},
             )
             out.update(body["missing"])
         return out
@@ -231,7 +236,7 @@ class PublishClient:
     def upload_files(self, files: Sequence[LocalFile], digests: dict[Path, str]) -> None:
         """Upload the blobs of `files` (their sha256 by source path) the server lacks."""
         by_digest = {digests[f.source]: f for f in files}
-        todo = sorted(self.missing(list(by_digest)))
+        todo = sorted(self.missing({d: f.size for d, f in by_digest.items()}))
         self.progress.start("uploading", sum(by_digest[d].size for d in todo))
         for digest in todo:
             f = by_digest[digest]

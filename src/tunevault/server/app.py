@@ -22,6 +22,7 @@ from tunevault.server import (
     publish,
     shares,
     uploads,
+    usage,
     whoami,
 )
 from tunevault.server.audit import AUDIT, audit_ctx
@@ -176,6 +177,7 @@ def make_app(svc: Services) -> web.Application:
 
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_routes(ops.routes)
+    app.router.add_routes(usage.routes)
     console.add_routes(app)  # HTML, not in openapi.yaml (docs/console.md lists them)
     app.router.add_routes(shares.public_routes)
     for table in (

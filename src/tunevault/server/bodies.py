@@ -58,6 +58,7 @@ RULES = {
     "optional id and metric values that are finite numbers under names of at most 200 "
     "characters",
     "sha256": "sha256 must be a list of at most 10,000 hex digests",
+    "sizes": "sizes must be a list of byte counts, one per sha256, in the same order",
 }
 # Inside these, any error is the list's: the publisher fixes the batch as a whole.
 _LISTS = {"events", "metrics"}
@@ -179,6 +180,15 @@ class BlobDigests(Body):
         list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]],
         Field(max_length=10_000),
     ]
+    # Optional: with them, a publish that would pass the quota is refused before uploading.
+    sizes: list[Annotated[int, Field(ge=0, le=1 << 40)]] | None = None
+
+    @field_validator("sizes")
+    @classmethod
+    def _one_per_digest(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is not None and len(value) != len(info.data.get("sha256", ())):
+            raise ValueError("one size per digest")
+        return value
 
 
 def _finite(value: object) -> bool:

@@ -40,6 +40,7 @@ from tunevault.service.uploads import (
     staged_offset,
     staging_path,
 )
+from tunevault.service.usage import check_missing, check_quota
 
 routes = web.RouteTableDef()
 MAX_BLOB = 1 << 40
@@ -69,8 +70,11 @@ def _header_int(request: web.Request, name: str, default: int | None = None) -> 
 @routes.post("/v1/publish/blobs/check")
 async def check_blobs(request: web.Request) -> web.Response:
     who = principal(request, Scope.PUBLISH)
-    digests = parse(BlobDigests, await json_body(request)).sha256
-    owned = await blocking(owned_blob_sizes, services(request), who.org_id, digests)
+    body = parse(BlobDigests, await json_body(request))
+    digests, svc = body.sha256, services(request)
+    if body.sizes is not None:  # refused before any byte is sent
+        await blocking(check_missing, svc, who.org_id, dict(zip(digests, body.sizes, strict=True)))
+    owned = await blocking(owned_blob_sizes, svc, who.org_id, digests)
     return web.json_response({"missing": sorted(set(digests) - set(owned))})
 
 
@@ -96,6 +100,7 @@ async def put_blob(request: web.Request) -> web.Response:
     owned = await blocking(owned_blob_sizes, svc, who.org_id, [sha])
     if sha in owned:
         return web.json_response({"sha256": sha, "size": owned[sha]})
+    await blocking(check_quota, svc, who.org_id, total)  # before reading the body
     slot = (who.org_id, sha)
     if slot in _active:
         raise Conflict(f"another upload of blob {sha} is in progress; retry when it ends")
