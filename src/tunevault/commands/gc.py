@@ -22,8 +22,9 @@ from tunevault.commands.options import settings_from_flags, store_options
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def gc(grace_hours: float, dry_run: bool, as_json: bool, **flags: Any) -> None:
-    """Delete unreferenced blobs and archives, stale partial uploads and scratch files,
-    and abandoned S3 multipart uploads.
+    """Drop the intermediate checkpoints retention policies let go (listed), then delete
+    unreferenced blobs and archives, stale partial uploads and scratch files, and
+    abandoned S3 multipart uploads.
 
     Safe while servers and workers run.
     """
@@ -35,6 +36,11 @@ def gc(grace_hours: float, dry_run: bool, as_json: bool, **flags: Any) -> None:
     if as_json:
         click.echo(json.dumps(report.as_dict()))
         return
+    for d in report.checkpoints_dropped:
+        click.echo(
+            f"{'would drop' if dry_run else 'dropped'} {d['ft_id']} step {d['step']} "
+            f"({', '.join(map(str, d['kinds']))}): {d['reason']}"  # type: ignore[call-overload]
+        )
     verb = "would free" if dry_run else "freed"
     click.echo(
         f"{verb} {report.freed_bytes / 2**20:.1f} MiB: {report.blobs_deleted} blobs, "

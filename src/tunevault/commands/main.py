@@ -28,6 +28,7 @@ COMMANDS = {
     "migrate": "tunevault.commands.migrate:migrate",
     "share": "tunevault.commands.share:share",
     "usage": "tunevault.commands.usage:usage",
+    "retention": "tunevault.commands.retention:retention",
 }
 
 

@@ -1,6 +1,8 @@
 """Garbage collection: free the storage that no manifest or archive row refers to.
 
 What goes:
+- intermediate checkpoints the retention policies drop (tunevault.service.retention),
+  first, so that their archives and blobs can go in the same pass;
 - a blob (`blobs/sha256/..`) that no checkpoint or base model file names, recorded longer
   than the grace period ago (`blobs.created_at`, restarted by every upload of it). Owning
   it (`org_blobs`) does not keep it; its `blobs` and `org_blobs` rows go with it;
@@ -45,12 +47,13 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 
 from tunevault.layout import ARCHIVES, BLOBS, MERGE_PREFIX, blob_key, scratch_dir, staged_parts
 from tunevault.metadata.base import now
+from tunevault.service import retention
 from tunevault.service.context import Services
 from tunevault.storage.inuse import remove_if_idle
 
@@ -71,6 +74,8 @@ class GcReport:
     debris_bytes: int = 0
     writes_aborted: int = 0  # S3 multipart uploads of dead writers
     builds_requeued: int = 0  # builds that had failed for a full disk, tried again
+    # intermediate steps retention dropped (tunevault.service.retention)
+    checkpoints_dropped: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def freed_bytes(self) -> int:
@@ -83,6 +88,8 @@ class GcReport:
 def collect(svc: Services, *, grace_seconds: float, dry_run: bool) -> GcReport:
     """One collection pass (see the module docstring); `dry_run` only counts."""
     report = GcReport(dry_run=dry_run)
+    # First: the archives and blobs of the steps it drops can go in this same pass.
+    report.checkpoints_dropped = retention.apply(svc, dry_run=dry_run)
     _collect_blobs(svc, now() - timedelta(seconds=grace_seconds), report)
     _register_unrecorded(svc, report)
     _collect_archives(svc, report)
