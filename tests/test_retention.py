@@ -81,7 +81,7 @@ def test_the_right_steps_go_never_a_final(database_url: str, tmp_path: Path) -> 
         assert _steps(svc, kept)[0] == (1, False)  # the dry run dropped nothing
         real = collect(svc, grace_seconds=0, dry_run=False)
         assert dry.checkpoints_dropped == real.checkpoints_dropped
-        assert {(d["ft_id"], d["step"]) for d in real.checkpoints_dropped} == {
+        assert {(d.ft_id, d.step) for d in real.checkpoints_dropped} == {
             (kept.id, 3),
             (kept.id, 2),
             (kept.id, 1),
@@ -91,8 +91,9 @@ def test_the_right_steps_go_never_a_final(database_url: str, tmp_path: Path) -> 
         assert _steps(svc, aged) == [(1, False), (3, False), (4, False), (5, False), (6, True)]
         assert svc.storage.stat(archive.storage_key) is None  # freed in the same pass
         assert real.archives_deleted == 1 and real.blobs_deleted == 1
-        events = [e for e in svc.store.list_events(kept.id) if e.type == "CHECKPOINT_DROPPED"]
+        events = [e for e in svc.store.list_events(kept.id) if e.type == "WARNING"]
         assert sorted(e.step for e in events) == [1, 2, 3]
+        assert events[0].message.startswith("retention dropped step ")
         assert "beyond the newest 2 intermediate steps" in events[0].message
         # Keeping none drops every intermediate step, still never a final.
         retention.set_org_policy(svc, "acme", Retention(keep_last=0))

@@ -38,8 +38,8 @@ def gc(grace_hours: float, dry_run: bool, as_json: bool, **flags: Any) -> None:
         return
     for d in report.checkpoints_dropped:
         click.echo(
-            f"{'would drop' if dry_run else 'dropped'} {d['ft_id']} step {d['step']} "
-            f"({', '.join(map(str, d['kinds']))}): {d['reason']}"  # type: ignore[call-overload]
+            f"{'would drop' if dry_run else 'dropped'} {d.ft_id} step {d.step} "
+            f"({', '.join(d.kinds)}): {d.reason}"
         )
     verb = "would free" if dry_run else "freed"
     click.echo(

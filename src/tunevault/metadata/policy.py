@@ -185,7 +185,7 @@ class PolicyMixin(StoreBase):
 
     def drop_step(self, step: IntermediateStep, reason: str) -> bool:
         """Delete the step's checkpoints (never a final one; their files, archives and
-        jobs go by ON DELETE CASCADE) and record an event on the fine-tune, in one
+        jobs go by ON DELETE CASCADE) and record a warning event on the fine-tune, in one
         transaction. False when they were gone already."""
         c, kinds = t.checkpoints.c, ", ".join(step.kinds)
         with self.engine.begin() as conn:
@@ -197,8 +197,9 @@ class PolicyMixin(StoreBase):
                     t.events.insert().values(
                         ft_id=step.ft_id,
                         created_at=now(),
-                        level="info",
-                        type="CHECKPOINT_DROPPED",
+                        # A type of Together's list: the 1.x SDK refuses others.
+                        level="warning",
+                        type="WARNING",
                         message=f"retention dropped step {step.step} ({kinds}): {reason}",
                         step=step.step,
                     )

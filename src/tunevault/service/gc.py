@@ -75,7 +75,7 @@ class GcReport:
     writes_aborted: int = 0  # S3 multipart uploads of dead writers
     builds_requeued: int = 0  # builds that had failed for a full disk, tried again
     # intermediate steps retention dropped (tunevault.service.retention)
-    checkpoints_dropped: list[dict[str, object]] = field(default_factory=list)
+    checkpoints_dropped: list[retention.Dropped] = field(default_factory=list)
 
     @property
     def freed_bytes(self) -> int:

@@ -4,14 +4,16 @@ A policy keeps the newest `keep_last` intermediate steps of a fine-tune and drop
 intermediate steps older than `max_age_days`; a step goes when either rule says so. An
 organization's policy applies to each of its fine-tunes unless the fine-tune has its own
 (per rule). A step holding a final checkpoint is never dropped, nor counted. Dropping a
-step deletes its checkpoint rows (files, archive, jobs, share links by cascade) with an
-event `CHECKPOINT_DROPPED` on the fine-tune; the same gc run then frees its archives, and
-its blobs once nothing else names them and they are past the grace period.
+step deletes its checkpoint rows (files, archive, jobs, share links by cascade) with a
+`WARNING` event "retention dropped step N ..." on the fine-tune; the same gc run then
+frees its archives, and its blobs once nothing else names them and they are past the
+grace period.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from tunevault.errors import FineTuneNotFound
@@ -20,6 +22,15 @@ from tunevault.metadata.policy import NO_RULE
 from tunevault.models import IntermediateStep, Retention
 from tunevault.service.context import Services
 from tunevault.service.usage import org_named
+
+
+@dataclass(frozen=True)
+class Dropped:
+    ft_id: str
+    step: int
+    kinds: tuple[str, ...]
+    reason: str
+
 
 INHERIT = "inherit"  # on a fine-tune: its organization's rule
 NONE = "none"  # no such rule
@@ -65,12 +76,10 @@ def _dropped(
             yield step, f"older than {days} days"
 
 
-def apply(svc: Services, *, dry_run: bool) -> list[dict[str, object]]:
+def apply(svc: Services, *, dry_run: bool) -> list[Dropped]:
     """Drop what `plan` lists (or only list it): the steps dropped."""
-    done = []
-    for step, why in plan(svc):
-        if dry_run or svc.store.drop_step(step, why):
-            done.append(
-                {"ft_id": step.ft_id, "step": step.step, "kinds": list(step.kinds), "reason": why}
-            )
-    return done
+    return [
+        Dropped(step.ft_id, step.step, step.kinds, why)
+        for step, why in plan(svc)
+        if dry_run or svc.store.drop_step(step, why)
+    ]
