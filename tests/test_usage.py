@@ -135,3 +135,26 @@ def test_usage_command_refusals(demo: Demo) -> None:
     missing = subprocess.run([*base, "--org", "nobody", "--json"], capture_output=True, text=True)
     assert missing.returncode == 4
     assert json.loads(missing.stdout)["error"]["code"] == "not_found"
+
+
+def test_push_past_the_quota_uploads_nothing(
+    demo: Demo, fresh_org: FreshOrg, tmp_path: Path
+) -> None:
+    from tests.publisher import helpers
+
+    name = _org_name(demo, fresh_org.id)
+    _cli(demo.settings.data_dir, "--org", name, "--set-quota", "1000")
+    root = helpers.trainer_output(tmp_path / "run", lora=False)
+    env = {**os.environ, "TUNEVAULT_URL": demo.url, "TUNEVAULT_API_KEY": fresh_org.token}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunevault", "push", str(root), "--model", "org/base", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    err = json.loads(proc.stdout)["error"]
+    assert err["code"] == "quota_exceeded" and "past its quota of 1000 (0 used)" in err["message"]
+    assert _cli(demo.settings.data_dir, "--org", name)["data"][0]["source_bytes"] == 0  # type: ignore[index]
+    assert not list((demo.settings.data_dir / "uploads").glob(f"{fresh_org.id}/*"))
