@@ -105,6 +105,8 @@ def test_quota_refuses_before_any_upload(demo: Demo, fresh_org: FreshOrg) -> Non
         assert set_to["data"] == [
             {**_cli(demo.settings.data_dir, "--org", name)["data"][0], "source_quota_bytes": 4000}  # type: ignore[index]
         ]
+        bad = c.post("/v1/publish/blobs/check", json={"sha256": [sha(big)], "sizes": [1, 2]})
+        assert (bad.status_code, bad.json()["error"]["param"]) == (400, "sizes")
         check = {"sha256": [sha(small), sha(big)], "sizes": [1000, 5000]}
         r = c.post("/v1/publish/blobs/check", json=check)
         assert r.status_code == 413, r.text
