@@ -14,7 +14,7 @@ from tunevault.models import IntermediateStep, Kind, OrgUsage, Retention
 NO_RULE = -1  # on a fine-tune: no such rule, whatever its organization says
 
 
-def _source_blobs() -> sa.Select[Any]:
+def _source_blobs(org_id: str | None) -> sa.Select[Any]:
     """org_blobs rows that are uploads: the worker records a merge's outputs there too,
     so a blob only the organization's merged checkpoints name is derived."""
     ob, c, f, cf = t.org_blobs.c, t.checkpoints.c, t.fine_tunes.c, t.checkpoint_files.c
@@ -33,14 +33,15 @@ def _source_blobs() -> sa.Select[Any]:
         .where(bm.org_id == ob.org_id, bf.sha256 == ob.sha256)
         .exists()
     )
-    return (
-        sa.select(ob.org_id, sa.func.sum(ob.size).label("n"))
-        .where(sa.or_(~merged, uploaded, base))
-        .group_by(ob.org_id)
-    )
+    q = sa.select(ob.org_id, sa.func.sum(ob.size).label("n")).where(sa.or_(~merged, uploaded, base))
+    if org_id is not None:
+        q = q.where(ob.org_id == org_id)
+    return q.group_by(ob.org_id)
 
 
-def _usage_query() -> sa.Select[Any]:
+def _usage_query(org_id: str | None) -> sa.Select[Any]:
+    """Every organization's usage, or one's: then each sum is filtered before grouping,
+    as the quota check of every upload runs it."""
     o, a, c, f, cf = (
         t.organizations.c,
         t.archives.c,
@@ -48,18 +49,20 @@ def _usage_query() -> sa.Select[Any]:
         t.fine_tunes.c,
         t.checkpoint_files.c,
     )
-    source = _source_blobs().subquery()
+    source = _source_blobs(org_id).subquery()
     owned = t.checkpoints.join(t.fine_tunes, c.ft_id == f.id)
+    mine = sa.true() if org_id is None else f.org_id == org_id
     archived = (
         sa.select(f.org_id, sa.func.sum(a.size).label("n"))
         .select_from(t.archives.join(owned, a.checkpoint_id == c.id))
+        .where(mine)
         .group_by(f.org_id)
         .subquery()
     )
     merged_files = (  # a blob two merged checkpoints share is stored once
         sa.select(f.org_id, cf.sha256, cf.size)
         .select_from(t.checkpoint_files.join(owned, cf.checkpoint_id == c.id))
-        .where(c.kind == Kind.MERGED.value)
+        .where(c.kind == Kind.MERGED.value, mine)
         .distinct()
         .subquery()
     )
@@ -95,7 +98,7 @@ def _policy(ft_keep: int | None, ft_age: int | None, org: Retention) -> Retentio
 class PolicyMixin(StoreBase):
     def usage(self, org_id: str | None = None) -> list[OrgUsage]:
         """Every organization's usage (or one's), by name."""
-        q = _usage_query()
+        q = _usage_query(org_id)
         if org_id is not None:
             q = q.where(t.organizations.c.id == org_id)
         with self.engine.connect() as conn:
