@@ -231,6 +231,18 @@ class OrgUsage:
     def derived_bytes(self) -> int:
         return self.archive_bytes + self.merged_bytes
 
+    def as_json(self) -> dict[str, Any]:
+        """What the usage route and `tunevault usage --json` print."""
+        return {
+            "org_id": self.org_id,
+            "org": self.org,
+            "source_bytes": self.source_bytes,
+            "derived_bytes": self.derived_bytes,
+            "archive_bytes": self.archive_bytes,
+            "merged_bytes": self.merged_bytes,
+            "source_quota_bytes": self.source_quota_bytes,
+        }
+
 
 @dataclass(frozen=True)
 class Retention:

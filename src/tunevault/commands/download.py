@@ -26,6 +26,7 @@ from tunevault.client.ready import download_command
 from tunevault.client.retry import Backoff
 from tunevault.client.target import CHECKPOINTS, parse_ft_arg
 from tunevault.client.waiting import WaitLine
+from tunevault.commands.retries import retries_option
 from tunevault.errors import FineTuneNotFound, InvalidRequest
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -232,18 +233,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
-def _retries(fn: F) -> F:
-    return click.option(
-        "--retries",
-        type=click.IntRange(min=0),
-        default=Backoff.attempts,
-        show_default=True,
-        help="Retries (with backoff) while the server is unreachable or busy.",
-    )(fn)
-
-
 @click.command("ls")
-@_retries
+@retries_option
 @_client_options
 def ls(as_json: bool, url: str | None, api_key: str | None, retries: int) -> None:
     """List your fine-tunes."""
@@ -258,7 +249,7 @@ def ls(as_json: bool, url: str | None, api_key: str | None, retries: int) -> Non
 
 @click.command()
 @click.argument("ft_id")
-@_retries
+@retries_option
 @_client_options
 def checkpoints(
     ft_id: str, as_json: bool, url: str | None, api_key: str | None, retries: int

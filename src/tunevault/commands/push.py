@@ -14,7 +14,7 @@ from tunevault.client.api import Client
 from tunevault.client.config import DEFAULT_URL, ClientConfig, normalize_base_url
 from tunevault.client.progress import human
 from tunevault.client.ready import wait_built
-from tunevault.client.retry import Backoff
+from tunevault.commands.retries import retries_option
 from tunevault.errors import Unauthenticated
 from tunevault.models import Kind
 from tunevault.publisher.files import LayoutError, collect
@@ -29,13 +29,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def _connection(fn: F) -> F:
-    fn = click.option(
-        "--retries",
-        type=click.IntRange(min=0),
-        default=Backoff.attempts,
-        show_default=True,
-        help="Retries (with backoff) while the server is unreachable or busy.",
-    )(fn)
+    fn = retries_option(fn)
     # Together's variables are deliberately not read: a push must never go to Together.
     fn = click.option("--api-key", envvar="TUNEVAULT_API_KEY", help="TUNEVAULT_API_KEY")(fn)
     fn = click.option(

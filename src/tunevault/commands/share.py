@@ -13,7 +13,8 @@ import click
 from tunevault.client.api import Client
 from tunevault.client.retry import Backoff
 from tunevault.client.target import CHECKPOINTS, parse_ft_arg
-from tunevault.commands.download import _client_options, _retries, same_not_found
+from tunevault.commands.download import _client_options, same_not_found
+from tunevault.commands.retries import retries_option
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -56,7 +57,7 @@ def _print(link: dict[str, Any], as_json: bool, verb: str) -> None:
     help="How long the link works: 90m, 24h, 7d (1 minute to 30 days).",
 )
 @click.option("--revoke", "revoke_id", metavar="SHARE_ID", help="Revoke this share link instead.")
-@_retries
+@retries_option
 @_client_options
 def share(
     ft_ref: str | None,

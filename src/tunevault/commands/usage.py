@@ -9,7 +9,6 @@ from typing import Any
 import click
 
 from tunevault.commands.options import settings_from_flags, store_options
-from tunevault.models import OrgUsage
 
 
 def _quota(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | str | None:
@@ -47,7 +46,7 @@ def usage(org_name: str | None, quota: int | str | None, as_json: bool, **flags:
         else:
             found = service.usage(svc, org_name)
     if as_json:
-        click.echo(json.dumps({"data": [_json(u) for u in found]}))
+        click.echo(json.dumps({"data": [u.as_json() for u in found]}))
         return
     for u in found:
         limit = "none" if u.source_quota_bytes is None else _size(u.source_quota_bytes)
@@ -60,15 +59,3 @@ def usage(org_name: str | None, quota: int | str | None, as_json: bool, **flags:
 
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
-
-
-def _json(u: OrgUsage) -> dict[str, Any]:
-    return {
-        "org_id": u.org_id,
-        "org": u.org,
-        "source_bytes": u.source_bytes,
-        "derived_bytes": u.derived_bytes,
-        "archive_bytes": u.archive_bytes,
-        "merged_bytes": u.merged_bytes,
-        "source_quota_bytes": u.source_quota_bytes,
-    }
