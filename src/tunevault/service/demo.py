@@ -285,7 +285,13 @@ def demo_banner(svc: Services, token: str, base_url: str) -> str:
     org = svc.store.get_org_by_name(DEMO_ORG)
     assert org is not None
     together, tunevault = _tool("together"), _tool("tunevault")
-    lines = ["", "tunevault demo is ready.", f"  API key (shown once): {token}", ""]
+    lines = [
+        "",
+        "tunevault demo is ready.",
+        f"  API key (shown once): {token}",
+        f"  Web console: {base_url}/console/ (sign in with the key)",
+        "",
+    ]
     for ft in svc.store.list_fine_tunes(org.id):
         kind = "merged" if ft.is_lora else "model_output_path"
         lines += [
