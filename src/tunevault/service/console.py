@@ -17,7 +17,6 @@ from tunevault.models import (
     Checkpoint,
     DownloadRecord,
     Event,
-    FileEntry,
     FineTune,
     MetricRow,
     Scope,
@@ -78,26 +77,12 @@ def list_fine_tunes(
     return FineTunePage(found[start : start + PAGE_SIZE], len(found), page, pages)
 
 
-def _files(svc: Services, ids: Iterable[int]) -> dict[int, tuple[FileEntry, ...]]:
-    f = t.checkpoint_files.c
-    out: dict[int, list[FileEntry]] = {}
-    with svc.store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(f.checkpoint_id, f.path, f.size, f.sha256)
-            .where(f.checkpoint_id.in_(list(ids)))
-            .order_by(f.checkpoint_id, f.path)
-        )
-        for r in rows:
-            out.setdefault(r.checkpoint_id, []).append(FileEntry(r.path, r.size, r.sha256))
-    return {k: tuple(v) for k, v in out.items()}
-
-
 def fine_tune_view(svc: Services, org_id: str, ft_id: str) -> FineTuneView | None:
     """The fine-tune with everything its page shows; None if the organization has none."""
     ft, rows = svc.store.fine_tune_with_archives(org_id, ft_id)
     if ft is None:
         return None
-    files = _files(svc, [c.id for c, _ in rows])
+    files = svc.store.fine_tune_files(ft.id)
     ckpts = [(replace(c, files=files.get(c.id, ())), a) for c, a in rows]
     ckpts.sort(key=lambda ca: (-ca[0].step, not ca[0].final, ca[0].kind.value))
     return FineTuneView(ft, svc.store.list_events(ft.id), svc.store.list_metrics(ft.id), ckpts)
