@@ -60,8 +60,6 @@ RULES = {
     "sha256": "sha256 must be a list of at most 10,000 hex digests",
     "sizes": "sizes must be a list of byte counts, one per sha256, in the same order",
 }
-# Inside these, any error is the list's: the publisher fixes the batch as a whole.
-_LISTS = {"events", "metrics"}
 
 
 class Body(BaseModel):
@@ -215,11 +213,12 @@ def parse(model: type[M], body: dict[str, Any]) -> M:
 
 
 def _param(loc: tuple[int | str, ...]) -> str:
+    """The top-level field that is wrong (inside events or metrics, the list: the publisher
+    fixes a batch as a whole), but inside training_type the LoRA field itself."""
     names = [part for part in loc if isinstance(part, str)]
     if not names:
         return "body"
-    if names[0] in _LISTS or names[0] != "training_type":
+    if names[0] != "training_type":
         return names[0]
-    # Inside training_type: the LoRA field that is wrong, else training_type itself.
     inner = [n for n in names[1:] if n in RULES]
     return inner[0] if inner else "training_type"
