@@ -44,7 +44,7 @@ class Changed(Exception):
         self.etag = etag  # of the full body: the same as ours means Range was ignored
 
 
-def _retryable(e: TunevaultError) -> bool:
+def retryable(e: TunevaultError) -> bool:
     return (
         isinstance(e, NetworkError | StorageUnavailable | RateLimited) or type(e) is TunevaultError
     )
@@ -99,7 +99,7 @@ class Fetcher:
                 since[:] = since or [time.monotonic()]
                 self._wait_out(e, since[0])
             except TunevaultError as e:
-                if not _retryable(e):
+                if not retryable(e):
                     raise
                 self.failed(e)
 

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tunevault.client.api import Client
-from tunevault.client.fetch import RetryPolicy, _retryable
+from tunevault.client.fetch import RetryPolicy, retryable
 from tunevault.client.http import NetworkError, Response
 from tunevault.client.target import ProtocolError
 from tunevault.errors import (
@@ -27,15 +27,9 @@ from tunevault.errors import (
     NotFound,
     TunevaultError,
 )
+from tunevault.models import FileEntry
 
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str
-    size: int
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -58,13 +52,13 @@ def revision_of(step: int | None, checkpoint: str) -> str:
     return "model_output_path" if checkpoint == "modelOutputPath" else checkpoint
 
 
-def list_files(client: Client, ft_id: str, revision: str) -> tuple[str, list[RemoteFile]]:
+def list_files(client: Client, ft_id: str, revision: str) -> tuple[str, list[FileEntry]]:
     """The commit the revision names now, and its files."""
     path = f"/api/models/{quote(ft_id, safe='')}/revision/{quote(revision, safe='')}"
     info = client.transport.json("GET", path)
     try:
         files = [
-            RemoteFile(s["rfilename"], int(s["size"]), s["lfs"]["sha256"]) for s in info["siblings"]
+            FileEntry(s["rfilename"], int(s["size"]), s["lfs"]["sha256"]) for s in info["siblings"]
         ]
         return str(info["sha"]), files
     except (KeyError, TypeError, ValueError) as e:
@@ -72,11 +66,11 @@ def list_files(client: Client, ft_id: str, revision: str) -> tuple[str, list[Rem
 
 
 def select(
-    files: Sequence[RemoteFile],
+    files: Sequence[FileEntry],
     paths: Sequence[str],
     include: Sequence[str],
     exclude: Sequence[str],
-) -> list[RemoteFile]:
+) -> list[FileEntry]:
     """The named files and those matching an include glob (all, without either), minus
     those matching an exclude glob. A named file that does not exist is an error."""
     by_path = {f.path: f for f in files}
@@ -135,7 +129,7 @@ def _sha256_of(path: Path) -> str:
 
 
 def fetch_file(
-    client: Client, ft_id: str, commit: str, f: RemoteFile, output: Path, policy: RetryPolicy
+    client: Client, ft_id: str, commit: str, f: FileEntry, output: Path, policy: RetryPolicy
 ) -> int:
     """Bring `f` to its place under `output`; returns how many of its bytes were not
     already there (0: the file was in place, or only its digest was left to check)."""
@@ -154,7 +148,7 @@ def fetch_file(
         try:
             _transfer(client, url, f, part, have)
         except TunevaultError as e:
-            if not _retryable(e):
+            if not retryable(e):
                 raise
             streak = 0 if _size(part) > have else streak + 1
             if streak > policy.attempts:
@@ -172,7 +166,7 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _transfer(client: Client, url: str, f: RemoteFile, part: Path, have: int) -> None:
+def _transfer(client: Client, url: str, f: FileEntry, part: Path, have: int) -> None:
     """One request for the missing bytes, appended to the .part as they arrive."""
     headers = {"Range": f"bytes={have}-", "If-Range": f'"{f.sha256}"'} if have else {}
     resp = client.transport.open("GET", url, headers)

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from tunevault.client.progress import human
 from tunevault.commands.options import settings_from_flags, store_options
 
 
@@ -49,13 +50,9 @@ def usage(org_name: str | None, quota: int | str | None, as_json: bool, **flags:
         click.echo(json.dumps({"data": [u.as_json() for u in found]}))
         return
     for u in found:
-        limit = "none" if u.source_quota_bytes is None else _size(u.source_quota_bytes)
+        limit = "none" if u.source_quota_bytes is None else human(u.source_quota_bytes)
         click.echo(
-            f"{u.org:<24} source {_size(u.source_bytes):>10}  quota {limit:>10}  "
-            f"derived {_size(u.derived_bytes):>10} (archives {_size(u.archive_bytes)}, "
-            f"merged {_size(u.merged_bytes)})"
+            f"{u.org:<24} source {human(u.source_bytes):>10}  quota {limit:>10}  "
+            f"derived {human(u.derived_bytes):>10} (archives {human(u.archive_bytes)}, "
+            f"merged {human(u.merged_bytes)})"
         )
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"

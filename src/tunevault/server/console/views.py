@@ -9,6 +9,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from tunevault.client.progress import human
 from tunevault.server.console.state import SESSION, Session
 
 CSP = (
@@ -26,15 +27,6 @@ SECURITY_HEADERS = {
 }
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def _when(ts: datetime | None) -> str:
     return "" if ts is None else ts.strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -46,7 +38,7 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_ENV.filters["size"] = _size
+_ENV.filters["size"] = human
 _ENV.filters["when"] = _when
 
 
