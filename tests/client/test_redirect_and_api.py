@@ -9,8 +9,11 @@ import pytest
 from tests.client.conftest import FAST, Live, MiB
 from tests.client.origins import blob_host, redirector
 from tests.client.seeding import add_fine_tune
+from tests.support.faultproxy import Fault, FaultProxy
 from tunevault.client import Client, ClientConfig, download
 from tunevault.client.config import TOGETHER_URL
+from tunevault.client.http import NetworkError
+from tunevault.client.retry import Backoff
 from tunevault.client.extract import download_extract
 from tunevault.errors import Conflict, FineTuneNotFound
 from tunevault.models import MetricRow
@@ -65,6 +68,21 @@ def test_read_routes(live: Live) -> None:
     assert client.whoami()["organization"]["name"] == "acme"
     with pytest.raises(Conflict):
         client.cancel_fine_tune(live.ft)  # completed jobs cannot be cancelled
+
+
+@pytest.mark.parametrize(("method", "tries"), [("GET", 3), ("POST", 1)])
+def test_an_answer_cut_short_is_retried_only_when_safe(live: Live, method: str, tries: int) -> None:
+    """A JSON answer cut after its first byte is a network failure, not invalid JSON: an
+    idempotent call is sent again, a cancel (POST) is not, since it may have happened."""
+    with FaultProxy(live.url) as proxy:
+        proxy.default = Fault(cut_after=1)
+        client = Client(proxy.url, live.seeded.token, backoff=Backoff(attempts=2, first=0.01))
+        with pytest.raises(NetworkError, match="cut"):
+            if method == "GET":
+                client.get_fine_tune(live.ft)
+            else:
+                client.cancel_fine_tune(live.ft)
+        assert [e.status for e in proxy.log] == [200 if method == "GET" else 409] * tries
 
 
 def test_events_and_metrics(live: Live) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -22,6 +23,7 @@ from tunevault.client.config import ClientConfig
 from tunevault.client.retry import (
     RETRY_STATUSES,
     Backoff,
+    announce_lost,
     announce_status,
     announce_unreachable,
     reason,
@@ -35,6 +37,7 @@ MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 1 << 20
 MAX_JSON_BODY = 64 << 20
 IDEMPOTENT = frozenset({"GET", "HEAD", "DELETE"})
+REFUSED = frozenset({429, 503})  # the server did nothing: safe to send again whatever it was
 # Raised by the socket layer or http.client when a peer vanishes mid-exchange.
 NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
@@ -46,6 +49,10 @@ class NetworkError(TunevaultError):
     status = 503
     error_type = "network_error"
     code = "network_error"
+
+
+class Unreachable(NetworkError):
+    """No answer came back at all (as opposed to an answer cut short)."""
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -66,6 +73,7 @@ class Response:
     hops: list[dict[str, str]] = field(default_factory=list)  # headers of redirects followed
     _pipe: splice.Pipe | None = field(default=None, init=False)
     _drained: bool = field(default=False, init=False)  # http.client's read-ahead is used up
+    _body: bytes | None = field(default=None, init=False)  # the whole body, once `buffer`ed
 
     def header(self, name: str) -> str | None:
         return self.raw.getheader(name)
@@ -153,7 +161,25 @@ class Response:
         return got, err
 
     def read(self, n: int = -1) -> bytes:
+        if self._body is not None:
+            return self._body if n < 0 else self._body[:n]
         return self.raw.read(n) if n >= 0 else self.raw.read()
+
+    def buffer(self, limit: int) -> None:
+        """Read the whole body now, so that an answer cut short is a NetworkError (and can
+        be retried) rather than a truncated body; bodies over `limit` are refused."""
+        if self.raw.length is not None and self.raw.length > limit:
+            self.close()
+            raise TunevaultError(f"the answer is {self.raw.length} bytes, over {limit}")
+        try:
+            body = self.raw.read(limit)
+        except NETWORK_ERRORS as e:
+            self.close()
+            raise NetworkError(f"the answer was cut: {_describe(e)}") from e
+        if self.raw.length:  # announced by Content-Length but never sent
+            self.close()
+            raise NetworkError(f"the answer was cut after {len(body)} bytes")
+        self._body = body
 
     def close(self) -> None:
         self.raw.close()
@@ -167,13 +193,13 @@ class Response:
         if self.status < 400:
             return
         try:
-            body: Any = json.loads(self.raw.read(MAX_ERROR_BODY) or b"null")
+            body: Any = json.loads(self.read(MAX_ERROR_BODY) or b"null")
         except (ValueError, *NETWORK_ERRORS):
             body = None
         finally:
             self.close()
         err = TunevaultError.from_envelope(self.status, body)
-        for name in ("Retry-After", "Content-Range"):
+        for name in ("Retry-After", "Content-Range", "Upload-Offset"):
             if (value := self.header(name)) is not None:
                 err.headers[name] = value
         raise err
@@ -181,9 +207,14 @@ class Response:
 
 class Transport:
     def __init__(
-        self, config: ClientConfig, timeout: float = 60.0, backoff: Backoff | None = None
+        self,
+        config: ClientConfig,
+        timeout: float = 60.0,
+        backoff: Backoff | None = None,
+        user_agent: str = USER_AGENT,
     ) -> None:
         self.config = config
+        self.user_agent = user_agent
         self.timeout = timeout
         self.backoff = backoff or Backoff()
         self._origin = origin(config.base_url)
@@ -216,7 +247,11 @@ class Transport:
         raise NetworkError(f"more than {MAX_REDIRECTS} redirects from {url[:200]}")
 
     def _send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | Iterable[bytes] | None = None,
     ) -> Response:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -225,7 +260,7 @@ class Transport:
             http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         )
         conn = conn_cls(parts.hostname, parts.port, timeout=self.timeout)
-        sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
+        sent = {"User-Agent": self.user_agent, "Accept-Encoding": "identity", **headers}
         # The key goes to the configured origin only: never to a redirect target elsewhere.
         if self.config.api_key and origin(url) == self._origin:
             sent["Authorization"] = f"Bearer {self.config.api_key}"
@@ -238,59 +273,97 @@ class Transport:
             raw = conn.getresponse()
         except NETWORK_ERRORS as e:
             conn.close()
-            raise NetworkError(
+            raise Unreachable(
                 f"cannot reach {where(url)} ({method} {parts.path}): {reason(e)}; "
                 "check the URL and that the server runs, then run the command again"
             ) from e
         return Response(status=raw.status, raw=raw, conn=conn, sock=sock)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        content: Callable[[], Iterable[bytes]] | None = None,
+        idempotent: bool | None = None,
+        buffered: bool = False,
+    ) -> Response:
+        """One control request (client/retry.py's policy), retried while the server is
+        unreachable or busy. A request that may have arrived is sent again only when
+        `idempotent` (by default: the method is); 429 and 503 mean the server did nothing
+        and are always retried. `content` is a factory, so a retry streams the body again
+        from the start; it is never sent to a redirect target. `buffered` reads the whole
+        answer inside the retries, so that one cut short is retried like a lost one."""
+        url = self.url(path, params)
+        sent = dict(headers or {})
+        data = None
+        if json_body is not None:
+            sent["Content-Type"] = "application/json"
+            data = json.dumps(json_body).encode()
+        safe = method in IDEMPOTENT if idempotent is None else idempotent
+        attempts = self.backoff.attempts
+        for attempt in range(1, attempts + 2):
+            try:
+                if content is None:
+                    resp = self.open(method, url, sent, data)
+                else:
+                    resp = self._send(method, url, sent, content())
+                if buffered and resp.status not in RETRY_STATUSES:
+                    resp.buffer(MAX_JSON_BODY)
+            except NetworkError as e:
+                refused = isinstance(e.__cause__, ConnectionRefusedError)
+                if attempt > attempts or not (refused or safe):
+                    raise
+                pause = self.backoff.pause(attempt)
+                announce = announce_unreachable if isinstance(e, Unreachable) else announce_lost
+                announce(url, e, pause, attempt, attempts)
+                time.sleep(pause)
+                continue
+            if (
+                resp.status in RETRY_STATUSES
+                and attempt <= attempts
+                and (safe or resp.status in REFUSED)
+            ):
+                pause = self.backoff.pause(attempt, resp.header("Retry-After"))
+                resp.close()
+                announce_status(url, resp.status, pause, attempt, attempts)
+                time.sleep(pause)
+                continue
+            return resp
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def json(
         self,
         method: str,
         path: str,
         params: dict[str, Any] | None = None,
-        body: dict[str, Any] | None = None,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        idempotent: bool | None = None,
     ) -> Any:
-        """One API call, retried (client/retry.py) while the server is unreachable or busy;
-        a request that may have arrived is retried only when it is idempotent. `body`, if
-        given, is sent as a JSON object."""
-        url = self.url(path, params)
-        headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            data = json.dumps(body).encode()
-        attempts = self.backoff.attempts
-        for attempt in range(1, attempts + 2):
-            try:
-                resp = self.open(method, url, headers, data)
-            except NetworkError as e:
-                refused = isinstance(e.__cause__, ConnectionRefusedError)
-                if attempt > attempts or not (refused or method in IDEMPOTENT):
-                    raise
-                pause = self.backoff.pause(attempt)
-                announce_unreachable(url, e, pause, attempt, attempts)
-                time.sleep(pause)
-                continue
-            if resp.status in RETRY_STATUSES and attempt <= attempts and method in IDEMPOTENT:
-                pause = self.backoff.pause(attempt, resp.header("Retry-After"))
-                resp.close()
-                announce_status(url, resp.status, pause, attempt, attempts)
-                time.sleep(pause)
-                continue
-            return self._read_json(resp, method, path)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        """One API call through `request`, its answer parsed as JSON; an error answer
+        raises the server's exception class."""
+        sent = {"Accept": "application/json", **(headers or {})}
+        resp = self.request(
+            method,
+            path,
+            params=params,
+            json_body=body,
+            headers=sent,
+            idempotent=idempotent,
+            buffered=True,
+        )
+        return self._read_json(resp, method, path)
 
     def _read_json(self, resp: Response, method: str, path: str) -> Any:
         resp.raise_for_error()
+        resp.close()
         try:
-            data = resp.read(MAX_JSON_BODY)
-        except NETWORK_ERRORS as e:
-            raise NetworkError(f"{method} {path}: {_describe(e)}") from e
-        finally:
-            resp.close()
-        try:
-            return json.loads(data)
+            return json.loads(resp.read())
         except ValueError as e:
             raise TunevaultError(f"{method} {path}: the server sent invalid JSON") from e
 

@@ -1,7 +1,7 @@
 """The `tunevault` command: a thin shell over the server, the store and the client.
 
 Subcommands are imported when they run, not when the command starts: `tunevault download`
-should not pay for numpy (merge), httpx (push) or pydantic-settings (serve).
+should not pay for numpy (merge), aiohttp (serve) or pydantic-settings (serve).
 """
 
 from __future__ import annotations

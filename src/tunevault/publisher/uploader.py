@@ -10,22 +10,15 @@ server.
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tunevault.client.config import normalize_base_url
-from tunevault.client.http import NetworkError
-from tunevault.client.retry import (
-    RETRY_STATUSES,
-    Backoff,
-    announce_status,
-    announce_unreachable,
-    reason,
-)
+from tunevault.client.config import ClientConfig, normalize_base_url
+from tunevault.client.http import MAX_JSON_BODY, NetworkError, Response, Transport
+from tunevault.client.retry import Backoff
 from tunevault.errors import TunevaultError, UploadOffsetMismatch
 from tunevault.publisher.files import CHUNK, LocalFile, sha256_file
 from tunevault.publisher.progress import Progress
@@ -60,14 +53,15 @@ class PublishClient:
         self.blobs_sent = 0
         self.rate_limit = rate_limit  # bytes/s of blob upload, None for as fast as possible
         self._next_send = 0.0
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
-            timeout=httpx.Timeout(timeout_s, connect=10.0),
+        self._http = Transport(
+            ClientConfig(self.url, api_key),
+            timeout=timeout_s,
+            backoff=self.backoff,
+            user_agent=USER_AGENT,
         )
 
     def close(self) -> None:
-        self._http.close()
+        """Nothing to release: every request has its own connection (client/http.py)."""
 
     def __enter__(self) -> PublishClient:
         return self
@@ -75,54 +69,8 @@ class PublishClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    # -- transport --------------------------------------------------------------------
-
     def _sleep(self, attempt: int, retry_after: str | None = None) -> None:
         time.sleep(self.backoff.pause(attempt + 1, retry_after))
-
-    def send(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        headers: dict[str, str] | None = None,
-        content: Callable[[], Iterable[bytes]] | None = None,
-        idempotent: bool = True,
-    ) -> httpx.Response:
-        """One request, retried (client/retry.py) on connection failures and 429/502/503/504.
-
-        `content` is a factory so that a retry streams the body again from the start.
-        """
-        attempts = self.backoff.attempts
-        for attempt in range(1, attempts + 2):
-            last = attempt > attempts
-            try:
-                resp = self._http.request(
-                    method,
-                    path,
-                    json=json,
-                    headers=headers,
-                    content=content() if content is not None else None,
-                )
-            except httpx.TransportError as e:
-                # Without idempotency, only a connection that never opened is safe to retry.
-                if last or not (idempotent or isinstance(e, httpx.ConnectError)):
-                    raise NetworkError(
-                        f"cannot reach {self.url} ({method} {path}): {reason(e)}; "
-                        "check the URL and that the server runs, then run the command again"
-                    ) from e
-                pause = self.backoff.pause(attempt)
-                announce_unreachable(self.url, e, pause, attempt, attempts)
-                time.sleep(pause)
-                continue
-            if resp.status_code in RETRY_STATUSES and not last:
-                pause = self.backoff.pause(attempt, resp.headers.get("Retry-After"))
-                announce_status(self.url, resp.status_code, pause, attempt, attempts)
-                time.sleep(pause)
-                continue
-            return resp
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def call(
         self,
@@ -133,10 +81,8 @@ class PublishClient:
         headers: dict[str, str] | None = None,
         idempotent: bool = True,
     ) -> Any:
-        resp = self.send(method, path, json=json, headers=headers, idempotent=idempotent)
-        if resp.status_code >= 400:
-            raise error_of(resp)
-        return resp.json()
+        """One JSON call; publishing calls are idempotent unless the caller says not."""
+        return self._http.json(method, path, body=json, headers=headers, idempotent=idempotent)
 
     # -- blobs ------------------------------------------------------------------------
 
@@ -157,12 +103,14 @@ class PublishClient:
 
     def remote_offset(self, sha256: str) -> int | None:
         """None when the blob is committed, else the bytes of an upload the server kept."""
-        resp = self.send("HEAD", f"/v1/publish/blobs/{sha256}")
-        if resp.status_code == 200:
+        resp = self._http.request("HEAD", f"/v1/publish/blobs/{sha256}")
+        resp.close()
+        if resp.status == 200:
             return None
-        if resp.status_code == 404:
-            return int(resp.headers.get("Upload-Offset", "0"))
-        raise error_of(resp)
+        if resp.status == 404:
+            return int(resp.header("Upload-Offset") or "0")
+        resp.raise_for_error()
+        raise AssertionError("unreachable: an error answer raises")
 
     def upload_blob(self, source: Path, sha256: str, size: int) -> None:
         """Send the bytes the server lacks; a broken upload resumes where the server stopped."""
@@ -171,7 +119,7 @@ class PublishClient:
         while offset is not None:
             start = offset
             try:
-                resp = self.send(
+                resp = self._http.request(
                     "PUT",
                     f"/v1/publish/blobs/{sha256}",
                     headers={
@@ -183,6 +131,7 @@ class PublishClient:
                     content=functools.partial(self._read_from, source, start, size),
                     idempotent=False,  # the body is not replayable blindly: re-ask the offset
                 )
+                offset = self._offset_after(resp, sha256, failures)
             except NetworkError:
                 failures += 1
                 if failures > self.retries:
@@ -190,23 +139,36 @@ class PublishClient:
                 self._sleep(failures - 1)
                 offset = self.remote_offset(sha256)
                 continue
-            if resp.status_code in (200, 201):
+            if offset is None:
                 self.blobs_sent += 1
                 return
-            if resp.status_code == 202:
-                offset = int(resp.json()["offset"])
-            elif resp.status_code == 409 and isinstance(error_of(resp), UploadOffsetMismatch):
-                header = resp.headers.get("Upload-Offset")
-                offset = int(header) if header is not None else self.remote_offset(sha256)
-            elif resp.status_code == 409:
-                # The server may still be reading our dropped connection's upload: wait.
-                self._sleep(failures)
-                offset = self.remote_offset(sha256)
-            else:
-                raise error_of(resp)
-            failures = 0 if offset is not None and offset > start else failures + 1
+            failures = 0 if offset > start else failures + 1
             if failures > self.retries:
                 raise NetworkError(f"upload of {sha256} makes no progress at {offset}")
+
+    def _offset_after(self, resp: Response, sha256: str, failures: int) -> int | None:
+        """Where the upload stands after a PUT's answer: None once the blob is committed."""
+        if resp.status in (200, 201):
+            resp.close()
+            return None
+        if resp.status == 202:
+            try:
+                return int(json.loads(resp.read(MAX_JSON_BODY))["offset"])
+            finally:
+                resp.close()
+        try:
+            resp.raise_for_error()
+        except UploadOffsetMismatch as e:
+            header = e.headers.get("Upload-Offset")
+            return int(header) if header is not None else self.remote_offset(sha256)
+        except TunevaultError as e:
+            if e.status != 409:
+                raise
+            # The server may still be reading our dropped connection's upload: wait.
+            self._sleep(failures)
+            return self.remote_offset(sha256)
+        resp.close()
+        raise TunevaultError(f"PUT of blob {sha256} answered HTTP {resp.status}")
 
     def _read_from(self, source: Path, offset: int, size: int) -> Iterator[bytes]:
         chunk_size = CHUNK if self.rate_limit is None else min(CHUNK, max(self.rate_limit // 8, 1))
@@ -317,11 +279,3 @@ def hash_files(
         out[source] = sha256_file(source, progress.advance)
     progress.finish()
     return out
-
-
-def error_of(resp: httpx.Response) -> TunevaultError:
-    try:
-        body: Any = resp.json()
-    except ValueError:
-        body = resp.text
-    return TunevaultError.from_envelope(resp.status_code, body)
