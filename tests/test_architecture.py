@@ -137,3 +137,49 @@ def test_functions_fit_on_a_screen(path: Path) -> None:
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert long == []
+
+
+def sql_uses(source: str) -> list[str]:
+    """What in a module writes SQL: the tables, an engine, or sqlalchemy beyond its errors
+    (catching IntegrityError, telling an outage apart) and make_url (naming a database)."""
+    allowed: dict[str, set[str] | None] = {
+        "sqlalchemy.exc": None,
+        "sqlalchemy.engine": {"make_url"},
+    }
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = {a.name for a in node.names}
+            if node.module.startswith("tunevault.metadata.tables") or (
+                node.module == "tunevault.metadata" and "tables" in names
+            ):
+                found.append(f"line {node.lineno}: imports the tables")
+            elif node.module.startswith("sqlalchemy") and (
+                node.module not in allowed or names - (allowed[node.module] or names)
+            ):
+                found.append(f"line {node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Attribute):
+            if node.attr == "engine":
+                found.append(f"line {node.lineno}: .engine")
+            elif isinstance(node.value, ast.Name) and node.value.id == "sa" and node.attr != "exc":
+                found.append(f"line {node.lineno}: sa.{node.attr}")
+    return found
+
+
+def test_the_domain_leaves_sql_to_metadata() -> None:
+    domain = [p for n, p in modules().items() if n.startswith("tunevault.service.")]
+    assert len(domain) > 10, "no domain module found: the check would pass vacuously"
+    offending = {str(p.relative_to(SRC)): u for p in domain if (u := sql_uses(p.read_text()))}
+    assert offending == {}
+
+
+def test_the_sql_check_sees_sql() -> None:
+    probe = (
+        "import sqlalchemy as sa\n"
+        "from sqlalchemy import select\n"
+        "from tunevault.metadata import tables as t\n"
+        "with svc.store.engine.begin() as conn:\n"
+        "    conn.execute(sa.select(t.fine_tunes))\n"
+    )
+    assert len(sql_uses(probe)) == 4
+    assert sql_uses("import sqlalchemy as sa\nsa.exc.IntegrityError\n") == []

@@ -264,3 +264,34 @@ class IntermediateStep:
     checkpoint_ids: tuple[int, ...]
     kinds: tuple[str, ...]
     policy: Retention  # the fine-tune's own, else its organization's
+
+
+@dataclass(frozen=True)
+class ShareLink:
+    """A signed, expiring link to one checkpoint's archive (service/shares.py)."""
+
+    id: str
+    org_id: str
+    checkpoint_id: int
+    ft_id: str
+    step: int
+    kind: Kind
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    revoked_by: str | None
+
+    @property
+    def audit_key(self) -> str:
+        """What the download audit records as the downloader's key."""
+        return f"share:{self.id}"
+
+
+@dataclass(frozen=True)
+class ShareTarget:
+    """A checkpoint a link may point at; archive_size None while its archive is unbuilt."""
+
+    ft_id: str
+    step: int
+    archive_size: int | None

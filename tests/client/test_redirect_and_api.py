@@ -12,9 +12,9 @@ from tests.client.seeding import add_fine_tune
 from tests.support.faultproxy import Fault, FaultProxy
 from tunevault.client import Client, ClientConfig, download
 from tunevault.client.config import TOGETHER_URL
+from tunevault.client.extract import download_extract
 from tunevault.client.http import NetworkError
 from tunevault.client.retry import Backoff
-from tunevault.client.extract import download_extract
 from tunevault.errors import Conflict, FineTuneNotFound
 from tunevault.models import MetricRow
 from tunevault.service.context import open_services

@@ -118,14 +118,19 @@ class AccountsMixin(StoreBase):
         ok = hmac.compare_digest(expected, _hash_secret(secret))
         if row is None or not ok or row.revoked_at is not None:
             return None
-        return Principal(
-            key_id=row.id,
-            key_name=row.name,
-            org_id=row.org_id,
-            org_name=row.org_name,
-            scopes=_scopes(row.scopes),
-            limits=_limits(row._mapping),
-        )
+        return principal_of(row._mapping)
+
+
+def principal_of(m: Any) -> Principal:
+    """The principal of an api_keys row joined with its organization's name as org_name."""
+    return Principal(
+        key_id=m["id"],
+        key_name=m["name"],
+        org_id=m["org_id"],
+        org_name=m["org_name"],
+        scopes=_scopes(m["scopes"]),
+        limits=_limits(m),
+    )
 
 
 def _scopes(text: str) -> frozenset[Scope]:

@@ -28,6 +28,8 @@ from tunevault.metadata.finetunes import FineTunesMixin
 from tunevault.metadata.jobs import JobsMixin
 from tunevault.metadata.notify import JobSignal
 from tunevault.metadata.policy import PolicyMixin
+from tunevault.metadata.sessions import SessionsMixin
+from tunevault.metadata.shares import SharesMixin
 
 # The PostgreSQL advisory lock every migrating process takes ("tvmi"): processes started
 # together on an empty database migrate one after another, the later ones finding nothing
@@ -73,6 +75,8 @@ class MetadataStore(
     AuditMixin,
     GcMixin,
     PolicyMixin,
+    SessionsMixin,
+    SharesMixin,
 ):
     def __init__(self, url: str) -> None:
         self.url = url

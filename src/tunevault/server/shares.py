@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from tunevault.errors import InvalidRequest, ShareLinkNotFound
-from tunevault.models import Principal, Scope
+from tunevault.models import Principal, Scope, ShareLink
 from tunevault.server.context import blocking, json_body, principal, services
 from tunevault.server.download import serve_archive
 from tunevault.server.origin import public_origin
@@ -27,7 +27,7 @@ def install(app: web.Application, settings: Settings) -> None:
     app[SHARE_SECRET] = shares.load_secret(settings)
 
 
-def _render(request: web.Request, link: shares.ShareLink) -> dict[str, object]:
+def _render(request: web.Request, link: ShareLink) -> dict[str, object]:
     token = shares.token(request.app[SHARE_SECRET], link)
     return {
         "object": "share-link",

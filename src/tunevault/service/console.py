@@ -6,10 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-import sqlalchemy as sa
-
 from tunevault.errors import ArchiveNotReady, CheckpointNotFound, FineTuneNotFound
-from tunevault.metadata import tables as t
 from tunevault.models import (
     ApiKey,
     Archive,
@@ -42,14 +39,6 @@ class FineTuneView:
     events: list[Event]
     metrics: list[MetricRow]
     checkpoints: list[tuple[Checkpoint, Archive | None]]  # newest first, with their files
-
-
-@dataclass(frozen=True)
-class StorageUsage:
-    blobs: int
-    blob_bytes: int
-    archives: int
-    archive_bytes: int
 
 
 def list_fine_tunes(
@@ -86,27 +75,6 @@ def fine_tune_view(svc: Services, org_id: str, ft_id: str) -> FineTuneView | Non
     ckpts = [(replace(c, files=files.get(c.id, ())), a) for c, a in rows]
     ckpts.sort(key=lambda ca: (-ca[0].step, not ca[0].final, ca[0].kind.value))
     return FineTuneView(ft, svc.store.list_events(ft.id), svc.store.list_metrics(ft.id), ckpts)
-
-
-def storage_usage(svc: Services, org_id: str) -> StorageUsage:
-    """The bytes of the blobs the organization uploaded and of its built archives."""
-    ob, a, c, f = t.org_blobs.c, t.archives.c, t.checkpoints.c, t.fine_tunes.c
-    with svc.store.engine.connect() as conn:
-        blobs = conn.execute(
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(ob.size), 0)).where(
-                ob.org_id == org_id
-            )
-        ).one()
-        archives = conn.execute(
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(a.size), 0))
-            .select_from(
-                t.archives.join(t.checkpoints, c.id == a.checkpoint_id).join(
-                    t.fine_tunes, f.id == c.ft_id
-                )
-            )
-            .where(f.org_id == org_id)
-        ).one()
-    return StorageUsage(int(blobs[0]), int(blobs[1]), int(archives[0]), int(archives[1]))
 
 
 def list_base_models(svc: Services, org_id: str) -> list[BaseModel]:

@@ -11,11 +11,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-import sqlalchemy as sa
-
-from tunevault.metadata import tables as t
 from tunevault.metadata.base import now
-from tunevault.models import KeyLimitOverrides, Principal, Scope
+from tunevault.models import Principal
 from tunevault.service.context import Services
 
 
@@ -38,68 +35,21 @@ def sign_in(svc: Services, token: str, hours: float) -> tuple[str, Session] | No
     session_id = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(32)
     created = now()
-    with svc.store.engine.begin() as conn:
-        # Sign-in is the moment to sweep the key's expired sessions: no timer needed.
-        s = t.console_sessions.c
-        conn.execute(
-            t.console_sessions.delete().where(s.key_id == who.key_id, s.expires_at < created)
-        )
-        conn.execute(
-            t.console_sessions.insert().values(
-                id_sha256=_digest(session_id),
-                key_id=who.key_id,
-                csrf_token=csrf,
-                created_at=created,
-                expires_at=created + timedelta(hours=hours),
-            )
-        )
+    expires = created + timedelta(hours=hours)
+    svc.store.add_session(_digest(session_id), who.key_id, csrf, created, expires)
     return session_id, Session(principal=who, csrf_token=csrf)
 
 
 def lookup(svc: Services, session_id: str) -> Session | None:
     """The live session behind a cookie value: unexpired, and its key not revoked."""
-    s, k, o = t.console_sessions.c, t.api_keys.c, t.organizations.c
-    q = (
-        sa.select(
-            s.csrf_token,
-            k.id,
-            k.name,
-            k.org_id,
-            k.scopes,
-            k.requests_per_minute,
-            k.max_downloads,
-            o.name.label("org_name"),
-        )
-        .select_from(
-            t.console_sessions.join(t.api_keys, k.id == s.key_id).join(
-                t.organizations, o.id == k.org_id
-            )
-        )
-        .where(s.id_sha256 == _digest(session_id), s.expires_at > now(), k.revoked_at.is_(None))
-    )
-    with svc.store.engine.connect() as conn:
-        row = conn.execute(q).first()
-    if row is None:
-        return None
-    who = Principal(
-        key_id=row.id,
-        key_name=row.name,
-        org_id=row.org_id,
-        org_name=row.org_name,
-        scopes=frozenset(Scope(v) for v in row.scopes.split(",") if v),
-        limits=KeyLimitOverrides(row.requests_per_minute, row.max_downloads),
-    )
-    return Session(principal=who, csrf_token=row.csrf_token)
+    found = svc.store.live_session(_digest(session_id))
+    return None if found is None else Session(*found)
 
 
 def sign_out(svc: Services, session_id: str) -> None:
-    with svc.store.engine.begin() as conn:
-        conn.execute(
-            t.console_sessions.delete().where(t.console_sessions.c.id_sha256 == _digest(session_id))
-        )
+    svc.store.drop_session(_digest(session_id))
 
 
 def end_key_sessions(svc: Services, key_id: str) -> None:
     """Drop a revoked key's session rows (lookup already refuses them)."""
-    with svc.store.engine.begin() as conn:
-        conn.execute(t.console_sessions.delete().where(t.console_sessions.c.key_id == key_id))
+    svc.store.drop_key_sessions(key_id)

@@ -13,42 +13,19 @@ import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 
 from tunevault.errors import ArchiveNotReady, CheckpointNotFound, ShareLinkGone, ShareLinkNotFound
-from tunevault.metadata import tables as t
 from tunevault.metadata.base import now
-from tunevault.models import Kind, Principal
+from tunevault.models import Principal, ShareLink
 from tunevault.service.context import Services
 from tunevault.service.downloads import Resolved
 from tunevault.settings import Settings
 
 MAX_SECONDS = 30 * 24 * 3600
 _KEY_FILE = "share_secret"
-
-
-@dataclass(frozen=True)
-class ShareLink:
-    id: str
-    org_id: str
-    checkpoint_id: int
-    ft_id: str
-    step: int
-    kind: Kind
-    created_by: str
-    created_at: datetime
-    expires_at: datetime
-    revoked_at: datetime | None
-    revoked_by: str | None
-
-    @property
-    def audit_key(self) -> str:
-        """What the download audit records as the downloader's key."""
-        return f"share:{self.id}"
 
 
 def load_secret(settings: Settings) -> bytes:
@@ -82,18 +59,6 @@ def token(secret: bytes, link: ShareLink) -> str:
     return f"{link.id}.{_sign(secret, link.id, link.checkpoint_id, link.expires_at)}"
 
 
-def _select() -> sa.Select[Any]:
-    s, c = t.share_links.c, t.checkpoints.c
-    return sa.select(t.share_links, c.ft_id, c.step, c.kind).select_from(
-        t.share_links.join(t.checkpoints, c.id == s.checkpoint_id)
-    )
-
-
-def _link(m: Any) -> ShareLink:
-    fields = {k: m[k] for k in ShareLink.__dataclass_fields__ if k != "kind"}
-    return ShareLink(**fields, kind=Kind(m["kind"]))
-
-
 def create(
     svc: Services,
     secret: bytes,
@@ -105,46 +70,29 @@ def create(
 ) -> tuple[ShareLink, str]:
     """A link to one of the organization's built checkpoint archives (of fine-tune `ft_id`,
     when given); (link, token)."""
-    c, f = t.checkpoints.c, t.fine_tunes.c
-    created = now().replace(microsecond=0)  # the signature covers whole seconds
-    link_id = secrets.token_hex(8)
-    with svc.store.engine.begin() as conn:
-        owned = conn.execute(
-            sa.select(c.id, c.ft_id, c.step, t.archives.c.size)
-            .select_from(
-                t.checkpoints.join(t.fine_tunes, f.id == c.ft_id).outerjoin(
-                    t.archives, t.archives.c.checkpoint_id == c.id
-                )
-            )
-            .where(c.id == checkpoint_id, f.org_id == who.org_id, f.id == (ft_id or c.ft_id))
-        ).first()
-        if owned is None:
-            raise CheckpointNotFound("no such checkpoint; the fine-tune page lists them")
-        if owned.size is None:
-            raise ArchiveNotReady(
-                f"the archive of {owned.ft_id} step {owned.step} is still being built; "
-                "share it once it is ready"
-            )
-        conn.execute(
-            t.share_links.insert().values(
-                id=link_id,
-                org_id=who.org_id,
-                checkpoint_id=checkpoint_id,
-                created_by=who.key_id,
-                created_at=created,
-                expires_at=created + timedelta(seconds=seconds),
-            )
+    target = svc.store.share_target(who.org_id, checkpoint_id, ft_id)
+    if target is None:
+        raise CheckpointNotFound("no such checkpoint; the fine-tune page lists them")
+    if target.archive_size is None:
+        raise ArchiveNotReady(
+            f"the archive of {target.ft_id} step {target.step} is still being built; "
+            "share it once it is ready"
         )
-        link = _link(conn.execute(_select().where(t.share_links.c.id == link_id)).one()._mapping)
+    created = now().replace(microsecond=0)  # the signature covers whole seconds
+    expires = created + timedelta(seconds=seconds)
+    try:
+        link = svc.store.add_share_link(
+            secrets.token_hex(8), who.org_id, checkpoint_id, who.key_id, created, expires
+        )
+    except sa.exc.IntegrityError as e:  # the checkpoint went in between
+        raise CheckpointNotFound("no such checkpoint; the fine-tune page lists them") from e
     return link, token(secret, link)
 
 
 def open_link(svc: Services, secret: bytes, text: str) -> tuple[ShareLink, Resolved]:
     """What a share token downloads; refused if unknown, altered, expired or revoked."""
     link_id, _, signature = text.partition(".")
-    with svc.store.engine.connect() as conn:
-        row = conn.execute(_select().where(t.share_links.c.id == link_id[:32])).first()
-    link = _link(row._mapping) if row else None
+    link = svc.store.share_link(link_id[:32])
     expected = _sign(secret, link.id, link.checkpoint_id, link.expires_at) if link else ""
     if link is None or not hmac.compare_digest(expected.encode(), signature.encode()):
         raise ShareLinkNotFound("this share link is not valid; ask its owner for a new one")
@@ -166,23 +114,9 @@ def open_link(svc: Services, secret: bytes, text: str) -> tuple[ShareLink, Resol
 
 def revoke(svc: Services, who: Principal, link_id: str) -> ShareLink | None:
     """Revoke one of the organization's links (again is harmless); None if it has none."""
-    s = t.share_links.c
-    with svc.store.engine.begin() as conn:
-        conn.execute(
-            t.share_links.update()
-            .where(s.id == link_id, s.org_id == who.org_id, s.revoked_at.is_(None))
-            .values(revoked_at=now(), revoked_by=who.key_id)
-        )
-        row = conn.execute(_select().where(s.id == link_id, s.org_id == who.org_id)).first()
-    return _link(row._mapping) if row else None
+    return svc.store.revoke_share_link(who.org_id, link_id, who.key_id)
 
 
 def list_links(svc: Services, org_id: str, *, ft_id: str | None = None) -> list[ShareLink]:
-    """The organization's links, newest first (at most 200)."""
-    s = t.share_links.c
-    q = _select().where(s.org_id == org_id)
-    if ft_id is not None:
-        q = q.where(t.checkpoints.c.ft_id == ft_id)
-    with svc.store.engine.connect() as conn:
-        rows = conn.execute(q.order_by(s.created_at.desc(), s.id).limit(200))
-        return [_link(r._mapping) for r in rows]
+    """The organization's links, newest first (at most metadata.shares.LIST_LIMIT)."""
+    return svc.store.list_share_links(org_id, ft_id)

@@ -21,6 +21,7 @@ from tunevault.server.query import FT_ID, parse_step
 from tunevault.server.shares import PUBLIC_PREFIX, SHARE_SECRET
 from tunevault.service import console, shares
 from tunevault.service.downloads import archive_filename
+from tunevault.service.usage import org_usage
 
 routes = web.RouteTableDef()
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
@@ -129,7 +130,7 @@ async def base_models(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/storage")
 async def storage(request: web.Request) -> web.Response:
     who = principal(request)
-    usage = await blocking(console.storage_usage, services(request), who.org_id)
+    usage = await blocking(org_usage, services(request), who.org_id)
     return page(request, "storage.html", usage=usage)
 
 
