@@ -25,6 +25,7 @@ from tunevault.errors import (
     PayloadTooLarge,
     PermissionDenied,
     RangeNotSatisfiable,
+    SchemaOutdated,
     TunevaultError,
     Unauthenticated,
 )
@@ -43,6 +44,7 @@ _TABLE: tuple[tuple[type[TunevaultError], int], ...] = (
     (RangeNotSatisfiable, EXIT_NETWORK),
     (InvalidRequest, EXIT_USAGE),
     (PayloadTooLarge, EXIT_USAGE),
+    (SchemaOutdated, EXIT_ERROR),  # this process's own database is behind: local setup
 )
 # Client-side classes, named by code so that this module imports no client internals.
 _BY_CODE = {"network_error": EXIT_NETWORK, "protocol_error": EXIT_NETWORK}

@@ -12,8 +12,6 @@ from typing import Any
 
 import click
 
-from tunevault.errors import SchemaOutdated
-
 COMMANDS = {
     "serve": "tunevault.commands.service:serve",
     "worker": "tunevault.commands.service:worker",
@@ -66,12 +64,6 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module), attr)
         assert isinstance(command, click.Command)
         return command
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except SchemaOutdated as e:  # any command that opens the store (auto_migrate off)
-            raise click.ClickException(e.message) from e
 
 
 @click.group(cls=LazyGroup)
