@@ -109,6 +109,11 @@ def test_redirect_mode_with_the_together_cli_and_sdk(cluster: Cluster, tmp_path:
         sha = hashlib.sha256(expected).hexdigest()
         assert r.headers["etag"] == f'"{sha}"' and r.headers["repr-digest"].startswith("sha-256")
         assert r.headers["x-archive-size"] == str(len(expected))
+        # A HEAD asks about the archive: its GET's headers, no URL handed out.
+        head = httpx.head(server.url + q, headers=auth(cluster))
+        assert head.status_code == 200 and "location" not in head.headers
+        assert head.headers["content-length"] == str(len(expected)) and head.content == b""
+        assert head.headers["etag"] == r.headers["etag"]
         target = r.headers["location"]
         assert target.startswith(cluster.seaweed.endpoint_url) and "X-Amz-Signature" in target
         # The presigned URL honours Range by itself, without our key.

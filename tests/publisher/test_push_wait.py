@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.publisher.conftest import Live
 from tests.publisher.test_push import tunevault
+from tunevault.models import DownloadRecord
+from tunevault.service.context import open_services
+from tunevault.settings import Settings
 
 training = pytest.importorskip("tests.publisher.training")  # needs transformers, peft, torch
 
@@ -43,6 +47,21 @@ def test_push_wait_returns_once_every_archive_is_built(live: Live, lora_dir: Pat
     with live.http() as c:
         r = c.get("/v1/finetune/download", params={"ft_id": ft_id, "checkpoint": "merged"})
     assert r.status_code == 200, r.text
+    # The wait asked with HEADs, which are not downloads: the audit holds this GET alone.
+    assert [(r.kind, r.status) for r in audited(live, ft_id)] == [("merged", 200)]
+
+
+def audited(live: Live, ft_id: str) -> list[DownloadRecord]:
+    """The fine-tune's audit rows, once some arrived (written in batches, off the request)."""
+    deadline = time.monotonic() + 30
+    with open_services(Settings(data_dir=live.server.data_dir)) as svc:
+        org = svc.store.get_org_by_name("trainers")
+        assert org is not None
+        while True:
+            found = [r for r in svc.store.list_downloads(org.id, limit=1000) if r.ft_id == ft_id]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
 
 
 def test_push_wait_prints_the_commands(live: Live, lora_dir: Path) -> None:

@@ -70,24 +70,25 @@ class Fetcher:
         self._failures = 0
         self._live: set[Response] = set()
 
-    def get(self, headers: dict[str, str]) -> Response:
-        """A 200 or 206 answer; other statuses raise the server's error class."""
+    def get(self, headers: dict[str, str], method: str = "GET") -> Response:
+        """A 200 or 206 answer; other statuses raise the server's error class. A HEAD asks
+        whether the archive is built, and its size, without downloading it."""
         since: list[float] = []  # when a wait for a build began, once one did
         ready = False
         try:
-            resp = self._get(headers, since)
+            resp = self._get(headers, since, method)
             ready = True
             return resp
         finally:
             if since and self.notice is not None:
                 self.notice.done(time.monotonic() - since[0], ready=ready)
 
-    def _get(self, headers: dict[str, str], since: list[float]) -> Response:
+    def _get(self, headers: dict[str, str], since: list[float], method: str) -> Response:
         while True:
             if self.cancel.is_set():
                 raise NetworkError("download cancelled")
             try:
-                resp = self.transport.open("GET", self.url, headers)
+                resp = self.transport.open(method, self.url, headers)
                 if resp.status in (200, 206):
                     with self._lock:
                         self._live.add(resp)

@@ -1,7 +1,8 @@
 """`push --wait`: wait until every archive of a fine-tune is built, then say how to get each.
 
-Each checkpoint the listing shows is asked for its first byte on the download route, so
-that the wait is the one `tunevault download` does: the server's `Retry-After` honoured
+Each checkpoint the listing shows is asked with a HEAD on the download route (answered
+without bytes and not audited as a download), so that the wait is the one `tunevault
+download` does: the server's `Retry-After` honoured
 (capped), its state shown on stderr, one deadline for them all, and a build that failed
 reported with the server's reason.
 """
@@ -29,7 +30,7 @@ def wait_built(client: Client, ft_id: str, limit: float, stream: TextIO | None) 
         label = f"{ft_id} {_kind_of(c.path) or f'step {c.step}'}"
         notice = WaitLine(label, stream) if stream is not None else None
         fetcher = Fetcher(client, request, RetryPolicy(not_ready_timeout=left), notice)
-        fetcher.release(fetcher.get({"Range": "bytes=0-0"}))
+        fetcher.release(fetcher.get({}, method="HEAD"))
         commands.append(download_command(ft_id, c))
     return commands
 
