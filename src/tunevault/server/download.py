@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from tunevault.models import Principal
-from tunevault.server.blob import BlobRef
+from tunevault.server.blob import BlobRef, choose_range
 from tunevault.server.context import blocking, principal, services
 from tunevault.server.query import parse_download_query
 from tunevault.server.sending import Subject, send_download
@@ -21,16 +21,21 @@ async def download(request: web.Request) -> web.StreamResponse:
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
     found = await blocking(resolve, services(request), who.org_id, q)
     if request.method == "HEAD":
-        return describe_archive(found)
+        return describe_archive(request, found)
     return await serve_archive(request, who, found)
 
 
-def describe_archive(found: Resolved) -> web.Response:
-    """HEAD: the headers a GET would answer with (size, ETag, digest), and neither bytes nor
-    a presigned URL: a question about the archive, not a download, so it is not audited.
-    While the archive is being built, `resolve` raised the same 409 a GET gets."""
+def describe_archive(request: web.Request, found: Resolved) -> web.Response:
+    """HEAD: the headers a GET would answer with (size, ETag, digest, the span of a Range)
+    and neither bytes nor a presigned URL: a question about the archive, not a download,
+    so it is not audited. While the archive is being built, `resolve` raised the 409."""
     blob = _blob_of(found)
-    return web.Response(headers={**blob.headers(), "Content-Length": str(blob.size)})
+    span = choose_range(request, blob)  # 304, 412 and 416 as a GET gets them
+    headers = blob.headers()
+    if span is None:
+        return web.Response(headers={**headers, "Content-Length": str(blob.size)})
+    headers["Content-Range"] = span.content_range(blob.size)
+    return web.Response(status=206, headers={**headers, "Content-Length": str(span.length)})
 
 
 def _blob_of(found: Resolved) -> BlobRef:
