@@ -195,6 +195,7 @@ class BuildJob:
     lease_owner: str | None
     error_code: str | None
     error_message: str | None
+    taken_from: str | None = None  # set by a claim: the worker whose expired lease it took
 
 
 @dataclass(frozen=True)
