@@ -29,6 +29,7 @@ COMMANDS = {
     "share": "tunevault.commands.share:share",
     "usage": "tunevault.commands.usage:usage",
     "retention": "tunevault.commands.retention:retention",
+    "admin": "tunevault.commands.admin:admin",
 }
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tunevault.errors import SchemaOutdated
 from tunevault.metadata.accounts import AccountsMixin
+from tunevault.metadata.admin import AdminMixin
 from tunevault.metadata.audit import AuditMixin
 from tunevault.metadata.blobs import BlobsMixin
 from tunevault.metadata.buildqueue import BuildQueueMixin
@@ -73,6 +74,7 @@ class MetadataStore(
     AuditMixin,
     GcMixin,
     PolicyMixin,
+    AdminMixin,
 ):
     def __init__(self, url: str) -> None:
         self.url = url

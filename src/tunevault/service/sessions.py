@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import now
 from tunevault.models import KeyLimitOverrides, Principal, Scope
+from tunevault.service.accounts import expired
 from tunevault.service.context import Services
 
 
@@ -33,7 +34,7 @@ def _digest(session_id: str) -> str:
 def sign_in(svc: Services, token: str, hours: float) -> tuple[str, Session] | None:
     """A new session for a valid key: (cookie value, session); None for a bad key."""
     who = svc.store.authenticate(token)
-    if who is None:
+    if who is None or expired(who):
         return None
     session_id = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(32)
@@ -75,7 +76,12 @@ def lookup(svc: Services, session_id: str) -> Session | None:
                 t.organizations, o.id == k.org_id
             )
         )
-        .where(s.id_sha256 == _digest(session_id), s.expires_at > now(), k.revoked_at.is_(None))
+        .where(
+            s.id_sha256 == _digest(session_id),
+            s.expires_at > now(),
+            k.revoked_at.is_(None),
+            sa.or_(k.expires_at.is_(None), k.expires_at > now()),  # an expired key's too
+        )
     )
     with svc.store.engine.connect() as conn:
         row = conn.execute(q).first()
