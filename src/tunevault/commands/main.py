@@ -30,6 +30,7 @@ COMMANDS = {
     "usage": "tunevault.commands.usage:usage",
     "retention": "tunevault.commands.retention:retention",
     "admin": "tunevault.commands.admin:admin",
+    "audit": "tunevault.commands.audit:audit",
 }
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from tunevault.errors import SchemaOutdated
 from tunevault.metadata.accounts import AccountsMixin
 from tunevault.metadata.admin import AdminMixin
-from tunevault.metadata.audit import AuditMixin
+from tunevault.metadata.audit import AuditMixin, AuditPruneMixin
 from tunevault.metadata.blobs import BlobsMixin
 from tunevault.metadata.buildqueue import BuildQueueMixin
 from tunevault.metadata.checkpoints import CheckpointsMixin
@@ -75,6 +75,7 @@ class MetadataStore(
     GcMixin,
     PolicyMixin,
     AdminMixin,
+    AuditPruneMixin,
 ):
     def __init__(self, url: str) -> None:
         self.url = url

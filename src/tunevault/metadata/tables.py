@@ -252,6 +252,7 @@ audit_downloads = sa.Table(
     sa.Column("client", sa.String(100), nullable=True),
     sa.Column("user_agent", sa.String(300), nullable=True),
     sa.Index("ix_audit_downloads_org", "org_id", "id"),
+    sa.Index("ix_audit_downloads_created", "created_at"),  # 0012: pruning by age
 )
 
 # 0012: what operators did across organizations (`tunevault admin delete`) -------------

@@ -1,5 +1,6 @@
 """API key expiry: a key with an `expires_at` is refused from that moment (NULL: never).
-And the log of operator actions across organizations (`tunevault admin delete`).
+And the log of operator actions across organizations (`tunevault admin delete`), and an
+index that lets `tunevault audit prune` find old audit rows without a scan per batch.
 
 Revision ID: 0012_key_expiry
 Revises: 0011
@@ -28,9 +29,11 @@ def upgrade() -> None:
         sa.Column("org_id", sa.String(64), nullable=False),
         sa.Column("target", sa.String(200), nullable=False),
     )
+    op.create_index("ix_audit_downloads_created", "audit_downloads", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_audit_downloads_created", "audit_downloads")
     op.drop_table("operator_actions")
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("expires_at")
