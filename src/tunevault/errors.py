@@ -113,6 +113,10 @@ class Unauthenticated(TunevaultError):
     code = "invalid_api_key"
 
 
+class KeyExpired(Unauthenticated):
+    code = "key_expired"
+
+
 class PermissionDenied(TunevaultError):
     status = 403
     error_type = "permission_error"

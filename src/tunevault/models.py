@@ -68,6 +68,7 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None
     limits: KeyLimitOverrides = field(default_factory=lambda: KeyLimitOverrides())
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Principal:
     org_name: str
     scopes: frozenset[Scope]
     limits: KeyLimitOverrides = field(default_factory=lambda: KeyLimitOverrides())
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ class BuildJob:
     lease_owner: str | None
     error_code: str | None
     error_message: str | None
+    taken_from: str | None = None  # set by a claim: the worker whose expired lease it took
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Build worker threads inside `tunevault serve` (0: run `tunevault worker`).",
     )
+    worker_metrics_address: str | None = Field(
+        default=None,
+        description="HOST:PORT where `tunevault worker` serves /metrics (read with an "
+        "`operator` key, as the server's). Default: no metrics port.",
+    )
     job_lease_seconds: float = Field(
         default=60.0,
         gt=0,

@@ -1,17 +1,26 @@
-"""`tunevault keys`: create, list, limit and revoke API keys (run where the store is)."""
+"""`tunevault keys`: create, list, limit, rotate and revoke API keys (run where the store
+is)."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 
+from tunevault.commands.durations import parse_duration
 from tunevault.commands.options import settings_from_flags, store_options
 from tunevault.models import ApiKey, KeyLimitOverrides, Scope
 
 JSON_ACCEPTED = click.option(
     "--json", "as_json", is_flag=True, help="Accepted for scripts: the output is JSON anyway."
+)
+
+
+EXPIRES = click.option(
+    "--expires",
+    help="The key stops working after this long: 90d, 24h, 30m (default: never).",
 )
 
 
@@ -36,7 +45,7 @@ def limit_options(fn: Any) -> Any:
 
 @click.group()
 def keys() -> None:
-    """Create, list, limit and revoke API keys."""
+    """Create, list, limit, rotate and revoke API keys."""
 
 
 @keys.command("create")
@@ -53,6 +62,7 @@ def keys() -> None:
     help="Repeat for several scopes.",
 )
 @limit_options
+@EXPIRES
 @JSON_ACCEPTED
 def keys_create(
     org_name: str,
@@ -60,6 +70,7 @@ def keys_create(
     scopes: tuple[str, ...],
     requests_per_minute: int | None,
     max_downloads: int | None,
+    expires: str | None,
     as_json: bool,
     **flags: Any,
 ) -> None:
@@ -68,12 +79,40 @@ def keys_create(
     from tunevault.service.context import open_services
 
     limits = KeyLimitOverrides(requests_per_minute, max_downloads)
+    lifetime = _lifetime(expires, "--expires")
     with open_services(settings_from_flags(**flags)) as svc:
         org, key, token = accounts.create_key(
-            svc, org_name, name, [Scope(s) for s in scopes], limits
+            svc, org_name, name, [Scope(s) for s in scopes], limits, lifetime
         )
     out = {"id": key.id, "org": org.name, "org_id": org.id, "scopes": sorted(scopes)}
-    click.echo(json.dumps({**out, **_limits_json(limits), "token": token}))
+    click.echo(json.dumps({**out, **_limits_json(limits), **_expiry_json(key), "token": token}))
+
+
+@keys.command("rotate")
+@store_options
+@click.argument("key_id")
+@click.option(
+    "--grace",
+    default="24h",
+    show_default=True,
+    help="How long the old key keeps working, for clients to switch: 30m, 24h, 7d.",
+)
+@EXPIRES
+@JSON_ACCEPTED
+def keys_rotate(key_id: str, grace: str, expires: str | None, as_json: bool, **flags: Any) -> None:
+    """Make a new key with the same organization, name, scopes and limits, and set the old
+    one to expire after the grace. The new token is printed once. Without --expires the new
+    key lives as long as the old one was made to (never, if it had no expiry)."""
+    from tunevault.service import accounts
+    from tunevault.service.context import open_services
+
+    old_for = timedelta(seconds=parse_duration(grace, "--grace"))
+    lifetime = _lifetime(expires, "--expires")
+    click.echo(f"rotating key {key_id}", err=True)
+    with open_services(settings_from_flags(**flags)) as svc:
+        key, token, old_expires = accounts.rotate_key(svc, key_id, old_for, lifetime)
+    replaces = {"id": key_id, "expires_at": _iso(old_expires)}
+    click.echo(json.dumps({**_key_json(key), "token": token, "replaces": replaces}))
 
 
 @keys.command("list")
@@ -91,11 +130,11 @@ def keys_list(org_name: str | None, as_json: bool, **flags: Any) -> None:
         click.echo(json.dumps({"data": [_key_json(k) for k in found]}))
         return
     for k in found:
-        state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+        state = _state(k)
         rpm = _figure(k.limits.requests_per_minute)
         dls = _figure(k.limits.max_downloads)
         click.echo(
-            f"{k.id}  {k.org_id}  {k.name:<16} {','.join(sorted(k.scopes)):<20} {state:<18} "
+            f"{k.id}  {k.org_id}  {k.name:<16} {','.join(sorted(k.scopes)):<20} {state:<28} "
             f"requests/min={rpm} downloads={dls}"
         )
 
@@ -137,18 +176,39 @@ def keys_revoke(key_id: str, as_json: bool, **flags: Any) -> None:
     click.echo(json.dumps({"id": key_id, "revoked": True}) if as_json else f"revoked {key_id}")
 
 
+def _lifetime(text: str | None, option: str) -> timedelta | None:
+    return None if text is None else timedelta(seconds=parse_duration(text, option))
+
+
+def _state(k: ApiKey) -> str:
+    if k.revoked_at:
+        return f"revoked {k.revoked_at:%Y-%m-%d}"
+    if k.expires_at is None:
+        return "active"
+    verb = "expired" if k.expires_at <= datetime.now(UTC) else "expires"
+    return f"{verb} {k.expires_at:%Y-%m-%d %H:%M}Z"
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts else None
+
+
+def _expiry_json(k: ApiKey) -> dict[str, str | None]:
+    return {"expires_at": _iso(k.expires_at)}
+
+
 def _figure(value: int | None) -> str:
     return "default" if value is None else ("unlimited" if value == 0 else str(value))
 
 
 def _key_json(k: ApiKey) -> dict[str, Any]:
-    revoked = k.revoked_at.isoformat() if k.revoked_at else None
     return {
         "id": k.id,
         "org_id": k.org_id,
         "name": k.name,
         "scopes": sorted(k.scopes),
-        "revoked_at": revoked,
+        "revoked_at": _iso(k.revoked_at),
+        **_expiry_json(k),
         **_limits_json(k.limits),
     }
 

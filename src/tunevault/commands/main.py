@@ -27,6 +27,8 @@ COMMANDS = {
     "share": "tunevault.commands.share:share",
     "usage": "tunevault.commands.usage:usage",
     "retention": "tunevault.commands.retention:retention",
+    "admin": "tunevault.commands.admin:admin",
+    "audit": "tunevault.commands.audit:audit",
 }
 
 

@@ -36,19 +36,27 @@ def serve(demo: bool, **flags: Any) -> None:
 
 @click.command()
 @store_options
+@click.option(
+    "--metrics-address",
+    "worker_metrics_address",
+    help="HOST:PORT to serve /metrics on, read with an operator key "
+    "(TUNEVAULT_WORKER_METRICS_ADDRESS; default: none).",
+)
 def worker(**flags: Any) -> None:
     """Run build jobs (archives, merges) until interrupted; run as many as you like."""
     import signal
     import threading
 
-    from tunevault.server.observability import setup_logging
+    from tunevault.server.observability import Metrics, setup_logging
     from tunevault.service.context import open_services
     from tunevault.service.worker import Worker, start_listener
 
     settings = settings_from_flags(**flags)
     setup_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
-    with open_services(settings) as svc:
+    metrics = Metrics()
+    with open_services(settings) as opened:
+        svc = metrics.instrument(opened)
 
         def on_signal(*_: Any) -> None:
             stop.set()
@@ -56,5 +64,29 @@ def worker(**flags: Any) -> None:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
+        server = _metrics_server(svc, metrics)
         start_listener(svc, stop)
-        Worker(svc).run(stop)
+        try:
+            Worker(svc, observe=metrics.observe_build, takeover=metrics.lease_takeovers.inc).run(
+                stop
+            )
+        finally:
+            if server is not None:
+                server.stop()
+
+
+def _metrics_server(svc: Any, metrics: Any) -> Any:
+    """The worker's /metrics server, started; None when no address is set."""
+    from tunevault.server.workermetrics import MetricsServer, metrics_app, parse_address
+
+    address = svc.settings.worker_metrics_address
+    if address is None:
+        return None
+    try:
+        host, port = parse_address(address)
+        server = MetricsServer(metrics_app(svc, metrics), host, port)
+        server.start()
+    except (ValueError, OSError) as e:
+        raise click.ClickException(f"cannot serve worker metrics on {address}: {e}") from e
+    click.echo(f"worker metrics on http://{address}/metrics (operator key)", err=True)
+    return server

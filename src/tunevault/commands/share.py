@@ -4,7 +4,6 @@ downloads with curl and no key until it expires (docs/console.md)."""
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 from urllib.parse import quote
 
@@ -14,19 +13,13 @@ from tunevault.client.api import Client
 from tunevault.client.retry import Backoff
 from tunevault.client.target import CHECKPOINTS, parse_ft_arg
 from tunevault.commands.download import _client_options, same_not_found
+from tunevault.commands.durations import parse_duration
 from tunevault.commands.retries import retries_option
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_expires(text: str) -> int:
     """`90m`, `24h`, `7d` (or plain seconds) as seconds."""
-    m = re.fullmatch(r"\s*([0-9]{1,7})\s*([smhd]?)\s*", text)
-    if not m:
-        raise click.BadParameter(
-            f"{text!r} is not a duration; write e.g. 90m, 24h or 7d", param_hint="--expires"
-        )
-    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+    return parse_duration(text, "--expires")
 
 
 def _print(link: dict[str, Any], as_json: bool, verb: str) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import re
 import secrets
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,35 +45,40 @@ class AccountsMixin(StoreBase):
         name: str,
         scopes: Iterable[Scope],
         limits: KeyLimitOverrides | None = None,
+        expires_at: datetime | None = None,
     ) -> tuple[ApiKey, str]:
         """Create a key; the returned token is shown once and never stored."""
-        limits = limits or KeyLimitOverrides()
-        key_id = secrets.token_hex(8)
-        secret = secrets.token_urlsafe(32)
-        scope_set = frozenset(Scope(s) for s in scopes)
-        key = ApiKey(
-            id=key_id,
-            org_id=org_id,
-            name=name,
-            scopes=scope_set,
-            created_at=now(),
-            revoked_at=None,
-            limits=limits,
+        with self.engine.begin() as conn:
+            return _insert_key(conn, org_id, name, scopes, limits, expires_at)
+
+    def rotate_key(
+        self, key_id: str, old_expires_at: datetime, new_expires_at: datetime | None
+    ) -> tuple[ApiKey, str, datetime] | None:
+        """A new key with the live key's organization, name, scopes and limits, and the old
+        key set to expire at `old_expires_at` (or sooner, if it already did), in one
+        transaction: the new key, its token and the old key's expiry; None when no live
+        key has that id."""
+        k = t.api_keys.c
+        live = sa.and_(
+            k.id == key_id,
+            k.revoked_at.is_(None),
+            sa.or_(k.expires_at.is_(None), k.expires_at > now()),
         )
         with self.engine.begin() as conn:
-            conn.execute(
-                t.api_keys.insert().values(
-                    id=key_id,
-                    org_id=org_id,
-                    name=name,
-                    secret_sha256=_hash_secret(secret),
-                    scopes=",".join(sorted(scope_set)),
-                    created_at=key.created_at,
-                    requests_per_minute=limits.requests_per_minute,
-                    max_downloads=limits.max_downloads,
-                )
+            row = conn.execute(sa.select(t.api_keys).where(live)).first()
+            if row is None:
+                return None
+            old = _key(row._mapping)
+            created = _insert_key(
+                conn, old.org_id, old.name, old.scopes, old.limits, new_expires_at
             )
-        return key, f"tv_{key_id}_{secret}"
+            if old.expires_at is None or old.expires_at > old_expires_at:
+                conn.execute(
+                    t.api_keys.update().where(k.id == key_id).values(expires_at=old_expires_at)
+                )
+                old = dataclasses.replace(old, expires_at=old_expires_at)
+        assert old.expires_at is not None
+        return (*created, old.expires_at)
 
     def list_keys(self, org_id: str | None = None) -> list[ApiKey]:
         q = sa.select(t.api_keys).order_by(t.api_keys.c.created_at)
@@ -79,6 +86,11 @@ class AccountsMixin(StoreBase):
             q = q.where(t.api_keys.c.org_id == org_id)
         with self.engine.connect() as conn:
             return [_key(r._mapping) for r in conn.execute(q)]
+
+    def get_key(self, key_id: str) -> ApiKey | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.api_keys).where(t.api_keys.c.id == key_id)).first()
+        return _key(row._mapping) if row else None
 
     def revoke_key(self, key_id: str) -> bool:
         with self.engine.begin() as conn:
@@ -103,7 +115,8 @@ class AccountsMixin(StoreBase):
         return res.rowcount > 0
 
     def authenticate(self, token: str) -> Principal | None:
-        """The principal behind a bearer token, or None for a bad, unknown or revoked key."""
+        """The principal behind a bearer token, or None for a bad, unknown or revoked key
+        (an expired one is returned, with its `expires_at`: the caller names the expiry)."""
         m = _TOKEN.match(token)
         if not m:
             return None
@@ -130,7 +143,44 @@ def principal_of(m: Any) -> Principal:
         org_name=m["org_name"],
         scopes=_scopes(m["scopes"]),
         limits=_limits(m),
+        expires_at=m["expires_at"],
     )
+
+
+def _insert_key(
+    conn: sa.Connection,
+    org_id: str,
+    name: str,
+    scopes: Iterable[Scope],
+    limits: KeyLimitOverrides | None,
+    expires_at: datetime | None,
+) -> tuple[ApiKey, str]:
+    limits = limits or KeyLimitOverrides()
+    key = ApiKey(
+        id=secrets.token_hex(8),
+        org_id=org_id,
+        name=name,
+        scopes=frozenset(Scope(s) for s in scopes),
+        created_at=now(),
+        revoked_at=None,
+        limits=limits,
+        expires_at=expires_at,
+    )
+    secret = secrets.token_urlsafe(32)
+    conn.execute(
+        t.api_keys.insert().values(
+            id=key.id,
+            org_id=org_id,
+            name=name,
+            secret_sha256=_hash_secret(secret),
+            scopes=",".join(sorted(key.scopes)),
+            created_at=key.created_at,
+            requests_per_minute=limits.requests_per_minute,
+            max_downloads=limits.max_downloads,
+            expires_at=expires_at,
+        )
+    )
+    return key, f"tv_{key.id}_{secret}"
 
 
 def _scopes(text: str) -> frozenset[Scope]:
@@ -146,6 +196,7 @@ def _key(m: Any) -> ApiKey:
         created_at=m["created_at"],
         revoked_at=m["revoked_at"],
         limits=_limits(m),
+        expires_at=m["expires_at"],
     )
 
 

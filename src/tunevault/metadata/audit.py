@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +31,36 @@ class AuditMixin(StoreBase):
         with self.engine.connect() as conn:
             rows = conn.execute(q.order_by(a.id.desc()).limit(limit))
             return [_record(r._mapping) for r in rows]
+
+
+class AuditPruneMixin(StoreBase):
+    """Deleting old audit rows in small transactions: a large table is never locked long."""
+
+    def count_downloads_before(self, cutoff: datetime) -> dict[str, int]:
+        """Per organization id, how many download rows are older than the cutoff."""
+        a = t.audit_downloads.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(a.org_id, sa.func.count()).where(a.created_at < cutoff).group_by(a.org_id)
+            )
+            return {org_id: int(n) for org_id, n in rows}
+
+    def prune_downloads_before(self, cutoff: datetime, batch: int) -> int:
+        """Delete the rows older than the cutoff, `batch` rows per transaction; how many."""
+        a = t.audit_downloads.c
+        deleted = 0
+        while True:
+            with self.engine.begin() as conn:
+                ids = (
+                    conn.execute(
+                        sa.select(a.id).where(a.created_at < cutoff).order_by(a.id).limit(batch)
+                    )
+                    .scalars()
+                    .all()
+                )
+                if not ids:
+                    return deleted
+                deleted += conn.execute(t.audit_downloads.delete().where(a.id.in_(ids))).rowcount
 
 
 def _record(m: Any) -> DownloadRecord:

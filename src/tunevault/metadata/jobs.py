@@ -8,6 +8,7 @@ dies stops renewing; once the lease expires another worker takes the job over. O
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -98,12 +99,13 @@ class JobsMixin(StoreBase):
                     updated_at=ts,
                 )
             )
-            candidates = (
-                conn.execute(sa.select(jobs.c.id).where(claimable).order_by(jobs.c.id).limit(8))
-                .scalars()
-                .all()
-            )
-            for job_id in candidates:
+            candidates = conn.execute(
+                sa.select(jobs.c.id, jobs.c.state, jobs.c.lease_owner)
+                .where(claimable)
+                .order_by(jobs.c.id)
+                .limit(8)
+            ).all()
+            for job_id, state, previous in candidates:
                 won = conn.execute(
                     jobs.update()
                     .where(jobs.c.id == job_id, claimable)
@@ -121,7 +123,8 @@ class JobsMixin(StoreBase):
                 if won:
                     row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
                     assert row is not None
-                    return _job(row._mapping)
+                    taken = previous if state == JobState.RUNNING else None
+                    return dataclasses.replace(_job(row._mapping), taken_from=taken)
         return None
 
     def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:

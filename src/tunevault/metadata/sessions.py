@@ -43,7 +43,12 @@ class SessionsMixin(StoreBase):
                     t.organizations, o.id == k.org_id
                 )
             )
-            .where(s.id_sha256 == digest, s.expires_at > now(), k.revoked_at.is_(None))
+            .where(
+                s.id_sha256 == digest,
+                s.expires_at > now(),
+                k.revoked_at.is_(None),
+                sa.or_(k.expires_at.is_(None), k.expires_at > now()),  # an expired key's too
+            )
         )
         with self.engine.connect() as conn:
             row = conn.execute(q).first()

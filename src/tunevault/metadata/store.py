@@ -19,7 +19,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from tunevault.errors import SchemaOutdated
 from tunevault.metadata.accounts import AccountsMixin
-from tunevault.metadata.audit import AuditMixin
+from tunevault.metadata.admin import AdminMixin
+from tunevault.metadata.audit import AuditMixin, AuditPruneMixin
 from tunevault.metadata.blobs import BlobsMixin
 from tunevault.metadata.buildqueue import BuildQueueMixin
 from tunevault.metadata.checkpoints import CheckpointsMixin
@@ -30,6 +31,7 @@ from tunevault.metadata.notify import JobSignal
 from tunevault.metadata.policy import PolicyMixin
 from tunevault.metadata.sessions import SessionsMixin
 from tunevault.metadata.shares import SharesMixin
+from tunevault.metadata.timing import Observer, time_statements
 
 # The PostgreSQL advisory lock every migrating process takes ("tvmi"): processes started
 # together on an empty database migrate one after another, the later ones finding nothing
@@ -77,11 +79,17 @@ class MetadataStore(
     PolicyMixin,
     SessionsMixin,
     SharesMixin,
+    AdminMixin,
+    AuditPruneMixin,
 ):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
         self.jobs_signal = JobSignal()
+
+    def time_statements(self, observe: Observer) -> None:
+        """Report `(kind, seconds)` for every statement from now on (metadata/timing.py)."""
+        time_statements(self.engine, observe)
 
     def migrate(self) -> tuple[str | None, str | None]:
         """Bring the schema to the newest Alembic revision (idempotent); the revisions

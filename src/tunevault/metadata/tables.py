@@ -54,6 +54,8 @@ api_keys = sa.Table(
     # 0010: per-key limits; NULL means the server's default
     sa.Column("requests_per_minute", sa.Integer, nullable=True),
     sa.Column("max_downloads", sa.Integer, nullable=True),
+    # 0012: refused from this moment on; NULL never expires
+    sa.Column("expires_at", UTCDateTime, nullable=True),
 )
 
 fine_tunes = sa.Table(
@@ -250,6 +252,20 @@ audit_downloads = sa.Table(
     sa.Column("client", sa.String(100), nullable=True),
     sa.Column("user_agent", sa.String(300), nullable=True),
     sa.Index("ix_audit_downloads_org", "org_id", "id"),
+    sa.Index("ix_audit_downloads_created", "created_at"),  # 0012: pruning by age
+)
+
+# 0012: what operators did across organizations (`tunevault admin delete`) -------------
+
+operator_actions = sa.Table(
+    "operator_actions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),  # the OS user who ran the command
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("org_id", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
 )
 
 # 0009: the web console -------------------------------------------------------------------

@@ -140,7 +140,7 @@ def openapi_document() -> dict[str, object]:
     return doc
 
 
-def make_app(svc: Services) -> web.Application:
+def make_app(svc: Services, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(
         middlewares=[
             request_id_middleware,
@@ -158,9 +158,10 @@ def make_app(svc: Services) -> web.Application:
         handler_args={"read_bufsize": 4 << 20, "max_headers": MAX_HEADERS},
     )
     app[SERVICES] = svc
-    app[METRICS] = Metrics()
+    app[METRICS] = metrics or Metrics()
     if svc is not None:  # None only when a test inspects the routing table
-        app[AUDIT] = AuditWriter(svc.store)
+        app[AUDIT] = writer = AuditWriter(svc.store)
+        app[METRICS].watch_audit(writer)
         app.cleanup_ctx.append(audit_ctx)
         app[KEY_CACHE] = KeyCache(svc.settings.auth_cache_seconds)
         app[TRUSTED] = tuple(svc.settings.trusted_proxies)

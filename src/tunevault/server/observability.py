@@ -13,14 +13,19 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from tunevault.server.clients import client_address
+from tunevault.service.audit import AuditWriter
+from tunevault.service.context import Services
+from tunevault.service.instrument import instrumented
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -62,6 +67,71 @@ class Metrics:
         self.queue_depth = Gauge(
             "tunevault_build_queue_depth", "Build jobs queued or running", ["state"], registry=r
         )
+        self._operations(r)
+
+    def _operations(self, r: CollectorRegistry) -> None:
+        """What a platform team watches beside the requests (docs/operations.md)."""
+        ProcessCollector(registry=r)  # memory, CPU seconds, open fds, start time
+        self.upload_bytes = Counter(
+            "tunevault_upload_bytes", "Blob upload bytes received by this process", registry=r
+        )
+        self.storage_seconds = Histogram(
+            "tunevault_storage_seconds",
+            "Storage calls, timed at the storage interface (reads: to the first byte)",
+            ["backend", "operation"],
+            registry=r,
+            buckets=_FAST_BUCKETS,
+        )
+        self.database_seconds = Histogram(
+            "tunevault_database_seconds",
+            "SQL statements, by their first word",
+            ["statement"],
+            registry=r,
+            buckets=_FAST_BUCKETS,
+        )
+        self.lease_takeovers = Counter(
+            "tunevault_lease_takeovers",
+            "Build jobs taken over from a worker whose lease expired",
+            registry=r,
+        )
+        self.audit_queue = Gauge(
+            "tunevault_audit_queue_depth", "Download records waiting to be written", registry=r
+        )
+        self._registry = r
+
+    def watch_audit(self, writer: AuditWriter) -> None:
+        """Read the audit writer's queue depth and drop count at every scrape."""
+        self.audit_queue.set_function(lambda: writer.queue.qsize())
+        self._registry.register(
+            _CountCollector("tunevault_audit_dropped", DROPPED_HELP, lambda: writer.dropped)
+        )
+
+    def instrument(self, svc: Services) -> Services:
+        """The services with storage and database calls timed into these metrics."""
+        return instrumented(svc, self.observe_storage, self.observe_database)
+
+    def observe_storage(self, backend: str, operation: str, seconds: float) -> None:
+        self.storage_seconds.labels(backend, operation).observe(seconds)
+
+    def observe_build(self, kind: str, outcome: str, seconds: float) -> None:
+        self.builds.labels(kind, outcome).observe(seconds)
+
+    def observe_database(self, statement: str, seconds: float) -> None:
+        self.database_seconds.labels(statement).observe(seconds)
+
+
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+DROPPED_HELP = "Download records dropped because the audit queue was full"
+
+
+class _CountCollector(Collector):
+    """A counter whose count another object keeps (read at scrape time)."""
+
+    def __init__(self, name: str, documentation: str, count: Callable[[], int]) -> None:
+        self.name, self.documentation, self.count = name, documentation, count
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.count())
 
 
 METRICS = web.AppKey("metrics", Metrics)

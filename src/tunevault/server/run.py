@@ -12,7 +12,7 @@ from aiohttp import web
 
 from tunevault.server.app import make_app
 from tunevault.server.edge import EnvelopeRunner
-from tunevault.server.observability import METRICS, AccessLogger
+from tunevault.server.observability import METRICS, AccessLogger, Metrics
 from tunevault.service.context import Services, check_serve_mode, open_services
 from tunevault.service.demo import seed_demo_with_key
 from tunevault.service.worker import Worker, start_listener
@@ -26,14 +26,12 @@ def _workers(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]:
 
     async def ctx(_app: web.Application) -> AsyncIterator[None]:
         stop = threading.Event()
-        builds = _app[METRICS].builds
-
-        def observe(kind: str, outcome: str, seconds: float) -> None:
-            builds.labels(kind, outcome).observe(seconds)
-
+        metrics = _app[METRICS]
         threads = [
             threading.Thread(
-                target=Worker(svc, observe=observe).run,
+                target=Worker(
+                    svc, observe=metrics.observe_build, takeover=metrics.lease_takeovers.inc
+                ).run,
                 args=(stop,),
                 name=f"worker-{i}",
                 daemon=True,
@@ -54,12 +52,14 @@ def _workers(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]:
 
 
 def run_server(settings: Settings, *, demo: bool = False) -> None:
-    with open_services(settings) as svc:
+    with open_services(settings) as opened:
+        metrics = Metrics()
+        svc = metrics.instrument(opened)
         check_serve_mode(svc)
         banner = None
         if demo:
             banner = seed_demo_with_key(svc, f"http://{settings.host}:{settings.port}")
-        app = make_app(svc)
+        app = make_app(svc, metrics)
         # First in, last out: at shutdown the audit queue is drained before the wait for a
         # build in progress (up to job_lease_seconds), which a stop timeout may cut short.
         app.cleanup_ctx.insert(0, _workers(svc))

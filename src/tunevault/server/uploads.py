@@ -28,6 +28,7 @@ from tunevault.errors import (
 from tunevault.models import Scope
 from tunevault.server.bodies import BlobDigests, parse
 from tunevault.server.context import blocking, json_body, principal, services
+from tunevault.server.observability import METRICS
 from tunevault.service.context import Services
 from tunevault.service.publishing import SHA256_HEX
 from tunevault.service.uploads import (
@@ -152,7 +153,7 @@ async def _stream(
 ) -> tuple[int, BlobHasher]:
     """Append the body to the part, hashing as it goes: the new offset and the hasher."""
     hasher = await blocking(hash_prefix, part) if kept else BlobHasher()
-    buf = bytearray()
+    buf, received = bytearray(), request.app[METRICS].upload_bytes
     try:
         async for chunk in request.content.iter_chunked(BUFFER):
             if kept + len(buf) + len(chunk) > total:
@@ -162,9 +163,11 @@ async def _stream(
             buf += chunk
             if len(buf) >= BUFFER:
                 await blocking(append, f, hasher, buf)
+                received.inc(len(buf))
                 kept, buf = kept + len(buf), bytearray()
         if buf:
             await blocking(append, f, hasher, buf)
+            received.inc(len(buf))
             kept, buf = kept + len(buf), bytearray()
     except (InvalidRequest, InsufficientStorage):
         part.unlink(missing_ok=True)  # a refused or unstorable upload leaves no debris

@@ -23,11 +23,13 @@ class AuditWriter:
     def __init__(self, store: MetadataStore) -> None:
         self.store = store
         self.queue: asyncio.Queue[DownloadRecord] = asyncio.Queue(QUEUE)
+        self.dropped = 0  # records lost to a full queue (a metric)
 
     def add(self, record: DownloadRecord) -> None:
         try:
             self.queue.put_nowait(record)
         except asyncio.QueueFull:
+            self.dropped += 1
             log.error("audit queue full: a download record was dropped")
 
     async def _flush_batch(self) -> None:

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from tunevault.metadata.base import now
 from tunevault.models import Principal
+from tunevault.service.accounts import expired
 from tunevault.service.context import Services
 
 
@@ -30,7 +31,7 @@ def _digest(session_id: str) -> str:
 def sign_in(svc: Services, token: str, hours: float) -> tuple[str, Session] | None:
     """A new session for a valid key: (cookie value, session); None for a bad key."""
     who = svc.store.authenticate(token)
-    if who is None:
+    if who is None or expired(who):
         return None
     session_id = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(32)

@@ -48,9 +48,11 @@ class Worker:
         svc: Services,
         name: str | None = None,
         observe: Callable[[str, str, float], None] | None = None,
+        takeover: Callable[[], None] | None = None,
     ) -> None:
         self.svc = svc
         self.observe = observe  # (job kind, outcome, seconds): the server's build metric
+        self.takeover = takeover  # counts lease takeovers (a metric)
         self.owner = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease = svc.settings.job_lease_seconds
 
@@ -78,6 +80,8 @@ class Worker:
         job = self.svc.store.claim_job(self.owner, self.lease)
         if job is None:
             return False
+        if job.taken_from is not None:
+            self._took_over(job)
         stop_beat = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job, stop_beat), daemon=True)
         beat.start()
@@ -111,6 +115,18 @@ class Worker:
             if self.observe is not None:
                 self.observe(job.kind, outcome, time.monotonic() - started)
         return True
+
+    def _took_over(self, job: BuildJob) -> None:
+        # A worker died or stalled past its lease: worth a look (and an alert if frequent).
+        log.warning(
+            "job %d: taken over from %s, whose lease expired, by %s",
+            job.id,
+            job.taken_from,
+            self.owner,
+            extra={"fields": {"job_id": job.id, "old_owner": job.taken_from, "owner": self.owner}},
+        )
+        if self.takeover is not None:
+            self.takeover()
 
     def _heartbeat(self, job: BuildJob, stop: threading.Event) -> None:
         while not stop.wait(self.lease / 3):
