@@ -47,9 +47,11 @@ from tunevault.server.observability import (
     echo_request_id,
     request_id_middleware,
 )
+from tunevault.server.resolving import RESOLUTIONS
 from tunevault.service.accounts import KeyCache, authenticate
 from tunevault.service.audit import AuditWriter
 from tunevault.service.context import Services
+from tunevault.service.recent import Recent
 
 log = logging.getLogger("tunevault.server")
 # Not Bearer: the console signs in with a session cookie (its own middleware), a share
@@ -163,6 +165,7 @@ def make_app(svc: Services) -> web.Application:
         app[AUDIT] = AuditWriter(svc.store)
         app.cleanup_ctx.append(audit_ctx)
         app[KEY_CACHE] = KeyCache(svc.settings.auth_cache_seconds)
+        app[RESOLUTIONS] = Recent(svc.settings.resolve_cache_seconds)
         app[TRUSTED] = tuple(svc.settings.trusted_proxies)
         app[FAILURES] = FailureLimits(svc.settings.auth_failures_per_minute)
         app[LIMITS] = KeyLimits(

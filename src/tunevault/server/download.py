@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from tunevault.models import Principal
 from tunevault.server.blob import BlobRef
-from tunevault.server.context import blocking, principal, services
+from tunevault.server.context import principal, services
 from tunevault.server.query import parse_download_query
+from tunevault.server.resolving import serve_resolved
 from tunevault.server.sending import Subject, send_download
 from tunevault.service.downloads import Resolved, resolve
 
@@ -19,8 +22,13 @@ async def download(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     query = request.rel_url.query
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
-    found = await blocking(resolve, services(request), who.org_id, q)
-    return await serve_archive(request, who, found)
+    svc = services(request)
+    return await serve_resolved(
+        request,
+        ("download", who.org_id, q),
+        functools.partial(resolve, svc, who.org_id, q),
+        functools.partial(serve_archive, request, who),
+    )
 
 
 async def serve_archive(
