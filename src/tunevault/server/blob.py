@@ -10,6 +10,7 @@ import asyncio
 import base64
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -138,7 +139,10 @@ async def _sendfile(
     request: web.Request, resp: web.StreamResponse, path: str, offset: int, count: int
 ) -> None:
     loop = asyncio.get_running_loop()
-    fobj = await blocking(open, path, "rb")
+    # Opened and closed on the loop: a local archive's inode is cached after its first
+    # download, and a thread hop each way cost more than the whole of a small archive's
+    # sendfile (BENCHMARKS.md, small archives).
+    fobj = Path(path).open("rb")  # noqa: SIM115 - closed below, after the await
     try:
         await resp.prepare(request)
         transport = request.transport
@@ -154,7 +158,7 @@ async def _sendfile(
             await loop.sendfile(transport, fobj, offset, count)
         await resp.write_eof()
     finally:
-        await blocking(fobj.close)
+        fobj.close()
 
 
 async def _stream(
