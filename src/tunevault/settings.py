@@ -116,6 +116,20 @@ class Settings(BaseSettings):
         description="How long a replica reuses an API key's lookup: a revoked key or a "
         "changed limit takes effect within this time (0: look every key up every request).",
     )
+    resolve_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a replica reuses what a download or a Hub file resolved to: a "
+        "deleted fine-tune or a new checkpoint is seen within this time (0: resolve every "
+        "request).",
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Serving processes on the one port (`serve --processes`): a master "
+        "binds it and forks them; SIGHUP restarts them without dropping a request.",
+    )
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated CIDRs of the proxies in front of the server: only from "

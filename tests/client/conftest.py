@@ -68,7 +68,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         )
         # A checkpoint without an archive and without a build job: 409 archive_not_ready.
         svc.store.add_checkpoint(pending.id, 5, Kind.MODEL_OUTPUT, True, [])
-    with run_server(data_dir) as server:
+    # Tests here rebuild an archive between two runs and expect the second to see it at
+    # once: no resolution cache (its own tests are tests/server/test_resolve_cache.py).
+    with run_server(data_dir, env={"TUNEVAULT_RESOLVE_CACHE_SECONDS": "0"}) as server:
         yield Live(server, seeded, archive_bytes(seeded), pending.id)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 import urllib.request
 from collections.abc import Iterator
-from datetime import timedelta
-from urllib.parse import urlencode
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import botocore.auth
 import pytest
 
 from tests.storage.conftest import PART_SIZE_MIB, s3_url
@@ -15,7 +16,7 @@ from tests.support.seaweed import SeaweedFS
 from tunevault.metadata.base import now
 from tunevault.storage import open_storage
 from tunevault.storage.errors import BackendUnavailable
-from tunevault.storage.s3 import MiB, S3Storage
+from tunevault.storage.s3 import MiB, S3Storage, _content_disposition
 
 PART = PART_SIZE_MIB * MiB
 
@@ -240,3 +241,40 @@ def test_gc_aborts_multipart_uploads_of_dead_writers_only(
     assert s3.abort_stale_writes(later, dry_run=False) == 1
     assert pending() == {"elsewhere/x"}  # outside our prefix: not ours to abort
     admin.abort_multipart_upload(Bucket=s3.bucket, Key="elsewhere/x", UploadId=foreign)
+
+
+@pytest.mark.parametrize(
+    ("key", "method", "filename"),
+    [
+        ("k", "GET", None),
+        ("archives/a.b-c_d/x.tar.zst", "GET", 'naïve "x".bin'),
+        ("k", "HEAD", "m.bin"),
+    ],
+)
+def test_presigned_url_is_the_one_botocore_signs(
+    s3: S3Storage, monkeypatch: pytest.MonkeyPatch, key: str, method: str, filename: str | None
+) -> None:
+    # Our signer computes SigV4 itself; at the same instant it must give botocore's URL.
+    when = datetime(2026, 5, 17, 12, 34, 56)
+    ours = s3._sign
+    assert ours is not None
+    params = {"Bucket": s3.bucket, "Key": s3._key(key)}
+    extra = {}
+    if filename is not None:
+        params["ResponseContentDisposition"] = _content_disposition(filename)
+        extra["response-content-disposition"] = params["ResponseContentDisposition"]
+    operation = "get_object" if method == "GET" else "head_object"
+    with monkeypatch.context() as patch:  # botocore's clock, so that both sign one instant
+        patch.setattr(botocore.auth, "get_current_datetime", lambda: when)
+        theirs = s3.client.generate_presigned_url(
+            operation, Params=params, ExpiresIn=77, HttpMethod=method
+        )
+    mine = ours.url(method, s3.bucket, s3._key(key), 77, extra, now=when.replace(tzinfo=UTC))
+    split_mine, split_theirs = urlsplit(mine), urlsplit(theirs)
+    assert split_mine._replace(query="") == split_theirs._replace(query="")
+    assert sorted(parse_qsl(split_mine.query)) == sorted(parse_qsl(split_theirs.query))
+    s3.put(key, b"abc")  # and the store accepts it
+    with urllib.request.urlopen(
+        urllib.request.Request(s3.presigned_url(key, method=method), method=method)
+    ) as resp:
+        assert resp.headers["Content-Length"] == "3"

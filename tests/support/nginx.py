@@ -44,14 +44,18 @@ def x_accel_locations(upstream: str, storage_root: Path, prefix: str) -> str:
 
 
 @contextlib.contextmanager
-def run_nginx(workdir: Path, locations: str) -> Iterator[str]:
-    """nginx (sendfile on, one worker) with the given `location` blocks; yields its URL."""
+def run_nginx(
+    workdir: Path, locations: str, *, workers: str = "1", listen: str = "", http: str = ""
+) -> Iterator[str]:
+    """nginx (sendfile on, one worker) with the given `location` blocks; yields its URL.
+    `workers`, `listen` (options of the listen directive) and `http` (more directives)
+    tune it as an operator would (bench/serve_bench.py)."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
     conf.write_text(f"""
 {worker_user()}
-worker_processes 1;
+worker_processes {workers};
 pid {workdir}/nginx.pid;
 error_log stderr warn;
 events {{ worker_connections 1024; }}
@@ -59,9 +63,10 @@ http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
+    {http}
     {temp_paths(workdir)}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port} {listen};
         {locations}
     }}
 }}

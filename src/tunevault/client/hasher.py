@@ -2,15 +2,18 @@
 
 Writers that read into buffers hand each written buffer to the hasher thread (`submit`),
 which hashes it while the writer already receives the next one. Everything else is read
-back from the file itself (mmap, no copy) once it joins the written prefix (`nudge` says
-it may have grown): spliced bytes, which never pass through a buffer, a buffer that was
-not next in file order, and bytes already there from an earlier run.
+back from the file itself once it joins the written prefix (`nudge` says it may have
+grown): spliced bytes, which never pass through a buffer, a buffer that was not next in
+file order, and bytes already there from an earlier run. Read back with pread into one
+reused buffer, not through an mmap of the whole file: with the page cache full of other
+files, faulting a 2 GiB mapping in page by page under reclaim doubled the client's
+system time (BENCHMARKS.md, client download).
 """
 
 from __future__ import annotations
 
 import hashlib
-import mmap
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -51,13 +54,7 @@ class Hasher(threading.Thread):
     def run(self) -> None:
         try:
             size = self.part.target.size
-            if size > 0:
-                with mmap.mmap(self.part.fd, size, prot=mmap.PROT_READ) as mm:
-                    view = memoryview(mm)
-                    try:
-                        self._follow(view, size)
-                    finally:
-                        view.release()
+            self._follow(memoryview(bytearray(CHUNK)), size)
             if self._pos == size:
                 self.digest = self._hash.hexdigest()
         except BaseException as e:
@@ -77,7 +74,7 @@ class Hasher(threading.Thread):
             if item is not None:
                 item[2]()
 
-    def _follow(self, view: memoryview, size: int) -> None:
+    def _follow(self, buf: memoryview, size: int) -> None:
         while self._pos < size and not self.stop.is_set():
             try:
                 item = self._queue.get(timeout=POLL_S)
@@ -93,6 +90,8 @@ class Hasher(threading.Thread):
                     release()
             end = self.part.prefix()
             while self._pos < end and not self.stop.is_set():
-                n = min(CHUNK, end - self._pos)
-                self._hash.update(view[self._pos : self._pos + n])
+                n = os.preadv(self.part.fd, [buf[: min(CHUNK, end - self._pos)]], self._pos)
+                if n <= 0:
+                    raise OSError(f"{self.part.part} ends before its recorded prefix")
+                self._hash.update(buf[:n])
                 self._pos += n

@@ -14,6 +14,12 @@ from tunevault.commands.options import settings_from_flags, store_options
 @click.option("--host", help="Bind address (TUNEVAULT_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, help="TCP port (TUNEVAULT_PORT, default 8000).")
 @click.option(
+    "--processes",
+    type=int,
+    help="Serving processes on the port (TUNEVAULT_PROCESSES, default 1); SIGHUP "
+    "restarts them without dropping a request.",
+)
+@click.option(
     "--demo",
     is_flag=True,
     help="Seed a demo organization with real small models "
@@ -27,7 +33,7 @@ def serve(demo: bool, **flags: Any) -> None:
     settings = settings_from_flags(**flags)
     setup_logging(settings.log_level, settings.log_format)
     try:
-        run_server(settings, demo=demo)
+        run_server(settings, demo=demo, reload=lambda: settings_from_flags(**flags))
     except OSError as e:  # the usual one: the port is taken
         raise click.ClickException(f"cannot serve on {settings.host}:{settings.port}: {e}") from e
     except ValueError as e:

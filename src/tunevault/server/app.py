@@ -47,9 +47,11 @@ from tunevault.server.observability import (
     echo_request_id,
     request_id_middleware,
 )
+from tunevault.server.resolving import RESOLUTIONS
 from tunevault.service.accounts import KeyCache, authenticate
 from tunevault.service.audit import AuditWriter
 from tunevault.service.context import Services
+from tunevault.service.recent import Recent
 
 log = logging.getLogger("tunevault.server")
 # Not Bearer: the console signs in with a session cookie (its own middleware), a share
@@ -140,6 +142,19 @@ def openapi_document() -> dict[str, object]:
     return doc
 
 
+def _install_state(app: web.Application, svc: Services) -> None:
+    """What the routes share: the audit queue, the caches and the limits of this process."""
+    app[AUDIT] = writer = AuditWriter(svc.store)
+    app[METRICS].watch_audit(writer)
+    app.cleanup_ctx.append(audit_ctx)
+    app[KEY_CACHE] = KeyCache(svc.settings.auth_cache_seconds)
+    app[RESOLUTIONS] = Recent(svc.settings.resolve_cache_seconds)
+    app[TRUSTED] = tuple(svc.settings.trusted_proxies)
+    app[FAILURES] = FailureLimits(svc.settings.auth_failures_per_minute)
+    app[LIMITS] = KeyLimits(svc.settings.rate_limit_per_minute, svc.settings.max_downloads_per_key)
+    shares.install(app, svc.settings)
+
+
 def make_app(svc: Services, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(
         middlewares=[
@@ -160,16 +175,7 @@ def make_app(svc: Services, metrics: Metrics | None = None) -> web.Application:
     app[SERVICES] = svc
     app[METRICS] = metrics or Metrics()
     if svc is not None:  # None only when a test inspects the routing table
-        app[AUDIT] = writer = AuditWriter(svc.store)
-        app[METRICS].watch_audit(writer)
-        app.cleanup_ctx.append(audit_ctx)
-        app[KEY_CACHE] = KeyCache(svc.settings.auth_cache_seconds)
-        app[TRUSTED] = tuple(svc.settings.trusted_proxies)
-        app[FAILURES] = FailureLimits(svc.settings.auth_failures_per_minute)
-        app[LIMITS] = KeyLimits(
-            svc.settings.rate_limit_per_minute, svc.settings.max_downloads_per_key
-        )
-        shares.install(app, svc.settings)
+        _install_state(app, svc)
     app.on_response_prepare.append(echo_request_id)
     spec = json.dumps(openapi_document())
 

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -90,7 +91,7 @@ async def _send(
 ) -> web.StreamResponse:
     storage, settings = svc.storage, svc.settings
     if settings.serve_mode == "redirect":
-        return await _redirect(storage, blob, settings.presign_seconds, presign)
+        return _redirect(storage, blob, settings.presign_seconds, presign)
     if settings.serve_mode == "x-accel":
         return _x_accel(storage, blob, settings.x_accel_prefix)
     resp = web.StreamResponse(status=200 if span is None else 206, headers=blob.headers())
@@ -113,16 +114,11 @@ async def _send(
     return resp
 
 
-async def _redirect(storage: Storage, blob: BlobRef, expires: int, method: str) -> web.Response:
+def _redirect(storage: Storage, blob: BlobRef, expires: int, method: str) -> web.Response:
     # Archive keys are content-derived and never rewritten, so a client that validated our
     # ETag here may fetch any range of the presigned URL without If-Range.
-    url = await blocking(
-        storage.presigned_url,
-        blob.key,
-        method=method,
-        expires=expires,
-        filename=blob.filename,
-    )
+    # Presigning is ~60 us of CPU and no I/O (storage/sigv4.py): on the loop, not a thread.
+    url = storage.presigned_url(blob.key, method=method, expires=expires, filename=blob.filename)
     headers = {k: v for k, v in blob.headers().items() if k != "Content-Type"}
     headers.update(
         {"Location": url, "X-Archive-Size": str(blob.size), "Cache-Control": "private, no-store"}
@@ -143,7 +139,10 @@ async def _sendfile(
     request: web.Request, resp: web.StreamResponse, path: str, offset: int, count: int
 ) -> None:
     loop = asyncio.get_running_loop()
-    fobj = await blocking(open, path, "rb")
+    # Opened and closed on the loop: a local archive's inode is cached after its first
+    # download, and a thread hop each way cost more than the whole of a small archive's
+    # sendfile (BENCHMARKS.md, small archives).
+    fobj = Path(path).open("rb")  # noqa: SIM115 - closed below, after the await
     try:
         await resp.prepare(request)
         transport = request.transport
@@ -159,7 +158,7 @@ async def _sendfile(
             await loop.sendfile(transport, fobj, offset, count)
         await resp.write_eof()
     finally:
-        await blocking(fobj.close)
+        fobj.close()
 
 
 async def _stream(

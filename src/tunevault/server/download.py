@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from tunevault.models import Principal
 from tunevault.server.blob import BlobRef, choose_range
-from tunevault.server.context import blocking, principal, services
+from tunevault.server.context import principal, services
 from tunevault.server.query import parse_download_query
+from tunevault.server.resolving import serve_resolved
 from tunevault.server.sending import Subject, send_download
 from tunevault.service.downloads import Resolved, resolve
 
@@ -19,13 +22,17 @@ async def download(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     query = request.rel_url.query
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
-    found = await blocking(resolve, services(request), who.org_id, q)
-    if request.method == "HEAD":
-        return describe_archive(request, found)
-    return await serve_archive(request, who, found)
+    svc = services(request)
+    serve = describe_archive if request.method == "HEAD" else serve_archive
+    return await serve_resolved(
+        request,
+        ("download", who.org_id, q),
+        functools.partial(resolve, svc, who.org_id, q),
+        functools.partial(serve, request, who),
+    )
 
 
-def describe_archive(request: web.Request, found: Resolved) -> web.Response:
+async def describe_archive(request: web.Request, _who: Principal, found: Resolved) -> web.Response:
     """HEAD: the headers a GET would answer with (size, ETag, digest, the span of a Range)
     and neither bytes nor a presigned URL: a question about the archive, not a download,
     so it is not audited. While the archive is being built, `resolve` raised the 409."""

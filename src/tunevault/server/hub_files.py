@@ -10,6 +10,7 @@ audited and counted like archive downloads; a HEAD read for metadata is not.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -17,11 +18,13 @@ from aiohttp import web
 
 from tunevault.errors import EntryNotFound
 from tunevault.layout import blob_key
+from tunevault.models import Principal
 from tunevault.server.blob import BlobRef, choose_range, send_blob
-from tunevault.server.context import blocking, principal, services
+from tunevault.server.context import principal, services
 from tunevault.server.hub import REPO
+from tunevault.server.resolving import serve_resolved
 from tunevault.server.sending import Subject, send_download
-from tunevault.service.hub import open_snapshot
+from tunevault.service.hub import Snapshot, open_snapshot
 
 routes = web.RouteTableDef()
 RESOLVE = f"/{REPO}/resolve/{{revision}}/{{path:.+}}"
@@ -46,9 +49,18 @@ class HubBlob(BlobRef):
 async def resolve_file(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     repo_id, revision = request.match_info["repo_id"], request.match_info["revision"]
+    return await serve_resolved(
+        request,
+        ("hub", who.org_id, repo_id, revision),
+        functools.partial(open_snapshot, services(request), who.org_id, repo_id, revision),
+        functools.partial(_send_file, request, who),
+    )
+
+
+async def _send_file(request: web.Request, who: Principal, snap: Snapshot) -> web.StreamResponse:
+    repo_id, revision = request.match_info["repo_id"], request.match_info["revision"]
     path = request.match_info["path"]
     svc = services(request)
-    snap = await blocking(open_snapshot, svc, who.org_id, repo_id, revision)
     entry = snap.file(path)
     if entry is None:
         raise EntryNotFound(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 
@@ -13,6 +15,7 @@ from aiohttp import web
 from tunevault.server.app import make_app
 from tunevault.server.edge import EnvelopeRunner
 from tunevault.server.observability import METRICS, AccessLogger, Metrics
+from tunevault.server.prefork import BACKLOG, Master, bind
 from tunevault.service.context import Services, check_serve_mode, open_services
 from tunevault.service.demo import seed_demo_with_key
 from tunevault.service.worker import Worker, start_listener
@@ -51,26 +54,57 @@ def _workers(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]:
     return ctx
 
 
-def run_server(settings: Settings, *, demo: bool = False) -> None:
-    with open_services(settings) as opened:
-        metrics = Metrics()
-        svc = metrics.instrument(opened)
+def run_server(
+    settings: Settings, *, demo: bool = False, reload: Callable[[], Settings] | None = None
+) -> None:
+    """Serve until signalled: in this process, or with `settings.processes` > 1 in that
+    many forked ones behind a master (server/prefork.py; `reload` reads the settings
+    again for a SIGHUP restart)."""
+    if settings.processes > 1:
+        if demo:
+            raise ValueError("--demo serves with one process: leave out --processes")
+        with open_services(settings) as svc:  # migrate and check once, before any fork
+            check_serve_mode(svc)
+        sock = bind(settings.host, settings.port)
+        Master(settings, sock, _serve_child, reload or (lambda: settings)).run()
+        return
+    with open_services(settings) as svc:
         check_serve_mode(svc)
         banner = None
         if demo:
             banner = seed_demo_with_key(svc, f"http://{settings.host}:{settings.port}")
-        app = make_app(svc, metrics)
-        # First in, last out: at shutdown the audit queue is drained before the wait for a
-        # build in progress (up to job_lease_seconds), which a stop timeout may cut short.
-        app.cleanup_ctx.insert(0, _workers(svc))
+        app = _app(svc)
         if banner:
             print(banner, flush=True)
         asyncio.run(_serve(app, settings))
 
 
-async def _serve(app: web.Application, settings: Settings) -> None:
+def _app(opened: Services) -> web.Application:
+    """The app over the services, timed for the metrics, with its build workers."""
+    metrics = Metrics()
+    svc = metrics.instrument(opened)
+    app = make_app(svc, metrics)
+    # First in, last out: at shutdown the audit queue is drained before the wait for a
+    # build in progress (up to job_lease_seconds), which a stop timeout may cut short.
+    app.cleanup_ctx.insert(0, _workers(svc))
+    return app
+
+
+def _serve_child(settings: Settings, sock: socket.socket, ready_fd: int) -> None:
+    """One of the master's serving processes, on the socket it bound."""
+    with open_services(settings) as svc:
+        asyncio.run(_serve(_app(svc), settings, sock, ready_fd))
+
+
+async def _serve(
+    app: web.Application,
+    settings: Settings,
+    sock: socket.socket | None = None,
+    ready_fd: int | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish
-    (up to shutdown_grace_seconds) and only then drain the audit queue and stop workers."""
+    (up to shutdown_grace_seconds) and only then drain the audit queue and stop workers.
+    On the master's `sock`, say so on `ready_fd` once accepting."""
     runner = EnvelopeRunner(
         app,
         handle_signals=False,
@@ -80,12 +114,18 @@ async def _serve(app: web.Application, settings: Settings) -> None:
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
-        log.info("serving on http://%s:%d", settings.host, settings.port)
+        if sock is None:
+            await web.TCPSite(runner, settings.host, settings.port).start()
+            log.info("serving on http://%s:%d", settings.host, settings.port)
+        else:
+            await web.SockSite(runner, sock, backlog=BACKLOG).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if ready_fd is not None:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
         await stop.wait()
         log.info(
             "stopping: in-flight requests have up to %g s to finish",

@@ -62,7 +62,8 @@ async def send_download(
             if mode == "proxy":  # else the object store or nginx sends the bytes
                 t.planned = span.length if span is not None else blob.size
             resp = await send_blob(request, services(request), blob, span, presign_method)
-        except (web.HTTPException, TunevaultError):
+        except (web.HTTPException, TunevaultError, FileNotFoundError):
+            # Nothing was answered (a blob gone before its first byte is resolved again).
             t.status = None
             raise
         else:

@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from tunevault.storage.base import BlobReader, BlobStat, BlobWriter, Storage, check_key
 from tunevault.storage.errors import BackendUnavailable, BlobTooLarge
 from tunevault.storage.registry import register
+from tunevault.storage.sigv4 import Presigner
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
@@ -240,6 +241,17 @@ def _client(endpoint_url: str | None, region: str | None) -> S3Client:
     )
 
 
+def _presigner(client: S3Client) -> Presigner | None:
+    """Direct SigV4 presigning with the client's endpoint, region and credential chain
+    (resolved when the client was made); None when the chain found no credentials."""
+    # botocore has no public accessor for the credentials its client resolved.
+    credentials = getattr(client, "_request_signer")._credentials  # noqa: B009
+    if credentials is None:
+        return None
+    region = client.meta.region_name or "us-east-1"
+    return Presigner(client.meta.endpoint_url, region, credentials)
+
+
 class S3Storage(Storage):
     def __init__(
         self,
@@ -277,6 +289,7 @@ class S3Storage(Storage):
         self._presigner = (
             _client(public_endpoint_url, region) if public_endpoint_url else self.client
         )
+        self._sign = _presigner(self._presigner)
         # Honour AWS_REQUEST_CHECKSUM_CALCULATION=when_required for stores without checksums.
         calculation = getattr(self.client.meta.config, "request_checksum_calculation", None)
         self.checksums = calculation != "when_required"
@@ -405,18 +418,16 @@ class S3Storage(Storage):
         expires: int = 300,
         filename: str | None = None,
     ) -> str:
-        operation = {"GET": "get_object", "HEAD": "head_object"}.get(method.upper())
-        if operation is None:
+        if method.upper() not in ("GET", "HEAD"):
             raise ValueError(f"cannot presign {method!r}; only GET and HEAD")
         if not 1 <= expires <= MAX_PRESIGN_EXPIRES:
             raise ValueError(f"presigned URL expiry must be 1..{MAX_PRESIGN_EXPIRES} seconds")
-        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        params = {}
         if filename is not None:
-            params["ResponseContentDisposition"] = _content_disposition(filename)
-        with _unavailable_on_error():
-            return self._presigner.generate_presigned_url(
-                operation, Params=params, ExpiresIn=expires, HttpMethod=method.upper()
-            )
+            params["response-content-disposition"] = _content_disposition(filename)
+        if self._sign is None:
+            raise BackendUnavailable("S3 is unavailable (NoCredentialsError)")
+        return self._sign.url(method.upper(), self.bucket, self._key(key), expires, params)
 
     def close(self) -> None:
         self.client.close()
