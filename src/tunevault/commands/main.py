@@ -29,6 +29,8 @@ COMMANDS = {
     "share": "tunevault.commands.share:share",
     "usage": "tunevault.commands.usage:usage",
     "retention": "tunevault.commands.retention:retention",
+    "pin": "tunevault.commands.pin:pin",
+    "unpin": "tunevault.commands.pin:unpin",
 }
 
 

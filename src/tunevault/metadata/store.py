@@ -22,6 +22,7 @@ from tunevault.metadata.accounts import AccountsMixin
 from tunevault.metadata.audit import AuditMixin
 from tunevault.metadata.blobs import BlobsMixin
 from tunevault.metadata.buildqueue import BuildQueueMixin
+from tunevault.metadata.cache import CacheMixin
 from tunevault.metadata.checkpoints import CheckpointsMixin
 from tunevault.metadata.collection import GcMixin
 from tunevault.metadata.finetunes import FineTunesMixin
@@ -73,6 +74,7 @@ class MetadataStore(
     AuditMixin,
     GcMixin,
     PolicyMixin,
+    CacheMixin,
 ):
     def __init__(self, url: str) -> None:
         self.url = url

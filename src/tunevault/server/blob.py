@@ -18,6 +18,7 @@ from tunevault.server.ranges import ByteRange, parse_range
 from tunevault.service.context import Services, translated
 from tunevault.storage import Storage, Unsupported
 from tunevault.storage.errors import StorageError
+from tunevault.storage.inuse import read_lock
 
 CHUNK = 1 << 20
 SNDBUF = 4 << 20
@@ -145,6 +146,7 @@ async def _sendfile(
     loop = asyncio.get_running_loop()
     fobj = await blocking(open, path, "rb")
     try:
+        await blocking(read_lock, fobj.fileno())  # the cache evicts no archive being read
         await resp.prepare(request)
         transport = request.transport
         if transport is None:
