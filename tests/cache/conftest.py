@@ -38,6 +38,7 @@ class Store:
     server: LiveServer
     token: str
     org_id: str
+    env: dict[str, str]  # what another server or worker process over this store needs
 
     def client(self, **headers: str) -> httpx.Client:
         return httpx.Client(
@@ -51,8 +52,11 @@ class Store:
         settings = self.svc.settings.model_copy(update=changes)
         return Services(settings=settings, store=self.svc.store, storage=self.svc.storage)
 
-    def fine_tune(self, name: str, tmp: Path, size: int = 64 << 10) -> tuple[FineTune, Archive]:
-        """A completed full fine-tune of `size` random bytes, built."""
+    def fine_tune(
+        self, name: str, tmp: Path, size: int = 64 << 10, svc: Services | None = None
+    ) -> tuple[FineTune, Archive]:
+        """A completed full fine-tune of `size` random bytes, built (under `svc`'s
+        settings when given)."""
         src = tmp / name
         src.mkdir()
         (src / "w.bin").write_bytes(os.urandom(size))
@@ -63,7 +67,7 @@ class Store:
             training_type="Full",
             status="completed",
         )
-        return ft, publish_and_build(self.svc, ft, src)
+        return ft, publish_and_build(svc or self.svc, ft, src)
 
     def build_all(self) -> int:
         worker, n = Worker(self.svc), 0
@@ -97,8 +101,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
             url = f"s3://{bucket}/tv?{query}"
             settings = Settings(data_dir=tmp_path / "data", storage_url=url)
             env.update({**seaweed.env(), "TUNEVAULT_STORAGE_URL": url})
+        env["TUNEVAULT_DATABASE_URL"] = settings.resolved_database_url()
+        env["TUNEVAULT_STORAGE_URL"] = settings.resolved_storage_url()
         svc = stack.enter_context(open_services(settings))
         org = svc.store.create_org("cache")
         _, token = svc.store.create_key(org.id, "rw", [Scope.READ, Scope.PUBLISH])
         server = stack.enter_context(run_server(settings.data_dir, env=env))
-        yield Store(svc, server, token, org.id)
+        yield Store(svc, server, token, org.id, env)
