@@ -43,9 +43,15 @@ def test_merged_files_go_with_the_archive_and_come_back(store: Store) -> None:
     q = f"/v1/finetune/download?ft_id={lora.id}&checkpoint=merged"
     _, token = store.svc.store.create_key(org.id, "r", [Scope.READ])
     with store.client(**TUNEVAULT_UA, Authorization=f"Bearer {token}") as c:
+        # File-level access (the Hub protocol) queues the merge too, and waits for it.
+        hub = c.get(f"/api/models/{lora.id}/revision/merged")
+        assert hub.status_code == 409 and hub.json()["error"]["code"] == "checkpoint_not_ready"
+        assert hub.headers["Tunevault-Build-Reason"] == "evicted"
         assert c.get(q).status_code == 409
         assert store.build_all() == 1  # the merge, which packs the archive too
         r = c.get(q)
     assert r.status_code == 200 and sha(r.content) == archive.sha256
     again = store.svc.store.find_checkpoint(lora.id, 20, Kind.MERGED)
     assert again is not None and again.files == merged.files
+    with store.client(Authorization=f"Bearer {token}") as c:
+        assert c.get(f"/api/models/{lora.id}/revision/merged").status_code == 200

@@ -151,8 +151,8 @@ def set_pin(
     of `org_id` when given (the admin route; else any: the store-side command). A pinned
     step's evicted archives are rebuilt now."""
     store = svc.store
-    ft = store.fine_tune_by_id(ft_id)
-    if ft is None or (org_id is not None and ft.org_id != org_id):
+    ft = store.fine_tune_by_id(ft_id) if org_id is None else store.get_fine_tune(org_id, ft_id)
+    if ft is None:
         raise FineTuneNotFound(f"fine-tune {ft_id} not found", param="ft_id")
     _, rows = store.fine_tune_with_archives(ft.org_id, ft.id)
     if step is None:
