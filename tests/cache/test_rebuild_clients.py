@@ -1,5 +1,6 @@
 """An evicted archive seen by each client: the together SDK and CLI get the bytes in one
-request (held while the rebuild runs), and a worker killed with SIGKILL mid-rebuild
+request (held while the rebuild runs) or, past the hold, the 409 with Retry-After; and a
+worker killed with SIGKILL mid-rebuild
 leaves nothing visible; the next worker rebuilds it, bit for bit."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import together
 
@@ -19,6 +21,7 @@ from tests.cache.test_eviction import _age_all, _query
 from tests.reliability.helpers import wait_for
 from tests.support.server import run_server
 from tests.support.together import TOGETHER_CLI, together_download
+from tunevault.models import FineTune
 from tunevault.service.cache import enforce_budget
 from tunevault.service.worker import Worker
 
@@ -38,6 +41,26 @@ def test_together_sdk_and_cli_get_an_evicted_archive(store: Store, tmp_path: Pat
         assert enforce_budget(evict)
         saved = together_download(server.url, store.token, tmp_path / "cli", ft.id)
         assert sha(saved.read_bytes()) == archive.sha256
+
+
+def test_past_the_hold_other_clients_get_409_with_retry_after(store: Store, tmp_path: Path) -> None:
+    ft, _ = store.fine_tune("nobody-builds", tmp_path)
+    _age_all(store)
+    assert enforce_budget(store.with_settings(derived_budget_bytes=1))
+    env = {**store.env, "TUNEVAULT_BUILD_WORKERS": "0", "TUNEVAULT_REBUILD_HOLD_SECONDS": "2"}
+    with run_server(store.server.data_dir / "hold", env=env) as server:
+        headers = {"Authorization": f"Bearer {store.token}"}
+        r = httpx.get(server.url + _query(ft), headers=headers, timeout=60)
+    assert r.status_code == 409 and r.headers["Tunevault-Build-Reason"] == "evicted"
+    assert int(r.headers["Retry-After"]) >= 1
+    assert [j.state for j in store.svc.store.jobs_for_checkpoint(_checkpoint_id(store, ft))] == [
+        "queued"
+    ]
+
+
+def _checkpoint_id(store: Store, ft: FineTune) -> int:
+    (ckpt,) = store.svc.store.list_checkpoints(ft.id)
+    return ckpt.id
 
 
 def test_kill_9_during_a_rebuild_leaves_nothing_and_the_next_rebuilds(
