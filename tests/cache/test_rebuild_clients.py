@@ -1,7 +1,7 @@
 """An evicted archive seen by each client: the together SDK and CLI get the bytes in one
 request (held while the rebuild runs) or, past the hold, the 409 with Retry-After; and a
-worker killed with SIGKILL mid-rebuild
-leaves nothing visible; the next worker rebuilds it, bit for bit."""
+worker killed with SIGKILL mid-rebuild leaves nothing visible: the next worker rebuilds
+it, bit for bit."""
 
 from __future__ import annotations
 
