@@ -252,6 +252,12 @@ class IntegrityError(TunevaultError):
     code = "integrity_error"
 
 
+class RebuildMismatch(IntegrityError):
+    """An evicted archive was rebuilt to other bytes than it had: never served."""
+
+    code = "rebuild_mismatch"
+
+
 _by_status: dict[int, type[TunevaultError]] = {
     400: InvalidRequest,
     401: Unauthenticated,

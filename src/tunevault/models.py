@@ -229,6 +229,9 @@ class OrgUsage:
     archive_bytes: int  # archives of its checkpoints
     merged_bytes: int  # the files of its merged checkpoints
     source_quota_bytes: int | None  # None: no quota
+    # archives the derived budget evicted, not rebuilt since (tunevault.service.cache)
+    evicted_archives: int = 0
+    evicted_bytes: int = 0
 
     @property
     def derived_bytes(self) -> int:
@@ -244,6 +247,8 @@ class OrgUsage:
             "archive_bytes": self.archive_bytes,
             "merged_bytes": self.merged_bytes,
             "source_quota_bytes": self.source_quota_bytes,
+            "evicted_archives": self.evicted_archives,
+            "evicted_bytes": self.evicted_bytes,
         }
 
 

@@ -85,6 +85,28 @@ class Settings(BaseSettings):
         description="HOST:PORT where `tunevault worker` serves /metrics (read with an "
         "`operator` key, as the server's). Default: no metrics port.",
     )
+    derived_budget_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Bytes of derived data (archives, merged files) the store keeps built; "
+        "past it gc and every build evict the least recently downloaded archives, rebuilt "
+        "on their next download (0: no budget, nothing is evicted).",
+    )
+    derived_evict_grace_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="An archive built or downloaded (a download's start and its end both "
+        "count) within this time is never evicted; keep it above presign_seconds and the "
+        "longest download from S3 (docs/storage.md).",
+    )
+    rebuild_hold_seconds: float = Field(
+        default=40.0,
+        ge=0,
+        le=55,
+        description="How long a download by a client other than tunevault's waits inside the "
+        "request for an evicted archive's rebuild (when its estimate fits) before answering "
+        "409 with Retry-After; under the together SDK's 60 s read timeout.",
+    )
     job_lease_seconds: float = Field(
         default=60.0,
         gt=0,

@@ -41,6 +41,11 @@ def gc(grace_hours: float, dry_run: bool, as_json: bool, **flags: Any) -> None:
             f"{'would drop' if dry_run else 'dropped'} {d.ft_id} step {d.step} "
             f"({', '.join(d.kinds)}): {d.reason}"
         )
+    for e in report.archives_evicted:
+        click.echo(
+            f"{'would evict' if dry_run else 'evicted'} the {e.kind} archive of {e.ft_id} "
+            f"step {e.step} ({e.freed_bytes / 2**20:.1f} MiB): over the derived budget"
+        )
     verb = "would free" if dry_run else "freed"
     click.echo(
         f"{verb} {report.freed_bytes / 2**20:.1f} MiB: {report.blobs_deleted} blobs, "

@@ -29,6 +29,8 @@ COMMANDS = {
     "retention": "tunevault.commands.retention:retention",
     "admin": "tunevault.commands.admin:admin",
     "audit": "tunevault.commands.audit:audit",
+    "pin": "tunevault.commands.pin:pin",
+    "unpin": "tunevault.commands.pin:unpin",
 }
 
 

@@ -54,5 +54,6 @@ def usage(org_name: str | None, quota: int | str | None, as_json: bool, **flags:
         click.echo(
             f"{u.org:<24} source {human(u.source_bytes):>10}  quota {limit:>10}  "
             f"derived {human(u.derived_bytes):>10} (archives {human(u.archive_bytes)}, "
-            f"merged {human(u.merged_bytes)})"
+            f"merged {human(u.merged_bytes)}; evicted {u.evicted_archives} archives, "
+            f"{human(u.evicted_bytes)}, rebuilt when downloaded)"
         )

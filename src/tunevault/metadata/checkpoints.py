@@ -210,7 +210,9 @@ class CheckpointsMixin(StoreBase):
             row = conn.execute(
                 sa.select(t.archives).where(t.archives.c.checkpoint_id == checkpoint_id)
             ).first()
-        return Archive(**row._mapping) if row else None
+        if row is None:
+            return None
+        return Archive(**{k: row._mapping[k] for k in Archive.__dataclass_fields__})
 
 
 def _files(conn: Connection, checkpoint_id: int) -> tuple[FileEntry, ...]:

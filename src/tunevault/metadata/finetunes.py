@@ -97,7 +97,8 @@ class FineTunesMixin(StoreBase):
         return FineTune(**row._mapping) if row else None
 
     def fine_tune_by_id(self, ft_id: str) -> FineTune | None:
-        """Unscoped lookup, for the build worker only: requests always pass an organization."""
+        """Unscoped lookup, for the build worker and store-side commands (`tunevault pin`):
+        requests always pass an organization."""
         with self.engine.connect() as conn:
             row = conn.execute(_select_fine_tunes().where(t.fine_tunes.c.id == ft_id)).first()
         return FineTune(**row._mapping) if row else None

@@ -23,6 +23,7 @@ from tunevault.metadata.admin import AdminMixin
 from tunevault.metadata.audit import AuditMixin, AuditPruneMixin
 from tunevault.metadata.blobs import BlobsMixin
 from tunevault.metadata.buildqueue import BuildQueueMixin
+from tunevault.metadata.cache import CacheMixin
 from tunevault.metadata.checkpoints import CheckpointsMixin
 from tunevault.metadata.collection import GcMixin
 from tunevault.metadata.finetunes import FineTunesMixin
@@ -81,6 +82,7 @@ class MetadataStore(
     SharesMixin,
     AdminMixin,
     AuditPruneMixin,
+    CacheMixin,
 ):
     def __init__(self, url: str) -> None:
         self.url = url

@@ -155,6 +155,8 @@ archives = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # 0013: the last download began or ended (the audit writer's batches); NULL: none yet
+    sa.Column("last_download_at", UTCDateTime, nullable=True),
 )
 
 blobs = sa.Table(
@@ -300,4 +302,31 @@ share_links = sa.Table(
     sa.Column("revoked_at", UTCDateTime, nullable=True),
     sa.Column("revoked_by", sa.String(64), nullable=True),
     sa.Index("ix_share_links_org", "org_id", "created_at"),
+)
+
+# 0013: derived data as a cache (tunevault.service.cache) ---------------------------------
+
+evicted_archives = sa.Table(
+    "evicted_archives",
+    metadata,
+    sa.Column(
+        "checkpoint_id",
+        sa.Integer,
+        sa.ForeignKey("checkpoints.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # What the archive was: a rebuild must produce these bytes again.
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("evicted_at", UTCDateTime, nullable=False),
+)
+
+pins = sa.Table(
+    "pins",
+    metadata,
+    sa.Column(
+        "ft_id", sa.String(64), sa.ForeignKey("fine_tunes.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("step", sa.Integer, primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )

@@ -19,6 +19,7 @@ from tunevault.server import (
     hub,
     hub_files,
     ops,
+    pins,
     publish,
     shares,
     uploads,
@@ -185,6 +186,7 @@ def make_app(svc: Services, metrics: Metrics | None = None) -> web.Application:
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_routes(ops.routes)
     app.router.add_routes(usage.routes)
+    app.router.add_routes(pins.routes)
     console.add_routes(app)  # HTML, not in openapi.yaml (docs/console.md lists them)
     app.router.add_routes(shares.public_routes)
     for table in (

@@ -1,20 +1,31 @@
-"""`GET /v1/finetune/download`: parse, authorize, resolve (tunevault.service.downloads), send."""
+"""`GET /v1/finetune/download`: parse, authorize, resolve (tunevault.service.downloads), send.
+
+An archive evicted from the derived cache (tunevault.service.cache) is rebuilt on demand.
+tunevault's own client is answered 409 with Retry-After at once and waits visibly; other
+clients (the together CLI reports any non-200 as "not downloadable", the SDK gives up
+after two retries) are held inside the request while the rebuild's estimate fits
+`rebuild_hold_seconds`, then served the bytes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 from aiohttp import web
 
+from tunevault.errors import ArchiveNotReady
 from tunevault.models import Principal
 from tunevault.server.blob import BlobRef, choose_range
-from tunevault.server.context import principal, services
+from tunevault.server.context import blocking, principal, services
 from tunevault.server.query import parse_download_query
 from tunevault.server.resolving import serve_resolved
 from tunevault.server.sending import Subject, send_download
-from tunevault.service.downloads import Resolved, resolve
+from tunevault.service.downloads import REBUILD_HEADER, DownloadQuery, Resolved, resolve
 
 routes = web.RouteTableDef()
+TUNEVAULT_CLIENT = "tunevault-client/"  # its User-Agent (tunevault.client.http)
+POLL_SECONDS = 0.5  # how often a held request looks at its rebuild again
 
 
 @routes.get("/v1/finetune/download")
@@ -22,14 +33,31 @@ async def download(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     query = request.rel_url.query
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
-    svc = services(request)
     serve = describe_archive if request.method == "HEAD" else serve_archive
     return await serve_resolved(
         request,
         ("download", who.org_id, q),
-        functools.partial(resolve, svc, who.org_id, q),
+        functools.partial(_resolve_held, request, who, q),
         functools.partial(serve, request, who),
     )
+
+
+async def _resolve_held(request: web.Request, who: Principal, q: DownloadQuery) -> Resolved:
+    """Resolve; for a rebuild a client other than tunevault's would not wait for, wait
+    here while the estimate fits the hold, asking the queue again every POLL_SECONDS."""
+    svc = services(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + svc.settings.rebuild_hold_seconds
+    held = not request.headers.get("User-Agent", "").startswith(TUNEVAULT_CLIENT)
+    while True:
+        try:
+            return await blocking(resolve, svc, who.org_id, q)
+        except ArchiveNotReady as e:
+            left = deadline - loop.time()
+            eta = float(e.headers.get("Tunevault-Build-Eta", "inf"))
+            if not held or e.headers.get(REBUILD_HEADER) is None or eta > left:
+                raise
+            await asyncio.sleep(min(POLL_SECONDS, left))
 
 
 async def describe_archive(request: web.Request, _who: Principal, found: Resolved) -> web.Response:

@@ -22,7 +22,7 @@ from tunevault.models import Principal
 from tunevault.server.blob import BlobRef, choose_range, send_blob
 from tunevault.server.context import principal, services
 from tunevault.server.hub import REPO
-from tunevault.server.resolving import serve_resolved
+from tunevault.server.resolving import in_thread, serve_resolved
 from tunevault.server.sending import Subject, send_download
 from tunevault.service.hub import Snapshot, open_snapshot
 
@@ -52,7 +52,7 @@ async def resolve_file(request: web.Request) -> web.StreamResponse:
     return await serve_resolved(
         request,
         ("hub", who.org_id, repo_id, revision),
-        functools.partial(open_snapshot, services(request), who.org_id, repo_id, revision),
+        in_thread(open_snapshot, services(request), who.org_id, repo_id, revision),
         functools.partial(_send_file, request, who),
     )
 

@@ -5,6 +5,7 @@ never as a 500."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
@@ -20,11 +21,12 @@ RESOLUTIONS = web.AppKey("resolutions", Recent[Any])
 async def serve_resolved(
     request: web.Request,
     key: Hashable,
-    resolve: Callable[[], T],
+    resolve: Callable[[], Awaitable[T]],
     serve: Callable[[T], Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
-    """`serve(resolve())`, with `resolve`'s answer kept for the next requests of `key`.
-    Only successes are kept: a 404 or a 409 is looked up again each time."""
+    """`serve(await resolve())`, with `resolve`'s answer kept for the next requests of
+    `key`. Only successes are kept: a 404 or a 409 is looked up again each time. A blob
+    that goes between the lookup and the read (evicted) is looked up once more."""
     cache: Recent[T] = request.app[RESOLUTIONS]
     hit = cache.get(key)
     if hit is not None:
@@ -32,6 +34,16 @@ async def serve_resolved(
             return await serve(hit)
         except FileNotFoundError:  # raised before the first byte (server/blob.py)
             cache.drop(key)
-    found = await blocking(resolve)
+    found = await resolve()
+    try:
+        response = await serve(found)
+    except FileNotFoundError:
+        found = await resolve()
+        response = await serve(found)
     cache.put(key, found)
-    return await serve(found)
+    return response
+
+
+def in_thread(fn: Callable[..., T], *args: Any) -> Callable[[], Awaitable[T]]:
+    """A resolver for `serve_resolved` that runs a blocking lookup off the loop."""
+    return functools.partial(blocking, fn, *args)

@@ -57,6 +57,7 @@ async def send_download(
         metrics.downloads_in_flight.inc()
         try:
             span = choose_range(request, blob)
+            request.app[AUDIT].began(blob.sha256)  # the cache's LRU order (service/cache.py)
             # Known before the first byte: a download cut short is audited with its range.
             t.start = span.start if span is not None else 0
             if mode == "proxy":  # else the object store or nginx sends the bytes

@@ -3,12 +3,16 @@
 A download answer should not wait for an INSERT: records go into a bounded queue that a
 background task flushes in batches (one transaction for up to BATCH rows). At shutdown
 the queue is drained. A crash loses at most the records of the last moments; a queue
-that overflows (the database stalled) drops records and says so in the log.
+that overflows (the database stalled) drops records and says so in the log. The start of
+a download rides the same queue (its archive's sha256): each batch also dates the last
+download of the archives it names, the order in which the cache evicts them
+(tunevault.service.cache).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from tunevault.metadata import MetadataStore
@@ -22,7 +26,7 @@ QUEUE = 50_000
 class AuditWriter:
     def __init__(self, store: MetadataStore) -> None:
         self.store = store
-        self.queue: asyncio.Queue[DownloadRecord] = asyncio.Queue(QUEUE)
+        self.queue: asyncio.Queue[DownloadRecord | str] = asyncio.Queue(QUEUE)
         self.dropped = 0  # records lost to a full queue (a metric)
 
     def add(self, record: DownloadRecord) -> None:
@@ -31,6 +35,11 @@ class AuditWriter:
         except asyncio.QueueFull:
             self.dropped += 1
             log.error("audit queue full: a download record was dropped")
+
+    def began(self, sha256: str) -> None:
+        """A download of the blob with this digest began (the record follows its end)."""
+        with contextlib.suppress(asyncio.QueueFull):  # only the LRU order loses a touch
+            self.queue.put_nowait(sha256)
 
     async def _flush_batch(self) -> None:
         batch = [await self.queue.get()]
@@ -42,12 +51,14 @@ class AuditWriter:
             for _ in batch:
                 self.queue.task_done()
 
-    async def _write(self, batch: list[DownloadRecord]) -> None:
+    async def _write(self, batch: list[DownloadRecord | str]) -> None:
+        began = {b for b in batch if isinstance(b, str)}
+        records = [b for b in batch if not isinstance(b, str)]
         try:
-            await asyncio.to_thread(self.store.record_downloads, batch)
+            await asyncio.to_thread(self.store.record_downloads, records, began)
         except Exception:
             # One bad row must not take its batch down with it: retry the rows one by one.
-            for record in batch:
+            for record in records:
                 try:
                     await asyncio.to_thread(self.store.record_downloads, [record])
                 except Exception:  # keep serving; the database may come back

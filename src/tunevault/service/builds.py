@@ -6,6 +6,7 @@ import io
 from collections.abc import Callable
 
 from tunevault.archive.write import Source, input_digest, write_archive
+from tunevault.errors import RebuildMismatch
 from tunevault.layout import archive_key, blob_key
 from tunevault.metadata import MetadataStore
 from tunevault.models import Archive, Checkpoint, FileEntry
@@ -42,6 +43,7 @@ def build_archive(
 
     key = archive_key_of(files, level)
     xxh3 = store.blob_xxh3(f.sha256 for f in ckpt.files)
+    expected = store.evicted_sha256(ckpt.id)  # an evicted archive comes back bit for bit
     for _ in range(3):
         with storage.writer(key) as sink:
             result = write_archive(
@@ -53,6 +55,12 @@ def build_archive(
                 xxh3=xxh3,
                 progress=progress,
             )
+            if expected is not None and result.sha256 != expected:  # raised: nothing stored
+                raise RebuildMismatch(
+                    f"the rebuilt {ckpt.kind.value} archive of {ckpt.ft_id} step {ckpt.step} "
+                    f"has sha256 {result.sha256}, not the {expected} it had before it was "
+                    "evicted: its inputs changed (a base model pushed again?); not served"
+                )
         archive = store.set_archive(ckpt.id, key, result.sha256, result.size)
         # gc deletes archive keys no row points to: confirm ours survived the moment between
         # the write and the row (see tunevault.service.gc), or build it again.

@@ -14,8 +14,11 @@ from tunevault.errors import ArchiveNotReady, CheckpointNotFound, FineTuneNotFou
 from tunevault.metadata import MetadataStore
 from tunevault.models import Archive, Checkpoint, FineTune, JobState, Kind
 from tunevault.service.buildwait import build_wait
+from tunevault.service.cache import requeue_evicted
 from tunevault.service.context import Services
 from tunevault.service.mergedstep import merged_at_step
+
+REBUILD_HEADER = "Tunevault-Build-Reason"
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,11 @@ def resolve(svc: Services, org_id: str, q: DownloadQuery) -> Resolved:
         assert q.checkpoint is not None
         ckpt = pick_kind(ft, ckpts, q.checkpoint)
     archive = {c.id: a for c, a in rows}.get(ckpt.id)  # none yet for a merge just queued
-    if archive is None:
-        raise not_ready(svc.store, ft, ckpt, max(svc.settings.build_workers, 1))
+    if archive is None:  # being built, or evicted from the cache: then rebuilt now
+        rebuilding = requeue_evicted(svc.store, ckpt)
+        raise not_ready(
+            svc.store, ft, ckpt, max(svc.settings.build_workers, 1), rebuilding=rebuilding
+        )
     return Resolved(ft, ckpt, archive)
 
 
@@ -105,6 +111,7 @@ def not_ready(
     *,
     error: type[TunevaultError] = ArchiveNotReady,
     noun: str = "archive",
+    rebuilding: bool = False,
 ) -> TunevaultError:
     """What to answer for a checkpoint not built yet: the error its build failed with (e.g.
     a missing base), or `error` with a Retry-After from the build queue's real state
@@ -117,8 +124,12 @@ def not_ready(
             f"{failed[-1].error_message}"
         )
     wait = build_wait(store, ckpt.id, workers)
+    headers = wait.headers()
+    if rebuilding:  # the answer says why, and a together client's request may wait it out
+        headers[REBUILD_HEADER] = "evicted"
     return error(
-        f"{ckpt.kind.value} {noun} of {ft.id} step {ckpt.step}: {wait.describe()}; "
-        f"retry in {wait.retry_after} s",
-        headers=wait.headers(),
+        f"{ckpt.kind.value} {noun} of {ft.id} step {ckpt.step}"
+        f"{' (evicted from the cache, rebuilding)' if rebuilding else ''}: "
+        f"{wait.describe()}; retry in {wait.retry_after} s",
+        headers=headers,
     )

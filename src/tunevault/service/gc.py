@@ -3,6 +3,8 @@
 What goes:
 - intermediate checkpoints the retention policies drop (tunevault.service.retention),
   first, so that their archives and blobs can go in the same pass;
+- archives (and merged files) past the derived budget, least recently downloaded first
+  (tunevault.service.cache): evicted, rebuilt on their next download;
 - a blob (`blobs/sha256/..`) that no checkpoint or base model file names, recorded longer
   than the grace period ago (`blobs.created_at`, restarted by every upload of it). Owning
   it (`org_blobs`) does not keep it; its `blobs` and `org_blobs` rows go with it;
@@ -53,7 +55,7 @@ from functools import partial
 
 from tunevault.layout import ARCHIVES, BLOBS, MERGE_PREFIX, blob_key, scratch_dir, staged_parts
 from tunevault.metadata.base import now
-from tunevault.service import retention
+from tunevault.service import cache, retention
 from tunevault.service.context import Services
 from tunevault.storage.inuse import remove_if_idle
 
@@ -76,10 +78,13 @@ class GcReport:
     builds_requeued: int = 0  # builds that had failed for a full disk, tried again
     # intermediate steps retention dropped (tunevault.service.retention)
     checkpoints_dropped: list[retention.Dropped] = field(default_factory=list)
+    # archives evicted over the derived budget, rebuilt on demand (tunevault.service.cache)
+    archives_evicted: list[cache.Evicted] = field(default_factory=list)
 
     @property
     def freed_bytes(self) -> int:
-        return self.blob_bytes + self.archive_bytes + self.debris_bytes
+        evicted = sum(e.freed_bytes for e in self.archives_evicted)
+        return self.blob_bytes + self.archive_bytes + self.debris_bytes + evicted
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "freed_bytes": self.freed_bytes}
@@ -90,6 +95,7 @@ def collect(svc: Services, *, grace_seconds: float, dry_run: bool) -> GcReport:
     report = GcReport(dry_run=dry_run)
     # First: the archives and blobs of the steps it drops can go in this same pass.
     report.checkpoints_dropped = retention.apply(svc, dry_run=dry_run)
+    report.archives_evicted = cache.enforce_budget(svc, dry_run=dry_run)
     _collect_blobs(svc, now() - timedelta(seconds=grace_seconds), report)
     _register_unrecorded(svc, report)
     _collect_archives(svc, report)

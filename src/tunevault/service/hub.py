@@ -25,6 +25,7 @@ from tunevault.errors import (
 )
 from tunevault.metadata import MetadataStore
 from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, Kind
+from tunevault.service.cache import requeue_evicted
 from tunevault.service.context import Services
 from tunevault.service.downloads import not_ready, pick_kind, pick_step
 
@@ -117,7 +118,17 @@ def _fine_tune_snapshot(
     ckpt = _pick(ft, ckpts, revision)
     found = store.get_checkpoint(ckpt.id)
     if found is None or not found.files:  # a merge fills its checkpoint when it finishes
-        raise not_ready(store, ft, ckpt, workers, error=CheckpointNotReady, noun="checkpoint")
+        # ... or its files were evicted from the derived cache: merged again now.
+        rebuilding = found is not None and requeue_evicted(store, found)
+        raise not_ready(
+            store,
+            ft,
+            ckpt,
+            workers,
+            error=CheckpointNotReady,
+            noun="checkpoint",
+            rebuilding=rebuilding,
+        )
     return _snapshot(repo_id, ft, ckpt, found.files)
 
 

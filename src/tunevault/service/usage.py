@@ -9,6 +9,7 @@ everything else and still need it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from tunevault.errors import NotFound, QuotaExceeded
@@ -25,14 +26,24 @@ def org_named(svc: Services, name: str) -> Organization:
 
 def usage(svc: Services, org_name: str | None = None) -> list[OrgUsage]:
     """Every organization's usage, or the named one's."""
-    return svc.store.usage(None if org_name is None else org_named(svc, org_name).id)
+    return _with_evicted(svc, None if org_name is None else org_named(svc, org_name).id)
 
 
 def org_usage(svc: Services, org_id: str) -> OrgUsage:
-    found = svc.store.usage(org_id)
+    found = _with_evicted(svc, org_id)
     if not found:
         raise NotFound("the organization of this key no longer exists")
     return found[0]
+
+
+def _with_evicted(svc: Services, org_id: str | None) -> list[OrgUsage]:
+    """Usage with what the derived budget evicted (rebuilt on its next download)."""
+    evicted = svc.store.evicted_by_org(org_id)
+    found = []
+    for u in svc.store.usage(org_id):
+        n, size = evicted.get(u.org_id, (0, 0))
+        found.append(dataclasses.replace(u, evicted_archives=n, evicted_bytes=size))
+    return found
 
 
 def set_quota(svc: Services, org_name: str, quota: int | None) -> OrgUsage:

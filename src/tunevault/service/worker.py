@@ -26,6 +26,7 @@ from tunevault.merge import merge_lora
 from tunevault.metadata.notify import listen_for_jobs
 from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
 from tunevault.service.builds import build_archive
+from tunevault.service.cache import after_build
 from tunevault.service.context import Services, translated
 from tunevault.service.progress import JobProgress
 from tunevault.service.publishing import put_directory
@@ -109,6 +110,7 @@ class Worker:
             )
         else:
             self.svc.store.finish_job(job.id, self.owner)
+            after_build(self.svc)  # derived bytes may now pass the budget
         finally:
             stop_beat.set()
             beat.join()

@@ -8,10 +8,12 @@ ages alone: it removes only what it can lock itself.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -67,3 +69,34 @@ def _tree_bytes(root: Path) -> int:
             st = (Path(dirpath) / name).lstat()
             total += st.st_size if stat.S_ISREG(st.st_mode) else 0
     return total
+
+
+@contextlib.contextmanager
+def exclusive(path: str | None) -> Iterator[bool]:
+    """For the block, hold a file nobody reads: yields False when a reader holds its
+    shared lock (`read_lock`: a download sending it), else True with the file locked
+    against new readers. A missing file, or None (not on local disk), yields True."""
+    if path is None:
+        yield True
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def read_lock(fd: int) -> None:
+    """Mark an open file as being read (a shared flock, released with the fd): `exclusive`
+    then leaves it alone. Waits only while an evictor holds it, which takes milliseconds;
+    the bytes stay readable through `fd` even if the evictor removed the name."""
+    fcntl.flock(fd, fcntl.LOCK_SH)

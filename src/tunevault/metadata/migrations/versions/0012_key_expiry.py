@@ -2,7 +2,7 @@
 And the log of operator actions across organizations (`tunevault admin delete`), and an
 index that lets `tunevault audit prune` find old audit rows without a scan per batch.
 
-Revision ID: 0012_key_expiry
+Revision ID: 0012
 Revises: 0011
 """
 
@@ -11,7 +11,7 @@ from alembic import op
 
 from tunevault.metadata.tables import UTCDateTime
 
-revision = "0012_key_expiry"
+revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
