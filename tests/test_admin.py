@@ -7,13 +7,13 @@ import getpass
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.cli import store_cli
 from tests.support.seeding import publish_and_build
 from tests.support.server import run_server
 from tunevault.models import FineTune, Scope
@@ -22,19 +22,7 @@ from tunevault.settings import Settings
 
 
 def admin(settings: Settings, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "tunevault", "admin", *args],
-        env={
-            **os.environ,
-            "TUNEVAULT_DATA_DIR": str(settings.data_dir),
-            "TUNEVAULT_DATABASE_URL": str(settings.database_url),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert (done.returncode == 0) == ok, done.stderr
-    return done
+    return store_cli(settings, "admin", *args, ok=ok)
 
 
 def as_json(settings: Settings, *args: str) -> Any:

@@ -4,13 +4,11 @@ deletes, in batches, and nothing newer than the cutoff goes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tests.support.cli import store_cli
 from tunevault.models import DownloadRecord
 from tunevault.service.auditprune import prune_audit
 from tunevault.service.context import open_services
@@ -37,18 +35,7 @@ def record(org_id: str, age: timedelta) -> DownloadRecord:
 
 
 def prune_cli(settings: Settings, *args: str) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-m", "tunevault", "audit", "prune", *args, "--json"],
-        env={
-            **os.environ,
-            "TUNEVAULT_DATA_DIR": str(settings.data_dir),
-            "TUNEVAULT_DATABASE_URL": str(settings.database_url),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    done = store_cli(settings, "audit", "prune", *args, "--json")
     assert "audit rows older than 90 days" in done.stderr
     out: dict[str, object] = json.loads(done.stdout)
     return out

@@ -4,9 +4,6 @@ an expired key is refused with its own code even while the replica's key cache h
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.cli import store_cli
 from tests.support.server import LiveServer, run_server
 from tunevault.service import sessions
 from tunevault.service.context import open_services
@@ -29,24 +27,10 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(data_dir=tmp_path / "data", database_url=database_url)
 
 
-def cli(settings: Settings, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "tunevault", *args],
-        env={
-            **os.environ,
-            "TUNEVAULT_DATA_DIR": str(settings.data_dir),
-            "TUNEVAULT_DATABASE_URL": str(settings.database_url),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert (done.returncode == 0) == ok, done.stderr
-    return done
-
-
 def create(settings: Settings, *args: str) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(cli(settings, "keys", "create", "--org", "x", *args).stdout)
+    out: dict[str, Any] = json.loads(
+        store_cli(settings, "keys", "create", "--org", "x", *args).stdout
+    )
     return out
 
 
@@ -80,11 +64,11 @@ def test_an_expired_key_is_refused_naming_the_fix(settings: Settings) -> None:
         assert short["id"] in error["message"] and "tunevault keys rotate" in error["message"]
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
         assert get(server, lasting["token"]).status_code == 200
-    listed = json.loads(cli(settings, "keys", "list", "--json").stdout)["data"]
+    listed = json.loads(store_cli(settings, "keys", "list", "--json").stdout)["data"]
     by_id = {k["id"]: k for k in listed}
     assert by_id[short["id"]]["expires_at"] == short["expires_at"]
     assert by_id[lasting["id"]]["expires_at"] == lasting["expires_at"]
-    text = cli(settings, "keys", "list").stdout
+    text = store_cli(settings, "keys", "list").stdout
     assert "expired " in text and "expires " in text
     with open_services(settings) as svc:  # nor does an expired key sign in to the console
         assert sessions.sign_in(svc, short["token"], hours=1) is None
@@ -108,7 +92,7 @@ def test_rotate_keeps_scopes_and_limits_and_retires_the_old_key(settings: Settin
     env = {"TUNEVAULT_DATABASE_URL": str(settings.database_url)}
     with run_server(settings.data_dir, env=env) as server:
         assert get(server, old["token"]).status_code == 200
-        done = cli(settings, "keys", "rotate", old["id"], "--grace", "6s")
+        done = store_cli(settings, "keys", "rotate", old["id"], "--grace", "6s")
         assert f"rotating key {old['id']}" in done.stderr
         new = json.loads(done.stdout)
         assert get(server, new["token"]).status_code == 200
@@ -124,10 +108,10 @@ def test_rotate_keeps_scopes_and_limits_and_retires_the_old_key(settings: Settin
     assert timedelta(days=29, hours=23) < lifetime <= timedelta(days=30)
     assert new["replaces"]["id"] == old["id"]
     assert datetime.fromisoformat(new["replaces"]["expires_at"]) < datetime.now(UTC)
-    again = cli(settings, "keys", "rotate", old["id"], ok=False)  # an expired key: no
+    again = store_cli(settings, "keys", "rotate", old["id"], ok=False)  # an expired key: no
     assert "no live key" in again.stderr and "tunevault keys create" in again.stderr
 
 
 def test_bad_durations_are_refused_naming_the_form(settings: Settings) -> None:
-    done = cli(settings, "keys", "create", "--org", "x", "--expires", "soon", ok=False)
+    done = store_cli(settings, "keys", "create", "--org", "x", "--expires", "soon", ok=False)
     assert "--expires" in done.stderr and "90d" in done.stderr
