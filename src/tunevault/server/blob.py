@@ -19,7 +19,7 @@ from tunevault.server.ranges import ByteRange, parse_range
 from tunevault.service.context import Services, translated
 from tunevault.storage import Storage, Unsupported
 from tunevault.storage.errors import StorageError
-from tunevault.storage.inuse import read_lock
+from tunevault.storage.inuse import read_lock, try_read_lock
 
 CHUNK = 1 << 20
 SNDBUF = 4 << 20
@@ -145,7 +145,9 @@ async def _sendfile(
     # sendfile (BENCHMARKS.md, small archives).
     fobj = Path(path).open("rb")  # noqa: SIM115 - closed below, after the await
     try:
-        await blocking(read_lock, fobj.fileno())  # the cache evicts no archive being read
+        # The cache evicts no archive being read; only a running eviction makes this wait.
+        if not try_read_lock(fobj.fileno()):
+            await blocking(read_lock, fobj.fileno())
         await resp.prepare(request)
         transport = request.transport
         if transport is None:

@@ -100,3 +100,13 @@ def read_lock(fd: int) -> None:
     then leaves it alone. Waits only while an evictor holds it, which takes milliseconds;
     the bytes stay readable through `fd` even if the evictor removed the name."""
     fcntl.flock(fd, fcntl.LOCK_SH)
+
+
+def try_read_lock(fd: int) -> bool:
+    """`read_lock` if it is free now (the usual case), without waiting: False when an
+    evictor holds the file and `read_lock` would wait."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
