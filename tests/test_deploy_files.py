@@ -94,7 +94,13 @@ def test_compose_wiring() -> None:
     # The SeaweedFS identities are valid JSON once compose substitutes the secrets.
     identities = json.loads(compose["configs"]["seaweedfs_s3"]["content"])["identities"]
     keys = {i["name"]: i["credentials"][0]["accessKey"] for i in identities}
-    assert keys["tunevault"] == services["serve-1"]["environment"]["AWS_ACCESS_KEY_ID"]
+    serve = services["serve-1"]["environment"]
+    assert keys["tunevault"] == serve["AWS_ACCESS_KEY_ID"]
+    # Redirect URLs show the signer's key id: a second identity that may only read signs them.
+    assert keys["tunevault-presign"] == serve["TUNEVAULT_S3_PRESIGN_ACCESS_KEY_ID"]
+    assert keys["tunevault-presign"] != keys["tunevault"]
+    actions = {i["name"]: i["actions"] for i in identities}
+    assert actions["tunevault-presign"] == ["Read:tunevault"]
 
 
 def test_compose_refuses_to_start_without_its_secrets() -> None:
