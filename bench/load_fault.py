@@ -1,7 +1,9 @@
 """Load and fault run: 100 clients download and resume for a few minutes across two
 replicas (PostgreSQL + shared storage) while one replica is killed and restarted and a
 publish runs. Reports requests, bytes, errors (recovered or not), corrupt files, and the
-servers' memory over time. Bounded in time and count; loopback only.
+servers' memory over time, and checks the download audit against the answers the
+clients saw (bench/audit_check.py): one row per download answered, except what the
+SIGKILL of a replica may lose. Bounded in time and count; loopback only.
 
     .venv/bin/python -m bench.load_fault [--clients 100] [--seconds 150] [--size-mib 24]
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import os
 import random
 import subprocess
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.audit_check import AGENT, Answer, AuditCheck, all_rows, check_audit
 from bench.common import random_file
 from tests.support.postgres import create_database, free_port, run_postgres
 from tests.support.publishing import api_client, publish_files
@@ -45,6 +49,9 @@ class Stats:
     downloads_failed: int = 0
     corrupt: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
+    answers: dict[str, Answer] = field(default_factory=dict)  # by request id
+    other_downloads: int = 0  # the publish check's own (audited) download
+    ids: itertools.count[int] = field(default_factory=itertools.count)
 
 
 class Replica:
@@ -54,9 +61,16 @@ class Replica:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.rss: list[tuple[float, int]] = []
+        self.lives = 0  # starts so far: a request names the life that answered it
+        self.killed: set[str] = set()
+
+    @property
+    def life(self) -> str:
+        return f"{self.name}{self.lives}"
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.lives += 1  # before it listens: whatever it answers is of this life
         log = (self.data_dir / "server.log").open("ab")
         self.proc = subprocess.Popen(
             [
@@ -77,6 +91,7 @@ class Replica:
 
     def kill(self) -> None:
         assert self.proc is not None
+        self.killed.add(self.life)
         self.proc.kill()
         self.proc.wait()
 
@@ -101,7 +116,8 @@ async def download(
     have, etag, total = 0, None, None
     for _ in range(MAX_ATTEMPTS):
         replica = rng.choice(replicas)
-        headers = {"Authorization": f"Bearer {token}"}
+        rid = f"{replica.life}/{next(stats.ids)}"
+        headers = {"Authorization": f"Bearer {token}", "User-Agent": f"{AGENT}/{rid}"}
         if have:
             headers |= {"Range": f"bytes={have}-", "If-Range": etag or ""}
         cut = rng.randrange(CHUNK, 64 << 20) if rng.random() < 0.4 else None
@@ -109,6 +125,7 @@ async def download(
             stats.requests += 1
             async with session.get(replica.url + path, headers=headers) as r:
                 stats.statuses[r.status] = stats.statuses.get(r.status, 0) + 1
+                answer = stats.answers[rid] = Answer(replica.life, r.status)
                 if r.status == 200 and have:  # the archive changed: start over
                     h, have = hashlib.sha256(), 0
                 elif r.status not in (200, 206):
@@ -128,7 +145,10 @@ async def download(
                     got += len(chunk)
                     stats.bytes += len(chunk)
                     if cut is not None and got >= cut:
+                        answer.outcome = "cut"
                         break  # the client hangs up mid-body; resume on the next attempt
+                else:
+                    answer.outcome = "whole"
             if total is not None and have == total:
                 ok = f'"{h.hexdigest()}"' == etag == f'"{want_sha}"'
                 stats.downloads_ok += ok
@@ -172,7 +192,7 @@ def chaos(victim: Replica, at: float, down_for: float, log: list[str]) -> None:
     log.append(f"t={at + down_for:.0f}s: replica {victim.name} restarted on the same port")
 
 
-def publish_during(replica: Replica, token: str, src: Path, log: list[str]) -> None:
+def publish_during(replica: Replica, token: str, src: Path, log: list[str], stats: Stats) -> None:
     time.sleep(10)
     c = api_client(replica.url, token, timeout=120)
     t0 = time.monotonic()
@@ -182,6 +202,7 @@ def publish_during(replica: Replica, token: str, src: Path, log: list[str]) -> N
     for _ in range(600):
         r = c.get(q)
         if r.status_code == 200:
+            stats.other_downloads += 1  # a download answer too: audited
             log.append(
                 f"publish of {len(data) >> 20} MiB during the load: downloadable "
                 f"after {time.monotonic() - t0:.1f}s"
@@ -245,7 +266,9 @@ def main() -> None:
         stats = Stats()
         threads = [
             threading.Thread(target=chaos, args=(replicas[0], args.seconds / 3, 5, events)),
-            threading.Thread(target=publish_during, args=(replicas[1], token, pub_src, events)),
+            threading.Thread(
+                target=publish_during, args=(replicas[1], token, pub_src, events, stats)
+            ),
         ]
         for t in threads:
             t.start()
@@ -265,8 +288,11 @@ def main() -> None:
             t.join()
         for r in replicas:
             if r.proc:
-                r.proc.terminate()
+                r.proc.terminate()  # graceful: its queued audit rows are written first
                 r.proc.wait(60)
+        killed = set().union(*(r.killed for r in replicas))
+        with open_services(settings) as svc:
+            audit = check_audit(all_rows(svc.store, org.id), stats.answers, killed)
     print(
         f"{args.clients} clients for {elapsed:.0f}s, 3 archives of ~{args.size_mib} MiB, "
         f"2 replicas on PostgreSQL + shared local storage; 40% of requests cut mid-body "
@@ -295,6 +321,28 @@ def main() -> None:
     print(
         "\nPeak RSS: " + ", ".join(f"{r.name} {max(mb for _, mb in r.rss)} MiB" for r in replicas)
     )
+    report_audit(audit, stats)
+
+
+def report_audit(audit: AuditCheck, stats: Stats) -> None:
+    expected = audit.answered - audit.lost_to_kill - audit.in_flight_at_kill
+    print(
+        "\nDownload audit against the answers the clients saw:\n\n| figure | value |\n|---|---|\n"
+        f"| download answers (200/206) seen by the clients | {audit.answered} |\n"
+        f"| of which in flight on the killed replica at the kill | {audit.in_flight_at_kill} |\n"
+        f"| of which answered before the kill, rows not yet written | {audit.lost_to_kill} |\n"
+        f"| rows expected (answers - both above) | {expected} |\n"
+        f"| audit rows of those requests | {audit.rows} (499: {audit.rows_499}) |\n"
+        f"| answers of live replicas without a row | {len(audit.missing)} |\n"
+        f"| rows without their answer or with another status | {len(audit.wrong)} |\n"
+        f"| the publish check's download: answers, rows | {stats.other_downloads}, "
+        f"{audit.other_rows} |"
+    )
+    for problem in (audit.missing + audit.wrong)[:20]:
+        print(f"- {problem}")
+    if not audit.ok(stats.other_downloads):
+        raise SystemExit("the audit does not match the downloads answered")
+    print("\nAudit check: rows = downloads answered (less what the SIGKILL lost).")
 
 
 if __name__ == "__main__":

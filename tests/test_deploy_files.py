@@ -60,21 +60,39 @@ def test_a_wrong_command_or_setting_is_caught() -> None:
         check_settings({"TUNEVAULT_BUILD_WORKER": "0"})
 
 
-def _options(command: click.Command) -> set[str]:
+def _options(command: click.Command) -> dict[str, set[str]]:
+    """Each option's name (as Settings would call it) and its flags, over every command."""
     if isinstance(command, click.Group):
         ctx = click.Context(command)
-        subs = (command.get_command(ctx, name) for name in command.list_commands(ctx))
-        return set().union(*(_options(c) for c in subs if c is not None))
-    return {p.name for p in command.params if isinstance(p, click.Option) and p.name}
+        found: dict[str, set[str]] = {}
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            for option, flags in (_options(sub) if sub is not None else {}).items():
+                found.setdefault(option, set()).update(flags)
+        return found
+    return {
+        p.name: {f for f in p.opts if f.startswith("--")}
+        for p in command.params
+        if isinstance(p, click.Option) and p.name
+    }
 
 
 def test_settings_doc_names_the_settings_that_have_flags() -> None:
     """Most settings are environment only; settings.md says which have flags."""
-    flagged = _options(main) & set(Settings.model_fields)
-    assert flagged == {"config", "data_dir", "database_url", "storage_url", "host", "port"}
+    flagged = {k: v for k, v in _options(main).items() if k in Settings.model_fields}
+    assert set(flagged) == {
+        "config",
+        "data_dir",
+        "database_url",
+        "storage_url",
+        "host",
+        "port",
+        "processes",
+        "worker_metrics_address",
+    }
     intro = (DEPLOY.parent / "docs" / "settings.md").read_text().split("| setting |")[0]
-    for name in flagged:
-        assert f"`--{name.replace('_', '-')}`" in intro
+    for flags in flagged.values():
+        assert any(f"`{flag}`" in intro for flag in flags), flags
 
 
 def test_compose_wiring() -> None:
@@ -94,7 +112,13 @@ def test_compose_wiring() -> None:
     # The SeaweedFS identities are valid JSON once compose substitutes the secrets.
     identities = json.loads(compose["configs"]["seaweedfs_s3"]["content"])["identities"]
     keys = {i["name"]: i["credentials"][0]["accessKey"] for i in identities}
-    assert keys["tunevault"] == services["serve-1"]["environment"]["AWS_ACCESS_KEY_ID"]
+    serve = services["serve-1"]["environment"]
+    assert keys["tunevault"] == serve["AWS_ACCESS_KEY_ID"]
+    # Redirect URLs show the signer's key id: a second identity that may only read signs them.
+    assert keys["tunevault-presign"] == serve["TUNEVAULT_S3_PRESIGN_ACCESS_KEY_ID"]
+    assert keys["tunevault-presign"] != keys["tunevault"]
+    actions = {i["name"]: i["actions"] for i in identities}
+    assert actions["tunevault-presign"] == ["Read:tunevault"]
 
 
 def test_compose_refuses_to_start_without_its_secrets() -> None:

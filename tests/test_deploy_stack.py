@@ -18,11 +18,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
+import boto3
 import httpx
 import pytest
 import sqlalchemy as sa
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from tests.support.deploy import (
     command_of,
@@ -43,7 +46,8 @@ TUNEVAULT = [sys.executable, "-m", "tunevault"]
 def _variables() -> dict[str, str]:
     """What deploy/.env would hold: fresh secrets."""
     names = ("POSTGRES_PASSWORD", "S3_SECRET_KEY", "S3_ADMIN_SECRET_KEY", "SHARE_SECRET")
-    access = ("S3_ACCESS_KEY", "S3_ADMIN_ACCESS_KEY")
+    names += ("S3_PRESIGN_SECRET_KEY",)
+    access = ("S3_ACCESS_KEY", "S3_ADMIN_ACCESS_KEY", "S3_PRESIGN_ACCESS_KEY")
     keys = {n: "TV" + secrets.token_hex(9).upper() for n in access}
     return {**keys, **{n: secrets.token_hex(16) for n in names}}
 
@@ -165,12 +169,36 @@ def _compose_stack(pg_admin_url: str, tmp_path: Path) -> Iterator[Stack]:
         yield Stack(front=front, token=token, services=services, envs=envs)
 
 
+def _presign_identity_only_reads(env: Mapping[str, str]) -> None:
+    """The replicas' presigning identity, as compose creates it: its key is valid and may
+    read (a missing key is 404, not 403), and its PUT and DELETE are refused."""
+    storage = urlsplit(env["TUNEVAULT_STORAGE_URL"])
+    s3 = boto3.session.Session().client(
+        "s3",
+        endpoint_url=dict(parse_qsl(storage.query))["endpoint_url"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["TUNEVAULT_S3_PRESIGN_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["TUNEVAULT_S3_PRESIGN_SECRET_ACCESS_KEY"],
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    bucket, key = storage.netloc, storage.path.strip("/") + "/presign-probe"
+    for call, status in (
+        (lambda: s3.get_object(Bucket=bucket, Key=key), 404),  # may read: there is nothing
+        (lambda: s3.put_object(Bucket=bucket, Key=key, Body=b"x"), 403),
+        (lambda: s3.delete_object(Bucket=bucket, Key=key), 403),
+    ):
+        with pytest.raises(ClientError) as refused:
+            call()
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+
+
 @pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed")
 def test_the_compose_stack_publishes_and_serves_through_nginx(
     pg_admin_url: str, tmp_path: Path
 ) -> None:
     with _compose_stack(pg_admin_url, tmp_path) as stack:
         assert httpx.get(f"{stack.front}/readyz").status_code == 200  # its identity may write
+        _presign_identity_only_reads(stack.envs["serve-1"])
         files = {"config.json": b'{"model_type": "llama"}', "weights.bin": os.urandom(3 << 20)}
         ft_id = publish_files(api_client(stack.front, stack.token), files)
         out = tmp_path / "extracted"

@@ -11,7 +11,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -47,6 +47,16 @@ class Settings(BaseSettings):
         default=None,
         description="Where blobs live: file:///path or s3://bucket/prefix. "
         "Default: data_dir/blobs.",
+    )
+    s3_presign_access_key_id: str | None = Field(
+        default=None,
+        description="Access key id of a read-only S3 identity that signs the presigned URLs "
+        "of the redirect mode (every URL shows it). Default: the identity storage reads and "
+        "writes with (the AWS chain).",
+    )
+    s3_presign_secret_access_key: SecretStr | None = Field(
+        default=None,
+        description="That identity's secret access key; set both or neither.",
     )
     auto_migrate: bool = Field(
         default=True,
@@ -203,6 +213,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):  # TUNEVAULT_TRUSTED_PROXIES=10.0.0.0/8,192.168.1.7
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _presign_identity_whole(self) -> Settings:
+        if (self.s3_presign_access_key_id is None) != (self.s3_presign_secret_access_key is None):
+            raise ValueError(
+                "set both s3_presign_access_key_id and s3_presign_secret_access_key, or neither"
+            )
+        return self
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{database_file(self.data_dir).resolve()}"

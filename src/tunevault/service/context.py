@@ -43,10 +43,24 @@ def open_services(settings: Settings) -> Iterator[Services]:
         raise
     storage = open_storage(settings.resolved_storage_url())
     try:
+        _use_presign_identity(storage, settings)
         yield Services(settings=settings, store=store, storage=storage)
     finally:
         storage.close()
         store.close()
+
+
+def _use_presign_identity(storage: Storage, settings: Settings) -> None:
+    key_id, secret = settings.s3_presign_access_key_id, settings.s3_presign_secret_access_key
+    if key_id is None or secret is None:  # the settings allow both or neither
+        return
+    try:
+        storage.use_presign_identity(key_id, secret.get_secret_value())
+    except Unsupported as e:
+        raise ValueError(
+            "s3_presign_access_key_id is set but the storage is not S3: "
+            f"unset the s3_presign_* settings or use s3:// storage ({e})"
+        ) from e
 
 
 def check_serve_mode(svc: Services) -> None:

@@ -153,6 +153,11 @@ class Storage(abc.ABC):
         """A time-limited URL that lets a client fetch the key without our credentials."""
         raise Unsupported(f"{type(self).__name__} cannot presign URLs")
 
+    def use_presign_identity(self, access_key_id: str, secret_access_key: str) -> None:
+        """Sign presigned URLs with this identity instead of the one that reads and writes:
+        every URL shows its key id, so it should be one that may only read."""
+        raise Unsupported(f"{type(self).__name__} cannot presign URLs")
+
     def abort_stale_writes(self, started_before: datetime, *, dry_run: bool) -> int:
         """Abort writes that dead processes left pending inside the store, started before
         the cutoff; returns how many. Backends whose pending writes are plain files (local

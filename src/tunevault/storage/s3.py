@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from tunevault.storage.base import BlobReader, BlobStat, BlobWriter, Storage, check_key
 from tunevault.storage.errors import BackendUnavailable, BlobTooLarge
 from tunevault.storage.registry import register
-from tunevault.storage.sigv4 import Presigner
+from tunevault.storage.sigv4 import Presigner, StaticCredentials
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
@@ -428,6 +428,13 @@ class S3Storage(Storage):
         if self._sign is None:
             raise BackendUnavailable("S3 is unavailable (NoCredentialsError)")
         return self._sign.url(method.upper(), self.bucket, self._key(key), expires, params)
+
+    def use_presign_identity(self, access_key_id: str, secret_access_key: str) -> None:
+        # Same endpoint and region as before; only the signing identity changes. Reads,
+        # writes and the readiness probe keep the client's own identity.
+        region = self._presigner.meta.region_name or "us-east-1"
+        identity = StaticCredentials(access_key_id, secret_access_key)
+        self._sign = Presigner(self._presigner.meta.endpoint_url, region, identity)
 
     def close(self) -> None:
         self.client.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import quote, urlsplit
@@ -19,14 +20,29 @@ from urllib.parse import quote, urlsplit
 ALGORITHM = "AWS4-HMAC-SHA256"
 
 
-class _Frozen(Protocol):
-    access_key: str
-    secret_key: str
-    token: str | None
+class _Frozen(Protocol):  # read-only, as botocore's ReadOnlyCredentials
+    @property
+    def access_key(self) -> str: ...
+    @property
+    def secret_key(self) -> str: ...
+    @property
+    def token(self) -> str | None: ...
 
 
 class Credentials(Protocol):
     def get_frozen_credentials(self) -> _Frozen: ...
+
+
+@dataclass(frozen=True)
+class StaticCredentials:
+    """A fixed key pair without a session token (a dedicated presigning identity)."""
+
+    access_key: str
+    secret_key: str = field(repr=False)
+    token: str | None = None
+
+    def get_frozen_credentials(self) -> StaticCredentials:
+        return self
 
 
 def _encode(text: str) -> str:

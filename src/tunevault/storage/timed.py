@@ -97,6 +97,9 @@ class TimedStorage(Storage):
             ),
         )
 
+    def use_presign_identity(self, access_key_id: str, secret_access_key: str) -> None:
+        self.inner.use_presign_identity(access_key_id, secret_access_key)
+
     def abort_stale_writes(self, started_before: datetime, *, dry_run: bool) -> int:
         return self.inner.abort_stale_writes(started_before, dry_run=dry_run)
 
