@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import MergeRefused
 from tunevault.merge.blas import single_threaded_blas
 from tunevault.merge.plan import Job, LoraOp, Plan, row_blocks, rows_cols
@@ -25,15 +26,21 @@ from tunevault.merge.safetensors_io import DTYPES, ShardWriter, TensorInfo, read
 Array = np.ndarray[Any, Any]
 
 
-def write_plan(plan: Plan, out_dir: Path, progress: Callable[[int], None] | None = None) -> None:
+def write_plan(
+    plan: Plan,
+    out_dir: Path,
+    progress: Callable[[int], None] | None = None,
+    hashers: dict[str, BlobHasher] | None = None,
+) -> None:
     """Write all shards, and the index when there are several; `progress` hears the bytes
-    of each tensor written."""
+    of each tensor written; `hashers`, when given, gets each shard's digests by file name."""
     weight_map: dict[str, str] = {}
     total = 0
     scratch = _Scratch()
     with ThreadPoolExecutor(max_workers=1) as io, single_threaded_blas():
         for filename, jobs in plan.shards:
-            writer = ShardWriter(out_dir / filename, (j.out for j in jobs))
+            hasher = None if hashers is None else hashers.setdefault(filename, BlobHasher())
+            writer = ShardWriter(out_dir / filename, (j.out for j in jobs), hasher)
             try:
                 for job in jobs:
                     writer.begin(job.out.name)
