@@ -121,8 +121,8 @@ def write_base(path: Path) -> int:
     return max(s.nbytes for s in specs)
 
 
-def write_adapter(path: Path) -> None:
-    rng = np.random.default_rng(1)
+def write_adapter(path: Path, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
     tensors = {}
     for i in range(LAYERS):
         for name, (out_f, in_f) in LINEAR.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 from tunevault.archive.write import Source, input_digest, write_archive
 from tunevault.layout import archive_key, blob_key
@@ -25,9 +26,11 @@ def build_archive(
     level: int = 3,
     threads: int = -1,
     progress: Callable[[int], None] | None = None,
+    local_root: Path | None = None,
 ) -> Archive:
     """Build and record the archive of a checkpoint, given by id or as read with its files
-    (the worker's); a crash leaves no visible archive."""
+    (the worker's); a crash leaves no visible archive. A file also present under
+    `local_root` (a merge's scratch output, the same bytes as its blob) is read there."""
     ckpt = store.get_checkpoint(checkpoint) if isinstance(checkpoint, int) else checkpoint
     if ckpt is None:
         raise LookupError(f"checkpoint {checkpoint} does not exist")
@@ -38,6 +41,8 @@ def build_archive(
     def open_file(entry: FileEntry) -> Source:
         if entry.path in overrides:
             return io.BytesIO(overrides[entry.path])
+        if local_root is not None and (local_root / entry.path).is_file():
+            return (local_root / entry.path).open("rb")
         return storage.open_read(blob_key(entry.sha256))
 
     key = archive_key_of(files, level)

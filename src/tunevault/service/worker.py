@@ -27,8 +27,8 @@ from tunevault.metadata.notify import listen_for_jobs
 from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
 from tunevault.service.builds import build_archive
 from tunevault.service.context import Services, translated
+from tunevault.service.mergedfiles import lay_out_base, store_outputs
 from tunevault.service.progress import JobProgress
-from tunevault.service.publishing import put_directory
 from tunevault.service.readiness import is_database_outage
 from tunevault.storage import Unsupported
 from tunevault.storage.errors import StorageError
@@ -134,17 +134,9 @@ class Worker:
         progress = JobProgress(self.svc.store, job.id, self.owner, _size(ckpt.files))
         if job.kind == JobKind.MERGE:
             ckpt = self._merge(job, ckpt, progress)
-            progress.extend(progress.done + _size(ckpt.files))
-        self._still_mine(job)
-        settings = self.svc.settings
-        build_archive(
-            self.svc.store,
-            self.svc.storage,
-            ckpt,
-            level=settings.zstd_level,
-            threads=settings.zstd_threads,
-            progress=progress.add,
-        )
+        else:
+            self._still_mine(job)
+            self._pack(ckpt, progress, None)
         progress.flush()
         log.info(
             "job %d: built the %s archive of %s step %d",
@@ -154,8 +146,21 @@ class Worker:
             ckpt.step,
         )
 
+    def _pack(self, ckpt: Checkpoint, progress: JobProgress, local_root: Path | None) -> None:
+        settings = self.svc.settings
+        build_archive(
+            self.svc.store,
+            self.svc.storage,
+            ckpt,
+            level=settings.zstd_level,
+            threads=settings.zstd_threads,
+            progress=progress.add,
+            local_root=local_root,
+        )
+
     def _merge(self, job: BuildJob, ckpt: Checkpoint, progress: JobProgress) -> Checkpoint:
-        """Merge and record the merged files as the checkpoint's; the checkpoint with them."""
+        """Merge, store the merged files as the checkpoint's and pack them, reading the base
+        once (see tunevault.service.mergedfiles); the checkpoint with its files."""
         store = self.svc.store
         ft = store.fine_tune_by_id(ckpt.ft_id)
         adapter = store.find_checkpoint(ckpt.ft_id, ckpt.step, Kind.ADAPTER)
@@ -173,23 +178,33 @@ class Worker:
             try:
                 if not claim(held, tmp):
                     raise RuntimeError(f"{tmp} was removed before the merge began")
-                self._materialize(base.files, tmp / "base")
+                lay_out_base(self.svc, base.files, tmp / "base")
                 self._materialize(adapter.files, tmp / "adapter")
-                merge_lora(tmp / "base", tmp / "adapter", tmp / "merged", progress=progress.add)
+                merged = tmp / "merged"
+                report = merge_lora(
+                    tmp / "base", tmp / "adapter", merged, progress=progress.add, hash_outputs=True
+                )
                 self._still_mine(job)
-                files = put_directory(store, self.svc.storage, ft.org_id, tmp / "merged")
+                files = store_outputs(store, self.svc.storage, ft.org_id, merged, report.files)
+                ckpt = self._record_merged(ckpt, ft.org_id, files)
+                self._pack(ckpt, progress, merged)
             finally:
                 os.close(held)
+        return ckpt
+
+    def _record_merged(self, ckpt: Checkpoint, org_id: str, files: list[FileEntry]) -> Checkpoint:
+        store = self.svc.store
         store.set_checkpoint_files(ckpt.id, files)
         # gc may have collected an output blob between its upload and this manifest: check
         # under the gc lock, and merge again (a retry) if so (see tunevault.service.gc).
         digests = {f.sha256 for f in files}
-        if digests - store.locked_blob_sizes(ft.org_id, digests).keys():
+        if digests - store.locked_blob_sizes(org_id, digests).keys():
             raise RuntimeError("gc collected merged blobs before they were recorded; retrying")
         return dataclasses.replace(ckpt, files=tuple(sorted(files, key=lambda f: f.path)))
 
     def _materialize(self, files: tuple[FileEntry, ...], root: Path) -> None:
-        """Lay blobs out as a directory: links to local blobs, copies from object storage."""
+        """Lay blobs out as a directory: links to local blobs, copies from object storage
+        (an adapter: a few MB)."""
         storage = self.svc.storage
         for f in files:
             dst = root / f.path
