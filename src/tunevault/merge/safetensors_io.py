@@ -21,6 +21,7 @@ import numpy as np
 
 from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import MergeRefused
+from tunevault.storage.local import WRITEBACK_EVERY, start_writeback
 
 # safetensors dtype code -> numpy dtype. bf16 and fp8 come from ml_dtypes.
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -202,6 +203,7 @@ class ShardWriter:
         self.hasher = hasher
         self.file = path.open("wb")
         self._copy_buf: memoryview | None = None
+        self._size = self._written_back = 0
         self._emit(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
         self._written = 0
@@ -210,6 +212,16 @@ class ShardWriter:
         if self.hasher is not None:
             self.hasher.update(data)
         self.file.write(data)
+        self._grown(len(data))
+
+    def _grown(self, n: int) -> None:
+        """The disk writes as we go: the final fsync then waits for the last few MiB, not
+        for a shard of gigabytes."""
+        self._size += n
+        if self._size - self._written_back >= WRITEBACK_EVERY:
+            self.file.flush()
+            start_writeback(self.file.fileno(), self._written_back, self._size - self._written_back)
+            self._written_back = self._size
 
     def begin(self, name: str) -> OutSpec:
         """Start the next tensor; the order is the one the header was written with."""
@@ -227,6 +239,7 @@ class ShardWriter:
     def copy(self, src: TensorInfo) -> None:
         if self.hasher is None:
             copy_bytes(src, self.file)
+            self._grown(src.nbytes)
         else:
             if self._copy_buf is None:
                 self._copy_buf = memoryview(bytearray(_HASHED_CHUNK))
