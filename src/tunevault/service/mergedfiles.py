@@ -30,7 +30,7 @@ CHUNK = 8 << 20
 def lay_out_base(svc: Services, files: tuple[FileEntry, ...], root: Path) -> int:
     """The base model as a directory under `root`; the bytes fetched from storage."""
     storage, settings = svc.storage, svc.settings
-    if _is_local(storage):
+    if is_local(storage):
         link_blobs(storage, files, root)
         return 0
     cache = BaseCache(settings.resolved_base_cache_dir(), int(settings.base_cache_gib * 2**30))
@@ -50,7 +50,7 @@ def store_outputs(
 ) -> list[FileEntry]:
     """Record every output file as a blob of the organization, with the digests the merge
     took while writing it."""
-    local = _is_local(storage)
+    local = is_local(storage)
     for out in outputs:
         key = blob_key(out.sha256)
         path = root / out.path
@@ -76,7 +76,8 @@ def _upload(storage: Storage, key: str, path: Path) -> None:
         shutil.copyfileobj(f, w, CHUNK)
 
 
-def _is_local(storage: Storage) -> bool:
+def is_local(storage: Storage) -> bool:
+    """Whether blobs are files on this machine (local storage)."""
     try:
         storage.local_path(blob_key("0" * 64))
     except Unsupported:

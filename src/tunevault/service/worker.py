@@ -22,12 +22,12 @@ from pathlib import Path
 
 from tunevault.errors import BaseModelNotFound, CheckpointNotFound, TunevaultError
 from tunevault.layout import MERGE_PREFIX, blob_key, scratch_dir
-from tunevault.merge import merge_lora
+from tunevault.merge import OutputFile, merge_lora
 from tunevault.metadata.notify import listen_for_jobs
 from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
-from tunevault.service.builds import build_archive
+from tunevault.service.builds import LocalCopy, build_archive
 from tunevault.service.context import Services, translated
-from tunevault.service.mergedfiles import lay_out_base, store_outputs
+from tunevault.service.mergedfiles import is_local, lay_out_base, store_outputs
 from tunevault.service.progress import JobProgress
 from tunevault.service.readiness import is_database_outage
 from tunevault.storage import Unsupported
@@ -146,7 +146,7 @@ class Worker:
             ckpt.step,
         )
 
-    def _pack(self, ckpt: Checkpoint, progress: JobProgress, local_root: Path | None) -> None:
+    def _pack(self, ckpt: Checkpoint, progress: JobProgress, local: LocalCopy | None) -> None:
         settings = self.svc.settings
         build_archive(
             self.svc.store,
@@ -155,7 +155,7 @@ class Worker:
             level=settings.zstd_level,
             threads=settings.zstd_threads,
             progress=progress.add,
-            local_root=local_root,
+            local=local,
         )
 
     def _merge(self, job: BuildJob, ckpt: Checkpoint, progress: JobProgress) -> Checkpoint:
@@ -185,22 +185,41 @@ class Worker:
                     tmp / "base", tmp / "adapter", merged, progress=progress.add, hash_outputs=True
                 )
                 self._still_mine(job)
-                files = store_outputs(store, self.svc.storage, ft.org_id, merged, report.files)
-                ckpt = self._record_merged(ckpt, ft.org_id, files)
-                self._pack(ckpt, progress, merged)
+                ckpt = self._store_and_pack(ckpt, ft.org_id, merged, report.files, progress)
             finally:
                 os.close(held)
         return ckpt
 
-    def _record_merged(self, ckpt: Checkpoint, org_id: str, files: list[FileEntry]) -> Checkpoint:
-        store = self.svc.store
-        store.set_checkpoint_files(ckpt.id, files)
-        # gc may have collected an output blob between its upload and this manifest: check
-        # under the gc lock, and merge again (a retry) if so (see tunevault.service.gc).
-        digests = {f.sha256 for f in files}
-        if digests - store.locked_blob_sizes(org_id, digests).keys():
-            raise RuntimeError("gc collected merged blobs before they were recorded; retrying")
-        return dataclasses.replace(ckpt, files=tuple(sorted(files, key=lambda f: f.path)))
+    def _store_and_pack(
+        self,
+        ckpt: Checkpoint,
+        org_id: str,
+        merged: Path,
+        outputs: tuple[OutputFile, ...],
+        progress: JobProgress,
+    ) -> Checkpoint:
+        """Store the merged files as blobs and record them as the checkpoint's, then pack
+        them; on object storage the uploads run while the archive is packed."""
+        store, storage = self.svc.store, self.svc.storage
+        files = [FileEntry(path=o.path, size=o.size, sha256=o.sha256) for o in outputs]
+
+        def store_and_record() -> None:
+            store_outputs(store, storage, org_id, merged, outputs)
+            store.set_checkpoint_files(ckpt.id, files)
+            # gc may have collected an output blob between its upload and this manifest:
+            # check under the gc lock, and merge again (a retry) if so (tunevault.service.gc).
+            digests = {f.sha256 for f in files}
+            if digests - store.locked_blob_sizes(org_id, digests).keys():
+                raise RuntimeError("gc collected merged blobs before they were recorded; retrying")
+
+        local = is_local(storage)
+        if local:  # the files are renamed into the blob store: pack them there, after
+            store_and_record()
+        xxh3 = {o.sha256: o.xxh3 for o in outputs}
+        copy = LocalCopy(merged, xxh3, None if local else store_and_record)
+        ckpt = dataclasses.replace(ckpt, files=tuple(sorted(files, key=lambda f: f.path)))
+        self._pack(ckpt, progress, copy)
+        return ckpt
 
     def _materialize(self, files: tuple[FileEntry, ...], root: Path) -> None:
         """Lay blobs out as a directory: links to local blobs, copies from object storage
