@@ -184,7 +184,7 @@ class _Merger:
                     delta = read_rows(info, i, i + 1)[0]
                     w[row - r0] = delta.astype(self.out_dtype).astype(self.compute)
         out = self.scratch.cast(slot, w, self.out_dtype)
-        if not _all_finite(out) and _all_finite(self._base(r0, r1)):
+        if not _all_finite(out, self.scratch) and _all_finite(self._base(r0, r1), self.scratch):
             raise MergeRefused(f"merged tensor {job.out.name!r} is not finite in {job.out.dtype}")
         return out.reshape((r1 - r0, *job.out.shape[1:]))
 
@@ -202,10 +202,12 @@ def _gemm_rows(left: Array, right: Array, out: Array) -> None:
         np.matmul(left[i0:i1], right, out=out[i0:i1])
 
 
-def _all_finite(a: Array) -> bool:
+def _all_finite(a: Array, scratch: _Scratch) -> bool:
     # The check runs on every block: for 2-byte floats it tests the exponent bits (all ones:
-    # inf or NaN) with integer ops on a uint16 view instead of going through ml_dtypes' isfinite.
+    # inf or NaN) with integer ops on a uint16 view instead of going through ml_dtypes' isfinite,
+    # in reused buffers (fresh ones would fault in new pages for every block).
     mask = {"bfloat16": 0x7F80, "float16": 0x7C00}.get(a.dtype.name)
     if mask is None:
         return bool(np.isfinite(a).all())
-    return not ((a.view(np.uint16) & mask) == mask).any()
+    bits = np.bitwise_and(a.view(np.uint16), mask, out=scratch.get("bits", a.shape, np.uint16))
+    return not np.equal(bits, mask, out=scratch.get("inf", a.shape, np.bool_)).any()
