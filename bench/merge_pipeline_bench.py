@@ -34,6 +34,7 @@ from bench.merge_bench import write_adapter, write_base
 from tests.support.seaweed import run_seaweedfs
 from tunevault.models import Kind
 from tunevault.service.context import open_services
+from tunevault.service.gc import collect
 from tunevault.service.publishing import publish_directory, put_directory, register_base_model
 from tunevault.settings import Settings
 
@@ -43,6 +44,7 @@ CHILD = """
 import json, re, time
 t = time.perf_counter()
 from tunevault.service.context import open_services
+from tunevault.service.gc import collect
 from tunevault.service.worker import Worker
 from tunevault.settings import Settings
 with open_services(Settings()) as svc:
@@ -108,7 +110,9 @@ def run_worker(settings: Settings, env: dict[str, str], src: Path) -> dict[str, 
     return result
 
 
-def check_archive(settings: Settings, ft_id: str) -> None:
+def check_and_drop(settings: Settings, org_id: str, ft_id: str) -> None:
+    """Untimed: the merged archive is there and is its sha256; then the fine-tune and its
+    merged blobs go (gc), so that runs do not fill the disk or the object store."""
     with open_services(settings) as svc:
         ckpt = svc.store.find_checkpoint(ft_id, 1, Kind.MERGED)
         assert ckpt is not None
@@ -118,6 +122,8 @@ def check_archive(settings: Settings, ft_id: str) -> None:
         for chunk in svc.storage.iter_range(archive.storage_key):
             h.update(chunk)
         assert h.hexdigest() == archive.sha256
+        svc.store.delete_fine_tune(org_id, ft_id)
+        collect(svc, grace_seconds=0, dry_run=False)
 
 
 def run_tar(base: Path, out: Path) -> dict[str, float]:
@@ -146,7 +152,7 @@ def bench_storage(
                 write_adapter(adapter, seed=n)
             ft_id = commit_adapter(settings, org.id, adapter, n)
             first = run_worker(settings, env, src)
-            check_archive(settings, ft_id)
+            check_and_drop(settings, org.id, ft_id)
             print(f"{kind} {side} warm-up (first merge): {first['seconds']:.2f} s", flush=True)
         for r in range(args.repeat):
             order = ["new", "old", "tar"] if r % 2 == 0 else ["tar", "old", "new"]
@@ -162,7 +168,7 @@ def bench_storage(
                         write_adapter(adapter, seed=n)
                     ft_id = commit_adapter(settings, org.id, adapter, n)
                     res = run_worker(settings, env, sides[side])
-                    check_archive(settings, ft_id)
+                    check_and_drop(settings, org.id, ft_id)
                 res["load"] = load
                 results[side].append(res)
                 rss = res["rss"] / 2**20
