@@ -22,6 +22,7 @@ from tunevault.layout import blob_key, scratch_dir
 from tunevault.merge import merge_lora
 from tunevault.models import FileEntry, FineTune, Kind
 from tunevault.service.basecache import BaseCache
+from tunevault.service.builds import LocalCopy, archive_key_of, build_archive
 from tunevault.service.context import Services, open_services
 from tunevault.service.demo import TinyLlama, base_weights, write_adapter, write_model
 from tunevault.service.publishing import publish_directory, put_directory, register_base_model
@@ -206,3 +207,29 @@ def test_a_corrupt_base_blob_is_refused_and_not_cached(settings: Settings, tmp_p
         assert cache.used_bytes() == 0
         assert not (tmp_path / "out" / "w.bin").exists()
         assert list((tmp_path / "cache" / ".tmp").iterdir()) == []
+
+
+def test_a_failed_store_beside_the_packing_leaves_no_archive(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with open_services(settings) as svc:
+        org = svc.store.create_org("acme")
+        ft = svc.store.create_fine_tune(
+            org.id, model="m", model_output_name="acme/full", training_type="Full"
+        )
+        src = tmp_path / "out"
+        src.mkdir()
+        (src / "w.bin").write_bytes(np.random.default_rng(5).bytes(3 << 20))
+        ckpt = publish_directory(svc, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=False)
+        xxh3 = svc.store.blob_xxh3(f.sha256 for f in ckpt.files)
+
+        def upload_fails() -> None:
+            raise OSError("the object store went away")
+
+        with pytest.raises(OSError, match="went away"):
+            build_archive(svc.store, svc.storage, ckpt, local=LocalCopy(src, xxh3, upload_fails))
+        assert svc.store.get_archive(ckpt.id) is None
+        assert svc.storage.stat(archive_key_of(ckpt.files, 3)) is None
+        # Without the failing companion the same build goes through, read from `src`.
+        archive = build_archive(svc.store, svc.storage, ckpt, local=LocalCopy(src, xxh3))
+        assert svc.storage.stat(archive.storage_key) is not None
