@@ -86,9 +86,7 @@ def main() -> None:
             ft = svc.store.create_fine_tune(
                 org.id, model="b", model_output_name="b", training_type="Full"
             )
-            ckpt = publish_directory(
-                svc.store, svc.storage, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=True
-            )
+            ckpt = publish_directory(svc, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=True)
 
             xxh3 = svc.store.blob_xxh3(f.sha256 for f in ckpt.files)
 

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -121,8 +122,8 @@ def write_base(path: Path) -> int:
     return max(s.nbytes for s in specs)
 
 
-def write_adapter(path: Path) -> None:
-    rng = np.random.default_rng(1)
+def write_adapter(path: Path, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
     tensors = {}
     for i in range(LAYERS):
         for name, (out_f, in_f) in LINEAR.items():
@@ -205,12 +206,14 @@ def main() -> None:
     largest = VOCAB * HIDDEN * 2
     load = os.getloadavg()[0]
     results: dict[str, list[dict[str, float]]] = {"tunevault": [], "peft": []}
-    for _ in range(args.repeat):
-        results["tunevault"].append(
-            run(TUNEVAULT_CHILD, base, adapter, args.workdir / "out_tunevault")
-        )
-        results["peft"].append(run(PEFT_CHILD, base, adapter, args.workdir / "out_peft"))
+    children = {"tunevault": TUNEVAULT_CHILD, "peft": PEFT_CHILD}
+    for i in range(args.repeat):  # alternating which goes first, each run's load recorded
+        for name in ("tunevault", "peft") if i % 2 == 0 else ("peft", "tunevault"):
+            run_load = os.getloadavg()[0]
+            results[name].append(run(children[name], base, adapter, args.workdir / f"out_{name}"))
+            results[name][-1]["load"] = run_load
     best = {k: min(v, key=lambda r: r["wall"]) for k, v in results.items()}
+    median = {k: statistics.median(r["wall"] for r in v) for k, v in results.items()}
     tv, pf = best["tunevault"], best["peft"]
     mib = 2**20
     cpu = platform.processor() or platform.machine()
@@ -227,8 +230,12 @@ def main() -> None:
             + ", ".join(f"{x['wall']:.1f}" for x in results[name])
             + ")"
         )
+    for name, v in results.items():
+        loads = ", ".join(f"{r['load']:.2f}" for r in v)
+        print(f"{name:9s}: median wall {median[name]:.1f} s; 1-minute load before each: {loads}")
+    print(f"speed-up (median walls): {median['peft'] / median['tunevault']:.1f}x")
     print(
-        f"speed-up (wall): {pf['wall'] / tv['wall']:.1f}x; "
+        f"speed-up (wall, best of each): {pf['wall'] / tv['wall']:.1f}x; "
         f"peak RSS tunevault/peft: {tv['rss'] / pf['rss']:.3f}"
     )
     print(
@@ -238,7 +245,7 @@ def main() -> None:
     steps = check_same(args.workdir / "out_tunevault", args.workdir / "out_peft")
     print(f"max difference vs PEFT over every tensor: {steps:.0f} bf16 steps")
     ok = (
-        pf["wall"] >= 3 * tv["wall"]
+        median["peft"] >= 5 * median["tunevault"]  # issue 16: 5x on the median, not the best
         and tv["rss"] <= pf["rss"] / 4
         and tv["rss"] < 3 * largest + 300 * mib
         and steps == 0

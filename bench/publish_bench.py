@@ -64,9 +64,7 @@ def bench_build(tmp: Path, size: int, repeat: int) -> list[str]:
         ft = svc.store.create_fine_tune(
             org.id, model="b", model_output_name="b", training_type="Full"
         )
-        ckpt = publish_directory(
-            svc.store, svc.storage, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=True
-        )
+        ckpt = publish_directory(svc, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=True)
         out = tmp / "cli.tar.zst"
         for _ in range(repeat):
             # Each side starts from the same state: no earlier output to replace (the rename

@@ -42,6 +42,11 @@ def staged_parts(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "uploads").glob("*/*.part"))
 
 
+def base_cache_dir(data_dir: Path) -> Path:
+    """Base models kept for merges on object storage (tunevault.service.basecache)."""
+    return data_dir / "base-cache"
+
+
 def scratch_dir(data_dir: Path) -> Path:
     """Where merges lay out their inputs and outputs (directories named MERGE_PREFIX...)."""
     return data_dir / "tmp"

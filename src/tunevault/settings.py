@@ -20,7 +20,7 @@ from pydantic_settings import (
 )
 
 from tunevault.configfile import TomlFile
-from tunevault.layout import blob_dir, database_file
+from tunevault.layout import base_cache_dir, blob_dir, database_file
 
 
 class Settings(BaseSettings):
@@ -84,6 +84,18 @@ class Settings(BaseSettings):
     zstd_level: int = Field(default=3, ge=1, le=22, description="zstd level of archives.")
     zstd_threads: int = Field(
         default=-1, description="zstd worker threads for archive builds (-1: one per core)."
+    )
+    base_cache_dir: Path | None = Field(
+        default=None,
+        description="Where merges on object storage keep base models between merges "
+        "(best on data_dir's filesystem: merges hard-link from it). Default: "
+        "data_dir/base-cache.",
+    )
+    base_cache_gib: float = Field(
+        default=50,
+        ge=0,
+        description="Size budget of the base-model cache in GiB, least recently used out; "
+        "0 turns it off (every merge fetches its base).",
     )
     build_workers: int = Field(
         default=1,
@@ -224,6 +236,9 @@ class Settings(BaseSettings):
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{database_file(self.data_dir).resolve()}"
+
+    def resolved_base_cache_dir(self) -> Path:
+        return self.base_cache_dir or base_cache_dir(self.data_dir)
 
     def resolved_storage_url(self) -> str:
         return self.storage_url or blob_dir(self.data_dir).resolve().as_uri()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+import xxhash
 from peft import LoraConfig
 from safetensors import safe_open
 
@@ -92,3 +94,27 @@ def test_row_blocks_cover_all_rows_and_none_alone(
     assert [r for r0, r1 in blocks for r in range(r0, r1)] == list(range(rows))
     # A one-row block would take numpy's gemv path, which rounds unlike PEFT's gemm.
     assert rows == 1 or all(r1 - r0 >= 2 for r0, r1 in blocks)
+
+
+def test_hashed_outputs_name_the_bytes_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Several shards, merged and copied tensors in them, blocks smaller than a tensor: the
+    # digests taken while streaming must be those of the files as they lie on disk.
+    monkeypatch.setattr(tunevault.merge.plan, "BLOCK_ELEMS", 128)
+    base, adapter = save_pair(
+        tiny_llama(), LoraConfig(target_modules=["q_proj"]), tmp_path, dtype=torch.bfloat16
+    )
+    out = tmp_path / "merged"
+    report = merge_lora(base, adapter, out, max_shard_bytes=20_000, hash_outputs=True)
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert [f.path for f in report.files] == on_disk
+    assert sum(f.path.endswith(".safetensors") for f in report.files) > 1
+    for f in report.files:
+        data = (out / f.path).read_bytes()
+        assert (f.size, f.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+        assert f.xxh3 == xxhash.xxh3_128_hexdigest(data)
+    plain = merge_lora(base, adapter, tmp_path / "plain", max_shard_bytes=20_000)
+    assert plain.files == ()
+    for f in report.files:
+        assert (tmp_path / "plain" / f.path).read_bytes() == (out / f.path).read_bytes()

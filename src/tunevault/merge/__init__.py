@@ -14,16 +14,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import MergeRefused
 from tunevault.merge.apply import write_plan
 from tunevault.merge.config import load_settings
 from tunevault.merge.files import adapter_tensors, base_tensors, side_files, tied_outputs
 from tunevault.merge.plan import build_plan, resolve_dtype
 
-__all__ = ["MergeRefused", "MergeReport", "merge_lora"]
+__all__ = ["MergeRefused", "MergeReport", "OutputFile", "merge_lora"]
 
 _TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 log = logging.getLogger("tunevault.merge")
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file of the output with the digests a blob is stored under."""
+
+    path: str  # relative to out_dir, "/"-separated
+    size: int
+    sha256: str
+    xxh3: str
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class MergeReport:
     peak_bytes_planned: int
     dtype: str | None
     untied: tuple[str, ...] = ()  # output embeddings no longer tied to the input ones
+    files: tuple[OutputFile, ...] = ()  # with hash_outputs: every output file, by path
 
 
 def merge_lora(
@@ -47,9 +59,11 @@ def merge_lora(
     dtype: str | None = None,
     max_shard_bytes: int = 5 * 2**30,
     progress: Callable[[int], None] | None = None,
+    hash_outputs: bool = False,
 ) -> MergeReport:
     """Merge the LoRA adapter in `adapter_dir` into the model in `base_dir`, writing `out_dir`;
-    `progress` hears the bytes of each output tensor written.
+    `progress` hears the bytes of each output tensor written. With `hash_outputs`, the
+    report lists every output file's sha256 and xxh3, the shards' taken as they are written.
 
     Raises MergeRefused, before anything is written, when the pair cannot be merged exactly.
     """
@@ -70,8 +84,9 @@ def merge_lora(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Written next to out_dir and renamed at the end, so an interrupted merge leaves no output.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    hashers: dict[str, BlobHasher] | None = {} if hash_outputs else None
     try:
-        write_plan(plan, tmp, progress)
+        write_plan(plan, tmp, progress, hashers)
         _write_side_files(tmp, sides, dtype, plan.untied)
         if out_dir.exists():
             out_dir.rmdir()
@@ -80,6 +95,7 @@ def merge_lora(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     files = tuple(sorted(p.name for p in out_dir.iterdir()))
+    digests = () if hashers is None else _output_files(out_dir, hashers)
     jobs = plan.jobs
     return MergeReport(
         out_dir=out_dir,
@@ -91,7 +107,22 @@ def merge_lora(
         peak_bytes_planned=plan.peak_bytes,
         dtype=dtype,
         untied=plan.untied,
+        files=digests,
     )
+
+
+def _output_files(out_dir: Path, hashers: dict[str, BlobHasher]) -> tuple[OutputFile, ...]:
+    """The shards' digests as taken while writing; the small side files (config,
+    tokenizer, index) are hashed here."""
+    out = []
+    for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(out_dir).as_posix()
+        h = hashers.get(rel)
+        if h is None:
+            h = hashers[rel] = BlobHasher()
+            h.update(path.read_bytes())
+        out.append(OutputFile(rel, path.stat().st_size, h.sha256(), h.xxh3()))
+    return tuple(out)
 
 
 def _write_side_files(

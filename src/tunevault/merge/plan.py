@@ -414,8 +414,9 @@ def row_blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
 
 def _peak(job: Job) -> int:
     """Bytes a job holds at once: one block as read, two output blocks (one being written while
-    the next is computed), for merges a fp32 working block, a fp32 delta and a block rounded to
-    the output dtype, plus the whole adapter factors in fp32. Copies go through the kernel."""
+    the next is computed), for merges a fp32 working block, a fp32 delta, a block rounded to
+    the output dtype and the finite check's bits and flags, plus the whole adapter factors in
+    fp32. Copies go through the kernel."""
     if job.kind == "copy":
         return 0
     cols = rows_cols(job.source.shape)[1]
@@ -423,7 +424,7 @@ def _peak(job: Job) -> int:
     out_size = DTYPES[job.out.dtype].itemsize
     per_elem = job.source.np_dtype.itemsize + 2 * out_size
     if job.kind == "merge":
-        per_elem += 4 + 4 + out_size
+        per_elem += 4 + 4 + out_size + 2 + 1
     small = 0
     if job.lora:
         small += (job.lora.a.numel + job.lora.b.numel) * 4 + (cols * 8 if job.lora.magnitude else 0)

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,7 +19,9 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
+from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import MergeRefused
+from tunevault.storage.local import WRITEBACK_EVERY, start_writeback
 
 # safetensors dtype code -> numpy dtype. bf16 and fp8 come from ml_dtypes.
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -43,6 +45,7 @@ DTYPES: dict[str, np.dtype[Any]] = {
 MERGEABLE = frozenset({"F64", "F32", "F16", "BF16"})
 _HEADER_LIMIT = 100 * 2**20  # the safetensors reference refuses bigger headers too
 _COPY_CHUNK = 64 * 2**20
+_HASHED_CHUNK = 4 * 2**20  # one reused buffer: hashed copies stay small in RSS
 
 
 @dataclass(frozen=True)
@@ -162,10 +165,27 @@ class OutSpec:
         return DTYPES[self.dtype].itemsize * math.prod(self.shape)
 
 
-class ShardWriter:
-    """Write one safetensors file as a stream: header first, then each tensor's bytes in order."""
+def copy_hashed(src: TensorInfo, emit: Callable[[memoryview], None], buf: memoryview) -> None:
+    """Copy a tensor's bytes through `buf` to `emit`: the bytes pass through user space
+    once, where the output's digests are taken (a kernel copy would hide them)."""
+    with src.path.open("rb", buffering=0) as f:
+        f.seek(src.start)
+        left = src.nbytes
+        while left:
+            n = f.readinto(buf[: min(left, len(buf))])
+            if not n:
+                raise MergeRefused(f"{src.path.name}: truncated data for tensor {src.name!r}")
+            emit(buf[:n])
+            left -= n
 
-    def __init__(self, path: Path, specs: Iterable[OutSpec]) -> None:
+
+class ShardWriter:
+    """Write one safetensors file as a stream: header first, then each tensor's bytes in order.
+    With a `hasher`, every byte written is hashed as it goes (a blob's digests, no re-read)."""
+
+    def __init__(
+        self, path: Path, specs: Iterable[OutSpec], hasher: BlobHasher | None = None
+    ) -> None:
         self.specs = list(specs)
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         offset = 0
@@ -180,10 +200,28 @@ class ShardWriter:
         raw += b" " * (-len(raw) % 8)  # 8-byte aligned data, as the reference writer does
         self.data_bytes = offset
         self.path = path
+        self.hasher = hasher
         self.file = path.open("wb")
-        self.file.write(struct.pack("<Q", len(raw)) + raw)
+        self._copy_buf: memoryview | None = None
+        self._size = self._written_back = 0
+        self._emit(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
         self._written = 0
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        if self.hasher is not None:
+            self.hasher.update(data)
+        self.file.write(data)
+        self._grown(len(data))
+
+    def _grown(self, n: int) -> None:
+        """The disk writes as we go: the final fsync then waits for the last few MiB, not
+        for a shard of gigabytes."""
+        self._size += n
+        if self._size - self._written_back >= WRITEBACK_EVERY:
+            self.file.flush()
+            start_writeback(self.file.fileno(), self._written_back, self._size - self._written_back)
+            self._written_back = self._size
 
     def begin(self, name: str) -> OutSpec:
         """Start the next tensor; the order is the one the header was written with."""
@@ -195,11 +233,17 @@ class ShardWriter:
         return spec
 
     def write(self, block: np.ndarray[Any, Any]) -> None:
-        self.file.write(np.ascontiguousarray(block).reshape(-1).view(np.uint8).data)
+        self._emit(np.ascontiguousarray(block).reshape(-1).view(np.uint8).data)
         self._written += block.nbytes
 
     def copy(self, src: TensorInfo) -> None:
-        copy_bytes(src, self.file)
+        if self.hasher is None:
+            copy_bytes(src, self.file)
+            self._grown(src.nbytes)
+        else:
+            if self._copy_buf is None:
+                self._copy_buf = memoryview(bytearray(_HASHED_CHUNK))
+            copy_hashed(src, self._emit, self._copy_buf)
         self._written += src.nbytes
 
     def end(self) -> None:

@@ -22,14 +22,14 @@ from pathlib import Path
 
 from tunevault.errors import BaseModelNotFound, CheckpointNotFound, TunevaultError
 from tunevault.layout import MERGE_PREFIX, blob_key, scratch_dir
-from tunevault.merge import merge_lora
+from tunevault.merge import OutputFile, merge_lora
 from tunevault.metadata.notify import listen_for_jobs
 from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
-from tunevault.service.builds import build_archive
+from tunevault.service.builds import LocalCopy, build_archive
 from tunevault.service.cache import after_build
 from tunevault.service.context import Services, translated
+from tunevault.service.mergedfiles import is_local, lay_out_base, store_outputs
 from tunevault.service.progress import JobProgress
-from tunevault.service.publishing import put_directory
 from tunevault.service.readiness import is_database_outage
 from tunevault.storage import Unsupported
 from tunevault.storage.errors import StorageError
@@ -152,17 +152,9 @@ class Worker:
         progress = JobProgress(self.svc.store, job.id, self.owner, _size(ckpt.files))
         if job.kind == JobKind.MERGE:
             ckpt = self._merge(job, ckpt, progress)
-            progress.extend(progress.done + _size(ckpt.files))
-        self._still_mine(job)
-        settings = self.svc.settings
-        build_archive(
-            self.svc.store,
-            self.svc.storage,
-            ckpt,
-            level=settings.zstd_level,
-            threads=settings.zstd_threads,
-            progress=progress.add,
-        )
+        else:
+            self._still_mine(job)
+            self._pack(ckpt, progress, None)
         progress.flush()
         log.info(
             "job %d: built the %s archive of %s step %d",
@@ -172,8 +164,21 @@ class Worker:
             ckpt.step,
         )
 
+    def _pack(self, ckpt: Checkpoint, progress: JobProgress, local: LocalCopy | None) -> None:
+        settings = self.svc.settings
+        build_archive(
+            self.svc.store,
+            self.svc.storage,
+            ckpt,
+            level=settings.zstd_level,
+            threads=settings.zstd_threads,
+            progress=progress.add,
+            local=local,
+        )
+
     def _merge(self, job: BuildJob, ckpt: Checkpoint, progress: JobProgress) -> Checkpoint:
-        """Merge and record the merged files as the checkpoint's; the checkpoint with them."""
+        """Merge, store the merged files as the checkpoint's and pack them, reading the base
+        once (see tunevault.service.mergedfiles); the checkpoint with its files."""
         store = self.svc.store
         ft = store.fine_tune_by_id(ckpt.ft_id)
         adapter = store.find_checkpoint(ckpt.ft_id, ckpt.step, Kind.ADAPTER)
@@ -191,23 +196,52 @@ class Worker:
             try:
                 if not claim(held, tmp):
                     raise RuntimeError(f"{tmp} was removed before the merge began")
-                self._materialize(base.files, tmp / "base")
+                lay_out_base(self.svc, base.files, tmp / "base")
                 self._materialize(adapter.files, tmp / "adapter")
-                merge_lora(tmp / "base", tmp / "adapter", tmp / "merged", progress=progress.add)
+                merged = tmp / "merged"
+                report = merge_lora(
+                    tmp / "base", tmp / "adapter", merged, progress=progress.add, hash_outputs=True
+                )
                 self._still_mine(job)
-                files = put_directory(store, self.svc.storage, ft.org_id, tmp / "merged")
+                ckpt = self._store_and_pack(ckpt, ft.org_id, merged, report.files, progress)
             finally:
                 os.close(held)
-        store.set_checkpoint_files(ckpt.id, files)
-        # gc may have collected an output blob between its upload and this manifest: check
-        # under the gc lock, and merge again (a retry) if so (see tunevault.service.gc).
-        digests = {f.sha256 for f in files}
-        if digests - store.locked_blob_sizes(ft.org_id, digests).keys():
-            raise RuntimeError("gc collected merged blobs before they were recorded; retrying")
-        return dataclasses.replace(ckpt, files=tuple(sorted(files, key=lambda f: f.path)))
+        return ckpt
+
+    def _store_and_pack(
+        self,
+        ckpt: Checkpoint,
+        org_id: str,
+        merged: Path,
+        outputs: tuple[OutputFile, ...],
+        progress: JobProgress,
+    ) -> Checkpoint:
+        """Store the merged files as blobs and record them as the checkpoint's, then pack
+        them; on object storage the uploads run while the archive is packed."""
+        store, storage = self.svc.store, self.svc.storage
+        files = [FileEntry(path=o.path, size=o.size, sha256=o.sha256) for o in outputs]
+
+        def store_and_record() -> None:
+            store_outputs(store, storage, org_id, merged, outputs)
+            store.set_checkpoint_files(ckpt.id, files)
+            # gc may have collected an output blob between its upload and this manifest:
+            # check under the gc lock, and merge again (a retry) if so (tunevault.service.gc).
+            digests = {f.sha256 for f in files}
+            if digests - store.locked_blob_sizes(org_id, digests).keys():
+                raise RuntimeError("gc collected merged blobs before they were recorded; retrying")
+
+        local = is_local(storage)
+        if local:  # the files are renamed into the blob store: pack them there, after
+            store_and_record()
+        xxh3 = {o.sha256: o.xxh3 for o in outputs}
+        copy = LocalCopy(merged, xxh3, None if local else store_and_record)
+        ckpt = dataclasses.replace(ckpt, files=tuple(sorted(files, key=lambda f: f.path)))
+        self._pack(ckpt, progress, copy)
+        return ckpt
 
     def _materialize(self, files: tuple[FileEntry, ...], root: Path) -> None:
-        """Lay blobs out as a directory: links to local blobs, copies from object storage."""
+        """Lay blobs out as a directory: links to local blobs, copies from object storage
+        (an adapter: a few MB)."""
         storage = self.svc.storage
         for f in files:
             dst = root / f.path

@@ -40,6 +40,13 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
 _START_WRITEBACK = _sync_file_range()
 
 
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing bytes [offset, offset + length) of `fd` to disk without waiting, so a
+    final fsync waits for the last few MiB only. Advisory: a no-op off Linux."""
+    if _START_WRITEBACK is not None:
+        _START_WRITEBACK(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 def _install(tmp: Path, final: Path) -> None:
     """Rename a complete, fsynced file into place and make the new name durable."""
     final.parent.mkdir(parents=True, exist_ok=True)

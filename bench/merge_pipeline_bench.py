@@ -1,0 +1,223 @@
+"""Merge pipeline: a LoRA adapter committed -> its merged archive downloadable, the one-pass
+pipeline of this checkout against git main's (merge to scratch, put_directory, archive from
+the blobs), on local disk and on SeaweedFS, with `tar -I 'zstd -3 -T0'` of the base alone
+as the reference. Run from the repo root:
+
+    .venv/bin/python -m bench.merge_pipeline_bench --repeat 3
+
+The base is bench.merge_bench's 2.06 GiB bf16 Llama-shaped model, registered once per
+storage; every timed run commits a new rank-16 adapter (a fresh seed: no blob of an earlier
+run's output can be reused) and times a `tunevault worker` child (PYTHONPATH: this
+checkout's src, or main's, exported with `git archive`) from its start to the merged
+archive recorded, with its peak RSS. The three sides alternate in one run; before each,
+`sync`, and the 1-minute load average is recorded. Untimed, every archive's sha256 is
+checked against its row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+from bench.merge_bench import write_adapter, write_base
+from tests.support.seaweed import run_seaweedfs
+from tunevault.models import Kind
+from tunevault.service.context import open_services
+from tunevault.service.gc import collect
+from tunevault.service.publishing import publish_directory, put_directory, register_base_model
+from tunevault.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import json, re, time
+t = time.perf_counter()
+from tunevault.service.context import open_services
+from tunevault.service.gc import collect
+from tunevault.service.worker import Worker
+from tunevault.settings import Settings
+with open_services(Settings()) as svc:
+    worker = Worker(svc)
+    while worker.run_once():
+        pass
+status = open("/proc/self/status").read()
+rss = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
+print(json.dumps({"seconds": time.perf_counter() - t, "rss": rss}))
+"""
+
+
+def old_source(workdir: Path, ref: str) -> Path:
+    """git main's src, exported (read-only: no worktree, no checkout)."""
+    out = workdir / f"src-{ref}"
+    if not out.exists():
+        data = subprocess.run(
+            ["git", "archive", ref, "src"], cwd=ROOT, capture_output=True, check=True
+        )
+        out.mkdir(parents=True)
+        with tarfile.open(fileobj=__import__("io").BytesIO(data.stdout)) as tar:
+            tar.extractall(out, filter="data")
+    return out / "src"
+
+
+@contextlib.contextmanager
+def storage_env(kind: str, workdir: Path) -> Iterator[tuple[Settings, dict[str, str]]]:
+    data_dir = workdir / kind / "data"
+    if kind == "local":
+        yield Settings(data_dir=data_dir), {}
+        return
+    with run_seaweedfs(workdir / kind / "weed") as weed, weed.bucket() as bucket:
+        env = weed.env()
+        os.environ.update(env)
+        query = urlencode({"endpoint_url": weed.endpoint_url, "region": weed.region})
+        yield Settings(data_dir=data_dir, storage_url=f"s3://{bucket}/tv?{query}"), env
+
+
+def commit_adapter(settings: Settings, org_id: str, adapter: Path, n: int) -> str:
+    with open_services(settings) as svc:
+        ft = svc.store.create_fine_tune(
+            org_id, model="bench/base", model_output_name=f"bench/lora-{n}", training_type="Lora"
+        )
+        publish_directory(svc, ft, adapter, step=1, kind=Kind.ADAPTER, final=True)
+        return ft.id
+
+
+def run_worker(settings: Settings, env: dict[str, str], src: Path) -> dict[str, float]:
+    child_env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(src),
+        "TUNEVAULT_DATA_DIR": str(settings.data_dir),
+        "TUNEVAULT_BUILD_WORKERS": "1",
+        **({"TUNEVAULT_STORAGE_URL": settings.storage_url} if settings.storage_url else {}),
+        **env,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD], capture_output=True, text=True, env=child_env
+    )
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def check_and_drop(settings: Settings, org_id: str, ft_id: str) -> None:
+    """Untimed: the merged archive is there and is its sha256; then the fine-tune and its
+    merged blobs go (gc), so that runs do not fill the disk or the object store."""
+    with open_services(settings) as svc:
+        ckpt = svc.store.find_checkpoint(ft_id, 1, Kind.MERGED)
+        assert ckpt is not None
+        archive = svc.store.get_archive(ckpt.id)
+        assert archive is not None, f"{ft_id}: no merged archive"
+        h = hashlib.sha256()
+        for chunk in svc.storage.iter_range(archive.storage_key):
+            h.update(chunk)
+        assert h.hexdigest() == archive.sha256
+        svc.store.delete_fine_tune(org_id, ft_id)
+        collect(svc, grace_seconds=0, dry_run=False)
+
+
+def run_tar(base: Path, out: Path) -> dict[str, float]:
+    out.unlink(missing_ok=True)
+    t = time.perf_counter()
+    subprocess.run(["tar", "-I", "zstd -3 -T0", "-cf", str(out), "-C", str(base), "."], check=True)
+    return {"seconds": time.perf_counter() - t, "rss": 0}
+
+
+def bench_storage(
+    kind: str, args: argparse.Namespace, base: Path, old_src: Path
+) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {"new": [], "old": [], "tar": []}
+    with storage_env(kind, args.workdir) as (settings, env):
+        with open_services(settings) as svc:
+            org = svc.store.create_org("bench")
+            files = put_directory(svc.store, svc.storage, org.id, base)
+            register_base_model(svc, org.id, "bench/base", files)
+        n = 0
+        sides = {"new": ROOT / "src", "old": old_src}
+        # Untimed warm-up of both: imports in the page cache, and the base cache filled.
+        for side, src in sides.items():
+            n += 1
+            adapter = args.workdir / "adapters" / f"a{n}"
+            if not adapter.exists():
+                write_adapter(adapter, seed=n)
+            ft_id = commit_adapter(settings, org.id, adapter, n)
+            first = run_worker(settings, env, src)
+            check_and_drop(settings, org.id, ft_id)
+            print(f"{kind} {side} warm-up (first merge): {first['seconds']:.2f} s", flush=True)
+        for r in range(args.repeat):
+            order = ["new", "old", "tar"] if r % 2 == 0 else ["tar", "old", "new"]
+            for side in order:
+                subprocess.run(["sync"], check=True)
+                load = os.getloadavg()[0]
+                if side == "tar":
+                    res = run_tar(base, args.workdir / "base.tar.zst")
+                else:
+                    n += 1
+                    adapter = args.workdir / "adapters" / f"a{n}"
+                    if not adapter.exists():
+                        write_adapter(adapter, seed=n)
+                    ft_id = commit_adapter(settings, org.id, adapter, n)
+                    res = run_worker(settings, env, sides[side])
+                    check_and_drop(settings, org.id, ft_id)
+                res["load"] = load
+                results[side].append(res)
+                rss = res["rss"] / 2**20
+                print(
+                    f"{kind} run {r + 1} {side}: {res['seconds']:.2f} s, RSS {rss:.0f} MiB, "
+                    f"load {load:.2f}",
+                    flush=True,
+                )
+    return results
+
+
+def report(kind: str, results: dict[str, list[dict[str, float]]]) -> None:
+    med = {k: statistics.median(x["seconds"] for x in v) for k, v in results.items()}
+    for side in ("new", "old", "tar"):
+        runs = ", ".join(f"{x['seconds']:.2f} (load {x['load']:.2f})" for x in results[side])
+        rss = max(x["rss"] for x in results[side]) / 2**20
+        ratio = med[side] / med["tar"]
+        print(
+            f"{kind:5s} {side}: median {med[side]:.2f} s, {ratio:.2f}x tar; "
+            f"peak RSS {rss:.0f} MiB; runs {runs}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("bench/out/mergepipe"))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--old-ref", default="main", help="git ref of today's pipeline")
+    parser.add_argument("--storage", choices=["local", "s3", "both"], default="both")
+    parser.add_argument(
+        "--base", type=Path, default=Path("bench/out/merge/base"), help="made if missing"
+    )
+    args = parser.parse_args()
+    args.workdir = args.workdir.resolve()
+    base = args.base.resolve()
+    if not (base / "model.safetensors").exists():
+        write_base(base)
+    old_src = old_source(args.workdir, args.old_ref)
+    kinds = ["local", "s3"] if args.storage == "both" else [args.storage]
+    all_results = {}
+    for kind in kinds:
+        for d in ("data", "weed"):
+            subprocess.run(["rm", "-rf", str(args.workdir / kind / d)], check=True)
+        all_results[kind] = bench_storage(kind, args, base, old_src)
+    size = sum(p.stat().st_size for p in base.iterdir())
+    print(f"base: {size / 2**30:.2f} GiB; {os.cpu_count()} cores")
+    for kind, results in all_results.items():
+        report(kind, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""The merge job's one-pass pipeline (base read once, outputs hashed as written, blobs
+renamed or uploaded, archive packed from the page cache) against the pipeline before it
+(merge to a directory, `put_directory` re-reading it, the archive reading the blobs), on
+local disk and SeaweedFS; and the bounded base cache of object storage."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+import pytest
+
+from tests.support.seaweed import SeaweedFS, run_seaweedfs
+from tunevault.archive.write import write_archive
+from tunevault.errors import IntegrityError
+from tunevault.layout import blob_key, scratch_dir
+from tunevault.merge import merge_lora
+from tunevault.models import FileEntry, FineTune, Kind
+from tunevault.service.basecache import BaseCache
+from tunevault.service.builds import LocalCopy, archive_key_of, build_archive
+from tunevault.service.context import Services, open_services
+from tunevault.service.demo import TinyLlama, base_weights, write_adapter, write_model
+from tunevault.service.publishing import publish_directory, put_directory, register_base_model
+from tunevault.service.worker import Worker
+from tunevault.settings import Settings
+
+SPEC = TinyLlama(vocab=128, hidden=64, intermediate=160, layers=2)
+BASE = "acme/base"
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "s3"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    if request.param == "local":
+        yield Settings(data_dir=tmp_path / "data")
+        return
+    seaweed: SeaweedFS = request.getfixturevalue("seaweedfs")
+    seaweed.patch_env(request.getfixturevalue("monkeypatch"))
+    with seaweed.bucket() as bucket:
+        query = urlencode({"endpoint_url": seaweed.endpoint_url, "region": seaweed.region})
+        yield Settings(data_dir=tmp_path / "data", storage_url=f"s3://{bucket}/tv?{query}")
+
+
+def _base(svc: Services, org_id: str, tmp: Path, seed: int = 0, name: str = BASE) -> Path:
+    base_dir = write_model(
+        tmp / f"base-{seed}", SPEC, base_weights(SPEC, np.random.default_rng(seed))
+    )
+    register_base_model(svc, org_id, name, put_directory(svc.store, svc.storage, org_id, base_dir))
+    return base_dir
+
+
+def _merged_lora(svc: Services, org_id: str, tmp: Path, n: int, base: str = BASE) -> FineTune:
+    """A LoRA fine-tune whose final adapter is committed and merged by the worker."""
+    ft = svc.store.create_fine_tune(
+        org_id,
+        model=base,
+        model_output_name=f"acme/lora-{n}",
+        training_type="Lora",
+        status="running",
+    )
+    adapter = write_adapter(tmp / f"adapter-{n}", SPEC, np.random.default_rng(100 + n))
+    publish_directory(svc, ft, adapter, step=1, kind=Kind.ADAPTER, final=True)
+    worker = Worker(svc)
+    while worker.run_once():
+        pass
+    return ft
+
+
+def _old_pipeline_sha256(
+    svc: Services, org_id: str, base_dir: Path, adapter: Path, tmp: Path
+) -> str:
+    """git main's path: merge to a directory, put_directory (hash and copy every file into
+    the blob store), then pack the stored blobs."""
+    merge_lora(base_dir, adapter, tmp / "old-merged")
+    files = put_directory(svc.store, svc.storage, org_id, tmp / "old-merged")
+    sink = io.BytesIO()
+    write_archive(files, lambda f: svc.storage.open_read(blob_key(f.sha256)), sink)
+    return hashlib.sha256(sink.getvalue()).hexdigest()
+
+
+def test_the_one_pass_merge_archives_the_same_bytes_as_before(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with open_services(settings) as svc:
+        org = svc.store.create_org("acme")
+        base_dir = _base(svc, org.id, tmp_path)
+        ft = _merged_lora(svc, org.id, tmp_path, 1)
+        merged = svc.store.find_checkpoint(ft.id, 1, Kind.MERGED)
+        assert merged is not None and merged.files
+        archive = svc.store.get_archive(merged.id)
+        assert archive is not None
+        data = b"".join(svc.storage.iter_range(archive.storage_key))
+        assert hashlib.sha256(data).hexdigest() == archive.sha256
+        expected = _old_pipeline_sha256(svc, org.id, base_dir, tmp_path / "adapter-1", tmp_path)
+        assert archive.sha256 == expected
+        # The merged files are blobs (the Hub serves them file by file), each its digest.
+        for f in merged.files:
+            blob = b"".join(svc.storage.iter_range(blob_key(f.sha256)))
+            assert (len(blob), hashlib.sha256(blob).hexdigest()) == (f.size, f.sha256)
+        assert {f.path for f in merged.files} >= {"config.json", "model.safetensors"}
+        assert list(scratch_dir(settings.data_dir).iterdir()) == []  # nothing left behind
+
+
+def test_consecutive_merges_on_s3_fetch_the_base_once(
+    seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seaweedfs.patch_env(monkeypatch)
+    with seaweedfs.bucket() as bucket:
+        query = urlencode({"endpoint_url": seaweedfs.endpoint_url, "region": seaweedfs.region})
+        settings = Settings(data_dir=tmp_path / "data", storage_url=f"s3://{bucket}/tv?{query}")
+        with open_services(settings) as svc:
+            org = svc.store.create_org("acme")
+            _base(svc, org.id, tmp_path)
+            first = _merged_lora(svc, org.id, tmp_path, 1)
+            base = svc.store.get_base_model(org.id, BASE)
+            assert base is not None
+            cache = settings.resolved_base_cache_dir() / "sha256"
+            assert {p.name for p in cache.iterdir()} == {f.sha256 for f in base.files}
+            # Take the base out of the bucket: the next merge can only succeed by fetching
+            # none of it.
+            for f in base.files:
+                assert svc.storage.delete(blob_key(f.sha256))
+            second = _merged_lora(svc, org.id, tmp_path, 2)
+            for ft in (first, second):
+                ckpt = svc.store.find_checkpoint(ft.id, 1, Kind.MERGED)
+                assert ckpt is not None and svc.store.get_archive(ckpt.id) is not None
+
+
+def _stored(
+    svc: Services, org_id: str, tmp: Path, sizes: dict[str, int], seed: int
+) -> tuple[FileEntry, ...]:
+    src = tmp / f"src-{seed}"
+    src.mkdir()
+    rng = np.random.default_rng(seed)
+    for name, size in sizes.items():
+        (src / name).write_bytes(rng.bytes(size))
+    return tuple(put_directory(svc.store, svc.storage, org_id, src))
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_base_cache_is_lru_within_its_budget_and_shared_safely(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with open_services(settings) as svc:
+        org = svc.store.create_org("acme")
+        a = _stored(svc, org.id, tmp_path, {"a1.bin": 300_000, "a2.bin": 200_000}, 1)
+        b = _stored(svc, org.id, tmp_path, {"b1.bin": 400_000}, 2)
+        cache = BaseCache(tmp_path / "cache", budget_bytes=800_000)
+        # Four workers want base a at once: each file fetched once, four complete copies.
+        fetched: list[int] = []
+        outs = [tmp_path / f"w{i}" for i in range(4)]
+        threads = [
+            threading.Thread(
+                target=lambda o=o: fetched.append(cache.materialize(svc.storage, a, o))
+            )
+            for o in outs
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(fetched) == 4 and sum(fetched) == 500_000
+        want_a = {f.path: f.sha256 for f in a}
+        assert all(_tree(o) == want_a for o in outs)
+        assert cache.materialize(svc.storage, a, tmp_path / "again") == 0
+        # b does not fit beside a: a's least recently used file (a1, used before a2) goes,
+        # which is enough; the budget holds.
+        assert cache.materialize(svc.storage, b, tmp_path / "b") == 400_000
+        assert cache.used_bytes() <= 800_000
+        assert cache.materialize(svc.storage, b, tmp_path / "b2") == 0
+        assert cache.materialize(svc.storage, a, tmp_path / "a3") == 300_000
+        assert cache.used_bytes() <= 800_000
+        # The copies linked before the eviction still hold every byte.
+        assert all(_tree(o) == want_a for o in outs)
+        # Bigger than the whole budget: fetched every time, never cached.
+        small = BaseCache(tmp_path / "small", budget_bytes=100_000)
+        assert small.materialize(svc.storage, b, tmp_path / "s1") == 400_000
+        assert small.materialize(svc.storage, b, tmp_path / "s2") == 400_000
+        assert small.used_bytes() == 0
+
+
+def test_a_corrupt_base_blob_is_refused_and_not_cached(settings: Settings, tmp_path: Path) -> None:
+    with open_services(settings) as svc:
+        org = svc.store.create_org("acme")
+        (entry,) = _stored(svc, org.id, tmp_path, {"w.bin": 50_000}, 3)
+        svc.storage.put(blob_key(entry.sha256), b"rotten" * 1000)
+        cache = BaseCache(tmp_path / "cache", budget_bytes=1 << 20)
+        with pytest.raises(IntegrityError, match="push the base model again"):
+            cache.materialize(svc.storage, (entry,), tmp_path / "out")
+        assert cache.used_bytes() == 0
+        assert not (tmp_path / "out" / "w.bin").exists()
+        assert list((tmp_path / "cache" / ".tmp").iterdir()) == []
+
+
+def test_a_failed_store_beside_the_packing_leaves_no_archive(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with open_services(settings) as svc:
+        org = svc.store.create_org("acme")
+        ft = svc.store.create_fine_tune(
+            org.id, model="m", model_output_name="acme/full", training_type="Full"
+        )
+        src = tmp_path / "out"
+        src.mkdir()
+        (src / "w.bin").write_bytes(np.random.default_rng(5).bytes(3 << 20))
+        ckpt = publish_directory(svc, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=False)
+        xxh3 = svc.store.blob_xxh3(f.sha256 for f in ckpt.files)
+
+        def upload_fails() -> None:
+            raise OSError("the object store went away")
+
+        with pytest.raises(OSError, match="went away"):
+            build_archive(svc.store, svc.storage, ckpt, local=LocalCopy(src, xxh3, upload_fails))
+        assert svc.store.get_archive(ckpt.id) is None
+        assert svc.storage.stat(archive_key_of(ckpt.files, 3)) is None
+        # Without the failing companion the same build goes through, read from `src`.
+        archive = build_archive(svc.store, svc.storage, ckpt, local=LocalCopy(src, xxh3))
+        assert svc.storage.stat(archive.storage_key) is not None
