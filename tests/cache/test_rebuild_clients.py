@@ -37,10 +37,17 @@ def test_together_sdk_and_cli_get_an_evicted_archive(store: Store, tmp_path: Pat
         sdk = together.Together(api_key=store.token, base_url=server.url, max_retries=0)
         body = sdk.fine_tuning.content(ft_id=ft.id, checkpoint="model_output_path").read()
         assert sha(body) == archive.sha256
+        # The download's audit (which dates it, for the LRU order) is written just after
+        # the answer: let it land before making everything old again.
+        wait_for(lambda: _audited(store, ft), "the download's audit row")
         _age_all(store)
         assert enforce_budget(evict)
         saved = together_download(server.url, store.token, tmp_path / "cli", ft.id)
         assert sha(saved.read_bytes()) == archive.sha256
+
+
+def _audited(store: Store, ft: FineTune) -> bool:
+    return any(r.ft_id == ft.id for r in store.svc.store.list_downloads(ft.org_id))
 
 
 def test_past_the_hold_other_clients_get_409_with_retry_after(store: Store, tmp_path: Path) -> None:
