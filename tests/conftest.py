@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.postgres import create_database, run_postgres
+from tests.support.seaweed import SeaweedFS, run_seaweedfs
 from tests.support.server import LiveServer, run_server
 from tunevault.models import Archive, FineTune, Kind, Scope
 from tunevault.service.context import open_services
@@ -143,3 +144,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3 (SeaweedFS) on loopback for the session, started when first asked for;
+    each test takes a fresh bucket of its own (`SeaweedFS.bucket`)."""
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

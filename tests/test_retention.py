@@ -10,9 +10,12 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlencode
 
+import pytest
 import sqlalchemy as sa
 
+from tests.support.seaweed import SeaweedFS
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import now
 from tunevault.models import FineTune, Kind, Retention
@@ -63,10 +66,24 @@ def _seed(svc: Services, src: Path) -> tuple[FineTune, FineTune]:
 
 
 def test_the_right_steps_go_never_a_final(database_url: str, tmp_path: Path) -> None:
+    _check_retention(Settings(data_dir=tmp_path / "data", database_url=database_url), tmp_path)
+
+
+def test_the_right_steps_go_on_seaweedfs(
+    seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same on S3: a dropped step's archive and blob leave the bucket in gc's pass."""
+    seaweedfs.patch_env(monkeypatch)
+    with seaweedfs.bucket() as bucket:
+        query = urlencode({"endpoint_url": seaweedfs.endpoint_url, "region": seaweedfs.region})
+        url = f"s3://{bucket}/tv?{query}"
+        _check_retention(Settings(data_dir=tmp_path / "data", storage_url=url), tmp_path)
+
+
+def _check_retention(settings: Settings, tmp_path: Path) -> None:
     src = tmp_path / "out"
     src.mkdir()
     (src / "w.bin").write_bytes(os.urandom(4000))
-    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
     with open_services(settings) as svc:
         kept, aged = _seed(svc, src)
         archive = svc.store.get_archive(svc.store.find_checkpoint(kept.id, 1, Kind.MODEL_OUTPUT).id)  # type: ignore[union-attr]

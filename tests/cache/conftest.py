@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.support.seaweed import SeaweedFS, run_seaweedfs
+from tests.support.seaweed import SeaweedFS
 from tests.support.seeding import publish_and_build
 from tests.support.server import LiveServer, run_server
 from tunevault.models import Archive, FineTune, Scope
@@ -24,12 +24,6 @@ from tunevault.settings import Settings
 from tunevault.storage import Unsupported
 
 TUNEVAULT_UA = {"User-Agent": "tunevault-client/0.1"}  # answered 409 at once, never held
-
-
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
 
 
 @dataclass

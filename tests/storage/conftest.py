@@ -9,18 +9,12 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.support.seaweed import SeaweedFS, run_seaweedfs
+from tests.support.seaweed import SeaweedFS
 from tunevault.storage import Storage, open_storage
 from tunevault.storage.local import LocalStorage
 
 # The smallest part S3 allows, so multipart paths run with modest test data.
 PART_SIZE_MIB = 5
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
 
 
 @pytest.fixture
