@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import pytest
 from tests.support.seeding import seed_fine_tune
 from tests.support.server import LiveServer, run_server
 from tunevault.models import FineTune
+from tunevault.server.prefork import ChildFailed, Master, bind
 from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
@@ -118,3 +120,33 @@ def test_sighup_restarts_every_process_without_dropping_a_download(
     with open_services(settings) as svc:
         rows = svc.store.list_downloads(ft.org_id, limit=10_000)
     assert len(rows) == len(answers) and {r.status for r in rows} == {200}
+
+
+class _Numbered(Master):
+    """Each child knows the order it was started in (TV_PREFORK_INDEX)."""
+
+    spawned = 0
+
+    def _spawn(self) -> tuple[int, int]:
+        os.environ["TV_PREFORK_INDEX"] = str(self.spawned)
+        self.spawned += 1
+        return super()._spawn()
+
+
+def _first_fails(_settings: Settings, _sock: socket.socket, ready_fd: int) -> None:
+    """The first child dies before it is ready; the others say ready, then serve on."""
+    if os.environ["TV_PREFORK_INDEX"] == "0":
+        raise RuntimeError("a setting is wrong")
+    os.write(ready_fd, b"1")
+    time.sleep(600)
+
+
+def test_a_failed_start_leaves_no_child_behind(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", processes=3)
+    master = _Numbered(settings, bind("127.0.0.1", 0), _first_fails, lambda: settings)
+    try:
+        with pytest.raises(ChildFailed):
+            master.start()
+    finally:
+        os.environ.pop("TV_PREFORK_INDEX", None)
+    assert children(os.getpid()) == set()  # the two that were ready were stopped too

@@ -93,14 +93,19 @@ class Master:
 
     def start(self) -> set[int]:
         """A full set of children, each accepting when this returns."""
-        started = [self._spawn() for _ in range(self.settings.processes)]
+        pending = [self._spawn() for _ in range(self.settings.processes)]
         ready: set[int] = set()
         try:
-            for pid, ready_r in started:
+            while pending:
+                pid, ready_r = pending.pop(0)
                 self._await_ready(pid, ready_r)
                 ready.add(pid)
         except ChildFailed:
-            for pid in ready:
+            # Every other child goes too, those not yet awaited included: none outlives
+            # a failed start.
+            for _, ready_r in pending:
+                os.close(ready_r)
+            for pid in ready | {pid for pid, _ in pending}:
                 os.kill(pid, signal.SIGTERM)
                 os.waitpid(pid, 0)
             raise
