@@ -23,7 +23,6 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode
 
 from bench.common import random_file
 from bench.loadgen import Load, load_average, wrk
@@ -61,11 +60,10 @@ def redirect_store(tmp: Path, src: Path) -> Iterator[tuple[Path, dict[str, str],
     with run_postgres() as pg, run_seaweedfs(tmp / "weed") as weed, weed.bucket() as b:
         saved = {k: os.environ.get(k) for k in weed.env()}
         os.environ.update(weed.env())
-        query = urlencode({"endpoint_url": weed.endpoint_url, "region": weed.region})
         s3 = Settings(
             data_dir=tmp / "s3",
             database_url=create_database(pg, "bench"),
-            storage_url=f"s3://{b}/tv?{query}",
+            storage_url=weed.storage_url(b),
         )
         token, ft, _ = seed_fine_tune(s3, src)
         env = {

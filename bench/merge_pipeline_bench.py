@@ -28,7 +28,6 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode
 
 from bench.merge_bench import write_adapter, write_base
 from tests.support.seaweed import run_seaweedfs
@@ -79,8 +78,7 @@ def storage_env(kind: str, workdir: Path) -> Iterator[tuple[Settings, dict[str, 
     with run_seaweedfs(workdir / kind / "weed") as weed, weed.bucket() as bucket:
         env = weed.env()
         os.environ.update(env)
-        query = urlencode({"endpoint_url": weed.endpoint_url, "region": weed.region})
-        yield Settings(data_dir=data_dir, storage_url=f"s3://{bucket}/tv?{query}"), env
+        yield Settings(data_dir=data_dir, storage_url=weed.storage_url(bucket)), env
 
 
 def commit_adapter(settings: Settings, org_id: str, adapter: Path, n: int) -> str:

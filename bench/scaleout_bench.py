@@ -20,7 +20,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlencode
 
 import aiohttp
 
@@ -105,11 +104,10 @@ def main() -> None:
         with run_postgres() as pg, run_seaweedfs(tmp / "weed") as weed, weed.bucket() as b:
             saved = {k: os.environ.get(k) for k in weed.env()}
             os.environ.update(weed.env())
-            query = urlencode({"endpoint_url": weed.endpoint_url, "region": weed.region})
             s3 = Settings(
                 data_dir=tmp / "s3",
                 database_url=create_database(pg, "bench"),
-                storage_url=f"s3://{b}/tv?{query}",
+                storage_url=weed.storage_url(b),
             )
             token_s, ft_s, _, sha_s = seed(s3, src)
             assert sha_s == sha_l, "the same files must give the same archive"

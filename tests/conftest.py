@@ -152,3 +152,15 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     each test takes a fresh bucket of its own (`SeaweedFS.bucket`)."""
     with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+@pytest.fixture(params=["local", "s3"])
+def settings_on_each_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings on local disk, then on a fresh SeaweedFS bucket (SQLite either way)."""
+    if request.param == "local":
+        yield Settings(data_dir=tmp_path / "data")
+        return
+    seaweed: SeaweedFS = request.getfixturevalue("seaweedfs")
+    seaweed.patch_env(request.getfixturevalue("monkeypatch"))
+    with seaweed.bucket() as bucket:
+        yield Settings(data_dir=tmp_path / "data", storage_url=seaweed.storage_url(bucket))

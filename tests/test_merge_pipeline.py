@@ -8,14 +8,12 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode
 
 import numpy as np
 import pytest
 
-from tests.support.seaweed import SeaweedFS, run_seaweedfs
+from tests.support.seaweed import SeaweedFS
 from tunevault.archive.write import write_archive
 from tunevault.errors import IntegrityError
 from tunevault.layout import blob_key, scratch_dir
@@ -33,22 +31,9 @@ SPEC = TinyLlama(vocab=128, hidden=64, intermediate=160, layers=2)
 BASE = "acme/base"
 
 
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture(params=["local", "s3"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    if request.param == "local":
-        yield Settings(data_dir=tmp_path / "data")
-        return
-    seaweed: SeaweedFS = request.getfixturevalue("seaweedfs")
-    seaweed.patch_env(request.getfixturevalue("monkeypatch"))
-    with seaweed.bucket() as bucket:
-        query = urlencode({"endpoint_url": seaweed.endpoint_url, "region": seaweed.region})
-        yield Settings(data_dir=tmp_path / "data", storage_url=f"s3://{bucket}/tv?{query}")
+@pytest.fixture
+def settings(settings_on_each_storage: Settings) -> Settings:
+    return settings_on_each_storage
 
 
 def _base(svc: Services, org_id: str, tmp: Path, seed: int = 0, name: str = BASE) -> Path:
@@ -116,8 +101,7 @@ def test_consecutive_merges_on_s3_fetch_the_base_once(
 ) -> None:
     seaweedfs.patch_env(monkeypatch)
     with seaweedfs.bucket() as bucket:
-        query = urlencode({"endpoint_url": seaweedfs.endpoint_url, "region": seaweedfs.region})
-        settings = Settings(data_dir=tmp_path / "data", storage_url=f"s3://{bucket}/tv?{query}")
+        settings = Settings(data_dir=tmp_path / "data", storage_url=seaweedfs.storage_url(bucket))
         with open_services(settings) as svc:
             org = svc.store.create_org("acme")
             _base(svc, org.id, tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from urllib.parse import urlencode
 
 import httpx
 
@@ -32,12 +31,11 @@ def test_readyz_with_the_bucket_missing_then_s3_down(tmp_path: Path) -> None:
         seaweed = s3.enter_context(run_seaweedfs(tmp_path / "seaweed"))
         stack.callback(s3.close)
         bucket = s3.enter_context(seaweed.bucket())
-        query = urlencode({"endpoint_url": seaweed.endpoint_url, "region": seaweed.region})
         env = seaweed.env()
         missing = stack.enter_context(
             run_server(
                 tmp_path / "missing",
-                env={**env, "TUNEVAULT_STORAGE_URL": f"s3://tv-no-such-bucket/tv?{query}"},
+                env={**env, "TUNEVAULT_STORAGE_URL": seaweed.storage_url("tv-no-such-bucket")},
             )
         )
         # Was "ok": a stat of a missing key in a missing bucket looked like a missing key.
@@ -45,7 +43,7 @@ def test_readyz_with_the_bucket_missing_then_s3_down(tmp_path: Path) -> None:
         assert checks == {"database": "ok", "storage": "unavailable (storage_unavailable)"}
         good = stack.enter_context(
             run_server(
-                tmp_path / "good", env={**env, "TUNEVAULT_STORAGE_URL": f"s3://{bucket}/tv?{query}"}
+                tmp_path / "good", env={**env, "TUNEVAULT_STORAGE_URL": seaweed.storage_url(bucket)}
             )
         )
         assert httpx.get(good.url + "/readyz").json()["status"] == "ready"

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 import sqlalchemy as sa
@@ -75,8 +74,7 @@ def test_the_right_steps_go_on_seaweedfs(
     """The same on S3: a dropped step's archive and blob leave the bucket in gc's pass."""
     seaweedfs.patch_env(monkeypatch)
     with seaweedfs.bucket() as bucket:
-        query = urlencode({"endpoint_url": seaweedfs.endpoint_url, "region": seaweedfs.region})
-        url = f"s3://{bucket}/tv?{query}"
+        url = seaweedfs.storage_url(bucket)
         _check_retention(Settings(data_dir=tmp_path / "data", storage_url=url), tmp_path)
 
 

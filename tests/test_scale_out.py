@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -49,11 +48,10 @@ class Cluster:
 def cluster(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cluster")
     with run_seaweedfs(root / "seaweed") as seaweed, seaweed.bucket() as bucket:
-        query = urlencode({"endpoint_url": seaweed.endpoint_url, "region": seaweed.region})
         settings = Settings(
             data_dir=root / "seed",
             database_url=create_database(pg_admin_url, "scaleout"),
-            storage_url=f"s3://{bucket}/tv?{query}",
+            storage_url=seaweed.storage_url(bucket),
         )
         env = {
             **seaweed.env(),

@@ -9,7 +9,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -91,8 +90,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
             seaweed: SeaweedFS = request.getfixturevalue("seaweedfs")
             seaweed.patch_env(request.getfixturevalue("monkeypatch"))
             bucket = stack.enter_context(seaweed.bucket())
-            query = urlencode({"endpoint_url": seaweed.endpoint_url, "region": seaweed.region})
-            url = f"s3://{bucket}/tv?{query}"
+            url = seaweed.storage_url(bucket)
             settings = Settings(data_dir=tmp_path / "data", storage_url=url)
             env.update({**seaweed.env(), "TUNEVAULT_STORAGE_URL": url})
         env["TUNEVAULT_DATABASE_URL"] = settings.resolved_database_url()

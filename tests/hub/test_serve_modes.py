@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -27,8 +26,7 @@ def _sources(seeded: Seeded) -> dict[str, bytes]:
 def test_redirect_mode_on_seaweedfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with run_seaweedfs(tmp_path / "seaweed") as seaweed, seaweed.bucket() as bucket:
         seaweed.patch_env(monkeypatch)  # boto3 in this process seeds the bucket
-        query = urlencode({"endpoint_url": seaweed.endpoint_url, "region": seaweed.region})
-        settings = Settings(data_dir=tmp_path / "data", storage_url=f"s3://{bucket}/tv?{query}")
+        settings = Settings(data_dir=tmp_path / "data", storage_url=seaweed.storage_url(bucket))
         with open_services(settings) as svc:
             org = svc.store.create_org("acme")
             _, token = svc.store.create_key(org.id, "ro", [Scope.READ])

@@ -9,9 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 
@@ -25,7 +23,6 @@ from tests.reliability.helpers import (
 )
 from tests.support.publishing import api_client as client
 from tests.support.publishing import sha
-from tests.support.seaweed import SeaweedFS, run_seaweedfs
 from tests.support.server import run_server
 from tunevault.layout import blob_key
 from tunevault.models import FileEntry, Kind
@@ -36,22 +33,9 @@ from tunevault.service.publishing import commit_checkpoint, put_file
 from tunevault.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture(params=["local", "s3"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    if request.param == "local":
-        yield Settings(data_dir=tmp_path / "data")
-        return
-    seaweed: SeaweedFS = request.getfixturevalue("seaweedfs")
-    seaweed.patch_env(request.getfixturevalue("monkeypatch"))
-    with seaweed.bucket() as bucket:
-        query = urlencode({"endpoint_url": seaweed.endpoint_url, "region": seaweed.region})
-        yield Settings(data_dir=tmp_path / "data", storage_url=f"s3://{bucket}/tv?{query}")
+@pytest.fixture
+def settings(settings_on_each_storage: Settings) -> Settings:
+    return settings_on_each_storage
 
 
 def _blob(svc: Services, tmp: Path, org_id: str, data: bytes, name: str = "f.bin") -> FileEntry:

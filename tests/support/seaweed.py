@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 import boto3
 from botocore.config import Config
@@ -140,6 +141,11 @@ class SeaweedFS:
     def delete_bucket(self, name: str) -> None:
         """Drop the bucket with its objects: each bucket pins a volume, and they are few."""
         self.admin.delete_bucket(Bucket=name)
+
+    def storage_url(self, bucket: str) -> str:
+        """tunevault's storage_url for `bucket` on this server (keys under `tv/`)."""
+        query = urlencode({"endpoint_url": self.endpoint_url, "region": self.region})
+        return f"s3://{bucket}/tv?{query}"
 
     @contextlib.contextmanager
     def bucket(self) -> Iterator[str]:
