@@ -18,10 +18,12 @@ class Scope(StrEnum):
 
 
 class JobKind(StrEnum):
-    """A build job: `archive` packs a checkpoint, `merge` makes a merged checkpoint."""
+    """A build job: `archive` packs a checkpoint, `merge` makes a merged checkpoint's
+    archive, `merge_files` stores its files as blobs (for the Hub protocol's reads)."""
 
     ARCHIVE = "archive"
     MERGE = "merge"
+    MERGE_FILES = "merge_files"
 
 
 class JobState(StrEnum):

@@ -37,13 +37,18 @@ def _pinned(ft_id: Any, step: Any) -> sa.Exists:
     return sa.select(p.ft_id).where(p.ft_id == ft_id, p.step == step).exists()
 
 
+def _stored(sha256: Any) -> sa.Exists:
+    """A merged file is listed from the merge on, and a blob only once something asked."""
+    return sa.select(t.blobs.c.sha256).where(t.blobs.c.sha256 == sha256).exists()
+
+
 def _merged_files() -> sa.Subquery:
-    """Each blob merged checkpoints name, once."""
+    """Each stored blob merged checkpoints name, once."""
     cf, c = t.checkpoint_files.c, t.checkpoints.c
     return (
         sa.select(cf.sha256, cf.size)
         .select_from(t.checkpoint_files.join(t.checkpoints, cf.checkpoint_id == c.id))
-        .where(c.kind == Kind.MERGED.value)
+        .where(c.kind == Kind.MERGED.value, _stored(cf.sha256))
         .distinct()
         .subquery()
     )
@@ -66,7 +71,11 @@ class CacheMixin(StoreBase):
         building = sa.select(j.id).where(j.checkpoint_id == a.checkpoint_id, j.state.in_(ACTIVE))
         merged = (
             sa.select(sa.func.coalesce(sa.func.sum(cf.size), 0))
-            .where(cf.checkpoint_id == a.checkpoint_id, c.kind == Kind.MERGED.value)
+            .where(
+                cf.checkpoint_id == a.checkpoint_id,
+                c.kind == Kind.MERGED.value,
+                _stored(cf.sha256),
+            )
             .scalar_subquery()
         )
         q = (
