@@ -44,8 +44,8 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def _resolve_held(request: web.Request, who: Principal, q: DownloadQuery) -> Resolved:
-    """Resolve; for a rebuild a client other than tunevault's would not wait for, wait
-    here while the estimate fits the hold, asking the queue again every POLL_SECONDS."""
+    """Resolve; for a rebuild, unless the request prefers respond-async, wait here while
+    the estimate fits the hold, asking the queue again (reads only) every POLL_SECONDS."""
     svc = services(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + svc.settings.rebuild_hold_seconds
@@ -56,9 +56,10 @@ async def _resolve_held(request: web.Request, who: Principal, q: DownloadQuery) 
         except ArchiveNotReady as e:
             left = deadline - loop.time()
             eta = float(e.headers.get("Tunevault-Build-Eta", "inf"))
-            if not held:
+            rebuild = e.headers.get(REBUILD_HEADER) is not None
+            if rebuild and not held:  # the one answer the preference changes
                 e.headers["Preference-Applied"] = RESPOND_ASYNC
-            if not held or e.headers.get(REBUILD_HEADER) is None or eta > left:
+            if not held or not rebuild or eta > left:
                 raise
             await asyncio.sleep(min(POLL_SECONDS, left))
 
