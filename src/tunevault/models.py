@@ -41,6 +41,9 @@ class Kind(StrEnum):
     MODEL_OUTPUT = "model_output_path"
 
 
+# The `kind` of a download that sent a built archive; a Hub file's is `hub:<kind>`.
+ARCHIVE_KINDS = frozenset(k.value for k in Kind)
+
 FT_STATUSES = (
     "pending",
     "queued",
