@@ -96,9 +96,10 @@ def _clean(path: Path) -> None:
 def _settle_reporting() -> None:
     """On a VM that reports free memory to its host (virtio-balloon free page reporting),
     wait until the memory the previous run's file gave back has been reported. Writing
-    into reported memory costs the host's fault on first touch (a 2 GiB page-cache write
-    took 2.1-2.5 s of system time instead of 0.8-1.1 s), so without this, whichever tool
-    starts later after the unlink pays more: every run starts from the same state."""
+    into reported memory costs the host's fault on first touch (dd of 2 GiB into the page
+    cache: 2.1-2.5 s of system time 5 s after an rm of 2 GiB, 0.8-1.1 s right after it),
+    so a run's cost would depend on how soon it started after the unlink; this way every
+    run of either tool starts from the same state."""
     counter = Path("/sys/module/page_reporting/parameters/reported_kib")
     if not counter.exists():
         return
