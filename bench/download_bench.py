@@ -8,12 +8,17 @@ downloads through a counting proxy, is stopped (SIGSTOP) once half the archive i
 .part, the TCP counters of its socket are read with `ss` (received, still unread: what
 the process itself had read), it is SIGKILLed, and run again.
 
-    .venv/bin/python -m bench.download_bench [--size-mib 2048] [--repeat 3]
+`--fill-cache GIB` first writes that many GiB of other files (so they sit in the page cache
+for the whole run, deleted at the end), the condition of a machine whose page cache is
+full of other files, where the client once fell to half curl's speed.
+
+    .venv/bin/python -m bench.download_bench [--size-mib 2048] [--repeat 3] [--fill-cache 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.client.seeding import seed_store
@@ -33,6 +39,7 @@ from tunevault.client.state import PartFile
 
 OUT = Path(__file__).parent / "out" / "download"
 MiB = 1 << 20
+SPARE = 40 << 30  # disk left free after the fill, for the archive, the downloads and others
 
 
 def prepare(data_dir: Path, size: int) -> tuple[str, str, int]:
@@ -58,11 +65,50 @@ def prepare(data_dir: Path, size: int) -> tuple[str, str, int]:
     return seeded.token, seeded.ft.id, seeded.archive.size
 
 
+@contextlib.contextmanager
+def filled_cache(where: Path, gib: int) -> Iterator[None]:
+    """`gib` GiB of other files written (so in the page cache) for the duration, then
+    deleted. Written, not sparse: a hole takes no page in the cache."""
+    st = os.statvfs(where.parent)
+    if gib and st.f_bavail * st.f_frsize < (gib << 30) + SPARE:
+        raise SystemExit(f"--fill-cache {gib} needs {gib} GiB + 40 GiB free under {where.parent}")
+    where.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(64 * MiB)
+    try:
+        for i in range(gib):
+            with open(where / f"fill-{i}", "wb") as f:
+                for _ in range(1024 // 64):
+                    f.write(block)
+        subprocess.run(["sync"], check=True)
+        yield
+    finally:
+        subprocess.run(["rm", "-rf", str(where)], check=True)
+
+
 def _clean(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     for p in path.iterdir():
         p.unlink()
     subprocess.run(["sync"], check=True)
+    _settle_reporting()
+
+
+def _settle_reporting() -> None:
+    """On a VM that reports free memory to its host (virtio-balloon free page reporting),
+    wait until the memory the previous run's file gave back has been reported. Writing
+    into reported memory costs the host's fault on first touch (dd of 2 GiB into the page
+    cache: 2.1-2.5 s of system time 5 s after an rm of 2 GiB, 0.8-1.1 s right after it),
+    so a run's cost would depend on how soon it started after the unlink; this way every
+    run of either tool starts from the same state."""
+    counter = Path("/sys/module/page_reporting/parameters/reported_kib")
+    if not counter.exists():
+        return
+    last, still, deadline = counter.read_text(), 0, time.monotonic() + 30
+    while still < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = counter.read_text()
+        still = still + 1 if now == last else 0
+        last = now
 
 
 def _env(url: str, token: str) -> dict[str, str]:
@@ -177,8 +223,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--kills", type=int, default=1, help="kill-at-50%% measurements")
     parser.add_argument("--data-dir", type=Path, default=OUT / "data")
+    parser.add_argument(
+        "--fill-cache", type=int, default=0, metavar="GIB", help="GiB of other files cached"
+    )
     args = parser.parse_args()
     token, ft, size = prepare(args.data_dir, args.size_mib * MiB)
+    load = os.getloadavg()  # before the fill and the runs: what else was running
     dest = OUT / "dl"
     walls: dict[str, list[float]] = {}
     cpus: dict[str, list[tuple[float, float]]] = {}
@@ -187,7 +237,7 @@ def main() -> None:
         walls.setdefault(name, []).append(wall)
         cpus.setdefault(name, []).append((user, system))
 
-    with run_server(args.data_dir) as server:
+    with filled_cache(OUT / "fill", args.fill_cache), run_server(args.data_dir) as server:
         for _ in range(args.repeat):
             record("curl", *run_curl(server.url, token, ft, dest, size))
             for n, name in ((1, ""), (4, "-4")):
@@ -197,6 +247,9 @@ def main() -> None:
         kills = [kill_and_resume(server.url, token, ft, dest, size) for _ in range(args.kills)]
     _clean(dest)
     print(f"archive: {size} bytes; machine: {platform.platform()}, {os.cpu_count()} cores")
+    print(
+        f"page cache filled with {args.fill_cache} GiB of other files; load average before: {load}"
+    )
     curl = statistics.median(walls["curl"])
     for name, runs in walls.items():
         med = statistics.median(runs)

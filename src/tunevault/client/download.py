@@ -41,6 +41,7 @@ from tunevault.errors import IntegrityError, RangeNotSatisfiable, TunevaultError
 # One sidecar line per chunk: a killed process loses at most the chunk it was writing.
 CHUNK = 1 << 20  # read into buffers: bigger buffers, fewer interpreter turns
 SPLICED_CHUNK = 256 << 10  # spliced: Python does no per-byte work, so log more often
+HASH_STEP = 4 << 20  # spliced bytes wake the hasher once per step, not once per splice
 BUFFERS = 4  # at most, per connection
 MIN_PIECE = 4 << 20
 MAX_PIECE = 64 << 20
@@ -324,7 +325,8 @@ class _Workers:
                 raise part.write_failed(e.error) from e.error
             if n:
                 part.record(pos, pos + n)
-                self.hasher.nudge()  # spliced bytes are read back from the file
+                if (pos + n) // HASH_STEP != pos // HASH_STEP:
+                    self.hasher.nudge()  # spliced bytes are read back from the file
             return n, err
         view = buffers.get()
         try:
