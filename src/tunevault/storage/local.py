@@ -76,6 +76,15 @@ class _RangeReader:
             self._left -= len(data)
         return data
 
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        """Straight into the caller's buffer: an archive build reads every blob through one
+        reused buffer, without a fresh bytes object (faulted in, then copied) per read."""
+        view = memoryview(buf) if self._left is None else memoryview(buf)[: self._left]
+        n = self._f.readinto(view)
+        if self._left is not None:
+            self._left -= n
+        return n
+
     def close(self) -> None:
         self._f.close()
 
