@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import io
 import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import unquote, urlparse
 
 from tunevault.storage.base import BlobReader, BlobStat, BlobWriter, Storage, check_key
@@ -80,7 +81,7 @@ class _RangeReader:
         """Straight into the caller's buffer: an archive build reads every blob through one
         reused buffer, without a fresh bytes object (faulted in, then copied) per read."""
         view = memoryview(buf) if self._left is None else memoryview(buf)[: self._left]
-        n = self._f.readinto(view)
+        n = cast(io.BufferedReader, self._f).readinto(view)  # open_read's file
         if self._left is not None:
             self._left -= n
         return n
