@@ -1,5 +1,6 @@
 """CPU per LoRA product block: one gemm call per row block against merge.apply's calls of
-GEMM_ROWS rows (and other row counts), on the block shapes of bench.merge_bench's model.
+GEMM_ROWS rows (the general path), of about FUSED_ELEMS elements (the fused bf16 path) and
+other row counts, on the block shapes of bench.merge_bench's model.
 
 The merge computes delta = B[r0:r1] @ A for blocks of about BLOCK_ELEMS elements, rank 16,
 fp32, with OpenBLAS single-threaded (as write_plan runs it). Each round times every way on
@@ -24,8 +25,9 @@ from tunevault.merge.blas import single_threaded_blas
 from tunevault.merge.plan import BLOCK_ELEMS
 
 Array = np.ndarray[Any, Any]
-# (out features, in features) of bench.merge_bench's linear layers: attention, MLP up, down.
-SHAPES = [(2048, 2048), (5632, 2048), (2048, 5632)]
+# (out features, in features) of bench.merge_bench's linear layers: attention and MLP up
+# (5632 x 2048) both come in blocks of 2048 x 2048; MLP down in blocks of 744 x 5632.
+SHAPES = [(2048, 2048), (2048, 5632)]
 REPS = 10  # blocks per timing: a block takes milliseconds, the process clock ticks coarser
 
 
@@ -45,6 +47,13 @@ def rows_of(n: int) -> Callable[[Array, Array, Array], None]:
     return run
 
 
+def fused_chunks(left: Array, right: Array, out: Array) -> None:
+    """As merge.apply's fused path cuts a block: about FUSED_ELEMS elements per call."""
+    step = max(2, -(-apply.FUSED_ELEMS // right.shape[1]))
+    for i0, i1 in apply._row_chunks(left.shape[0], step):
+        np.matmul(left[i0:i1], right, out=out[i0:i1])
+
+
 def per_block(fn: Callable[[Array, Array, Array], None], left: Array, right: Array) -> float:
     out = np.empty((left.shape[0], right.shape[1]), dtype=np.float32)
     fn(left, right, out)  # untimed: first touch of the output
@@ -58,14 +67,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--rows", type=int, nargs="+", default=[apply.GEMM_ROWS, 32, 64])
+    parser.add_argument("--rows", type=int, nargs="+", default=[apply.GEMM_ROWS, 8, 32])
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     ways: dict[str, Callable[[Array, Array, Array], None]] = {"one call per block": one_call}
     ways.update({f"{n}-row calls": rows_of(n) for n in args.rows})
+    ways["fused chunks"] = fused_chunks
     print(f"rank {args.rank}, fp32, OpenBLAS single-threaded, median of {args.rounds} rounds")
-    print("| block (rows x cols) | " + " | ".join(ways) + " | one call / 16-row |")
-    print("|---" * (len(ways) + 2) + "|")
+    print(
+        "| block (rows x cols) | " + " | ".join(ways) + " | one call / 16-row | one call / fused |"
+    )
+    print("|---" * (len(ways) + 3) + "|")
     with single_threaded_blas():
         for out_f, in_f in SHAPES:
             rows = min(out_f, max(2, BLOCK_ELEMS // in_f))
@@ -86,10 +98,12 @@ def main() -> None:
                 for name in order if i % 2 == 0 else reversed(order):
                     times[name].append(per_block(ways[name], b, a))
             med = {name: statistics.median(t) for name, t in times.items()}
-            ratio = med["one call per block"] / med[f"{apply.GEMM_ROWS}-row calls"]
+            one = med["one call per block"]
+            ratio = f"{one / med[f'{apply.GEMM_ROWS}-row calls']:.2f}x"
+            ratio += f" | {one / med['fused chunks']:.2f}x"
             cells = " | ".join(f"{med[name] * 1e3:.2f} ms" for name in ways)
             bits = "" if same else " (bits differ)"
-            print(f"| {rows} x {in_f} | {cells} | {ratio:.2f}x{bits} |", flush=True)
+            print(f"| {rows} x {in_f} | {cells} | {ratio}{bits} |", flush=True)
 
 
 if __name__ == "__main__":
