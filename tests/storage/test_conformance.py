@@ -101,6 +101,22 @@ def test_partial_reads_add_up(storage: Storage) -> None:
     assert pieces[3] == b""
 
 
+def test_readinto_stays_within_the_range(storage: Storage) -> None:
+    """Archive builds read through one reused buffer when the reader offers readinto."""
+    data = data_of(1000)
+    storage.put("r", data)
+    buf = bytearray(300)
+    with storage.open_read("r", 100, 900) as f:
+        readinto = getattr(f, "readinto", None)
+        if readinto is None:
+            pytest.skip(f"{type(storage).__name__}'s reader has no readinto")
+        got = []
+        while n := readinto(buf):
+            got.append(bytes(buf[:n]))
+    assert [len(g) for g in got] == [300, 300, 200]
+    assert b"".join(got) == data[100:900]
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_writer_invisible_until_commit(storage: Storage, size: int) -> None:
     data = data_of(size)

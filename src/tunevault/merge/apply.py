@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ from tunevault.merge.safetensors_io import (
 
 Array = np.ndarray[Any, Any]
 GEMM_ROWS = 16
+FUSED_ELEMS = 1 << 15  # elements per chunk of the fused path: its three fp32 buffers fit in L2
+# Float32 bits from which rounding to bfloat16 gives inf (0x7F7F8000 is a tie: to even, up).
+_BF16_LIMIT = float(np.array(0x7F7F8000, dtype=np.uint32).view(np.float32))
 
 
 def write_plan(
@@ -124,7 +128,6 @@ class _Merger:
         self.job = job
         self.scratch = scratch
         self.cols = rows_cols(job.source.shape)[1]
-        self.out_dtype = DTYPES[job.out.dtype]
         wide = job.source.dtype == "F64" and job.out.dtype == "F64"
         self.compute = np.dtype(np.float64 if wide else np.float32)
         self.lora = job.lora
@@ -138,11 +141,24 @@ class _Merger:
                 self.b *= self.scale
                 self.scale = self.compute.type(1.0)
         self.dora: Array | None = None
+        self.fused = (
+            self.lora is not None
+            and self.lora.layout == "out_in"
+            and self.lora.magnitude is None
+            and not self.lora.round_delta
+            and job.source.dtype == job.out.dtype == "BF16"
+            and job.bias_delta is None
+            and job.token_rows is None
+        )
         if self.lora is not None and self.lora.magnitude is not None:
             self.dora = read_all(self.lora.magnitude).astype(self.compute)
             if self.lora.layout == "in_out":
                 # Output features are columns here, so their norms need a first pass over all rows.
                 self.dora = self.dora / self._column_norms(self.lora)
+
+    @cached_property
+    def out_dtype(self) -> np.dtype[Any]:
+        return DTYPES[self.job.out.dtype]  # on first use: the fused path needs no ml_dtypes
 
     def _base(self, r0: int, r1: int) -> Array:
         """Source rows in the compute dtype, first rounded to the output dtype as PEFT would see
@@ -175,8 +191,42 @@ class _Merger:
             sq += np.einsum("ij,ij->j", w, w, dtype=np.float64)
         return np.sqrt(sq).astype(self.compute)
 
+    def _fused(self, r0: int, r1: int, slot: str) -> Array | None:
+        """The common case, a plain LoRA on a bf16 base: widen, gemm, add and round a chunk
+        of rows at a time while it is in cache, widening and rounding (to nearest even) with
+        integer ops on the bits instead of ml_dtypes' per-element casts (the same bits, a
+        quarter less CPU per block: BENCHMARKS.md). None when a value is not finite or would
+        round to inf: the general path then gives the exact result, or the refusal."""
+        assert self.lora is not None
+        bits_in = read_rows(
+            self.job.source, r0, r1, self.scratch.get("raw", (r1 - r0, self.cols), np.uint16)
+        )
+        bits_out = self.scratch.get(slot, bits_in.shape, np.uint16)
+        step = max(2, -(-FUSED_ELEMS // self.cols))  # never one row: see _gemm_rows
+        shape = (step + 1, self.cols)  # the last chunk may take a lone last row
+        w_buf, d_buf = (self.scratch.get(k, shape, np.float32) for k in ("w", "delta"))
+        u_buf = self.scratch.get("bits", shape, np.uint32)
+        for i0, i1 in _row_chunks(r1 - r0, step):
+            w, d, u = w_buf[: i1 - i0], d_buf[: i1 - i0], u_buf[: i1 - i0]
+            np.left_shift(bits_in[i0:i1], 16, out=w.view(np.uint32), dtype=np.uint32)
+            np.matmul(self.b[r0 + i0 : r0 + i1], self.a, out=d)
+            if self.scale != 1:
+                d *= self.scale
+            w += d
+            if not (w.min() > -_BF16_LIMIT and w.max() < _BF16_LIMIT):  # NaN fails both
+                return None
+            wu = w.view(np.uint32)  # round: add 0x7FFF plus the lowest kept bit, keep the top half
+            np.bitwise_and(np.right_shift(wu, 16, out=u), 1, out=u)
+            np.add(np.add(u, 0x7FFF, out=u), wu, out=u)
+            np.right_shift(u, 16, out=u)
+            np.copyto(bits_out[i0:i1], u, casting="unsafe")
+        return bits_out
+
     def block(self, r0: int, r1: int, slot: str) -> Array:
         job = self.job
+        out = self._fused(r0, r1, slot) if self.fused else None
+        if out is not None:
+            return out.reshape((r1 - r0, *job.out.shape[1:]))
         w = self._base(r0, r1)
         if self.lora is not None:
             self._add_delta(w, self.lora, r0, r1)
@@ -203,14 +253,19 @@ class _Merger:
 def _gemm_rows(left: Array, right: Array, out: Array) -> None:
     """out = left @ right, GEMM_ROWS rows per call: with the LoRA rank as inner dimension
     the product is memory-bound, and a product this small stays in cache while BLAS writes
-    it (1.6x faster than one call per block, BENCHMARKS.md). Never one row alone, unless
-    the block is: numpy would hand it to gemv, which rounds otherwise."""
-    rows = left.shape[0]
-    starts = list(range(0, rows, GEMM_ROWS))
+    it (1.4-1.5x faster than one call per 2048-column block, no faster on 5632 columns:
+    bench.gemm_rows_bench). Never one row alone, unless the block is: numpy would hand it
+    to gemv, which rounds otherwise."""
+    for i0, i1 in _row_chunks(left.shape[0], GEMM_ROWS):
+        np.matmul(left[i0:i1], right, out=out[i0:i1])
+
+
+def _row_chunks(rows: int, step: int) -> list[tuple[int, int]]:
+    """[i0, i1) ranges of `step` rows; a lone last row joins the chunk before it."""
+    starts = list(range(0, rows, step))
     if len(starts) > 1 and rows - starts[-1] == 1:
         starts.pop()
-    for i0, i1 in zip(starts, [*starts[1:], rows], strict=True):
-        np.matmul(left[i0:i1], right, out=out[i0:i1])
+    return list(zip(starts, [*starts[1:], rows], strict=True))
 
 
 def _all_finite(a: Array, scratch: _Scratch) -> bool:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from tunevault.errors import MergeRefused
 from tunevault.merge.config import LoraSettings
-from tunevault.merge.safetensors_io import DTYPES, MERGEABLE, OutSpec, TensorInfo
+from tunevault.merge.safetensors_io import ITEMSIZE, MERGEABLE, OutSpec, TensorInfo
 
 PREFIX = "base_model.model."
 BLOCK_ELEMS = 4 * 2**20  # rows are processed in blocks of about this many elements
@@ -421,8 +421,8 @@ def _peak(job: Job) -> int:
         return 0
     cols = rows_cols(job.source.shape)[1]
     elems = max((r1 - r0 for r0, r1 in row_blocks(job.source.shape)), default=0) * cols
-    out_size = DTYPES[job.out.dtype].itemsize
-    per_elem = job.source.np_dtype.itemsize + 2 * out_size
+    out_size = ITEMSIZE[job.out.dtype]
+    per_elem = ITEMSIZE[job.source.dtype] + 2 * out_size
     if job.kind == "merge":
         per_elem += 4 + 4 + out_size + 2 + 1
     small = 0

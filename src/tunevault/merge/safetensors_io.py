@@ -11,26 +11,49 @@ import json
 import math
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-import ml_dtypes
 import numpy as np
 
 from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import MergeRefused
 from tunevault.storage.local import WRITEBACK_EVERY, start_writeback
 
-# safetensors dtype code -> numpy dtype. bf16 and fp8 come from ml_dtypes.
-DTYPES: dict[str, np.dtype[Any]] = {
+
+class _Dtypes(Mapping[str, "np.dtype[Any]"]):
+    """safetensors dtype code -> numpy dtype. bf16 and fp8 come from ml_dtypes, imported on
+    first use: its import registers hundreds of ufunc loops, 0.6 s of CPU (BENCHMARKS.md),
+    which a merge that never casts a 2-byte float (the fused bf16 path) does not need."""
+
+    _ML = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+    def __init__(self, plain: dict[str, np.dtype[Any]]) -> None:
+        self._d = dict(plain)
+
+    def __getitem__(self, code: str) -> np.dtype[Any]:
+        if code not in self._d and code in self._ML:
+            import ml_dtypes
+
+            self._d[code] = np.dtype(getattr(ml_dtypes, self._ML[code]))
+        return self._d[code]
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._d or code in self._ML
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self._d, **dict.fromkeys(self._ML)})
+
+    def __len__(self) -> int:
+        return len(self._d.keys() | self._ML.keys())
+
+
+_PLAIN: dict[str, np.dtype[Any]] = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
     "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
     "I64": np.dtype(np.int64),
     "I32": np.dtype(np.int32),
     "I16": np.dtype(np.int16),
@@ -40,6 +63,12 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "U16": np.dtype(np.uint16),
     "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
+}
+DTYPES: Mapping[str, np.dtype[Any]] = _Dtypes(_PLAIN)
+ITEMSIZE: dict[str, int] = {code: dt.itemsize for code, dt in _PLAIN.items()} | {
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
 }
 # Dtypes a LoRA delta can be merged into (computed in fp32, or fp64 for an fp64 base).
 MERGEABLE = frozenset({"F64", "F32", "F16", "BF16"})
@@ -102,7 +131,7 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         if dtype not in DTYPES:
             raise MergeRefused(f"{path.name}: tensor {name!r} has unsupported dtype {dtype}")
         info = TensorInfo(name, path, dtype, shape, base + begin, base + end)
-        if begin > end or base + end > size or info.nbytes != info.numel * DTYPES[dtype].itemsize:
+        if begin > end or base + end > size or info.nbytes != info.numel * ITEMSIZE[dtype]:
             raise MergeRefused(f"{path.name}: tensor {name!r} has inconsistent byte offsets")
         out[name] = info
     return out
@@ -115,7 +144,7 @@ def read_rows(
     `out` (a reusable buffer of that shape and dtype) or a new array."""
     cols = math.prod(info.shape[1:])
     rows = row1 - row0
-    itemsize = info.np_dtype.itemsize
+    itemsize = ITEMSIZE[info.dtype]
     buf = np.empty(rows * cols, dtype=info.np_dtype) if out is None else out.reshape(-1)
     with info.path.open("rb", buffering=0) as f:
         f.seek(info.start + row0 * cols * itemsize)
@@ -162,7 +191,7 @@ class OutSpec:
 
     @property
     def nbytes(self) -> int:
-        return DTYPES[self.dtype].itemsize * math.prod(self.shape)
+        return ITEMSIZE[self.dtype] * math.prod(self.shape)
 
 
 def copy_hashed(src: TensorInfo, emit: Callable[[memoryview], None], buf: memoryview) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import io
 import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import unquote, urlparse
 
 from tunevault.storage.base import BlobReader, BlobStat, BlobWriter, Storage, check_key
@@ -75,6 +76,15 @@ class _RangeReader:
         if self._left is not None:
             self._left -= len(data)
         return data
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        """Straight into the caller's buffer: an archive build reads every blob through one
+        reused buffer, without a fresh bytes object (faulted in, then copied) per read."""
+        view = memoryview(buf) if self._left is None else memoryview(buf)[: self._left]
+        n = cast(io.BufferedReader, self._f).readinto(view)  # open_read's file
+        if self._left is not None:
+            self._left -= n
+        return n
 
     def close(self) -> None:
         self._f.close()
