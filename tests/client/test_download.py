@@ -14,7 +14,7 @@ from tests.client.seeding import add_fine_tune, archive_bytes, rebuild_archive
 from tests.support.disk import fill
 from tests.support.faultproxy import Fault, FaultProxy
 from tunevault.client import Client, download, splice
-from tunevault.client.fetch import RetryPolicy
+from tunevault.client.fetch import RESPOND_ASYNC, RetryPolicy
 from tunevault.client.http import NetworkError
 from tunevault.client.state import PartFile
 from tunevault.errors import (
@@ -211,6 +211,20 @@ def test_server_errors_become_their_classes(live: Live, proxy: FaultProxy, tmp_p
             Client(proxy.url, live.seeded.token), live.pending_ft, output=tmp_path, policy=policy
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_head_of_an_archive_being_built_is_archive_not_ready(live: Live) -> None:
+    """A HEAD's 409 has no envelope (`push --wait` asks with HEADs): the build headers
+    make it the same ArchiveNotReady a GET gets, with the wait it announced."""
+    transport = Client(live.url, live.seeded.token).transport
+    query = {"ft_id": live.pending_ft, "checkpoint": "model_output_path"}
+    resp = transport.open("HEAD", transport.url("/v1/finetune/download", query), RESPOND_ASYNC)
+    assert resp.status == 409
+    with pytest.raises(ArchiveNotReady, match=r"being built \((queued|building)") as raised:
+        resp.raise_for_error()
+    assert int(raised.value.headers["Retry-After"]) >= 1
+    assert raised.value.headers["Tunevault-Build-State"] in ("queued", "building")
+    assert float(raised.value.headers["Tunevault-Build-Eta"]) >= 1
 
 
 def test_unreachable_server_is_a_network_error(tmp_path: Path) -> None:

@@ -29,12 +29,20 @@ from tunevault.client.retry import (
     reason,
     where,
 )
-from tunevault.errors import TunevaultError
+from tunevault.errors import ArchiveNotReady, TunevaultError
 
 USER_AGENT = "tunevault-client/0.1"
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 1 << 20
+# Headers an error keeps: a wait's (client/waiting.py reads them) besides Retry-After.
+PASSED_ON = (
+    "Retry-After",
+    "Tunevault-Build-State",
+    "Tunevault-Build-Eta",
+    "Tunevault-Queue-Ahead",
+    "Tunevault-Build-Progress",
+)
 MAX_JSON_BODY = 64 << 20
 IDEMPOTENT = frozenset({"GET", "HEAD", "DELETE"})
 REFUSED = frozenset({429, 503})  # the server did nothing: safe to send again whatever it was
@@ -199,7 +207,13 @@ class Response:
         finally:
             self.close()
         err = TunevaultError.from_envelope(self.status, body)
-        for name in ("Retry-After", "Content-Range", "Upload-Offset"):
+        state = self.header("Tunevault-Build-State")
+        if body is None and self.status == 409 and state is not None:
+            # A HEAD's 409 has no body: the build headers say what the envelope would.
+            eta, ahead = self.header("Tunevault-Build-Eta"), self.header("Tunevault-Queue-Ahead")
+            queue = f", {ahead} ahead" if state == "queued" and ahead else ""
+            err = ArchiveNotReady(f"the archive is being built ({state}{queue}, about {eta} s)")
+        for name in (*PASSED_ON, "Content-Range", "Upload-Offset"):
             if (value := self.header(name)) is not None:
                 err.headers[name] = value
         raise err
