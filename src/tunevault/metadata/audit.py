@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +21,9 @@ class AuditMixin(StoreBase):
         """Insert the records and, in the same transaction, date the last download of the
         archives they (and the downloads that `began`, by sha256) name: the cache's LRU
         order (tunevault.service.cache) costs no write of its own."""
-        rows = [{k: v for k, v in asdict(r).items() if k != "id"} for r in records]
+        # Not asdict: it deep-copies every value (datetimes too), half of this insert's CPU.
+        names = [f.name for f in fields(DownloadRecord) if f.name != "id"]
+        rows = [{name: getattr(r, name) for name in names} for r in records]
         digests = {r.archive_sha256 for r in records} | set(began)
         a = t.archives.c
         with self.engine.begin() as conn:

@@ -34,21 +34,23 @@ async def download(request: web.Request) -> web.StreamResponse:
     query = request.rel_url.query
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
     serve = describe_archive if request.method == "HEAD" else serve_archive
+    held = not request.headers.get("User-Agent", "").startswith(TUNEVAULT_CLIENT)
     return await serve_resolved(
         request,
-        ("download", who.org_id, q),
-        functools.partial(_resolve_held, request, who, q),
+        ("download", who.org_id, q, held),
+        functools.partial(_resolve_held, request, who, q, held),
         functools.partial(serve, request, who),
     )
 
 
-async def _resolve_held(request: web.Request, who: Principal, q: DownloadQuery) -> Resolved:
-    """Resolve; for a rebuild a client other than tunevault's would not wait for, wait
+async def _resolve_held(
+    request: web.Request, who: Principal, q: DownloadQuery, held: bool
+) -> Resolved:
+    """Resolve; for a rebuild a `held` client (not tunevault's) would not wait for, wait
     here while the estimate fits the hold, asking the queue again every POLL_SECONDS."""
     svc = services(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + svc.settings.rebuild_hold_seconds
-    held = not request.headers.get("User-Agent", "").startswith(TUNEVAULT_CLIENT)
     while True:
         try:
             return await blocking(resolve, svc, who.org_id, q)
