@@ -58,3 +58,23 @@ async def test_the_first_request_going_away_leaves_the_lookup_to_the_others() ->
     with pytest.raises(asyncio.CancelledError):
         await first
     assert lookup.calls == 1
+
+
+async def test_a_refresh_keeps_its_answer_and_a_miss_meanwhile_shares_it() -> None:
+    inflight, lookup, kept = InFlight(), Lookup("new"), []
+    inflight.refresh("k", lookup, kept.append, lambda: kept.append("forgotten"))
+    inflight.refresh("k", lookup, kept.append, lambda: kept.append("forgotten"))  # running
+    miss = asyncio.create_task(inflight.run("k", lookup))
+    await asyncio.sleep(0)
+    lookup.release.set()
+    assert await miss == "new"
+    assert kept == ["new"] and lookup.calls == 1
+
+
+async def test_a_refresh_that_fails_forgets_the_kept_answer() -> None:
+    inflight, lookup, kept = InFlight(), Lookup(NotFound("deleted")), []
+    inflight.refresh("k", lookup, kept.append, lambda: kept.append("forgotten"))
+    lookup.release.set()
+    while not kept:
+        await asyncio.sleep(0)
+    assert kept == ["forgotten"]

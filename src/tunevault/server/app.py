@@ -129,8 +129,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token = token.strip()
     cache = request.app[KEY_CACHE]
     who = cache.get(token)
+    lookup = functools.partial(blocking, authenticate, request.app[SERVICES], token)
+    if who is not None and cache.ageing(token):  # looked up again before it lapses
+        request.app[INFLIGHT].refresh(
+            ("key", token),
+            lookup,
+            lambda found: cache.put(token, found) if found else cache.drop(token),
+            lambda: cache.drop(token),
+        )
     if who is None:  # a miss costs a thread hop and a query (shared by concurrent misses)
-        lookup = functools.partial(blocking, authenticate, request.app[SERVICES], token)
         who = await request.app[INFLIGHT].run(("key", token), lookup)
         if who is None:
             failures.failed(client)

@@ -28,10 +28,15 @@ async def serve_resolved(
     """`serve(await resolve())`, with `resolve`'s answer kept for the next requests of
     `key`. Only successes are kept: a 404 or a 409 is looked up again each time. Requests
     that miss together share one lookup (server/inflight.py). A blob that goes between
-    the lookup and the read (evicted) is looked up once more, by this request alone."""
+    the lookup and the read (evicted) is looked up once more, by this request alone.
+    Past half its time a kept answer is resolved again in the background (inflight.py)."""
     cache: Recent[T] = request.app[RESOLUTIONS]
     hit = cache.get(key)
     if hit is not None:
+        if cache.ageing(key):  # resolved again meanwhile: under load it never lapses
+            request.app[INFLIGHT].refresh(
+                key, resolve, lambda found: cache.put(key, found), lambda: cache.drop(key)
+            )
         try:
             return await serve(hit)
         except FileNotFoundError:  # raised before the first byte (server/blob.py)
