@@ -9,6 +9,9 @@ more than the CPU per answer.
 
     .venv/bin/python -m bench.fleet_cpu_ab --baseline /path/to/other/src
         [--case redirect|small] [--processes 2] [--rounds 3] [--seconds 5]
+        [--env NAME=VALUE ...]   (settings for this checkout's server only)
+
+`--baseline` may name this checkout's own src, to compare settings with `--env`.
 """
 
 from __future__ import annotations
@@ -55,8 +58,10 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for this side")
     args = ap.parse_args()
     sides = {"baseline": args.baseline.resolve(), "this": HERE}
+    extra = {"baseline": {}, "this": dict(e.split("=", 1) for e in args.env)}
     procs = ("--processes", str(args.processes))
     with (
         tempfile.TemporaryDirectory(prefix="tv-ab-", dir="/var/tmp") as tmp,
@@ -65,7 +70,11 @@ def main() -> None:
     ):
         servers = {
             name: stack.enter_context(
-                run_server(data_dir, env={**env, "PYTHONPATH": f"{src}:{ROOT}"}, args=procs)
+                run_server(
+                    data_dir,
+                    env={**env, **extra[name], "PYTHONPATH": f"{src}:{ROOT}"},
+                    args=procs,
+                )
             )
             for name, src in sides.items()
         }
