@@ -1,9 +1,12 @@
-"""Merge pipeline: a LoRA adapter committed -> its merged archive downloadable, the one-pass
-pipeline of this checkout against git main's (merge to scratch, put_directory, archive from
-the blobs), on local disk and on SeaweedFS, with `tar -I 'zstd -3 -T0'` of the base alone
-as the reference. Run from the repo root:
+"""Merge pipeline: a LoRA adapter committed -> its merged archive downloadable, the
+pipeline of this checkout against an earlier commit's (`--old-ref`), on local disk and on
+SeaweedFS, with `tar -I 'zstd -3 -T0'` of the base alone as the reference. Run from the
+repo root:
 
-    .venv/bin/python -m bench.merge_pipeline_bench --repeat 3
+    .venv/bin/python -m bench.merge_pipeline_bench --repeat 3 --old-ref 236d672
+
+(236d672: merged files hashed as written, stored as blobs, the archive packed from them;
+today the merge streams into the archive and stores no merged file.)
 
 The base is bench.merge_bench's 2.06 GiB bf16 Llama-shaped model, registered once per
 storage; every timed run commits a new rank-16 adapter (a fresh seed: no blob of an earlier

@@ -4,9 +4,12 @@ deletes, in batches, and nothing newer than the cutoff goes."""
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from tests.support.cli import store_cli
 from tunevault.models import DownloadRecord
@@ -65,6 +68,32 @@ def test_prune_deletes_in_batches_what_the_dry_run_listed(
     with open_services(settings) as svc:
         assert svc.store.list_downloads("org-c") == []
         assert len(svc.store.list_downloads("org-b")) == 1
+
+
+def test_gc_prunes_the_audit_past_audit_retention_days(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+    with open_services(settings) as svc:
+        old = [record("org-a", timedelta(days=31 + i)) for i in range(3)]
+        recent = [record("org-a", timedelta(days=29))]
+        svc.store.record_downloads(old + recent)
+
+    def gc(*args: str, days: str | None = None) -> subprocess.CompletedProcess[str]:
+        if days is not None:
+            monkeypatch.setenv("TUNEVAULT_AUDIT_RETENTION_DAYS", days)
+        return store_cli(settings, "gc", *args)
+
+    assert json.loads(gc("--json").stdout)["audit_rows_pruned"] == 0  # off by default
+    dry = gc("--dry-run", days="30")
+    assert "would delete 3 download audit rows older than 30 days" in dry.stdout
+    with open_services(settings) as svc:
+        assert len(svc.store.list_downloads("org-a")) == 4
+    assert json.loads(gc("--json", days="30").stdout)["audit_rows_pruned"] == 3
+    with open_services(settings) as svc:
+        kept = svc.store.list_downloads("org-a")
+    assert [r.created_at for r in kept] == [r.created_at for r in recent]
+    assert "deleted 0 download audit rows older than 30 days" in gc(days="30").stdout
 
 
 def test_recorded_rows_read_back_as_written(tmp_path: Path, database_url: str) -> None:

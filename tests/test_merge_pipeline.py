@@ -1,7 +1,8 @@
-"""The merge job's one-pass pipeline (base read once, outputs hashed as written, blobs
-renamed or uploaded, archive packed from the page cache) against the pipeline before it
-(merge to a directory, `put_directory` re-reading it, the archive reading the blobs), on
-local disk and SeaweedFS; and the bounded base cache of object storage."""
+"""The merge job's streamed pipeline (base read once where it lies, pass one hashing the
+merged files, pass two computing them again into the archive) against the pipeline before
+it (merge to a directory, `put_directory` re-reading it, the archive reading the blobs), on
+local disk and SeaweedFS; merged files stored as blobs only when asked; and the bounded
+base cache of object storage."""
 
 from __future__ import annotations
 
@@ -12,17 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xxhash
 
 from tests.support.seaweed import SeaweedFS
 from tunevault.archive.write import write_archive
-from tunevault.errors import IntegrityError
+from tunevault.errors import IntegrityError, MergeRefused
 from tunevault.layout import blob_key, scratch_dir
-from tunevault.merge import merge_lora
-from tunevault.models import FileEntry, FineTune, Kind
+from tunevault.merge import OutputFile, Prepared, merge_lora, merged_digests, prepare
+from tunevault.models import FileEntry, FineTune, JobKind, Kind
 from tunevault.service.basecache import BaseCache
 from tunevault.service.builds import LocalCopy, archive_key_of, build_archive
 from tunevault.service.context import Services, open_services
 from tunevault.service.demo import TinyLlama, base_weights, write_adapter, write_model
+from tunevault.service.mergestream import ShardStream, StreamedShards
 from tunevault.service.publishing import publish_directory, put_directory, register_base_model
 from tunevault.service.worker import Worker
 from tunevault.settings import Settings
@@ -73,7 +76,7 @@ def _old_pipeline_sha256(
     return hashlib.sha256(sink.getvalue()).hexdigest()
 
 
-def test_the_one_pass_merge_archives_the_same_bytes_as_before(
+def test_the_streamed_merge_archives_the_same_bytes_as_before(
     settings: Settings, tmp_path: Path
 ) -> None:
     with open_services(settings) as svc:
@@ -88,12 +91,36 @@ def test_the_one_pass_merge_archives_the_same_bytes_as_before(
         assert hashlib.sha256(data).hexdigest() == archive.sha256
         expected = _old_pipeline_sha256(svc, org.id, base_dir, tmp_path / "adapter-1", tmp_path)
         assert archive.sha256 == expected
-        # The merged files are blobs (the Hub serves them file by file), each its digest.
+        assert {f.path for f in merged.files} >= {"config.json", "model.safetensors"}
+        assert list(scratch_dir(settings.data_dir).iterdir()) == []  # nothing left behind
+
+
+def test_merged_files_become_blobs_only_when_asked(settings: Settings, tmp_path: Path) -> None:
+    with open_services(settings) as svc:
+        org = svc.store.create_org("acme")
+        _base(svc, org.id, tmp_path)
+        ft = _merged_lora(svc, org.id, tmp_path, 1)
+        merged = svc.store.find_checkpoint(ft.id, 1, Kind.MERGED)
+        assert merged is not None
+        shard = next(f for f in merged.files if f.path == "model.safetensors")
+        # The manifest is recorded, the shard itself was only ever streamed into the archive.
+        assert svc.storage.stat(blob_key(shard.sha256)) is None
+        assert shard.sha256 not in svc.store.org_blob_sizes(org.id, [shard.sha256])
+        svc.store.queue_rebuild(merged.id, JobKind.MERGE_FILES)
+        worker = Worker(svc)
+        while worker.run_once():
+            pass
+        (job,) = [j for j in svc.store.jobs_for_checkpoint(merged.id) if j.kind == "merge_files"]
+        assert job.state == "done", job
         for f in merged.files:
             blob = b"".join(svc.storage.iter_range(blob_key(f.sha256)))
             assert (len(blob), hashlib.sha256(blob).hexdigest()) == (f.size, f.sha256)
-        assert {f.path for f in merged.files} >= {"config.json", "model.safetensors"}
-        assert list(scratch_dir(settings.data_dir).iterdir()) == []  # nothing left behind
+        assert set(svc.store.org_blob_sizes(org.id, [f.sha256 for f in merged.files])) == {
+            f.sha256 for f in merged.files
+        }
+        again = svc.store.find_checkpoint(ft.id, 1, Kind.MERGED)
+        assert again is not None and again.files == merged.files
+        assert list(scratch_dir(settings.data_dir).iterdir()) == []
 
 
 def test_consecutive_merges_on_s3_fetch_the_base_once(
@@ -193,27 +220,79 @@ def test_a_corrupt_base_blob_is_refused_and_not_cached(settings: Settings, tmp_p
         assert list((tmp_path / "cache" / ".tmp").iterdir()) == []
 
 
-def test_a_failed_store_beside_the_packing_leaves_no_archive(
+def _prepared(tmp: Path) -> tuple[Prepared, tuple[OutputFile, ...], Path]:
+    base_dir = write_model(tmp / "base", SPEC, base_weights(SPEC, np.random.default_rng(0)))
+    adapter = write_adapter(tmp / "adapter", SPEC, np.random.default_rng(7))
+    prepared = prepare(base_dir, adapter, max_shard_bytes=40_000)  # several shards
+    return prepared, merged_digests(prepared, tmp / "side"), base_dir
+
+
+def test_pass_two_streams_the_bytes_pass_one_hashed(tmp_path: Path) -> None:
+    prepared, outputs, base_dir = _prepared(tmp_path)
+    assert len(prepared.shards) > 2
+    merge_lora(base_dir, tmp_path / "adapter", tmp_path / "files", max_shard_bytes=40_000)
+    sizes = {o.path: o.size for o in outputs}
+    with StreamedShards(prepared, sizes) as shards:
+        for name, open_shard in shards.openers().items():  # name order, as the archive reads
+            with open_shard() as f:
+                data = f.read()
+            assert data == (tmp_path / "files" / name).read_bytes()
+    by_path = {o.path: o for o in outputs}
+    for p in (tmp_path / "files").iterdir():
+        assert by_path[p.name].sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert set(by_path) == {p.name for p in (tmp_path / "files").iterdir()}
+
+
+def test_a_merge_failing_in_pass_two_stores_no_archive(settings: Settings, tmp_path: Path) -> None:
+    prepared, outputs, base_dir = _prepared(tmp_path)
+    # The base loses its tail between the passes: the producer thread fails mid-stream.
+    shard = base_dir / "model.safetensors"
+    with shard.open("r+b") as f:
+        f.truncate(shard.stat().st_size - 1000)
+    with open_services(settings) as svc:
+        org = svc.store.create_org("acme")
+        ft = svc.store.create_fine_tune(
+            org.id, model=BASE, model_output_name="acme/lora", training_type="Lora"
+        )
+        files = [FileEntry(o.path, o.size, o.sha256) for o in outputs]
+        ckpt = svc.store.add_checkpoint(ft.id, 1, Kind.MERGED, True, files)
+        xxh3 = {o.sha256: o.xxh3 for o in outputs}
+        with StreamedShards(prepared, {o.path: o.size for o in outputs}) as shards:
+            copy = LocalCopy(tmp_path / "side", xxh3, shards.openers())
+            with pytest.raises(MergeRefused, match="truncated"):
+                build_archive(svc.store, svc.storage, ckpt, local=copy)
+        assert svc.store.get_archive(ckpt.id) is None
+        assert svc.storage.stat(archive_key_of(ckpt.files, 3)) is None
+        assert not [t for t in threading.enumerate() if t.name == "tunevault-merge-stream"]
+
+
+def test_a_reader_that_stops_early_stops_the_producer(tmp_path: Path) -> None:
+    prepared, outputs, _ = _prepared(tmp_path)
+    sizes = {o.path: o.size for o in outputs}
+    stream = ShardStream(prepared)
+    try:
+        first = stream.open(sizes[prepared.shards[0]])
+        assert len(first.read(1000)) == 1000
+    finally:
+        stream.close()  # a failed build: the merge thread must not stay blocked on the queue
+    assert not [t for t in threading.enumerate() if t.name == "tunevault-merge-stream"]
+
+
+def test_shards_bytes_that_differ_from_pass_one_fail_the_build(
     settings: Settings, tmp_path: Path
 ) -> None:
     with open_services(settings) as svc:
         org = svc.store.create_org("acme")
         ft = svc.store.create_fine_tune(
-            org.id, model="m", model_output_name="acme/full", training_type="Full"
+            org.id, model=BASE, model_output_name="acme/lora", training_type="Lora"
         )
-        src = tmp_path / "out"
-        src.mkdir()
-        (src / "w.bin").write_bytes(np.random.default_rng(5).bytes(3 << 20))
-        ckpt = publish_directory(svc, ft, src, step=1, kind=Kind.MODEL_OUTPUT, final=False)
-        xxh3 = svc.store.blob_xxh3(f.sha256 for f in ckpt.files)
-
-        def upload_fails() -> None:
-            raise OSError("the object store went away")
-
-        with pytest.raises(OSError, match="went away"):
-            build_archive(svc.store, svc.storage, ckpt, local=LocalCopy(src, xxh3, upload_fails))
+        good = np.random.default_rng(5).bytes(3 << 20)
+        entry = FileEntry("model.safetensors", len(good), hashlib.sha256(good).hexdigest())
+        ckpt = svc.store.add_checkpoint(ft.id, 1, Kind.MERGED, True, [entry])
+        xxh3 = {entry.sha256: xxhash.xxh3_128(good).hexdigest()}
+        bad = good[:-1] + b"!"
+        copy = LocalCopy(tmp_path, xxh3, {entry.path: lambda: io.BytesIO(bad)})
+        with pytest.raises(IntegrityError, match="does not match"):
+            build_archive(svc.store, svc.storage, ckpt, local=copy)
         assert svc.store.get_archive(ckpt.id) is None
         assert svc.storage.stat(archive_key_of(ckpt.files, 3)) is None
-        # Without the failing companion the same build goes through, read from `src`.
-        archive = build_archive(svc.store, svc.storage, ckpt, local=LocalCopy(src, xxh3))
-        assert svc.storage.stat(archive.storage_key) is not None

@@ -8,15 +8,20 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import Demo, FreshOrg
 from tests.support.publishing import api_client, sha, upload
 from tests.support.seeding import publish_and_build
+from tests.support.server import run_server
 from tunevault.errors import QuotaExceeded
+from tunevault.metadata import tables as t
+from tunevault.metadata.base import now
 from tunevault.models import Kind, Scope
 from tunevault.publisher.uploader import PublishClient
 from tunevault.service import usage
@@ -160,3 +165,61 @@ def test_push_past_the_quota_uploads_nothing(
     assert err["code"] == "quota_exceeded" and "past its quota of 1000 (0 used)" in err["message"]
     assert _cli(demo.settings.data_dir, "--org", name)["data"][0]["source_bytes"] == 0  # type: ignore[index]
     assert not list((demo.settings.data_dir / "uploads").glob(f"{fresh_org.id}/*"))
+
+
+def _stored(settings: Settings) -> dict[str, object]:
+    """Everything a publish could leave: keys and pending writes in the store, files in
+    the server's upload directory, and the rows of blobs, checkpoints, fine-tunes, jobs."""
+    tables = (t.blobs, t.org_blobs, t.fine_tunes, t.checkpoints, t.checkpoint_files, t.build_jobs)
+    with open_services(settings) as svc:
+        with svc.store.engine.connect() as conn:
+            rows = {
+                tb.name: conn.execute(sa.select(sa.func.count()).select_from(tb)).scalar()
+                for tb in tables
+            }
+        return {
+            "keys": list(svc.storage.list()),
+            "pending": svc.storage.abort_stale_writes(now() + timedelta(days=1), dry_run=True),
+            "scratch": list(svc.storage.scratch_paths()),
+            "uploads": [p for p in (settings.data_dir / "uploads").rglob("*") if p.is_file()],
+            **rows,
+        }
+
+
+def test_quota_refusals_store_nothing_on_each_storage(
+    settings_on_each_storage: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On local disk and on SeaweedFS: past the quota, the upload route and `tunevault
+    push` are refused with 413 `quota_exceeded` before a byte is uploaded, and neither the
+    store nor the database keeps anything of them."""
+    from tests.publisher import helpers
+
+    settings = settings_on_each_storage
+    monkeypatch.setenv("TUNEVAULT_STORAGE_URL", settings.resolved_storage_url())
+    with open_services(settings) as svc:
+        org = svc.store.create_org("capped")
+        _, token = svc.store.create_key(org.id, "rw", [Scope.READ, Scope.PUBLISH])
+    small, big = os.urandom(1000), os.urandom(5000)
+    root = helpers.trainer_output(tmp_path / "run", lora=False)
+    with run_server(settings.data_dir) as server, api_client(server.url, token) as c:
+        upload(c, small)
+        _cli(settings.data_dir, "--org", "capped", "--set-quota", "4000")
+        before = _stored(settings)
+        assert before["keys"] and not before["pending"]
+        check = {"sha256": [sha(small), sha(big)], "sizes": [1000, 5000]}
+        r = c.post("/v1/publish/blobs/check", json=check)
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "quota_exceeded")
+        assert "to 6000, past its quota of 4000 (1000 used)" in r.json()["error"]["message"]
+        r = c.put(f"/v1/publish/blobs/{sha(big)}", content=big, headers={"Upload-Length": "5000"})
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "quota_exceeded")
+        env = {**os.environ, "TUNEVAULT_URL": server.url, "TUNEVAULT_API_KEY": token}
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunevault", "push", str(root), "--model", "org/base", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert json.loads(proc.stdout)["error"]["code"] == "quota_exceeded"
+        assert _stored(settings) == before

@@ -18,10 +18,12 @@ class Scope(StrEnum):
 
 
 class JobKind(StrEnum):
-    """A build job: `archive` packs a checkpoint, `merge` makes a merged checkpoint."""
+    """A build job: `archive` packs a checkpoint, `merge` makes a merged checkpoint's
+    archive, `merge_files` stores its files as blobs (for the Hub protocol's reads)."""
 
     ARCHIVE = "archive"
     MERGE = "merge"
+    MERGE_FILES = "merge_files"
 
 
 class JobState(StrEnum):
@@ -38,6 +40,9 @@ class Kind(StrEnum):
     MERGED = "merged"
     MODEL_OUTPUT = "model_output_path"
 
+
+# The `kind` of a download that sent a built archive; a Hub file's is `hub:<kind>`.
+ARCHIVE_KINDS = frozenset(k.value for k in Kind)
 
 FT_STATUSES = (
     "pending",

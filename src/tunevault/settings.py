@@ -125,9 +125,16 @@ class Settings(BaseSettings):
         default=40.0,
         ge=0,
         le=55,
-        description="How long a download by a client other than tunevault's waits inside the "
-        "request for an evicted archive's rebuild (when its estimate fits) before answering "
-        "409 with Retry-After; under the together SDK's 60 s read timeout.",
+        description="How long a download without `Prefer: respond-async` (tunevault's client "
+        "sends it) waits inside the request for an evicted archive's rebuild (when its "
+        "estimate fits) before answering 409 with Retry-After; under the together SDK's 60 s "
+        "read timeout.",
+    )
+    audit_retention_days: float = Field(
+        default=0,
+        ge=0,
+        description="`tunevault gc` deletes download audit rows older than this many days, as "
+        "`tunevault audit prune` does (0: gc keeps every row).",
     )
     job_lease_seconds: float = Field(
         default=60.0,

@@ -22,7 +22,7 @@ from tunevault.service.worker import Worker
 from tunevault.settings import Settings
 from tunevault.storage import Unsupported
 
-TUNEVAULT_UA = {"User-Agent": "tunevault-client/0.1"}  # answered 409 at once, never held
+RESPOND_ASYNC = {"Prefer": "respond-async"}  # as tunevault's client: 409 at once, never held
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from tests.cache.conftest import TUNEVAULT_UA, Store, on_local_disk, sha
+from tests.cache.conftest import RESPOND_ASYNC, Store, on_local_disk, sha
 from tests.reliability.helpers import wait_for
 from tests.support.server import run_server
 from tunevault.layout import blob_key
@@ -61,7 +61,7 @@ def test_lru_goes_and_downloads_again_bit_for_bit(store: Store, tmp_path: Path) 
     assert store.svc.storage.stat(a.storage_key) is not None
     files = store.svc.store.get_checkpoint(b.checkpoint_id).files  # type: ignore[union-attr]
     assert all(store.svc.storage.stat(blob_key(f.sha256)) for f in files)  # uploads stay
-    with store.client(**TUNEVAULT_UA) as client:
+    with store.client(**RESPOND_ASYNC) as client:
         r = client.get(_query(b_ft))
         assert r.status_code == 409 and r.json()["error"]["code"] == "archive_not_ready"
         assert r.headers["Tunevault-Build-Reason"] == "evicted"
@@ -80,7 +80,7 @@ def test_many_clients_on_an_evicted_archive_cause_one_rebuild(store: Store, tmp_
     statuses: list[int] = []
 
     def ask() -> None:
-        with store.client(**TUNEVAULT_UA) as c:
+        with store.client(**RESPOND_ASYNC) as c:
             statuses.append(c.get(_query(ft)).status_code)
 
     threads = [threading.Thread(target=ask) for _ in range(12)]
@@ -142,7 +142,7 @@ def test_a_rebuild_that_differs_is_never_served(store: Store, tmp_path: Path) ->
     e = t.evicted_archives.c
     with store.svc.store.engine.begin() as conn:  # as if its inputs had changed since
         conn.execute(t.evicted_archives.update().values(sha256="0" * 64))
-    with store.client(**TUNEVAULT_UA) as c:
+    with store.client(**RESPOND_ASYNC) as c:
         assert c.get(_query(ft)).status_code == 409
         assert store.build_all() == 1
         r = c.get(_query(ft))
@@ -160,7 +160,7 @@ def test_an_archive_kept_in_memory_is_not_answered_once_evicted(
     ft, archive = store.fine_tune("in-memory", tmp_path)  # small: kept in server memory
     env = {**store.env, "TUNEVAULT_RESOLVE_CACHE_SECONDS": "600"}  # the resolve holds too
     with run_server(store.server.data_dir / "memory", env=env) as server:
-        auth = {"Authorization": f"Bearer {store.token}", **TUNEVAULT_UA}
+        auth = {"Authorization": f"Bearer {store.token}", **RESPOND_ASYNC}
         with httpx.Client(base_url=server.url, headers=auth, timeout=60) as c:
             for _ in range(2):  # the second answered from memory
                 r = c.get(_query(ft))

@@ -4,7 +4,7 @@ same sha256."""
 
 from __future__ import annotations
 
-from tests.cache.conftest import TUNEVAULT_UA, Store, sha
+from tests.cache.conftest import RESPOND_ASYNC, Store, sha
 from tests.cache.test_eviction import _age_all
 from tunevault.layout import blob_key
 from tunevault.models import Kind, Scope
@@ -42,7 +42,7 @@ def test_merged_files_go_with_the_archive_and_come_back(store: Store) -> None:
     assert usage.evicted_archives == 5 and usage.evicted_bytes > 0
     q = f"/v1/finetune/download?ft_id={lora.id}&checkpoint=merged"
     _, token = store.svc.store.create_key(org.id, "r", [Scope.READ])
-    with store.client(**TUNEVAULT_UA, Authorization=f"Bearer {token}") as c:
+    with store.client(**RESPOND_ASYNC, Authorization=f"Bearer {token}") as c:
         # File-level access (the Hub protocol) queues the merge too, and waits for it.
         hub = c.get(f"/api/models/{lora.id}/revision/merged")
         assert hub.status_code == 409 and hub.json()["error"]["code"] == "checkpoint_not_ready"

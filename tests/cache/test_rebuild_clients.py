@@ -16,7 +16,7 @@ import httpx
 import pytest
 import together
 
-from tests.cache.conftest import TUNEVAULT_UA, Store, sha
+from tests.cache.conftest import RESPOND_ASYNC, Store, sha
 from tests.cache.test_eviction import _age_all, _query
 from tests.reliability.helpers import wait_for
 from tests.support.server import run_server
@@ -78,7 +78,7 @@ def test_kill_9_during_a_rebuild_leaves_nothing_and_the_next_rebuilds(
     _age_all(store)
     assert enforce_budget(store.with_settings(derived_budget_bytes=1))
     jobs = store.svc.store.jobs_for_checkpoint
-    with store.client(**TUNEVAULT_UA) as c:
+    with store.client(**RESPOND_ASYNC) as c:
         assert c.get(_query(ft)).status_code == 409
         worker = subprocess.Popen(
             [

@@ -25,6 +25,10 @@ from tunevault.client.target import DownloadRequest, ProtocolError, content_rang
 from tunevault.client.waiting import WaitNotice, not_ready_after, poll_pause
 from tunevault.errors import ArchiveNotReady, RateLimited, StorageUnavailable, TunevaultError
 
+# RFC 7240: answer an archive being (re)built with 409 + Retry-After at once, rather than
+# holding the request: this client waits itself, visibly (client/waiting.py).
+RESPOND_ASYNC = {"Prefer": "respond-async"}
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -88,7 +92,7 @@ class Fetcher:
             if self.cancel.is_set():
                 raise NetworkError("download cancelled")
             try:
-                resp = self.transport.open(method, self.url, headers)
+                resp = self.transport.open(method, self.url, {**headers, **RESPOND_ASYNC})
                 if resp.status in (200, 206):
                     with self._lock:
                         self._live.add(resp)

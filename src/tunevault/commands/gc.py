@@ -24,14 +24,15 @@ from tunevault.commands.options import settings_from_flags, store_options
 def gc(grace_hours: float, dry_run: bool, as_json: bool, **flags: Any) -> None:
     """Drop the intermediate checkpoints retention policies let go (listed), then delete
     unreferenced blobs and archives, stale partial uploads and scratch files, and
-    abandoned S3 multipart uploads.
+    abandoned S3 multipart uploads; with audit_retention_days set, old audit rows too.
 
     Safe while servers and workers run.
     """
     from tunevault.service.context import open_services
     from tunevault.service.gc import collect
 
-    with open_services(settings_from_flags(**flags)) as svc:
+    settings = settings_from_flags(**flags)
+    with open_services(settings) as svc:
         report = collect(svc, grace_seconds=grace_hours * 3600, dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
@@ -53,3 +54,8 @@ def gc(grace_hours: float, dry_run: bool, as_json: bool, **flags: Any) -> None:
         f"{report.writes_aborted} abandoned S3 multipart uploads; "
         f"{report.blobs_registered} unrecorded blobs now under the grace period"
     )
+    if settings.audit_retention_days:
+        click.echo(
+            f"{'would delete' if dry_run else 'deleted'} {report.audit_rows_pruned} download "
+            f"audit rows older than {settings.audit_retention_days:g} days"
+        )

@@ -19,9 +19,19 @@ from tunevault.errors import MergeRefused
 from tunevault.merge.apply import write_plan
 from tunevault.merge.config import load_settings
 from tunevault.merge.files import adapter_tensors, base_tensors, side_files, tied_outputs
-from tunevault.merge.plan import build_plan, resolve_dtype
+from tunevault.merge.plan import Plan, build_plan, resolve_dtype
+from tunevault.merge.safetensors_io import Sink, shard_size
 
-__all__ = ["MergeRefused", "MergeReport", "OutputFile", "merge_lora"]
+__all__ = [
+    "MergeRefused",
+    "MergeReport",
+    "OutputFile",
+    "Prepared",
+    "merge_lora",
+    "merged_digests",
+    "prepare",
+    "stream_shards",
+]
 
 _TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 log = logging.getLogger("tunevault.merge")
@@ -67,27 +77,18 @@ def merge_lora(
 
     Raises MergeRefused, before anything is written, when the pair cannot be merged exactly.
     """
-    base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise MergeRefused(f"output directory {out_dir} exists and is not empty")
-    settings = load_settings(adapter_dir)
-    base = base_tensors(base_dir)
-    plan = build_plan(
-        base,
-        adapter_tensors(adapter_dir),
-        settings,
-        dtype=dtype,
-        max_shard_bytes=max_shard_bytes,
-        tied=tied_outputs(base_dir, base),
-    )
-    sides = side_files(base_dir, adapter_dir)
+    prepared = prepare(base_dir, adapter_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
+    plan = prepared.plan
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Written next to out_dir and renamed at the end, so an interrupted merge leaves no output.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     hashers: dict[str, BlobHasher] | None = {} if hash_outputs else None
     try:
         write_plan(plan, tmp, progress, hashers)
-        _write_side_files(tmp, sides, dtype, plan.untied)
+        _write_side_files(tmp, prepared.sides, dtype, plan.untied)
         if out_dir.exists():
             out_dir.rmdir()
         tmp.replace(out_dir)
@@ -109,6 +110,73 @@ def merge_lora(
         untied=plan.untied,
         files=digests,
     )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A merge planned from the headers, every refusal already raised: what the streamed
+    merge (`merged_digests`, then `stream_shards`) runs twice."""
+
+    plan: Plan
+    sides: dict[str, Path]  # output path -> source of the files that are not weights
+    dtype: str | None
+
+    @property
+    def shards(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.plan.shards)
+
+
+def prepare(
+    base_dir: Path,
+    adapter_dir: Path,
+    *,
+    dtype: str | None = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> Prepared:
+    """Plan the merge of the adapter in `adapter_dir` into the model in `base_dir`; raises
+    MergeRefused when the pair cannot be merged exactly."""
+    base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
+    settings = load_settings(adapter_dir)
+    base = base_tensors(base_dir)
+    plan = build_plan(
+        base,
+        adapter_tensors(adapter_dir),
+        settings,
+        dtype=dtype,
+        max_shard_bytes=max_shard_bytes,
+        tied=tied_outputs(base_dir, base),
+    )
+    return Prepared(plan, side_files(base_dir, adapter_dir), dtype)
+
+
+class _Discard:
+    def write(self, data: bytes | memoryview, /) -> int:
+        return len(data)
+
+
+def merged_digests(
+    prepared: Prepared, side_dir: Path, progress: Callable[[int], None] | None = None
+) -> tuple[OutputFile, ...]:
+    """Every output file's size and digests, by path. The shards are computed and hashed
+    but not written (`stream_shards` computes them again, to the same bytes); the small
+    files (config, tokenizer, the index) are written to `side_dir`, which must not exist."""
+    side_dir.mkdir(parents=True)
+    hashers: dict[str, BlobHasher] = {}
+    write_plan(prepared.plan, side_dir, progress, hashers, _Discard())
+    _write_side_files(side_dir, prepared.sides, prepared.dtype, prepared.plan.untied)
+    shards = [
+        OutputFile(
+            name, shard_size(j.out for j in jobs), hashers[name].sha256(), hashers[name].xxh3()
+        )
+        for name, jobs in prepared.plan.shards
+    ]
+    return tuple(sorted((*shards, *_output_files(side_dir, {})), key=lambda f: f.path))
+
+
+def stream_shards(prepared: Prepared, sink: Sink) -> None:
+    """The shards' bytes, one after the other in name order, to `sink`, which must take
+    (copy) each buffer before it returns: they are reused."""
+    write_plan(prepared.plan, None, sink=sink)
 
 
 def _output_files(out_dir: Path, hashers: dict[str, BlobHasher]) -> tuple[OutputFile, ...]:

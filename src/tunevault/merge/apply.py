@@ -21,7 +21,14 @@ from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import MergeRefused
 from tunevault.merge.blas import single_threaded_blas
 from tunevault.merge.plan import Job, LoraOp, Plan, row_blocks, rows_cols
-from tunevault.merge.safetensors_io import DTYPES, ShardWriter, TensorInfo, read_all, read_rows
+from tunevault.merge.safetensors_io import (
+    DTYPES,
+    ShardWriter,
+    Sink,
+    TensorInfo,
+    read_all,
+    read_rows,
+)
 
 Array = np.ndarray[Any, Any]
 GEMM_ROWS = 16
@@ -29,19 +36,23 @@ GEMM_ROWS = 16
 
 def write_plan(
     plan: Plan,
-    out_dir: Path,
+    out_dir: Path | None,
     progress: Callable[[int], None] | None = None,
     hashers: dict[str, BlobHasher] | None = None,
+    sink: Sink | None = None,
 ) -> None:
     """Write all shards, and the index when there are several; `progress` hears the bytes
-    of each tensor written; `hashers`, when given, gets each shard's digests by file name."""
+    of each tensor written; `hashers`, when given, gets each shard's digests by file name.
+    With a `sink`, the shards' bytes go there one after the other (in name order) instead
+    of to files; the index is written to `out_dir` unless it is None."""
     weight_map: dict[str, str] = {}
     total = 0
     scratch = _Scratch()
     with ThreadPoolExecutor(max_workers=1) as io, single_threaded_blas():
         for filename, jobs in plan.shards:
             hasher = None if hashers is None else hashers.setdefault(filename, BlobHasher())
-            writer = ShardWriter(out_dir / filename, (j.out for j in jobs), hasher)
+            path = (out_dir or Path()) / filename
+            writer = ShardWriter(path, (j.out for j in jobs), hasher, sink)
             try:
                 for job in jobs:
                     writer.begin(job.out.name)
@@ -51,11 +62,11 @@ def write_plan(
                     if progress is not None:
                         progress(job.out.nbytes)
             except BaseException:
-                writer.file.close()  # the caller removes the partial output
+                writer.abort()  # the caller removes the partial output
                 raise
             writer.close()
             total += writer.data_bytes
-    if len(plan.shards) > 1:
+    if len(plan.shards) > 1 and out_dir is not None:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import ml_dtypes
 import numpy as np
@@ -179,29 +179,50 @@ def copy_hashed(src: TensorInfo, emit: Callable[[memoryview], None], buf: memory
             left -= n
 
 
+def _header(specs: list[OutSpec]) -> tuple[bytes, int]:
+    """A shard's JSON header and the size of the data after it."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for s in specs:
+        header[s.name] = {
+            "dtype": s.dtype,
+            "shape": list(s.shape),
+            "data_offsets": [offset, offset + s.nbytes],
+        }
+        offset += s.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    return raw + b" " * (-len(raw) % 8), offset  # 8-byte aligned data, as the reference's
+
+
+def shard_size(specs: Iterable[OutSpec]) -> int:
+    """The size of the shard ShardWriter writes for `specs`."""
+    raw, data = _header(list(specs))
+    return 8 + len(raw) + data
+
+
+class Sink(Protocol):
+    def write(self, data: bytes | memoryview, /) -> int | None: ...
+
+
 class ShardWriter:
     """Write one safetensors file as a stream: header first, then each tensor's bytes in order.
-    With a `hasher`, every byte written is hashed as it goes (a blob's digests, no re-read)."""
+    With a `hasher`, every byte written is hashed as it goes (a blob's digests, no re-read).
+    With a `sink`, the bytes go there instead of to a file at `path` (which then only names
+    the shard): the merge streamed into an archive, or only hashed."""
 
     def __init__(
-        self, path: Path, specs: Iterable[OutSpec], hasher: BlobHasher | None = None
+        self,
+        path: Path,
+        specs: Iterable[OutSpec],
+        hasher: BlobHasher | None = None,
+        sink: Sink | None = None,
     ) -> None:
         self.specs = list(specs)
-        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        for s in self.specs:
-            header[s.name] = {
-                "dtype": s.dtype,
-                "shape": list(s.shape),
-                "data_offsets": [offset, offset + s.nbytes],
-            }
-            offset += s.nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # 8-byte aligned data, as the reference writer does
-        self.data_bytes = offset
+        raw, self.data_bytes = _header(self.specs)
         self.path = path
         self.hasher = hasher
-        self.file = path.open("wb")
+        self.sink = sink
+        self.file: BinaryIO | None = None if sink is not None else path.open("wb")
         self._copy_buf: memoryview | None = None
         self._size = self._written_back = 0
         self._emit(struct.pack("<Q", len(raw)) + raw)
@@ -211,12 +232,17 @@ class ShardWriter:
     def _emit(self, data: bytes | memoryview) -> None:
         if self.hasher is not None:
             self.hasher.update(data)
+        if self.file is None:
+            assert self.sink is not None
+            self.sink.write(data)
+            return
         self.file.write(data)
         self._grown(len(data))
 
     def _grown(self, n: int) -> None:
         """The disk writes as we go: the final fsync then waits for the last few MiB, not
         for a shard of gigabytes."""
+        assert self.file is not None
         self._size += n
         if self._size - self._written_back >= WRITEBACK_EVERY:
             self.file.flush()
@@ -237,7 +263,7 @@ class ShardWriter:
         self._written += block.nbytes
 
     def copy(self, src: TensorInfo) -> None:
-        if self.hasher is None:
+        if self.hasher is None and self.file is not None:
             copy_bytes(src, self.file)
             self._grown(src.nbytes)
         else:
@@ -248,14 +274,21 @@ class ShardWriter:
 
     def end(self) -> None:
         spec = self.specs[self._next - 1]
-        self.file.flush()
+        if self.file is not None:
+            self.file.flush()
         if self._written != spec.nbytes:
             raise RuntimeError(f"{self.path.name}: tensor {spec.name!r} got {self._written} bytes")
 
+    def abort(self) -> None:
+        """Close the file of a shard left unfinished (its caller removes it)."""
+        if self.file is not None:
+            self.file.close()
+
     def close(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        if self.file is not None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
         if self._next != len(self.specs):
             missing = len(self.specs) - self._next
             raise RuntimeError(f"{self.path.name}: {missing} tensors left unwritten")

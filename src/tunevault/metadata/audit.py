@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import IN_BATCH, StoreBase, now
-from tunevault.models import DownloadRecord
+from tunevault.models import ARCHIVE_KINDS, DownloadRecord
 
 
 class AuditMixin(StoreBase):
@@ -20,8 +20,9 @@ class AuditMixin(StoreBase):
     ) -> None:
         """Insert the records and, in the same transaction, date the last download of the
         archives they (and the downloads that `began`, by sha256) name: the cache's LRU
-        order (tunevault.service.cache) costs no write of its own."""
-        digests = {r.archive_sha256 for r in records} | set(began)
+        order (tunevault.service.cache) costs no write of its own. A Hub file is no
+        archive: its download dates nothing."""
+        digests = {r.archive_sha256 for r in records if r.kind in ARCHIVE_KINDS} | set(began)
         a = t.archives.c
         with self.engine.begin() as conn:
             if records:

@@ -12,6 +12,8 @@ from tunevault.metadata.base import StoreBase
 from tunevault.metadata.jobs import ACTIVE
 from tunevault.models import JobKind, JobState
 
+MERGES = (JobKind.MERGE, JobKind.MERGE_FILES)  # their input is the base model
+
 
 @dataclass(frozen=True)
 class ActiveJob:
@@ -50,7 +52,7 @@ class BuildQueueMixin(StoreBase):
                 j.started_at,
                 j.progress_done,
                 j.progress_total,
-                sa.case((j.kind == JobKind.MERGE, base), else_=files).label("input_bytes"),
+                sa.case((j.kind.in_(MERGES), base), else_=files).label("input_bytes"),
             )
             .select_from(
                 t.build_jobs.join(t.checkpoints, c.id == j.checkpoint_id).join(

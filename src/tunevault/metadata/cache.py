@@ -16,6 +16,8 @@ from tunevault.metadata.collection import _take_lock
 from tunevault.metadata.jobs import ACTIVE, enqueue
 from tunevault.models import JobKind, JobState, Kind
 
+_LEFT_ALONE = (*ACTIVE, JobState.FAILED)  # a rebuild on its way, or its error the answer
+
 
 @dataclass(frozen=True)
 class Cached:
@@ -37,13 +39,18 @@ def _pinned(ft_id: Any, step: Any) -> sa.Exists:
     return sa.select(p.ft_id).where(p.ft_id == ft_id, p.step == step).exists()
 
 
+def _stored(sha256: Any) -> sa.Exists:
+    """A merged file is listed from the merge on, and a blob only once something asked."""
+    return sa.select(t.blobs.c.sha256).where(t.blobs.c.sha256 == sha256).exists()
+
+
 def _merged_files() -> sa.Subquery:
-    """Each blob merged checkpoints name, once."""
+    """Each stored blob merged checkpoints name, once."""
     cf, c = t.checkpoint_files.c, t.checkpoints.c
     return (
         sa.select(cf.sha256, cf.size)
         .select_from(t.checkpoint_files.join(t.checkpoints, cf.checkpoint_id == c.id))
-        .where(c.kind == Kind.MERGED.value)
+        .where(c.kind == Kind.MERGED.value, _stored(cf.sha256))
         .distinct()
         .subquery()
     )
@@ -66,7 +73,11 @@ class CacheMixin(StoreBase):
         building = sa.select(j.id).where(j.checkpoint_id == a.checkpoint_id, j.state.in_(ACTIVE))
         merged = (
             sa.select(sa.func.coalesce(sa.func.sum(cf.size), 0))
-            .where(cf.checkpoint_id == a.checkpoint_id, c.kind == Kind.MERGED.value)
+            .where(
+                cf.checkpoint_id == a.checkpoint_id,
+                c.kind == Kind.MERGED.value,
+                _stored(cf.sha256),
+            )
             .scalar_subquery()
         )
         q = (
@@ -159,18 +170,18 @@ class CacheMixin(StoreBase):
 
     def queue_rebuild(self, checkpoint_id: int, kind: JobKind) -> None:
         """Queue the checkpoint's job again unless it is queued or running already (one
-        rebuild however many ask) or failed (its error is the answer until fixed)."""
+        rebuild however many ask) or failed (its error is the answer until fixed). Only
+        the request that queues it writes: those that poll the rebuild (a held download
+        looks every half second) read."""
         j = t.build_jobs.c
-        # A concurrent first insert raises IntegrityError: that job is ours too.
+        state = sa.select(j.state).where(j.checkpoint_id == checkpoint_id, j.kind == kind)
+        with self.engine.connect() as conn:
+            if conn.execute(state).scalar() in _LEFT_ALONE:
+                return
+        # A concurrent first insert raises IntegrityError: that job is ours too. The state
+        # is read again inside the transaction, for a job that changed since.
         with contextlib.suppress(sa.exc.IntegrityError), self.engine.begin() as conn:
-            failed = conn.execute(
-                sa.select(j.id).where(
-                    j.checkpoint_id == checkpoint_id,
-                    j.kind == kind,
-                    j.state == JobState.FAILED,
-                )
-            ).first()
-            if failed is not None:
+            if conn.execute(state).scalar() in _LEFT_ALONE:
                 return
             enqueue(conn, checkpoint_id, kind)
         self.jobs_signal.notify()

@@ -59,10 +59,12 @@ def _usage_query(org_id: str | None) -> sa.Select[Any]:
         .group_by(f.org_id)
         .subquery()
     )
-    merged_files = (  # a blob two merged checkpoints share is stored once
+    ob = t.org_blobs.c
+    stored = sa.select(ob.sha256).where(ob.org_id == f.org_id, ob.sha256 == cf.sha256).exists()
+    merged_files = (  # a blob two merged checkpoints share is stored once; listed, not stored: 0
         sa.select(f.org_id, cf.sha256, cf.size)
         .select_from(t.checkpoint_files.join(owned, cf.checkpoint_id == c.id))
-        .where(c.kind == Kind.MERGED.value, mine)
+        .where(c.kind == Kind.MERGED.value, mine, stored)
         .distinct()
         .subquery()
     )

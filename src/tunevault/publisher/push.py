@@ -163,6 +163,9 @@ def push_plan(
     digests = hash_files(files, client.progress, state.cached_digest)
     state.remember_digests(files, digests)
     resume = check_resume(plan, state, digests)  # another run in this directory: stop here
+    # Past the organization's quota the server refuses this (413) before anything exists:
+    # a push that cannot upload leaves no fine-tune behind.
+    client.missing({digests[f.source]: f.size for f in files})
 
     ft_id, resumed = _open_fine_tune(client, state, body)
     if not resumed:

@@ -1,10 +1,11 @@
 """`GET /v1/finetune/download`: parse, authorize, resolve (tunevault.service.downloads), send.
 
 An archive evicted from the derived cache (tunevault.service.cache) is rebuilt on demand.
-tunevault's own client is answered 409 with Retry-After at once and waits visibly; other
-clients (the together CLI reports any non-200 as "not downloadable", the SDK gives up
-after two retries) are held inside the request while the rebuild's estimate fits
-`rebuild_hold_seconds`, then served the bytes.
+A request with `Prefer: respond-async` (RFC 7240; tunevault's own client sends it) is
+answered 409 with Retry-After at once and waits visibly; any other (the together CLI
+reports any non-200 as "not downloadable", the SDK gives up after two retries) is held
+inside the request while the rebuild's estimate fits `rebuild_hold_seconds`, then served
+the bytes. A held request polls with reads only: the rebuild was queued once.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tunevault.server.sending import Subject, send_download
 from tunevault.service.downloads import REBUILD_HEADER, DownloadQuery, Resolved, resolve
 
 routes = web.RouteTableDef()
-TUNEVAULT_CLIENT = "tunevault-client/"  # its User-Agent (tunevault.client.http)
+RESPOND_ASYNC = "respond-async"  # the preference that asks for the 409 rather than a hold
 POLL_SECONDS = 0.5  # how often a held request looks at its rebuild again
 
 
@@ -34,7 +35,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     query = request.rel_url.query
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
     serve = describe_archive if request.method == "HEAD" else serve_archive
-    held = not request.headers.get("User-Agent", "").startswith(TUNEVAULT_CLIENT)
+    held = not prefers_async(request)  # part of the key: held or not, a rebuild answers apart
     return await serve_resolved(
         request,
         ("download", who.org_id, q, held),
@@ -46,8 +47,9 @@ async def download(request: web.Request) -> web.StreamResponse:
 async def _resolve_held(
     request: web.Request, who: Principal, q: DownloadQuery, held: bool
 ) -> Resolved:
-    """Resolve; for a rebuild a `held` client (not tunevault's) would not wait for, wait
-    here while the estimate fits the hold, asking the queue again every POLL_SECONDS."""
+    """Resolve; for a rebuild, when `held` (the request does not prefer respond-async),
+    wait here while the estimate fits the hold, asking the queue again (reads only)
+    every POLL_SECONDS."""
     svc = services(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + svc.settings.rebuild_hold_seconds
@@ -57,9 +59,19 @@ async def _resolve_held(
         except ArchiveNotReady as e:
             left = deadline - loop.time()
             eta = float(e.headers.get("Tunevault-Build-Eta", "inf"))
-            if not held or e.headers.get(REBUILD_HEADER) is None or eta > left:
+            rebuild = e.headers.get(REBUILD_HEADER) is not None
+            if rebuild and not held:  # the one answer the preference changes
+                e.headers["Preference-Applied"] = RESPOND_ASYNC
+            if not held or not rebuild or eta > left:
                 raise
             await asyncio.sleep(min(POLL_SECONDS, left))
+
+
+def prefers_async(request: web.Request) -> bool:
+    """Whether a `Prefer` header (RFC 7240: comma-separated `token[=value][; param]`, in
+    any number of headers) names respond-async."""
+    prefs = ",".join(request.headers.getall("Prefer", ())).split(",")
+    return any(p.split(";")[0].split("=")[0].strip().lower() == RESPOND_ASYNC for p in prefs)
 
 
 async def describe_archive(request: web.Request, _who: Principal, found: Resolved) -> web.Response:

@@ -10,6 +10,7 @@ audited and counted like archive downloads; a HEAD read for metadata is not.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from dataclasses import dataclass
@@ -18,13 +19,14 @@ from aiohttp import web
 
 from tunevault.errors import EntryNotFound
 from tunevault.layout import blob_key
-from tunevault.models import Principal
+from tunevault.models import FileEntry, Principal
 from tunevault.server.blob import BlobRef, choose_range, send_blob
-from tunevault.server.context import principal, services
+from tunevault.server.context import blocking, principal, services
+from tunevault.server.download import POLL_SECONDS
 from tunevault.server.hub import REPO
 from tunevault.server.resolving import in_thread, serve_resolved
 from tunevault.server.sending import Subject, send_download
-from tunevault.service.hub import Snapshot, open_snapshot
+from tunevault.service.hub import Snapshot, open_snapshot, store_merged_files
 
 routes = web.RouteTableDef()
 RESOLVE = f"/{REPO}/resolve/{{revision}}/{{path:.+}}"
@@ -68,14 +70,11 @@ async def _send_file(request: web.Request, who: Principal, snap: Snapshot) -> we
             f"GET /api/models/{repo_id}/tree/{revision}?recursive=true lists its files",
             headers={"X-Repo-Commit": snap.commit},
         )
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", entry.path.rsplit("/", 1)[-1])
-    blob = HubBlob(
-        key=blob_key(entry.sha256),
-        size=entry.size,
-        sha256=entry.sha256,
-        filename=name,
-        commit=snap.commit,
-    )
+    if entry.sha256 in snap.unstored:
+        if request.method == "HEAD" and svc.settings.serve_mode != "redirect":
+            return _describe(request, _blob(snap, entry))  # metadata: no bytes needed
+        snap = await _held_until_stored(request, who, snap, entry)
+    blob = _blob(snap, entry)
     if request.method == "HEAD" and svc.settings.serve_mode != "redirect":
         span = choose_range(request, blob)
         return await send_blob(request, svc, blob, span)
@@ -85,3 +84,48 @@ async def _send_file(request: web.Request, who: Principal, snap: Snapshot) -> we
         ft_id=snap.ft_id or snap.repo_id[:64], step=snap.step, kind=f"hub:{snap.kind}"
     )
     return await send_download(request, who, blob, subject, "GET")
+
+
+def _blob(snap: Snapshot, entry: FileEntry) -> HubBlob:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", entry.path.rsplit("/", 1)[-1])
+    return HubBlob(
+        key=blob_key(entry.sha256),
+        size=entry.size,
+        sha256=entry.sha256,
+        filename=name,
+        commit=snap.commit,
+    )
+
+
+def _describe(request: web.Request, blob: HubBlob) -> web.Response:
+    """A HEAD's answer from the manifest alone: what `huggingface_hub` reads first."""
+    span = choose_range(request, blob)  # 304, 412 and 416 as a GET gets them
+    headers = blob.headers()
+    if span is None:
+        return web.Response(headers={**headers, "Content-Length": str(blob.size)})
+    headers["Content-Range"] = span.content_range(blob.size)
+    return web.Response(status=206, headers={**headers, "Content-Length": str(span.length)})
+
+
+async def _held_until_stored(
+    request: web.Request, who: Principal, snap: Snapshot, entry: FileEntry
+) -> Snapshot:
+    """Queue the storing of a merged checkpoint's files and hold the request while the
+    estimate fits `rebuild_hold_seconds` (huggingface_hub retries a GET that times out,
+    resuming, but not a 409); the revision with the file stored, or the 409."""
+    svc = services(request)
+    repo_id, revision = request.match_info["repo_id"], request.match_info["revision"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + svc.settings.rebuild_hold_seconds
+    while entry.sha256 in snap.unstored:
+        wait = await blocking(store_merged_files, svc, who.org_id, snap)
+        if wait is not None:
+            left = deadline - loop.time()
+            if float(wait.headers.get("Tunevault-Build-Eta", "inf")) > left:
+                raise wait
+            await asyncio.sleep(min(POLL_SECONDS, left))
+        snap = await blocking(open_snapshot, svc, who.org_id, repo_id, revision)
+        found = snap.file(entry.path)
+        if found is None or found.sha256 != entry.sha256:  # a new revision meanwhile
+            raise EntryNotFound(f"{repo_id} changed at revision {revision}; ask again")
+    return snap

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from tunevault.errors import TunevaultError
-from tunevault.models import DownloadRecord, Principal
+from tunevault.models import ARCHIVE_KINDS, DownloadRecord, Principal
 from tunevault.server.audit import AUDIT
 from tunevault.server.blob import BlobRef, choose_range, send_blob
 from tunevault.server.clients import client_address
@@ -27,6 +27,11 @@ class Subject:
     ft_id: str
     step: int
     kind: str
+
+    @property
+    def archive(self) -> bool:
+        """A built archive (the cache's LRU order dates it), not a Hub file."""
+        return self.kind in ARCHIVE_KINDS
 
 
 @dataclass
@@ -57,7 +62,8 @@ async def send_download(
         metrics.downloads_in_flight.inc()
         try:
             span = choose_range(request, blob)
-            request.app[AUDIT].began(blob.sha256)  # the cache's LRU order (service/cache.py)
+            if subject.archive:  # the cache's LRU order (service/cache.py)
+                request.app[AUDIT].began(blob.sha256)
             # Known before the first byte: a download cut short is audited with its range.
             t.start = span.start if span is not None else 0
             if mode == "proxy":  # else the object store or nginx sends the bytes

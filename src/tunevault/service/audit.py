@@ -4,9 +4,9 @@ A download answer should not wait for an INSERT: records go into a bounded queue
 background task flushes in batches (one transaction for up to BATCH rows). At shutdown
 the queue is drained. A crash loses at most the records of the last moments; a queue
 that overflows (the database stalled) drops records and says so in the log. The start of
-a download rides the same queue (its archive's sha256): each batch also dates the last
-download of the archives it names, the order in which the cache evicts them
-(tunevault.service.cache).
+an archive download rides the same queue (its archive's sha256): each batch also dates
+the last download of the archives it names, the order in which the cache evicts them
+(tunevault.service.cache). Hub file downloads date nothing: a file is no archive.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class AuditWriter:
             log.error("audit queue full: a download record was dropped")
 
     def began(self, sha256: str) -> None:
-        """A download of the blob with this digest began (the record follows its end)."""
+        """A download of the archive with this digest began (the record follows its end)."""
         with contextlib.suppress(asyncio.QueueFull):  # only the LRU order loses a touch
             self.queue.put_nowait(sha256)
 

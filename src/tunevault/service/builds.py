@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunevault.archive.write import ArchiveResult, Source, input_digest, write_archive
+from tunevault.archive.write import Source, input_digest, write_archive
 from tunevault.errors import RebuildMismatch
 from tunevault.layout import archive_key, blob_key
 from tunevault.metadata import MetadataStore
@@ -24,13 +22,13 @@ def archive_key_of(files: tuple[FileEntry, ...], level: int) -> str:
 
 @dataclass(frozen=True)
 class LocalCopy:
-    """A checkpoint's files also on local disk (a merge's scratch output): read there, with
-    the xxh3 digests taken as they were written; `alongside` (storing them as blobs) runs
-    on another thread while the first build is written, and ends before it is recorded."""
+    """A checkpoint's files not (or not only) in storage: a streamed merge's. Those under
+    `root` are read there, those in `streamed` from their opener (the merged shards, made
+    as they are read); `xxh3` holds every file's digest, taken by the merge."""
 
     root: Path
     xxh3: Mapping[str, str]
-    alongside: Callable[[], None] | None = None
+    streamed: Mapping[str, Callable[[], Source]] = field(default_factory=dict)
 
 
 def build_archive(
@@ -55,25 +53,26 @@ def build_archive(
     def open_file(entry: FileEntry) -> Source:
         if entry.path in overrides:
             return io.BytesIO(overrides[entry.path])
+        if local is not None and entry.path in local.streamed:
+            return local.streamed[entry.path]()
         if local is not None and (local.root / entry.path).is_file():
             return (local.root / entry.path).open("rb")
         return storage.open_read(blob_key(entry.sha256))
 
     key = archive_key_of(files, level)
     xxh3 = dict(local.xxh3) if local else store.blob_xxh3(f.sha256 for f in ckpt.files)
-    alongside = local.alongside if local else None
     expected = store.evicted_sha256(ckpt.id)  # an evicted archive comes back bit for bit
     for _ in range(3):
         with storage.writer(key) as sink:
-            build = partial(write_archive, files, open_file, sink, level=level, threads=threads)
-            result = _beside(alongside, partial(build, xxh3=xxh3, progress=progress))
+            result = write_archive(
+                files, open_file, sink, level=level, threads=threads, xxh3=xxh3, progress=progress
+            )
             if expected is not None and result.sha256 != expected:  # raised: nothing stored
                 raise RebuildMismatch(
                     f"the rebuilt {ckpt.kind.value} archive of {ckpt.ft_id} step {ckpt.step} "
                     f"has sha256 {result.sha256}, not the {expected} it had before it was "
                     "evicted: its inputs changed (a base model pushed again?); not served"
                 )
-        alongside = None
         archive = store.set_archive(ckpt.id, key, result.sha256, result.size)
         # gc deletes archive keys no row points to: confirm ours survived the moment between
         # the write and the row (see tunevault.service.gc), or build it again.
@@ -81,20 +80,3 @@ def build_archive(
             if storage.stat(key) is not None:
                 return archive
     raise RuntimeError(f"the archive {key} was collected three times while being recorded")
-
-
-def _beside(
-    alongside: Callable[[], None] | None, build: Callable[[], ArchiveResult]
-) -> ArchiveResult:
-    """`build()`, with `alongside()` on another thread meanwhile; both must succeed."""
-    if alongside is None:
-        return build()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunevault-beside") as pool:
-        done = pool.submit(alongside)
-        try:
-            result = build()
-        finally:
-            error = done.exception()  # waits: nothing runs on after a failed build
-        if error is not None:
-            raise error
-    return result

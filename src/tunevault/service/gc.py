@@ -13,7 +13,9 @@ What goes:
   partial uploads `<data_dir>/uploads/**.part`, local-storage temp files
   `<root>/.tmp/*`, merge scratch directories `<data_dir>/tmp/merge-*`;
 - S3 multipart uploads started longer than the grace period ago and never completed (a
-  build or upload killed mid-write): aborted, which frees their parts.
+  build or upload killed mid-write): aborted, which frees their parts;
+- with `audit_retention_days` set, download audit rows older than that
+  (tunevault.service.auditprune, as `tunevault audit prune` deletes them).
 A blob key found without any row (a process died between storing and recording it) is
 given a row recorded now, so its grace starts when gc first sees it: no storage mtimes,
 no clocks of other machines.
@@ -56,6 +58,7 @@ from functools import partial
 from tunevault.layout import ARCHIVES, BLOBS, MERGE_PREFIX, blob_key, scratch_dir, staged_parts
 from tunevault.metadata.base import now
 from tunevault.service import cache, retention
+from tunevault.service.auditprune import prune_audit
 from tunevault.service.context import Services
 from tunevault.storage.inuse import remove_if_idle
 
@@ -76,6 +79,7 @@ class GcReport:
     debris_bytes: int = 0
     writes_aborted: int = 0  # S3 multipart uploads of dead writers
     builds_requeued: int = 0  # builds that had failed for a full disk, tried again
+    audit_rows_pruned: int = 0  # past audit_retention_days (on a dry run: would be)
     # intermediate steps retention dropped (tunevault.service.retention)
     checkpoints_dropped: list[retention.Dropped] = field(default_factory=list)
     # archives evicted over the derived budget, rebuilt on demand (tunevault.service.cache)
@@ -106,6 +110,9 @@ def collect(svc: Services, *, grace_seconds: float, dry_run: bool) -> GcReport:
     if not dry_run and report.freed_bytes:
         # Builds that failed for a full disk may fit now.
         report.builds_requeued = svc.store.requeue_failed("insufficient_storage")
+    if days := svc.settings.audit_retention_days:
+        pruned = prune_audit(svc, timedelta(days=days), dry_run=dry_run)
+        report.audit_rows_pruned = sum(pruned.by_org.values()) if dry_run else pruned.deleted
     log.info("gc: %s", report.as_dict())
     return report
 

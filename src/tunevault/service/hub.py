@@ -22,9 +22,10 @@ from tunevault.errors import (
     CheckpointNotReady,
     RepositoryNotFound,
     RevisionNotFound,
+    TunevaultError,
 )
 from tunevault.metadata import MetadataStore
-from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, Kind
+from tunevault.models import BaseModel, Checkpoint, FileEntry, FineTune, JobKind, Kind
 from tunevault.service.cache import requeue_evicted
 from tunevault.service.context import Services
 from tunevault.service.downloads import not_ready, pick_kind, pick_step
@@ -49,6 +50,9 @@ class Snapshot:
     ft_id: str | None  # None for a base model
     step: int
     kind: str  # the checkpoint's kind, or BASE_KIND
+    # Digests of files listed but not stored: a merged checkpoint's files are streamed into
+    # its archive, and stored as blobs only once something reads them one by one.
+    unstored: frozenset[str] = frozenset()
 
     def file(self, path: str) -> FileEntry | None:
         return next((f for f in self.files if f.path == path), None)
@@ -113,7 +117,7 @@ def _fine_tune_snapshot(
         for ckpt in ckpts:
             files = files_of.get(ckpt.id, ())
             if files and commit_id(files) == revision:
-                return _snapshot(repo_id, ft, ckpt, files)
+                return _snapshot(store, repo_id, ft, ckpt, files)
         raise RevisionNotFound(f"{repo_id} has no commit {revision}")
     ckpt = _pick(ft, ckpts, revision)
     found = store.get_checkpoint(ckpt.id)
@@ -129,7 +133,7 @@ def _fine_tune_snapshot(
             noun="checkpoint",
             rebuilding=rebuilding,
         )
-    return _snapshot(repo_id, ft, ckpt, found.files)
+    return _snapshot(store, repo_id, ft, found, found.files)
 
 
 def _pick(ft: FineTune, ckpts: list[Checkpoint], revision: str) -> Checkpoint:
@@ -150,8 +154,16 @@ def _pick(ft: FineTune, ckpts: list[Checkpoint], revision: str) -> Checkpoint:
 
 
 def _snapshot(
-    repo_id: str, ft: FineTune, ckpt: Checkpoint, files: tuple[FileEntry, ...]
+    store: MetadataStore,
+    repo_id: str,
+    ft: FineTune,
+    ckpt: Checkpoint,
+    files: tuple[FileEntry, ...],
 ) -> Snapshot:
+    unstored: frozenset[str] = frozenset()
+    if ckpt.kind == Kind.MERGED:
+        digests = {f.sha256 for f in files}
+        unstored = frozenset(digests - store.org_blob_sizes(ft.org_id, digests).keys())
     return Snapshot(
         repo_id=repo_id,
         commit=commit_id(files),
@@ -160,7 +172,24 @@ def _snapshot(
         ft_id=ft.id,
         step=ckpt.step,
         kind=ckpt.kind.value,
+        unstored=unstored,
     )
+
+
+def store_merged_files(svc: Services, org_id: str, snap: Snapshot) -> TunevaultError | None:
+    """Queue the storing of a merged checkpoint's files (one job however many ask), and
+    the 409 to answer meanwhile, with its wait; None if they are stored now (`snap` may
+    come from the resolution cache, a second old)."""
+    store = svc.store
+    if not snap.unstored - store.org_blob_sizes(org_id, snap.unstored).keys():
+        return None
+    ft = store.get_fine_tune(org_id, snap.ft_id or "")
+    ckpt = store.find_checkpoint(ft.id, snap.step, Kind.MERGED) if ft is not None else None
+    if ft is None or ckpt is None:
+        return CheckpointNotFound(f"{snap.repo_id} was deleted")
+    store.queue_rebuild(ckpt.id, JobKind.MERGE_FILES)
+    workers = max(svc.settings.build_workers, 1)
+    return not_ready(store, ft, ckpt, workers, error=CheckpointNotReady, noun="files")
 
 
 def _base_snapshot(repo_id: str, base: BaseModel, revision: str) -> Snapshot:

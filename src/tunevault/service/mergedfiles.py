@@ -1,14 +1,12 @@
-"""A merge's output, from the scratch directory to blobs and the archive in one pass.
+"""A merge's inputs and, when asked, its outputs as blobs.
 
-The merge hashes every file as it writes it (`merge_lora(hash_outputs=True)`), so storing
-the files as blobs needs no re-read: on local storage each file is renamed into the blob
-store (no copy at all), on object storage it is uploaded under its known key. The archive
-is then packed from those same bytes while they are still in the page cache: from the
-renamed blobs on local storage, from the scratch files on object storage (no download of
-what was just uploaded). Its bytes are exactly those of packing the stored blobs.
-
-The base model is read once, where it lies: local blobs are linked, and on object storage
-the bounded base cache (tunevault.service.basecache) serves consecutive merges on one base.
+The base model is read where it lies: local blobs are linked, and on object storage the
+bounded base cache (tunevault.service.basecache) serves consecutive merges on one base.
+The merged files become blobs only for a `merge_files` job (the Hub protocol reads them
+one by one; the archive is streamed from the merge, tunevault.service.mergestream). The
+merge hashes every file as it writes it (`merge_lora(hash_outputs=True)`), so storing them
+needs no re-read: on local storage each file is renamed into the blob store, on object
+storage it is uploaded under its known key.
 """
 
 from __future__ import annotations
@@ -71,7 +69,7 @@ def store_outputs(
 
 
 def _upload(storage: Storage, key: str, path: Path) -> None:
-    """Upload a scratch file, keeping it: the archive is packed from it next."""
+    """Upload a scratch file (removed with its scratch directory)."""
     with storage.writer(key) as w, path.open("rb") as f:
         shutil.copyfileobj(f, w, CHUNK)
 

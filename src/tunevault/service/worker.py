@@ -8,6 +8,7 @@ that died. Runs inside `tunevault serve` (threads) or alone as `tunevault worker
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -17,18 +18,24 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tunevault.errors import BaseModelNotFound, CheckpointNotFound, TunevaultError
+from tunevault.errors import (
+    BaseModelNotFound,
+    CheckpointNotFound,
+    RebuildMismatch,
+    TunevaultError,
+)
 from tunevault.layout import MERGE_PREFIX, blob_key, scratch_dir
-from tunevault.merge import OutputFile, merge_lora
+from tunevault.merge import merge_lora, merged_digests, prepare
 from tunevault.metadata.notify import listen_for_jobs
 from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
 from tunevault.service.builds import LocalCopy, build_archive
 from tunevault.service.cache import after_build
 from tunevault.service.context import Services, translated
-from tunevault.service.mergedfiles import is_local, lay_out_base, store_outputs
+from tunevault.service.mergedfiles import lay_out_base, store_outputs
+from tunevault.service.mergestream import StreamedShards
 from tunevault.service.progress import JobProgress
 from tunevault.service.readiness import is_database_outage
 from tunevault.storage import Unsupported
@@ -152,6 +159,11 @@ class Worker:
         progress = JobProgress(self.svc.store, job.id, self.owner, _size(ckpt.files))
         if job.kind == JobKind.MERGE:
             ckpt = self._merge(job, ckpt, progress)
+        elif job.kind == JobKind.MERGE_FILES:
+            self._merge_files(job, ckpt, progress)
+            progress.flush()
+            log.info("job %d: stored the merged files of %s step %d", job.id, ckpt.ft_id, ckpt.step)
+            return
         else:
             self._still_mine(job)
             self._pack(ckpt, progress, None)
@@ -177,8 +189,60 @@ class Worker:
         )
 
     def _merge(self, job: BuildJob, ckpt: Checkpoint, progress: JobProgress) -> Checkpoint:
-        """Merge, store the merged files as the checkpoint's and pack them, reading the base
-        once (see tunevault.service.mergedfiles); the checkpoint with its files."""
+        """Merge into the archive, the merged files stored nowhere else (see
+        tunevault.service.mergestream): pass one hashes them and records the checkpoint's
+        manifest, pass two packs them as they are computed again."""
+        store = self.svc.store
+        with self._merge_inputs(ckpt, progress) as (tmp, base_dir, adapter_dir):
+            prepared = prepare(base_dir, adapter_dir)
+            outputs = merged_digests(prepared, tmp / "side", progress.add)
+            self._still_mine(job)
+            files = tuple(FileEntry(path=o.path, size=o.size, sha256=o.sha256) for o in outputs)
+            store.set_checkpoint_files(ckpt.id, files)
+            ckpt = dataclasses.replace(ckpt, files=files)
+            with StreamedShards(prepared, {o.path: o.size for o in outputs}) as shards:
+                xxh3 = {o.sha256: o.xxh3 for o in outputs}
+                self._pack(ckpt, progress, LocalCopy(tmp / "side", xxh3, shards.openers()))
+        return ckpt
+
+    def _merge_files(self, job: BuildJob, ckpt: Checkpoint, progress: JobProgress) -> None:
+        """Store a merged checkpoint's files as blobs, for what reads them one by one (the
+        Hub protocol): the merge again, to files this time, which must be the manifest's."""
+        store = self.svc.store
+        with self._merge_inputs(ckpt, progress) as (tmp, base_dir, adapter_dir):
+            report = merge_lora(
+                base_dir, adapter_dir, tmp / "merged", progress=progress.add, hash_outputs=True
+            )
+            self._still_mine(job)
+            made = [FileEntry(path=o.path, size=o.size, sha256=o.sha256) for o in report.files]
+            current = store.get_checkpoint(ckpt.id)
+            if current is not None and current.files and set(current.files) != set(made):
+                raise RebuildMismatch(
+                    f"the merged files of {ckpt.ft_id} step {ckpt.step} differ from the "
+                    "manifest their archive was built from: its inputs changed (a base model "
+                    "pushed again?); not stored"
+                )
+            org_id = self._org_of(ckpt)
+            store_outputs(store, self.svc.storage, org_id, tmp / "merged", report.files)
+            store.set_checkpoint_files(ckpt.id, made)
+            # gc may have collected an output blob between its upload and this manifest:
+            # check under the gc lock, and merge again (a retry) if so (tunevault.service.gc).
+            digests = {f.sha256 for f in made}
+            if digests - store.locked_blob_sizes(org_id, digests).keys():
+                raise RuntimeError("gc collected merged blobs before they were recorded; retrying")
+
+    def _org_of(self, ckpt: Checkpoint) -> str:
+        ft = self.svc.store.fine_tune_by_id(ckpt.ft_id)
+        if ft is None:
+            raise CheckpointNotFound(f"fine-tune {ckpt.ft_id} was deleted")
+        return ft.org_id
+
+    @contextlib.contextmanager
+    def _merge_inputs(
+        self, ckpt: Checkpoint, progress: JobProgress
+    ) -> Iterator[tuple[Path, Path, Path]]:
+        """A scratch directory holding the base and the adapter of a merged checkpoint, the
+        base read once where it lies (see tunevault.service.mergedfiles)."""
         store = self.svc.store
         ft = store.fine_tune_by_id(ckpt.ft_id)
         adapter = store.find_checkpoint(ckpt.ft_id, ckpt.step, Kind.ADAPTER)
@@ -198,46 +262,9 @@ class Worker:
                     raise RuntimeError(f"{tmp} was removed before the merge began")
                 lay_out_base(self.svc, base.files, tmp / "base")
                 self._materialize(adapter.files, tmp / "adapter")
-                merged = tmp / "merged"
-                report = merge_lora(
-                    tmp / "base", tmp / "adapter", merged, progress=progress.add, hash_outputs=True
-                )
-                self._still_mine(job)
-                ckpt = self._store_and_pack(ckpt, ft.org_id, merged, report.files, progress)
+                yield tmp, tmp / "base", tmp / "adapter"
             finally:
                 os.close(held)
-        return ckpt
-
-    def _store_and_pack(
-        self,
-        ckpt: Checkpoint,
-        org_id: str,
-        merged: Path,
-        outputs: tuple[OutputFile, ...],
-        progress: JobProgress,
-    ) -> Checkpoint:
-        """Store the merged files as blobs and record them as the checkpoint's, then pack
-        them; on object storage the uploads run while the archive is packed."""
-        store, storage = self.svc.store, self.svc.storage
-        files = [FileEntry(path=o.path, size=o.size, sha256=o.sha256) for o in outputs]
-
-        def store_and_record() -> None:
-            store_outputs(store, storage, org_id, merged, outputs)
-            store.set_checkpoint_files(ckpt.id, files)
-            # gc may have collected an output blob between its upload and this manifest:
-            # check under the gc lock, and merge again (a retry) if so (tunevault.service.gc).
-            digests = {f.sha256 for f in files}
-            if digests - store.locked_blob_sizes(org_id, digests).keys():
-                raise RuntimeError("gc collected merged blobs before they were recorded; retrying")
-
-        local = is_local(storage)
-        if local:  # the files are renamed into the blob store: pack them there, after
-            store_and_record()
-        xxh3 = {o.sha256: o.xxh3 for o in outputs}
-        copy = LocalCopy(merged, xxh3, None if local else store_and_record)
-        ckpt = dataclasses.replace(ckpt, files=tuple(sorted(files, key=lambda f: f.path)))
-        self._pack(ckpt, progress, copy)
-        return ckpt
 
     def _materialize(self, files: tuple[FileEntry, ...], root: Path) -> None:
         """Lay blobs out as a directory: links to local blobs, copies from object storage

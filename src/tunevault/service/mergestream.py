@@ -1,0 +1,170 @@
+"""A merge streamed into its archive: the merged shards are computed on a thread of their
+own while the archive writer reads them, and are never written anywhere else.
+
+The archive's `SHA256SUMS` comes first, so the shards' digests must be known before their
+bytes: the worker runs the merge twice over the base (in the page cache after the first
+pass). Pass one (`tunevault.merge.merged_digests`) only hashes; pass two (this module)
+computes the same bytes again into the archive, whose build re-checks each shard against
+pass one's xxh3, so two passes that disagreed would fail the build rather than ship.
+Memory: the queue holds at most QUEUE_BLOCKS of the merge's blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from types import TracebackType
+
+from tunevault.merge import Prepared, stream_shards
+
+QUEUE_BLOCKS = 4
+_PUT_WAIT_S = 0.5  # how often a blocked producer looks whether the reader gave up
+
+
+class _Stopped(Exception):
+    """The reader went away (the build failed): the producer stops."""
+
+
+class ShardStream:
+    """The shards of `prepared`, in name order, read with one `open()` per shard."""
+
+    def __init__(self, prepared: Prepared) -> None:
+        self._prepared = prepared
+        self._queue: queue.Queue[bytes | None] = queue.Queue(QUEUE_BLOCKS)
+        self._stopped = threading.Event()
+        self._error: BaseException | None = None
+        self._pending = memoryview(b"")
+        self._ended = False
+        self._thread = threading.Thread(
+            target=self._produce, name="tunevault-merge-stream", daemon=True
+        )
+        self._thread.start()
+
+    def __enter__(self) -> ShardStream:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # The producer's side: `stream_shards` writes here.
+    def write(self, data: bytes | memoryview, /) -> int:
+        chunk = bytes(data)  # the merge reuses its buffers
+        self._put(chunk)
+        return len(chunk)
+
+    def _put(self, item: bytes | None) -> None:
+        while True:
+            if self._stopped.is_set():
+                raise _Stopped
+            try:
+                self._queue.put(item, timeout=_PUT_WAIT_S)
+                return
+            except queue.Full:
+                continue
+
+    def _produce(self) -> None:
+        try:
+            stream_shards(self._prepared, self)
+        except _Stopped:
+            return
+        except BaseException as e:  # handed to the reader, which raises it in the build
+            self._error = e
+        with contextlib.suppress(_Stopped):
+            self._put(None)
+
+    # The reader's side: the archive writer.
+    def open(self, size: int) -> ShardReader:
+        """The next shard, `size` bytes long (its size from pass one)."""
+        return ShardReader(self, size)
+
+    def readinto(self, buf: memoryview) -> int:
+        if not self._pending:
+            if self._ended:
+                return 0
+            item = self._queue.get()
+            if item is None:
+                self._ended = True
+                if self._error is not None:
+                    raise self._error
+                return 0
+            self._pending = memoryview(item)
+        n = min(len(buf), len(self._pending))
+        buf[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        """Stop the producer (if the build ended early) and wait for it."""
+        self._stopped.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=_PUT_WAIT_S)
+            except queue.Empty:
+                continue
+        self._thread.join()
+
+
+class ShardReader:
+    """One shard of a ShardStream: its bytes, then end of file (a `Source` of the archive)."""
+
+    def __init__(self, stream: ShardStream, size: int) -> None:
+        self._stream = stream
+        self._left = size
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def readinto(self, buf: memoryview) -> int:
+        if self._left <= 0:
+            return 0
+        n = self._stream.readinto(buf[: self._left])
+        self._left -= n
+        return n
+
+    def read(self, n: int = -1, /) -> bytes:
+        """Up to `n` bytes (all that is left if negative), fewer only at the end."""
+        buf = memoryview(bytearray(self._left if n < 0 else min(n, self._left)))
+        got = 0
+        while got < len(buf) and (k := self.readinto(buf[got:])):
+            got += k
+        return bytes(buf[:got])
+
+
+class StreamedShards:
+    """Openers for a build's shards: the first shard starts a pass of the merge (a build
+    tried again starts another), the others continue it. Closed by `with`."""
+
+    def __init__(self, prepared: Prepared, sizes: Mapping[str, int]) -> None:
+        self._prepared = prepared
+        self._sizes = sizes
+        self._stream: ShardStream | None = None
+
+    def openers(self) -> dict[str, Callable[[], ShardReader]]:
+        return {name: functools.partial(self._open, name) for name in self._prepared.shards}
+
+    def _open(self, name: str) -> ShardReader:
+        if name == self._prepared.shards[0]:
+            self.close()
+            self._stream = ShardStream(self._prepared)
+        if self._stream is None:
+            raise RuntimeError(f"shard {name} opened before {self._prepared.shards[0]}")
+        return self._stream.open(self._sizes[name])
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def __enter__(self) -> StreamedShards:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
