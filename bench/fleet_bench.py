@@ -10,6 +10,8 @@
 
 The client is wrk (bench/loadgen.py); its own CPU time is printed beside each figure, as
 is the 1-minute load average before each run. Runs alternate between the two sides.
+"server CPU us/answer" is the serving processes' user + system time over the run divided
+by its answers: the figure least disturbed by other load on the machine.
 
     .venv/bin/python -m bench.fleet_bench [--seconds 10] [--connections 200] [--processes 2]
 """
@@ -37,11 +39,33 @@ from tunevault.settings import Settings
 Q = "/v1/finetune/download?checkpoint=model_output_path&ft_id="
 
 
-def row(name: str, load: Load, avg: float) -> str:
+def row(name: str, load: Load, avg: float, server_cpu: float) -> str:
     return (
         f"| {name} | {load.rps:.0f} | {load.p50_ms:.1f} | {load.p99_ms:.1f} | {load.bad} | "
+        f"{server_cpu / load.requests * 1e6:.0f} | "
         f"{load.cpu_seconds / load.seconds:.2f} | {avg:.1f} |"
     )
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system seconds of a process and its children (a master's servers)."""
+    pids = {pid}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        pids |= {int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()}
+    ticks = 0
+    for p in pids:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measured(
+    url: str, headers: list[str], args: argparse.Namespace, pid: int
+) -> tuple[Load, float]:
+    """wrk's load on `url` and the CPU seconds the server `pid` spent answering it."""
+    before = tree_cpu(pid)
+    load = wrk(url, headers, args.connections, args.seconds)
+    return load, tree_cpu(pid) - before
 
 
 def status(url: str, headers: list[str]) -> str:
@@ -95,8 +119,8 @@ def redirect_rows(tmp: Path, args: argparse.Namespace) -> list[str]:
                 for route, url in urls.items():
                     assert status(url, auth) == "307", route
                     avg = load_average()
-                    load = wrk(url, auth, args.connections, args.seconds)
-                    rows.append(row(f"{route}, {processes} process(es)", load, avg))
+                    load, cpu = measured(url, auth, args, srv.process.pid)
+                    rows.append(row(f"{route}, {processes} process(es)", load, avg, cpu))
                     print(rows[-1], flush=True)
     return rows
 
@@ -120,11 +144,13 @@ def small_rows(tmp: Path, args: argparse.Namespace) -> list[str]:
     ):
         tv_url, ng_url = srv.url + Q + ft.id, f"{ng}/files/{path.name}"
         assert status(tv_url, auth) == "200" and status(ng_url, []) == "200"
+        ng_pid = int((tmp / "nginx" / "nginx.pid").read_text())
+        sides = (("tunevault", tv_url, auth, srv.process.pid), ("nginx", ng_url, [], ng_pid))
         for run in range(args.repeat):
-            for name, url, headers in (("tunevault", tv_url, auth), ("nginx", ng_url, [])):
+            for name, url, headers, pid in sides:
                 avg = load_average()
-                load = wrk(url, headers, args.connections, args.seconds)
-                rows.append(row(f"{name} (run {run + 1})", load, avg))
+                load, cpu = measured(url, headers, args, pid)
+                rows.append(row(f"{name} (run {run + 1})", load, avg, cpu))
                 print(rows[-1], flush=True)
     print(f"small archive: {archive.size} bytes", flush=True)
     return rows
@@ -139,14 +165,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--only", choices=("redirect", "small"))
     args = ap.parse_args()
-    header = "| case | requests/s | p50 ms | p99 ms | errors | wrk CPU (cores) | load avg |"
+    header = (
+        "| case | requests/s | p50 ms | p99 ms | errors | server CPU us/answer "
+        "| wrk CPU (cores) | load avg |"
+    )
     with tempfile.TemporaryDirectory(prefix="tv-bench-", dir="/var/tmp") as tmp_name:
         tmp = Path(tmp_name)
         for part, fn in (("redirect", redirect_rows), ("small", small_rows)):
             if args.only in (None, part):
                 rows = fn(tmp, args)
                 print(f"\n{part}, {args.connections} connections, {args.seconds} s each:\n")
-                print(header + "\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+                print(header + "\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ class Load:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}[unit]
 
 
 def wrk(url: str, headers: list[str], connections: int, seconds: int) -> Load:

@@ -94,3 +94,20 @@ def test_gc_prunes_the_audit_past_audit_retention_days(
         kept = svc.store.list_downloads("org-a")
     assert [r.created_at for r in kept] == [r.created_at for r in recent]
     assert "deleted 0 download audit rows older than 30 days" in gc(days="30").stdout
+
+
+def test_recorded_rows_read_back_as_written(tmp_path: Path, database_url: str) -> None:
+    # PostgreSQL takes the batch as a COPY, SQLite as an executemany: the same rows back.
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+    odd = replace(
+        record("org-a", timedelta(0)),
+        client="2001:db8::1",
+        user_agent='agent "x"\ttab\\ ünï',
+        status=206,
+        range_start=5,
+    )
+    written = [record("org-a", timedelta(seconds=i)) for i in range(3, 0, -1)] + [odd]
+    with open_services(settings) as svc:
+        svc.store.record_downloads(written)
+        read = svc.store.list_downloads("org-a")
+    assert [replace(r, id=0) for r in reversed(read)] == written

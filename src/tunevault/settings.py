@@ -174,6 +174,13 @@ class Settings(BaseSettings):
         "deleted fine-tune or a new checkpoint is seen within this time (0: resolve every "
         "request).",
     )
+    memory_cache_bytes: int = Field(
+        default=64 << 20,
+        ge=0,
+        description="Bytes of small local blobs (up to 2 MiB each: an adapter's archive) "
+        "each serving process keeps in memory, answered without opening the file "
+        "(0: none).",
+    )
     processes: int = Field(
         default=1,
         ge=1,

@@ -9,10 +9,12 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import sqlalchemy as sa
 
 from tests.cache.conftest import RESPOND_ASYNC, Store, on_local_disk, sha
 from tests.reliability.helpers import wait_for
+from tests.support.server import run_server
 from tunevault.layout import blob_key
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import now
@@ -150,3 +152,22 @@ def test_a_rebuild_that_differs_is_never_served(store: Store, tmp_path: Path) ->
     assert store.svc.storage.stat(archive.storage_key) is None  # nothing stored
     with store.svc.store.engine.connect() as conn:
         assert conn.execute(sa.select(e.sha256)).scalar() == "0" * 64
+
+
+def test_an_archive_kept_in_memory_is_not_answered_once_evicted(
+    store: Store, tmp_path: Path
+) -> None:
+    ft, archive = store.fine_tune("in-memory", tmp_path)  # small: kept in server memory
+    env = {**store.env, "TUNEVAULT_RESOLVE_CACHE_SECONDS": "600"}  # the resolve holds too
+    with run_server(store.server.data_dir / "memory", env=env) as server:
+        auth = {"Authorization": f"Bearer {store.token}", **RESPOND_ASYNC}
+        with httpx.Client(base_url=server.url, headers=auth, timeout=60) as c:
+            for _ in range(2):  # the second answered from memory
+                r = c.get(_query(ft))
+                assert r.status_code == 200 and sha(r.content) == archive.sha256
+            wait_for(lambda: _last_download(store, archive) is not None, "the audit's touch")
+            _age_all(store)
+            evict = store.with_settings(derived_budget_bytes=1, derived_evict_grace_seconds=0)
+            assert [e.ft_id for e in enforce_budget(evict)] == [ft.id]
+            r = c.get(_query(ft))
+    assert r.status_code == 409 and r.headers["Tunevault-Build-Reason"] == "evicted"

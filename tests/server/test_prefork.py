@@ -1,10 +1,12 @@
 """`serve --processes N`: one port served by several processes behind a master.
 
-A killed process is replaced while the others keep serving; SIGHUP replaces them all
-while downloads go on, dropping none; each answered download has one audit row."""
+Connections spread across the processes; a killed process is replaced while the others
+keep serving; SIGHUP replaces them all while downloads go on, dropping none; each
+answered download has one audit row."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -69,6 +71,47 @@ def download(server: LiveServer, token: str, ft: FineTune) -> httpx.Response:
     )
 
 
+def _peer_ports(pid: int, port: int) -> set[int]:
+    """The client ports of the connections to `port` that process `pid` holds open."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    peers = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if inode in inodes and int(local.split(":")[1], 16) == port:
+            peers.add(int(remote.split(":")[1], 16))
+    return peers - {0}  # a listening socket's remote port reads 0
+
+
+def test_connections_spread_across_the_processes(
+    served: tuple[LiveServer, str, FineTune, Settings, str],
+) -> None:
+    server, token, ft, _, _ = served
+    port = int(server.url.rsplit(":", 1)[1])
+    # A burst of keep-alive connections, all queued before any is accepted, as wrk opens
+    # them: with one shared listening socket, the first process to wake took them all.
+    conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    request = f"GET /v1/fine-tunes/{ft.id} HTTP/1.1\r\nHost: x\r\n"
+    request += f"Authorization: Bearer {token}\r\n\r\n"
+    try:
+        for conn in conns:
+            conn.sendall(request.encode())
+        for conn in conns:
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+        held = {pid: _peer_ports(pid, port) for pid in children(server.process.pid)}
+    finally:
+        for conn in conns:
+            conn.close()
+    assert len(held) == 2
+    assert sum(len(ports) for ports in held.values()) == 20
+    assert all(held.values()), held  # each process serves some of them
+
+
 def test_a_killed_process_is_replaced_and_the_others_keep_serving(
     served: tuple[LiveServer, str, FineTune, Settings, str],
 ) -> None:
@@ -127,10 +170,10 @@ class _Numbered(Master):
 
     spawned = 0
 
-    def _spawn(self) -> tuple[int, int]:
+    def _spawn(self, slot: int) -> tuple[int, int]:
         os.environ["TV_PREFORK_INDEX"] = str(self.spawned)
         self.spawned += 1
-        return super()._spawn()
+        return super()._spawn(slot)
 
 
 def _first_fails(_settings: Settings, _sock: socket.socket, ready_fd: int) -> None:
@@ -143,7 +186,7 @@ def _first_fails(_settings: Settings, _sock: socket.socket, ready_fd: int) -> No
 
 def test_a_failed_start_leaves_no_child_behind(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", processes=3)
-    master = _Numbered(settings, bind("127.0.0.1", 0), _first_fails, lambda: settings)
+    master = _Numbered(settings, bind("127.0.0.1", 0, 3), _first_fails, lambda: settings)
     before = children(os.getpid())  # the session's own servers (PostgreSQL, SeaweedFS, ...)
     try:
         with pytest.raises(ChildFailed):
@@ -151,3 +194,13 @@ def test_a_failed_start_leaves_no_child_behind(tmp_path: Path) -> None:
     finally:
         os.environ.pop("TV_PREFORK_INDEX", None)
     assert children(os.getpid()) - before == set()  # the two that were ready stopped too
+
+
+def test_a_restart_with_another_process_count_is_refused(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", processes=2)
+    grown = Settings(data_dir=tmp_path / "data", processes=3)
+    master = Master(settings, bind("127.0.0.1", 0, 2), _first_fails, lambda: grown)
+    before = children(os.getpid())
+    master.restart()  # the sockets are the master's: no child starts, nothing changes
+    assert master.settings is settings and master.current == {}
+    assert children(os.getpid()) - before == set()

@@ -17,6 +17,7 @@ from tunevault.metadata.base import now
 from tunevault.storage import open_storage
 from tunevault.storage.errors import BackendUnavailable
 from tunevault.storage.s3 import MiB, S3Storage, _content_disposition
+from tunevault.storage.sigv4 import Presigner
 
 PART = PART_SIZE_MIB * MiB
 
@@ -278,3 +279,26 @@ def test_presigned_url_is_the_one_botocore_signs(
         urllib.request.Request(s3.presigned_url(key, method=method), method=method)
     ) as resp:
         assert resp.headers["Content-Length"] == "3"
+
+
+def test_urls_kept_for_their_second_are_the_ones_signed_afresh(s3: S3Storage) -> None:
+    # Within one second the signer answers from its memo: never another input's URL,
+    # never a past second's.
+    ours = s3._sign
+    assert ours is not None
+    when = datetime(2026, 5, 17, 12, 34, 56, tzinfo=UTC)
+    inputs = [
+        ("GET", "a", 77, {}),
+        ("GET", "b", 77, {}),
+        ("HEAD", "a", 77, {}),
+        ("GET", "a", 78, {}),
+        ("GET", "a", 77, {"response-content-disposition": "attachment"}),
+    ]
+    seen = set()
+    for moment in (when, when.replace(microsecond=900_000), when + timedelta(seconds=1)):
+        for method, key, expires, extra in inputs:
+            fresh = Presigner(ours._origin + ours._path, ours._region, ours._credentials)
+            url = ours.url(method, s3.bucket, key, expires, extra, now=moment)
+            assert url == fresh.url(method, s3.bucket, key, expires, extra, now=moment)
+            seen.add(url)
+    assert len(seen) == 2 * len(inputs)  # the first two moments share one second

@@ -3,6 +3,7 @@ the aliases some clients need."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,7 @@ from tunevault.server.edge import (
     database_outage_middleware,
 )
 from tunevault.server.hub_errors import hub_error_middleware
+from tunevault.server.inflight import INFLIGHT, InFlight
 from tunevault.server.limits import KeyLimits
 from tunevault.server.observability import (
     METRICS,
@@ -49,6 +51,7 @@ from tunevault.server.observability import (
     request_id_middleware,
 )
 from tunevault.server.resolving import RESOLUTIONS
+from tunevault.server.smallblobs import SMALL_BLOBS, SmallBlobs
 from tunevault.service.accounts import KeyCache, authenticate
 from tunevault.service.audit import AuditWriter
 from tunevault.service.context import Services
@@ -126,8 +129,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token = token.strip()
     cache = request.app[KEY_CACHE]
     who = cache.get(token)
-    if who is None:  # a miss costs a thread hop and a query; a hit neither
-        who = await blocking(authenticate, request.app[SERVICES], token)
+    lookup = functools.partial(blocking, authenticate, request.app[SERVICES], token)
+    if who is not None and cache.ageing(token):  # looked up again before it lapses
+        request.app[INFLIGHT].refresh(
+            ("key", token),
+            lookup,
+            lambda found: cache.put(token, found) if found else cache.drop(token),
+            lambda: cache.drop(token),
+        )
+    if who is None:  # a miss costs a thread hop and a query (shared by concurrent misses)
+        who = await request.app[INFLIGHT].run(("key", token), lookup)
         if who is None:
             failures.failed(client)
             raise Unauthenticated("invalid or revoked API key")
@@ -150,6 +161,8 @@ def _install_state(app: web.Application, svc: Services) -> None:
     app.cleanup_ctx.append(audit_ctx)
     app[KEY_CACHE] = KeyCache(svc.settings.auth_cache_seconds)
     app[RESOLUTIONS] = Recent(svc.settings.resolve_cache_seconds)
+    app[INFLIGHT] = InFlight()
+    app[SMALL_BLOBS] = SmallBlobs(svc.settings.memory_cache_bytes)
     app[TRUSTED] = tuple(svc.settings.trusted_proxies)
     app[FAILURES] = FailureLimits(svc.settings.auth_failures_per_minute)
     app[LIMITS] = KeyLimits(svc.settings.rate_limit_per_minute, svc.settings.max_downloads_per_key)

@@ -1,4 +1,5 @@
-"""Sending an archive's bytes: sendfile from local disk, or a thread-fed stream otherwise.
+"""Sending an archive's bytes: sendfile from local disk (a small blob from memory,
+server/smallblobs.py), or a thread-fed stream otherwise.
 
 The validators are ours, not the filesystem's: the ETag is the archive's sha256, so a
 resume with `If-Range` works across replicas and storage backends.
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from tunevault.server.context import blocking
 from tunevault.server.ranges import ByteRange, parse_range
+from tunevault.server.smallblobs import small_blob
 from tunevault.service.context import Services, translated
 from tunevault.storage import Storage, Unsupported
 from tunevault.storage.errors import StorageError
@@ -109,7 +111,13 @@ async def _send(
         await resp.write_eof()
         return resp
     if path is not None:
-        await _sendfile(request, resp, path, start, end - start)
+        data = await small_blob(request, path, blob.key, blob.size, blob.sha256)
+        if data is not None:  # no file opened: the headers, then the body in one send
+            # (one write of both would join them: a copy of the body on Python < 3.12.9)
+            await resp.prepare(request)
+            await resp.write_eof(data[start:end])  # the whole: no copy
+        else:
+            await _sendfile(request, resp, path, start, end - start)
     else:
         await _stream(request, resp, storage, blob.key, start, end)
     return resp

@@ -35,21 +35,24 @@ async def download(request: web.Request) -> web.StreamResponse:
     query = request.rel_url.query
     q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
     serve = describe_archive if request.method == "HEAD" else serve_archive
+    held = not prefers_async(request)  # part of the key: held or not, a rebuild answers apart
     return await serve_resolved(
         request,
-        ("download", who.org_id, q),
-        functools.partial(_resolve_held, request, who, q),
+        ("download", who.org_id, q, held),
+        functools.partial(_resolve_held, request, who, q, held),
         functools.partial(serve, request, who),
     )
 
 
-async def _resolve_held(request: web.Request, who: Principal, q: DownloadQuery) -> Resolved:
-    """Resolve; for a rebuild, unless the request prefers respond-async, wait here while
-    the estimate fits the hold, asking the queue again (reads only) every POLL_SECONDS."""
+async def _resolve_held(
+    request: web.Request, who: Principal, q: DownloadQuery, held: bool
+) -> Resolved:
+    """Resolve; for a rebuild, when `held` (the request does not prefer respond-async),
+    wait here while the estimate fits the hold, asking the queue again (reads only)
+    every POLL_SECONDS."""
     svc = services(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + svc.settings.rebuild_hold_seconds
-    held = not prefers_async(request)
     while True:
         try:
             return await blocking(resolve, svc, who.org_id, q)

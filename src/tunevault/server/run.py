@@ -65,8 +65,8 @@ def run_server(
             raise ValueError("--demo serves with one process: leave out --processes")
         with open_services(settings) as svc:  # migrate and check once, before any fork
             check_serve_mode(svc)
-        sock = bind(settings.host, settings.port)
-        Master(settings, sock, _serve_child, reload or (lambda: settings)).run()
+        socks = bind(settings.host, settings.port, settings.processes)
+        Master(settings, socks, _serve_child, reload or (lambda: settings)).run()
         return
     with open_services(settings) as svc:
         check_serve_mode(svc)

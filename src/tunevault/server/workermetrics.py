@@ -17,6 +17,7 @@ from tunevault.server import ops
 from tunevault.server.app import auth_middleware, error_middleware
 from tunevault.server.clients import FAILURES, TRUSTED, FailureLimits, client_middleware
 from tunevault.server.context import KEY_CACHE, LIMITS, SERVICES
+from tunevault.server.inflight import INFLIGHT, InFlight
 from tunevault.server.limits import KeyLimits
 from tunevault.server.observability import METRICS, Metrics, request_id_middleware
 from tunevault.service.accounts import KeyCache
@@ -42,6 +43,7 @@ def metrics_app(svc: Services, metrics: Metrics) -> web.Application:
     app[SERVICES] = svc
     app[METRICS] = metrics
     app[KEY_CACHE] = KeyCache(settings.auth_cache_seconds)
+    app[INFLIGHT] = InFlight()
     app[TRUSTED] = tuple(settings.trusted_proxies)
     app[FAILURES] = FailureLimits(settings.auth_failures_per_minute)
     app[LIMITS] = KeyLimits(settings.rate_limit_per_minute, settings.max_downloads_per_key)

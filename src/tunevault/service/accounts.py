@@ -109,6 +109,14 @@ class KeyCache:
             return None  # an expired key is looked up again, to be refused as expired
         return hit[1]
 
+    def ageing(self, token: str) -> bool:
+        """Past half its time: worth looking up again before it lapses."""
+        hit = self._entries.get(_digest(token))
+        return hit is not None and time.monotonic() - hit[0] >= self.seconds / 2
+
+    def drop(self, token: str) -> None:
+        self._entries.pop(_digest(token), None)
+
     def put(self, token: str, who: Principal) -> None:
         if not self.seconds:
             return

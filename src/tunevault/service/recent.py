@@ -43,3 +43,8 @@ class Recent(Generic[V]):
 
     def drop(self, key: Hashable) -> None:
         self._entries.pop(key, None)
+
+    def ageing(self, key: Hashable) -> bool:
+        """Past half its time: worth looking up again before it lapses."""
+        hit = self._entries.get(key)
+        return hit is not None and time.monotonic() - hit[0] >= self.seconds / 2

@@ -19,6 +19,7 @@ from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 ALGORITHM = "AWS4-HMAC-SHA256"
+MEMO_ENTRIES = 4096  # distinct URLs kept within one second
 
 
 class _Frozen(Protocol):  # read-only, as botocore's ReadOnlyCredentials
@@ -61,6 +62,11 @@ class Presigner:
         self._region = region
         self._credentials = credentials
         self._keys: dict[tuple[str, str], bytes] = {}  # (secret digest, day) -> signing key
+        # This second's URLs: X-Amz-Date counts whole seconds, so within one the same
+        # inputs sign to the same URL, and a fleet asking for one object costs one
+        # signature a second instead of one per answer.
+        self._second = -1
+        self._urls: dict[tuple[object, ...], str] = {}
 
     def _signing_key(self, secret: str, day: str) -> bytes:
         cache_key = (hashlib.sha256(secret.encode()).hexdigest(), day)
@@ -84,7 +90,29 @@ class Presigner:
         """The presigned URL of `bucket/key` for `method`, valid `expires` seconds from
         `now`; `params` (e.g. response-content-disposition) are signed into it."""
         creds = self._credentials.get_frozen_credentials()
-        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        moment = now or datetime.now(UTC)
+        second = int(moment.timestamp())
+        if second != self._second:
+            self._second, self._urls = second, {}
+        memo = (method, bucket, key, expires, *params.items(), creds.access_key, creds.token)
+        url = self._urls.get(memo)
+        if url is None:
+            url = self._sign(method, bucket, key, expires, params, creds, moment)
+            if len(self._urls) < MEMO_ENTRIES:
+                self._urls[memo] = url
+        return url
+
+    def _sign(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        expires: int,
+        params: dict[str, str],
+        creds: _Frozen,
+        moment: datetime,
+    ) -> str:
+        stamp = moment.strftime("%Y%m%dT%H%M%SZ")
         day = stamp[:8]
         scope = f"{day}/{self._region}/s3/aws4_request"
         query = {
