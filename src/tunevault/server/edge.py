@@ -12,6 +12,7 @@ route (a download was a 500).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -26,6 +27,8 @@ from tunevault.service.readiness import database_unavailable, is_database_outage
 log = logging.getLogger("tunevault.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_HEADERS = 100  # aiohttp's default is 128
+FIRST_REQUEST_WAIT_S = 1.0  # at a stop, for requests already sent on fresh connections
+FIRST_REQUEST_POLL_S = 0.01
 STREAMED_BODIES = frozenset({"/v1/publish/blobs/{sha256}", "/v1/v1/publish/blobs/{sha256}"})
 
 
@@ -72,7 +75,21 @@ class EnvelopeServer(web.Server):
 
 
 class EnvelopeRunner(web.AppRunner):
-    """An AppRunner whose connections use `EnvelopeRequestHandler`."""
+    """An AppRunner whose connections use `EnvelopeRequestHandler`, and whose stop lets a
+    connection accepted just before it deliver its request: aiohttp closes every
+    connection without a request in progress, and a client whose request was on the wire
+    (a new connection to a process being restarted) would see a disconnect unanswered."""
+
+    async def cleanup(self) -> None:
+        for site in list(self.sites):
+            await site.stop()  # no more accepts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_REQUEST_WAIT_S
+        while self.server is not None and loop.time() < deadline:
+            if all(c._request_count for c in self.server.connections):
+                break
+            await asyncio.sleep(FIRST_REQUEST_POLL_S)
+        await super().cleanup()
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
