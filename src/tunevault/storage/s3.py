@@ -2,8 +2,9 @@
 
 Credentials come only from the standard AWS chain (environment, config files, instance
 roles), never from the storage URL. A writer buffers up to one part: a blob that fits is
-sent with a single PutObject, a larger one becomes a multipart upload that is completed on
-commit and aborted otherwise, so readers only ever see whole objects.
+sent with a single PutObject, a larger one becomes a multipart upload (each part sent
+while the next fills) that is completed on commit and aborted otherwise, so readers only
+ever see whole objects.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import logging
 import re
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -107,6 +109,10 @@ class _S3Reader:
 
 
 class _S3Writer(BlobWriter):
+    """Parts are sent by a thread of the writer's own, one at a time, while the next part
+    fills: a build's compression goes on during an upload instead of waiting for it.
+    Memory: two parts."""
+
     def __init__(self, store: S3Storage, key: str) -> None:
         super().__init__()
         self._client = store.client
@@ -117,6 +123,9 @@ class _S3Writer(BlobWriter):
         self._buf = io.BytesIO()
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
+        self._numbered = 0
+        self._sender: ThreadPoolExecutor | None = None
+        self._sending: Future[None] | None = None
         self._state = "open"
 
     def write(self, data: bytes | memoryview) -> int:
@@ -125,7 +134,7 @@ class _S3Writer(BlobWriter):
         view = memoryview(data).cast("B")
         n = len(view)
         try:
-            # Fill the buffer part by part so memory stays bounded by one part.
+            # Fill the buffer part by part so memory stays bounded by two parts.
             while view:
                 room = self._part_size - self._buf.tell()
                 self._buf.write(view[:room])
@@ -139,38 +148,58 @@ class _S3Writer(BlobWriter):
         return n
 
     def _upload_part(self) -> None:
-        number = len(self._parts) + 1
-        if number > MAX_PARTS:
+        """Hand the filled buffer to the sender, once the part before it is sent."""
+        self._numbered += 1
+        if self._numbered > MAX_PARTS:
             raise BlobTooLarge(
                 f"blob exceeds {MAX_PARTS} parts of {self._part_size} bytes; raise part_size_mib"
             )
-        with _unavailable_on_error():
-            if self._upload_id is None:
-                create: CreateMultipartUploadRequestTypeDef = {
-                    "Bucket": self._bucket,
-                    "Key": self._key,
-                    "ContentType": "application/octet-stream",
-                }
-                if self._checksums:
-                    create["ChecksumAlgorithm"] = "CRC32"
-                self._upload_id = self._client.create_multipart_upload(**create)["UploadId"]
-            self._buf.seek(0)
-            upload: UploadPartRequestTypeDef = {
+        self._wait_sent()
+        if self._upload_id is None:
+            create: CreateMultipartUploadRequestTypeDef = {
                 "Bucket": self._bucket,
                 "Key": self._key,
-                "UploadId": self._upload_id,
-                "PartNumber": number,
-                "Body": self._buf,
+                "ContentType": "application/octet-stream",
             }
             if self._checksums:
-                upload["ChecksumAlgorithm"] = "CRC32"
+                create["ChecksumAlgorithm"] = "CRC32"
+            with _unavailable_on_error():
+                self._upload_id = self._client.create_multipart_upload(**create)["UploadId"]
+            self._sender = ThreadPoolExecutor(1, thread_name_prefix="tunevault-s3-part")
+        assert self._sender is not None
+        body, self._buf = self._buf, io.BytesIO()
+        self._sending = self._sender.submit(self._send_part, self._numbered, body)
+
+    def _send_part(self, number: int, body: io.BytesIO) -> None:
+        assert self._upload_id is not None
+        body.seek(0)
+        upload: UploadPartRequestTypeDef = {
+            "Bucket": self._bucket,
+            "Key": self._key,
+            "UploadId": self._upload_id,
+            "PartNumber": number,
+            "Body": body,
+        }
+        if self._checksums:
+            upload["ChecksumAlgorithm"] = "CRC32"
+        with _unavailable_on_error():
             resp = self._client.upload_part(**upload)
         part: CompletedPartTypeDef = {"ETag": resp["ETag"], "PartNumber": number}
         if crc := resp.get("ChecksumCRC32"):
             # An upload created with a checksum algorithm must list every part's checksum.
             part["ChecksumCRC32"] = crc
         self._parts.append(part)
-        self._buf = io.BytesIO()
+
+    def _wait_sent(self) -> None:
+        """Wait for the part being sent; its failure is raised here."""
+        sending, self._sending = self._sending, None
+        if sending is not None:
+            sending.result()
+
+    def _stop_sender(self) -> None:
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)
+            self._sender = None
 
     def commit(self) -> None:
         if self._state == "committed":
@@ -190,6 +219,7 @@ class _S3Writer(BlobWriter):
             else:
                 if self._buf.tell():
                     self._upload_part()
+                self._wait_sent()
                 with _unavailable_on_error():
                     self._client.complete_multipart_upload(
                         Bucket=self._bucket,
@@ -200,6 +230,7 @@ class _S3Writer(BlobWriter):
         except BaseException:
             self.abort()
             raise
+        self._stop_sender()
         self._state = "committed"
         self._buf = io.BytesIO()
 
@@ -208,6 +239,9 @@ class _S3Writer(BlobWriter):
             return
         self._state = "aborted"
         self._buf = io.BytesIO()
+        with contextlib.suppress(Exception):  # its failure is why we abort, or beside it
+            self._wait_sent()
+        self._stop_sender()
         if self._upload_id is None:
             return
         try:
