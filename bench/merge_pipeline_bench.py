@@ -14,7 +14,9 @@ run's output can be reused) and times a `tunevault worker` child (PYTHONPATH: th
 checkout's src, or main's, exported with `git archive`) from its start to the merged
 archive recorded, with its peak RSS. The three sides alternate in one run; before each,
 `sync`, and the 1-minute load average is recorded. Untimed, every archive's sha256 is
-checked against its row.
+checked against its row. On S3 a fourth side, "upload", times the object store taking the
+tar's output alone through tunevault's writer: the floor under any pipeline that must
+store an archive of that size there.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -134,10 +137,25 @@ def run_tar(base: Path, out: Path) -> dict[str, float]:
     return {"seconds": time.perf_counter() - t, "rss": 0}
 
 
+def run_upload(settings: Settings, archive: Path) -> dict[str, float]:
+    """The object store ingesting the tar's output alone, through tunevault's writer: the
+    floor under any pipeline that stores an archive of that size there."""
+    key = "archives/bench-upload.tar.zst"
+    with open_services(settings) as svc:
+        t = time.perf_counter()
+        with svc.storage.writer(key) as w, archive.open("rb") as f:
+            shutil.copyfileobj(f, w, 8 << 20)
+        seconds = time.perf_counter() - t
+        svc.storage.delete(key)
+    return {"seconds": seconds, "rss": 0}
+
+
 def bench_storage(
     kind: str, args: argparse.Namespace, base: Path, old_src: Path
 ) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {"new": [], "old": [], "tar": []}
+    if kind == "s3":
+        results["upload"] = []
     with storage_env(kind, args.workdir) as (settings, env):
         with open_services(settings) as svc:
             org = svc.store.create_org("bench")
@@ -157,11 +175,15 @@ def bench_storage(
             print(f"{kind} {side} warm-up (first merge): {first['seconds']:.2f} s", flush=True)
         for r in range(args.repeat):
             order = ["new", "old", "tar"] if r % 2 == 0 else ["tar", "old", "new"]
+            if kind == "s3":  # after tar, whose output it uploads
+                order.insert(order.index("tar") + 1, "upload")
             for side in order:
                 subprocess.run(["sync"], check=True)
                 load = os.getloadavg()[0]
                 if side == "tar":
                     res = run_tar(base, args.workdir / "base.tar.zst")
+                elif side == "upload":
+                    res = run_upload(settings, args.workdir / "base.tar.zst")
                 else:
                     n += 1
                     adapter = args.workdir / "adapters" / f"a{n}"
@@ -183,7 +205,7 @@ def bench_storage(
 
 def report(kind: str, results: dict[str, list[dict[str, float]]]) -> None:
     med = {k: statistics.median(x["seconds"] for x in v) for k, v in results.items()}
-    for side in ("new", "old", "tar"):
+    for side in results:
         runs = ", ".join(f"{x['seconds']:.2f} (load {x['load']:.2f})" for x in results[side])
         rss = max(x["rss"] for x in results[side]) / 2**20
         ratio = med[side] / med["tar"]

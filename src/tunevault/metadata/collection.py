@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase, now, select_in, upsert
 from tunevault.metadata.blobs import _org_blob_sizes
+from tunevault.models import Archive
 
 _LOCK_ID = 0x7475_6E65_6763  # "tunegc": the advisory lock key, any constant of our own
 
@@ -96,6 +97,26 @@ class GcMixin(StoreBase):
                 t.blobs.update().where(b.sha256 == sha256, b.xxh3.is_(None)).values(xxh3=xxh3)
             )
             _insert(conn, t.org_blobs, {**row, "org_id": org_id})
+
+    def record_archive(
+        self,
+        checkpoint_id: int,
+        storage_key: str,
+        sha256: str,
+        size: int,
+        stored: Callable[[], bool],
+    ) -> Archive | None:
+        """Record a checkpoint's archive under the gc lock if `stored()` says its bytes are
+        there: gc deletes archive keys no row names, and a row recorded before this check
+        could name bytes gc took between the write and the row (a download would find it
+        gone). None: build it again."""
+        archive = Archive(checkpoint_id, storage_key, sha256, size, now())
+        with self._gc_locked() as conn:
+            if not stored():
+                return None
+            conn.execute(t.archives.delete().where(t.archives.c.checkpoint_id == checkpoint_id))
+            conn.execute(t.archives.insert().values(**archive.__dict__))
+        return archive
 
     def locked_blob_sizes(self, org_id: str, digests: Iterable[str]) -> dict[str, int]:
         """`org_blob_sizes` read under the gc lock: the check after a manifest commit."""

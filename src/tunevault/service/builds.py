@@ -73,10 +73,11 @@ def build_archive(
                     f"has sha256 {result.sha256}, not the {expected} it had before it was "
                     "evicted: its inputs changed (a base model pushed again?); not served"
                 )
-        archive = store.set_archive(ckpt.id, key, result.sha256, result.size)
-        # gc deletes archive keys no row points to: confirm ours survived the moment between
-        # the write and the row (see tunevault.service.gc), or build it again.
-        with store.gc_lock():
-            if storage.stat(key) is not None:
-                return archive
+        # gc deletes archive keys no row names: the row is recorded under its lock, once
+        # the bytes are confirmed there (tunevault.service.gc); else they went: build again.
+        archive = store.record_archive(
+            ckpt.id, key, result.sha256, result.size, lambda: storage.stat(key) is not None
+        )
+        if archive is not None:
+            return archive
     raise RuntimeError(f"the archive {key} was collected three times while being recorded")
