@@ -55,6 +55,18 @@ def _etag_listed(header: str, etag: str) -> bool:
     return any(tag.strip() in (etag, "*", f"W/{etag}") for tag in header.split(","))
 
 
+def describe(request: web.BaseRequest, blob: BlobRef) -> web.Response:
+    """A HEAD's answer from what is known of the blob, touching no storage: the headers a
+    GET would have (size, ETag, digest, the span of a Range; 304, 412 and 416 as a GET
+    gets them), without bytes or a presigned URL."""
+    span = choose_range(request, blob)
+    headers = blob.headers()
+    if span is None:
+        return web.Response(headers={**headers, "Content-Length": str(blob.size)})
+    headers["Content-Range"] = span.content_range(blob.size)
+    return web.Response(status=206, headers={**headers, "Content-Length": str(span.length)})
+
+
 def choose_range(request: web.BaseRequest, blob: BlobRef) -> ByteRange | None:
     """The span to send, or None for the whole body; raises for 304/412/416 outcomes."""
     if_match = request.headers.get("If-Match")

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from tunevault.errors import ArchiveNotReady
 from tunevault.models import Principal
-from tunevault.server.blob import BlobRef, choose_range
+from tunevault.server.blob import BlobRef, describe
 from tunevault.server.context import blocking, principal, services
 from tunevault.server.query import parse_download_query
 from tunevault.server.resolving import serve_resolved
@@ -78,13 +78,7 @@ async def describe_archive(request: web.Request, _who: Principal, found: Resolve
     """HEAD: the headers a GET would answer with (size, ETag, digest, the span of a Range)
     and neither bytes nor a presigned URL: a question about the archive, not a download,
     so it is not audited. While the archive is being built, `resolve` raised the 409."""
-    blob = _blob_of(found)
-    span = choose_range(request, blob)  # 304, 412 and 416 as a GET gets them
-    headers = blob.headers()
-    if span is None:
-        return web.Response(headers={**headers, "Content-Length": str(blob.size)})
-    headers["Content-Range"] = span.content_range(blob.size)
-    return web.Response(status=206, headers={**headers, "Content-Length": str(span.length)})
+    return describe(request, _blob_of(found))
 
 
 def _blob_of(found: Resolved) -> BlobRef:

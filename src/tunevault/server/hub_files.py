@@ -20,7 +20,7 @@ from aiohttp import web
 from tunevault.errors import EntryNotFound
 from tunevault.layout import blob_key
 from tunevault.models import FileEntry, Principal
-from tunevault.server.blob import BlobRef, choose_range, send_blob
+from tunevault.server.blob import BlobRef, choose_range, describe, send_blob
 from tunevault.server.context import blocking, principal, services
 from tunevault.server.download import POLL_SECONDS
 from tunevault.server.hub import REPO
@@ -72,7 +72,7 @@ async def _send_file(request: web.Request, who: Principal, snap: Snapshot) -> we
         )
     if entry.sha256 in snap.unstored:
         if request.method == "HEAD" and svc.settings.serve_mode != "redirect":
-            return _describe(request, _blob(snap, entry))  # metadata: no bytes needed
+            return describe(request, _blob(snap, entry))  # from the manifest: no bytes
         snap = await _held_until_stored(request, who, snap, entry)
     blob = _blob(snap, entry)
     if request.method == "HEAD" and svc.settings.serve_mode != "redirect":
@@ -95,16 +95,6 @@ def _blob(snap: Snapshot, entry: FileEntry) -> HubBlob:
         filename=name,
         commit=snap.commit,
     )
-
-
-def _describe(request: web.Request, blob: HubBlob) -> web.Response:
-    """A HEAD's answer from the manifest alone: what `huggingface_hub` reads first."""
-    span = choose_range(request, blob)  # 304, 412 and 416 as a GET gets them
-    headers = blob.headers()
-    if span is None:
-        return web.Response(headers={**headers, "Content-Length": str(blob.size)})
-    headers["Content-Range"] = span.content_range(blob.size)
-    return web.Response(status=206, headers={**headers, "Content-Length": str(span.length)})
 
 
 async def _held_until_stored(
