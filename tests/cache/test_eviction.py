@@ -41,6 +41,11 @@ def _last_download(store: Store, archive: Archive) -> object:
         ).scalar()
 
 
+def _answers(store: Store, ft: FineTune) -> int:
+    """The fine-tune's audited downloads: each batch dates the archives it names."""
+    return sum(r.ft_id == ft.id for r in store.svc.store.list_downloads(ft.org_id, limit=1000))
+
+
 def _download(store: Store, ft: FineTune, archive: Archive) -> None:
     with store.client() as c:
         r = c.get(_query(ft))
@@ -165,7 +170,9 @@ def test_an_archive_kept_in_memory_is_not_answered_once_evicted(
             for _ in range(2):  # the second answered from memory
                 r = c.get(_query(ft))
                 assert r.status_code == 200 and sha(r.content) == archive.sha256
-            wait_for(lambda: _last_download(store, archive) is not None, "the audit's touch")
+            # Both answers' audit rows, so both downloads' touches are in (a later touch
+            # would make the archive recently used again, after it was aged).
+            wait_for(lambda: _answers(store, ft) == 2, "both downloads' audit rows")
             _age_all(store)
             evict = store.with_settings(derived_budget_bytes=1, derived_evict_grace_seconds=0)
             assert [e.ft_id for e in enforce_budget(evict)] == [ft.id]
