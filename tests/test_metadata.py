@@ -77,7 +77,7 @@ def test_checkpoints_archives_events_metrics_and_delete(database_url: str) -> No
     again = store.get_checkpoint(ckpt.id)
     assert again is not None and again.files == ckpt.files and again.kind == Kind.MODEL_OUTPUT
     assert store.get_archive(ckpt.id) is None
-    archive = store.set_archive(ckpt.id, "archives/x.tar.zst", "c" * 64, 123)
+    archive = store.record_archive(ckpt.id, "archives/x.tar.zst", "c" * 64, 123, lambda: True)
     assert store.get_archive(ckpt.id) == archive
     store.add_event(ft.id, "checkpoint_save", "saved", step=10)
     assert [e.type for e in store.list_events(ft.id)] == ["CHECKPOINT_SAVE"]
@@ -105,7 +105,7 @@ def test_forgetting_a_checkpoint_or_base_model_drops_its_rows(database_url: str)
     ckpt = store.add_checkpoint(
         ft.id, 1, Kind.MODEL_OUTPUT, True, [FileEntry("w", 1, "a" * 64)], jobs=["archive"]
     )
-    store.set_archive(ckpt.id, "archives/x.tar.zst", "c" * 64, 1)
+    store.record_archive(ckpt.id, "archives/x.tar.zst", "c" * 64, 1, lambda: True)
     base = store.create_base_model(org.id, "base", [FileEntry("b", 1, "b" * 64)])
     store.forget_checkpoint(ckpt.id)
     store.forget_base_model(base.id)

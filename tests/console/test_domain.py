@@ -69,7 +69,7 @@ def test_share_links_are_signed_scoped_and_mortal(svc: Services) -> None:
     ckpt = svc.store.add_checkpoint(ft.id, 10, Kind.MODEL_OUTPUT, True, [FILE])
     with pytest.raises(ArchiveNotReady):
         shares.create(svc, SECRET, who, ckpt.id, 3600)
-    svc.store.set_archive(ckpt.id, "archives/x.tar.zst", "cd" * 32, 999)
+    svc.store.record_archive(ckpt.id, "archives/x.tar.zst", "cd" * 32, 999, lambda: True)
     link, text = shares.create(svc, SECRET, who, ckpt.id, 3600)
     opened, found = shares.open_link(svc, SECRET, text)
     assert (opened.id, found.ckpt.id, found.archive.size) == (link.id, ckpt.id, 999)
@@ -97,7 +97,7 @@ def test_an_expired_link_is_gone(svc: Services) -> None:
     who = svc.store.authenticate(token)
     assert who is not None
     ckpt = svc.store.add_checkpoint(ft.id, 1, Kind.MODEL_OUTPUT, True, [FILE])
-    svc.store.set_archive(ckpt.id, "archives/y.tar.zst", "ef" * 32, 5)
+    svc.store.record_archive(ckpt.id, "archives/y.tar.zst", "ef" * 32, 5, lambda: True)
     link, _ = shares.create(svc, SECRET, who, ckpt.id, 60)
     past = now().replace(microsecond=0) - timedelta(days=1)
     with svc.store.engine.begin() as conn:

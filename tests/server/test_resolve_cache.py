@@ -80,7 +80,9 @@ def test_an_evicted_blob_is_resolved_again_and_audited_once(tmp_path: Path) -> N
             data = b"".join(svc.storage.iter_range(archive.storage_key))
             svc.storage.put("archives/rebuilt.tar.zst", data)
             svc.storage.delete(archive.storage_key)
-            svc.store.set_archive(ckpt.id, "archives/rebuilt.tar.zst", archive.sha256, len(data))
+            svc.store.record_archive(
+                ckpt.id, "archives/rebuilt.tar.zst", archive.sha256, len(data), lambda: True
+            )
         again = fetch(url, token, ft)
         assert again.status_code == 200, again.text
         assert hashlib.sha256(again.content).hexdigest() == archive.sha256

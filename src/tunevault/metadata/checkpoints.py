@@ -81,19 +81,6 @@ class CheckpointsMixin(StoreBase):
                 return None
             return _checkpoint(row._mapping, _files(conn, checkpoint_id))
 
-    def set_archive(self, checkpoint_id: int, storage_key: str, sha256: str, size: int) -> Archive:
-        archive = Archive(
-            checkpoint_id=checkpoint_id,
-            storage_key=storage_key,
-            sha256=sha256,
-            size=size,
-            created_at=now(),
-        )
-        with self.engine.begin() as conn:
-            conn.execute(t.archives.delete().where(t.archives.c.checkpoint_id == checkpoint_id))
-            conn.execute(t.archives.insert().values(**archive.__dict__))
-        return archive
-
     def find_checkpoint(self, ft_id: str, step: int, kind: Kind) -> Checkpoint | None:
         c = t.checkpoints.c
         with self.engine.connect() as conn:
