@@ -11,6 +11,7 @@ import re
 import resource
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 
 
@@ -33,20 +34,28 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}[unit]
 
 
-def wrk(url: str, headers: list[str], connections: int, seconds: int) -> Load:
-    """`connections` keep-alive clients asking for `url` for `seconds`."""
+def wrk(url: str, headers: list[str], connections: int, seconds: int, think_ms: int = 0) -> Load:
+    """`connections` keep-alive clients asking for `url` for `seconds`, each asking again
+    `think_ms` after every answer (0: at once, so the rate is the server's capacity and
+    the latency is mostly queueing: Little's law ties it to connections / rate). wrk's
+    latency excludes the think time."""
     binary = shutil.which("wrk")
     if binary is None:
         raise FileNotFoundError("wrk is not installed: apt-get install wrk")
     args = [a for h in headers for a in ("-H", h)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(
-        [binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *args, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if think_ms:
+            script.write(f"function delay()\n  return {think_ms}\nend\n")
+            script.flush()
+            args += ["-s", script.name]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = subprocess.run(
+            [binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *args, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     done = re.search(r"(\d+) requests in ([0-9.]+)(ms|s)", out)
     assert done is not None, out

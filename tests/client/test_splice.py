@@ -16,6 +16,7 @@ from tests.client.conftest import Live, MiB
 from tests.support.faultproxy import Fault, FaultProxy
 from tunevault.client import Client, splice
 from tunevault.client.http import Response
+from tunevault.storage import pagecache
 
 pytestmark = pytest.mark.skipif(not splice.SUPPORTED, reason="splice(2) is Linux-only")
 OFFSET = 4099  # not page-aligned: the body must land exactly where it is told
@@ -33,9 +34,10 @@ def _open(client: Client, live: Live) -> Response:
     return resp
 
 
+@pytest.mark.parametrize("step", [pagecache.STEP, 4097, 1 << 30])
 @pytest.mark.parametrize("via", ["direct", "proxy"])
 def test_the_body_lands_at_its_offset_read_ahead_included(
-    live: Live, proxy: FaultProxy, via: str, tmp_path: Path
+    live: Live, proxy: FaultProxy, via: str, step: int, tmp_path: Path
 ) -> None:
     client = Client(live.url if via == "direct" else proxy.url, live.seeded.token)
     resp = _open(client, live)
@@ -44,7 +46,7 @@ def test_the_body_lands_at_its_offset_read_ahead_included(
     try:
         pos, sizes = OFFSET, set()
         while True:
-            n, err = resp.splice_into(fd, pos, 300_001)
+            n, err = resp.splice_into(fd, pos, 300_001, step)
             assert err is None
             if n == 0:
                 break
@@ -62,7 +64,7 @@ def test_a_stalled_server_times_out(live: Live, proxy: FaultProxy, tmp_path: Pat
     resp = _open(Client(proxy.url, live.seeded.token, timeout=0.5), live)
     fd = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        n, err = resp.splice_into(fd, 0, 4 * MiB)
+        n, err = resp.splice_into(fd, 0, 4 * MiB, pagecache.STEP)
         assert isinstance(err, TimeoutError)
         assert n == MiB + 1  # what arrived before the stall is kept, and reported
         assert (tmp_path / "x").read_bytes() == live.data[:n]
@@ -77,7 +79,11 @@ def test_shutdown_wakes_a_blocked_splice(live: Live, proxy: FaultProxy, tmp_path
     resp = _open(Client(proxy.url, live.seeded.token), live)
     fd = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT, 0o600)
     outcome: list[tuple[int, BaseException | None]] = []
-    reader = threading.Thread(target=lambda: outcome.append(resp.splice_into(fd, 0, 4 * MiB)))
+
+    def read() -> None:
+        outcome.append(resp.splice_into(fd, 0, 4 * MiB, pagecache.STEP))
+
+    reader = threading.Thread(target=read)
     try:
         reader.start()
         assert proxy.stalled.wait(30)

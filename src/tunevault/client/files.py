@@ -28,6 +28,7 @@ from tunevault.errors import (
     TunevaultError,
 )
 from tunevault.models import FileEntry
+from tunevault.storage import pagecache
 
 CHUNK = 1 << 20
 
@@ -183,10 +184,10 @@ def _transfer(client: Client, url: str, f: FileEntry, part: Path, have: int) -> 
 def _append(resp: Response, part: Path, mode: str) -> None:
     got = 0
     buf = memoryview(bytearray(CHUNK))
-    with part.open(mode) as out:
+    with part.open(mode, buffering=0) as out:
         while True:
             n, err = resp.readinto(buf)
-            out.write(buf[:n])
+            pagecache.write_all(out.fileno(), buf[:n])
             got += n
             if err is not None:
                 raise NetworkError(f"the connection broke after {got} bytes: {err}")

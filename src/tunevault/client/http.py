@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from tunevault.client.retry import (
     where,
 )
 from tunevault.errors import ArchiveNotReady, TunevaultError
+from tunevault.storage import pagecache
 
 USER_AGENT = "tunevault-client/0.1"
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -129,10 +129,13 @@ class Response:
             and raw.fp is not None
         )
 
-    def splice_into(self, fd: int, offset: int, limit: int) -> tuple[int, BaseException | None]:
-        """Like `readinto` followed by a pwrite at `offset`, without the bytes passing
-        through Python; only when `can_splice()`. Returns what landed and any failure of
-        the socket; a failed write to `fd` raises splice.WriteFailed."""
+    def splice_into(
+        self, fd: int, offset: int, limit: int, step: int
+    ) -> tuple[int, BaseException | None]:
+        """Like `readinto` followed by a pwrite at `offset` (`step` bytes per write),
+        without the bytes passing through Python; only when `can_splice()`. Returns what
+        landed and any failure of the socket; a failed write to `fd` raises
+        splice.WriteFailed."""
         raw, sock = self.raw, self.sock
         assert raw.length is not None and raw.fp is not None and sock is not None
         want, got, err = min(limit, raw.length), 0, None
@@ -145,12 +148,11 @@ class Response:
                 head = ahead[:want]
                 raw.fp.read1(len(head))
                 self._drained = len(head) == len(ahead)
-                view = memoryview(head)
-                while got < len(head):
-                    try:
-                        got += os.pwrite(fd, view[got:], offset + got)
-                    except OSError as e:
-                        raise splice.WriteFailed(e) from e
+                try:
+                    pagecache.pwrite_all(fd, memoryview(head), offset, step)
+                except OSError as e:
+                    raise splice.WriteFailed(e) from e
+                got = len(head)
                 if not head:
                     want = 0  # end of stream
             if self._drained:
@@ -158,7 +160,7 @@ class Response:
                     self._pipe = splice.Pipe()
                 while got < want:
                     n = self._pipe.move(
-                        sock.fileno(), sock.gettimeout(), fd, offset + got, want - got
+                        sock.fileno(), sock.gettimeout(), fd, offset + got, want - got, step
                     )
                     if not n:
                         break

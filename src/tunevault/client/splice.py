@@ -2,8 +2,8 @@
 
 recv + pwrite copy every byte into the interpreter and out again, one loop turn per
 buffer; splice moves the socket's pages into a pipe and the pipe into the file's page
-cache: one copy and no Python per byte. The hasher reads the file back through mmap, so
-nothing else changes. TLS sockets and platforms without `os.splice` keep the buffer path.
+cache: one copy and no Python per byte. TLS sockets and platforms without `os.splice` keep the
+buffer path.
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ class Pipe:
         with contextlib.suppress(OSError):
             self.capacity = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
-    def move(self, sock: int, timeout: float | None, fd: int, offset: int, limit: int) -> int:
-        """Up to `limit` bytes from `sock` to `fd` at `offset`; 0 at the end of the stream.
+    def move(
+        self, sock: int, timeout: float | None, fd: int, offset: int, limit: int, step: int
+    ) -> int:
+        """Up to `limit` bytes from `sock` to `fd` at `offset`, written `step` bytes at a
+        time (storage/pagecache.py); 0 at the end of the stream.
 
         Sockets with a timeout are non-blocking underneath, so waiting is done here with
         poll; a wait longer than `timeout` raises TimeoutError, as a recv would. Socket
@@ -54,7 +57,7 @@ class Pipe:
         done = 0
         while done < n:  # the pipe must be empty again before the next move
             try:
-                moved = os.splice(self.r, fd, n - done, offset_dst=offset + done)
+                moved = os.splice(self.r, fd, min(n - done, step), offset_dst=offset + done)
             except OSError as e:
                 raise WriteFailed(e) from e
             if moved == 0:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunevault.errors import InsufficientStorage, TunevaultError
+from tunevault.storage import pagecache
 
 PART_SUFFIX = ".part"
 SIDECAR_SUFFIX = ".part.tv"
@@ -131,12 +132,9 @@ class PartFile:
         log_fd = os.open(sidecar, os.O_WRONLY | os.O_APPEND)
         return cls(final, target, spans, fd, log_fd)
 
-    def pwrite(self, offset: int, data: memoryview) -> None:
-        view, pos = data, offset
+    def pwrite(self, offset: int, data: memoryview, step: int = pagecache.STEP) -> None:
         try:
-            while view:
-                n = os.pwrite(self.fd, view, pos)
-                view, pos = view[n:], pos + n
+            pagecache.pwrite_all(self.fd, data, offset, step)
         except OSError as e:
             raise self.write_failed(e) from e
 
