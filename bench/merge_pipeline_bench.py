@@ -13,7 +13,8 @@ storage; every timed run commits a new rank-16 adapter (a fresh seed: no blob of
 run's output can be reused) and times a `tunevault worker` child (PYTHONPATH: this
 checkout's src, or main's, exported with `git archive`) from its start to the merged
 archive recorded, with its peak RSS. The three sides alternate in one run; before each,
-`sync`, and the 1-minute load average is recorded. Untimed, every archive's sha256 is
+`sync` and the VM's free page reporting settles (bench/common.py), and the 1-minute load
+average is recorded. Untimed, every archive's sha256 is
 checked against its row. On S3 a fourth side, "upload", times the object store taking the
 tar's output alone through tunevault's writer: the floor under any pipeline that must
 store an archive of that size there.
@@ -35,6 +36,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.common import settle_reporting
 from bench.merge_bench import write_adapter, write_base
 from tests.support.seaweed import run_seaweedfs
 from tunevault.models import Kind
@@ -179,6 +181,7 @@ def bench_storage(
                 order.insert(order.index("tar") + 1, "upload")
             for side in order:
                 subprocess.run(["sync"], check=True)
+                settle_reporting()
                 load = os.getloadavg()[0]
                 if side == "tar":
                     res = run_tar(base, args.workdir / "base.tar.zst")
