@@ -6,6 +6,7 @@ where http.client lets go of the connection's socket) against a live tunevault.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -16,7 +17,8 @@ from tests.client.conftest import Live, MiB
 from tests.support.faultproxy import Fault, FaultProxy
 from tunevault.client import Client, splice
 from tunevault.client.http import Response
-from tunevault.storage import pagecache
+
+ONE = splice.Writing.for_connections(1)
 
 pytestmark = pytest.mark.skipif(not splice.SUPPORTED, reason="splice(2) is Linux-only")
 OFFSET = 4099  # not page-aligned: the body must land exactly where it is told
@@ -34,10 +36,19 @@ def _open(client: Client, live: Live) -> Response:
     return resp
 
 
-@pytest.mark.parametrize("step", [pagecache.STEP, 4097, 1 << 30])
+@pytest.mark.parametrize(
+    "writing",
+    [
+        splice.Writing.for_connections(1),
+        splice.Writing.for_connections(4),
+        splice.Writing(4097, contextlib.nullcontext()),
+        splice.Writing(1 << 30, threading.Lock()),
+    ],
+    ids=["one", "several", "odd-step", "whole"],
+)
 @pytest.mark.parametrize("via", ["direct", "proxy"])
 def test_the_body_lands_at_its_offset_read_ahead_included(
-    live: Live, proxy: FaultProxy, via: str, step: int, tmp_path: Path
+    live: Live, proxy: FaultProxy, via: str, writing: splice.Writing, tmp_path: Path
 ) -> None:
     client = Client(live.url if via == "direct" else proxy.url, live.seeded.token)
     resp = _open(client, live)
@@ -46,7 +57,7 @@ def test_the_body_lands_at_its_offset_read_ahead_included(
     try:
         pos, sizes = OFFSET, set()
         while True:
-            n, err = resp.splice_into(fd, pos, 300_001, step)
+            n, err = resp.splice_into(fd, pos, 300_001, writing)
             assert err is None
             if n == 0:
                 break
@@ -64,7 +75,7 @@ def test_a_stalled_server_times_out(live: Live, proxy: FaultProxy, tmp_path: Pat
     resp = _open(Client(proxy.url, live.seeded.token, timeout=0.5), live)
     fd = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        n, err = resp.splice_into(fd, 0, 4 * MiB, pagecache.STEP)
+        n, err = resp.splice_into(fd, 0, 4 * MiB, ONE)
         assert isinstance(err, TimeoutError)
         assert n == MiB + 1  # what arrived before the stall is kept, and reported
         assert (tmp_path / "x").read_bytes() == live.data[:n]
@@ -81,7 +92,7 @@ def test_shutdown_wakes_a_blocked_splice(live: Live, proxy: FaultProxy, tmp_path
     outcome: list[tuple[int, BaseException | None]] = []
 
     def read() -> None:
-        outcome.append(resp.splice_into(fd, 0, 4 * MiB, pagecache.STEP))
+        outcome.append(resp.splice_into(fd, 0, 4 * MiB, ONE))
 
     reader = threading.Thread(target=read)
     try:

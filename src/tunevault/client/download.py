@@ -37,17 +37,12 @@ from tunevault.client.target import (
 )
 from tunevault.client.waiting import WaitNotice
 from tunevault.errors import IntegrityError, RangeNotSatisfiable, TunevaultError
-from tunevault.storage import pagecache
 
 # One sidecar line per chunk: a killed process loses at most the chunk it was writing.
 CHUNK = 1 << 20  # read into buffers: bigger buffers, fewer interpreter turns
 SPLICED_CHUNK = 256 << 10  # spliced: Python does no per-byte work, so log more often
 HASH_STEP = 4 << 20  # spliced bytes wake the hasher once per step, not once per splice
 BUFFERS = 4  # at most, per connection
-# Bytes go into the page cache in steps (storage/pagecache.py). Four connections writing
-# one file spent more system time in 16 KiB steps than in 32 KiB ones (2 GiB: 3.4-3.5 s
-# against 2.6-2.9 s, BENCHMARKS.md), one connection less in 16 KiB.
-MANY_WRITERS_STEP = 32 << 10
 MIN_PIECE = 4 << 20
 MAX_PIECE = 64 << 20
 
@@ -276,7 +271,7 @@ class _Workers:
         self.pieces = pieces
         self.lock = threading.Lock()
         self.error: BaseException | None = None
-        self.step = pagecache.STEP if connections == 1 else MANY_WRITERS_STEP
+        self.writing = splice.Writing.for_connections(connections)
 
     def take(self) -> tuple[int, int] | None:
         with self.lock:
@@ -331,7 +326,7 @@ class _Workers:
         part = self.part
         if resp.can_splice():
             try:
-                n, err = resp.splice_into(part.fd, pos, min(SPLICED_CHUNK, limit), self.step)
+                n, err = resp.splice_into(part.fd, pos, min(SPLICED_CHUNK, limit), self.writing)
             except splice.WriteFailed as e:
                 raise part.write_failed(e.error) from e.error
             if n:
@@ -343,7 +338,8 @@ class _Workers:
         try:
             n, err = resp.readinto(view[: min(CHUNK, limit)])
             if n:
-                part.pwrite(pos, view[:n], self.step)
+                with self.writing.turn:
+                    part.pwrite(pos, view[:n], self.writing.step)
         except BaseException:
             buffers.put(view)  # a lost buffer would leave a later get() waiting forever
             raise

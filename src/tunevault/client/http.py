@@ -130,12 +130,11 @@ class Response:
         )
 
     def splice_into(
-        self, fd: int, offset: int, limit: int, step: int
+        self, fd: int, offset: int, limit: int, writing: splice.Writing
     ) -> tuple[int, BaseException | None]:
-        """Like `readinto` followed by a pwrite at `offset` (`step` bytes per write),
-        without the bytes passing through Python; only when `can_splice()`. Returns what
-        landed and any failure of the socket; a failed write to `fd` raises
-        splice.WriteFailed."""
+        """Like `readinto` followed by a pwrite at `offset`, without the bytes passing
+        through Python; only when `can_splice()`. Returns what landed and any failure of
+        the socket; a failed write to `fd` raises splice.WriteFailed."""
         raw, sock = self.raw, self.sock
         assert raw.length is not None and raw.fp is not None and sock is not None
         want, got, err = min(limit, raw.length), 0, None
@@ -149,7 +148,8 @@ class Response:
                 raw.fp.read1(len(head))
                 self._drained = len(head) == len(ahead)
                 try:
-                    pagecache.pwrite_all(fd, memoryview(head), offset, step)
+                    with writing.turn:
+                        pagecache.pwrite_all(fd, memoryview(head), offset, writing.step)
                 except OSError as e:
                     raise splice.WriteFailed(e) from e
                 got = len(head)
@@ -160,7 +160,7 @@ class Response:
                     self._pipe = splice.Pipe()
                 while got < want:
                     n = self._pipe.move(
-                        sock.fileno(), sock.gettimeout(), fd, offset + got, want - got, step
+                        sock.fileno(), sock.gettimeout(), fd, offset + got, want - got, writing
                     )
                     if not n:
                         break
