@@ -9,7 +9,8 @@
    (about 2,000 requests/s offered by 200 clients: the latency a fleet at that rate sees).
 2. Small archives (~0.5 MiB, an adapter's) in proxy mode on the embedded default (SQLite
    + local disk): tunevault (`--processes N`, per-key limits at their defaults) against
-   nginx (`worker_processes auto`) serving the same file to the same client.
+   nginx (`worker_processes auto`) serving the same file to the same client, and against
+   aiohttp alone (bench/bare_aiohttp.py, N processes): the framework's own ceiling.
 
 The client is wrk (bench/loadgen.py); its own CPU time is printed beside each figure, as
 is the 1-minute load average before each run. Runs alternate between the two sides.
@@ -25,15 +26,18 @@ import argparse
 import contextlib
 import itertools
 import os
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import random_file
 from bench.loadgen import Load, load_average, wrk
 from tests.support.nginx import run_nginx
-from tests.support.postgres import create_database, run_postgres
+from tests.support.postgres import create_database, free_port, run_postgres
 from tests.support.seaweed import run_seaweedfs
 from tests.support.seeding import seed_fine_tune
 from tests.support.server import run_server
@@ -78,7 +82,7 @@ def status(url: str, headers: list[str]) -> str:
         ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *args, url],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,  # "000" when nothing answers
     ).stdout
 
 
@@ -134,6 +138,28 @@ def redirect_rows(tmp: Path, args: argparse.Namespace) -> list[str]:
     return rows
 
 
+@contextlib.contextmanager
+def run_bare(path: Path, processes: int) -> Iterator[tuple[str, int]]:
+    """bench.bare_aiohttp serving `path`: yields (its URL, its first process's pid), once
+    it answers."""
+    url = f"http://127.0.0.1:{free_port()}/file"
+    port = url.split(":")[2].split("/")[0]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_aiohttp", str(path), port, str(processes)],
+        start_new_session=True,  # its forked processes leave with it (killpg below)
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while status(url, []) != "200":
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bench.bare_aiohttp did not answer on {url}")
+            time.sleep(0.05)  # polling its readiness, not waiting a fixed time
+        yield url, proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
 def small_rows(tmp: Path, args: argparse.Namespace) -> list[str]:
     src = tmp / "adapter"
     src.mkdir()
@@ -150,11 +176,16 @@ def small_rows(tmp: Path, args: argparse.Namespace) -> list[str]:
         run_nginx(
             tmp / "nginx", f"location /files/ {{ alias {path.parent}/; }}", workers="auto"
         ) as ng,
+        run_bare(path, args.processes) as (bare_url, bare_pid),
     ):
         tv_url, ng_url = srv.url + Q + ft.id, f"{ng}/files/{path.name}"
         assert status(tv_url, auth) == "200" and status(ng_url, []) == "200"
         ng_pid = int((tmp / "nginx" / "nginx.pid").read_text())
-        sides = (("tunevault", tv_url, auth, srv.process.pid), ("nginx", ng_url, [], ng_pid))
+        sides = (
+            ("tunevault", tv_url, auth, srv.process.pid),
+            ("nginx", ng_url, [], ng_pid),
+            ("aiohttp alone (no auth, audit, limits, metrics or log)", bare_url, [], bare_pid),
+        )
         for run in range(args.repeat):
             for name, url, headers, pid in sides:
                 avg = load_average()
