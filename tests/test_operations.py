@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ from tests.support.postgres import run_postgres
 from tests.support.seeding import publish_and_build
 from tests.support.server import LiveServer, run_server
 from tunevault.models import KeyLimitOverrides, Scope
+from tunevault.server.observability import AccessLogger
 from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
@@ -310,3 +312,13 @@ def test_sigterm_lets_a_download_in_flight_finish(tmp_path: Path) -> None:
         assert org is not None
         rows = svc.store.list_downloads(org.id)
     assert [(r.status, r.bytes_sent, r.ft_id) for r in rows] == [(200, len(s.body), s.ft_id)]
+
+
+def test_access_log_costs_nothing_above_info() -> None:
+    """aiohttp asks `enabled` once per connection and then skips `log` for every request."""
+    logger = logging.getLogger("tunevault.test.access")
+    access = AccessLogger(logger, "")
+    logger.setLevel(logging.WARNING)
+    assert not access.enabled
+    logger.setLevel(logging.INFO)
+    assert access.enabled

@@ -9,6 +9,7 @@ authentications use.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ TRUSTED = web.AppKey("trusted_proxies", tuple)
 MAX_TRACKED = 100_000  # client buckets kept before full ones are forgotten
 
 
+@functools.lru_cache(maxsize=4096)  # peers ask again and again: parse each once
 def _address(text: str) -> IPv4Address | IPv6Address | None:
     """An IP from a peer, an X-Forwarded-For entry or a Forwarded `for=` value (which may
     carry a port, and brackets around IPv6); None for `unknown`, `_hidden` and garbage."""
@@ -52,7 +54,7 @@ def _hops(request: web.BaseRequest) -> list[str]:
 def resolve_client(request: web.BaseRequest, networks: tuple[Network, ...]) -> str | None:
     """The client's address, walking forwarded hops right to left through trusted proxies."""
     peer = request.remote
-    if not _trusted(_address(peer or ""), networks):
+    if not networks or not _trusted(_address(peer or ""), networks):
         return peer
     found = peer
     for hop in reversed(_hops(request)):

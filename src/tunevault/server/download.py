@@ -14,6 +14,7 @@ import asyncio
 import functools
 
 from aiohttp import web
+from yarl import URL
 
 from tunevault.errors import ArchiveNotReady
 from tunevault.models import Principal
@@ -32,8 +33,7 @@ POLL_SECONDS = 0.5  # how often a held request looks at its rebuild again
 @routes.get("/v1/finetune/download")
 async def download(request: web.Request) -> web.StreamResponse:
     who = principal(request)
-    query = request.rel_url.query
-    q = parse_download_query({k: query.getall(k) for k in set(query.keys())})
+    q = _parsed(request.rel_url.raw_query_string)
     serve = describe_archive if request.method == "HEAD" else serve_archive
     held = not prefers_async(request)  # part of the key: held or not, a rebuild answers apart
     return await serve_resolved(
@@ -65,6 +65,13 @@ async def _resolve_held(
             if not held or not rebuild or eta > left:
                 raise
             await asyncio.sleep(min(POLL_SECONDS, left))
+
+
+@functools.lru_cache(maxsize=1024)  # a fleet asks the same few queries again and again
+def _parsed(raw: str) -> DownloadQuery:
+    """The download query of a raw query string (a refusal raises, and is not kept)."""
+    query = URL.build(query_string=raw, encoded=True).query
+    return parse_download_query({k: query.getall(k) for k in set(query.keys())})
 
 
 def prefers_async(request: web.Request) -> bool:

@@ -222,14 +222,24 @@ def setup_logging(level: str, fmt: str) -> None:
 class AccessLogger(AbstractAccessLogger):
     """One line per request: method, route, status, bytes, time, request id, key id."""
 
+    @property
+    def enabled(self) -> bool:
+        """Asked once per connection: with the log level above INFO, requests pay nothing."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         who = request.get("tunevault.principal")
         route = route_name(request)
-        self.logger.info(
+        # A record made directly: Logger.info would also walk the stack for a caller that
+        # every access line shares (aiohttp's protocol), once per request.
+        record = self.logger.makeRecord(
+            self.logger.name,
+            logging.INFO,
+            __file__,
+            0,
             "%s %s %s",
-            request.method,
-            request.path,
-            response.status,
+            (request.method, request.path, response.status),
+            None,
             extra={
                 "request_id": request.get("request_id"),
                 "fields": {
@@ -244,3 +254,4 @@ class AccessLogger(AbstractAccessLogger):
                 },
             },
         )
+        self.logger.handle(record)

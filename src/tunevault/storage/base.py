@@ -9,6 +9,7 @@ Optional capabilities (`local_path`, `presigned_url`) raise `Unsupported` explic
 from __future__ import annotations
 
 import abc
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class BlobStat:
     size: int
 
 
+@functools.lru_cache(maxsize=4096)  # every download asks for its key: a refusal is not kept
 def check_key(key: str) -> str:
     """Refuse keys that could escape a directory or prefix (`..`, absolute, odd bytes)."""
     if not _KEY.fullmatch(key) or any(part in (".", "..") for part in key.split("/")):

@@ -170,6 +170,7 @@ class _LocalWriter(BlobWriter):
 class LocalStorage(Storage):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self._root = str(self.root)
         self.url = self.root.as_uri()
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
@@ -178,10 +179,13 @@ class LocalStorage(Storage):
     def from_url(cls, url: str) -> LocalStorage:
         return cls(Path(unquote(urlparse(url).path)))
 
-    def _path(self, key: str) -> Path:
+    def _checked(self, key: str) -> str:
         if check_key(key).split("/", 1)[0] == ".tmp":
             raise ValueError(f"invalid storage key: {key!r} (reserved for pending writes)")
-        return self.root / key
+        return key
+
+    def _path(self, key: str) -> Path:
+        return self.root / self._checked(key)
 
     def stat(self, key: str) -> BlobStat | None:
         path = self._path(key)
@@ -232,7 +236,7 @@ class LocalStorage(Storage):
         yield from sorted(keys)
 
     def local_path(self, key: str) -> str:
-        return str(self._path(key))
+        return f"{self._root}/{self._checked(key)}"  # asked per download: no Path built
 
 
 register("file", LocalStorage.from_url)
