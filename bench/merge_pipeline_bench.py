@@ -12,7 +12,9 @@ The base is bench.merge_bench's 2.06 GiB bf16 Llama-shaped model, registered onc
 storage; every timed run commits a new rank-16 adapter (a fresh seed: no blob of an earlier
 run's output can be reused) and times a `tunevault worker` child (PYTHONPATH: this
 checkout's src, or main's, exported with `git archive`) from its start to the merged
-archive recorded, with its peak RSS. The three sides alternate in one run; before each,
+archive recorded, with its peak RSS and its CPU time (user + system: on two cores, a job
+that needs more CPU than tar cannot finish as fast as tar, however its work overlaps).
+The three sides alternate in one run; before each,
 `sync` and the VM's free page reporting settles (bench/common.py), and the 1-minute load
 average is recorded. Untimed, every archive's sha256 is
 checked against its row. On S3 a fourth side, "upload", times the object store taking the
@@ -27,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -98,6 +101,12 @@ def commit_adapter(settings: Settings, org_id: str, adapter: Path, n: int) -> st
         return ft.id
 
 
+def children_cpu() -> float:
+    """User + system seconds of the children waited for so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_worker(settings: Settings, env: dict[str, str], src: Path) -> dict[str, float]:
     child_env = {
         "PATH": "/usr/bin:/bin",
@@ -107,12 +116,14 @@ def run_worker(settings: Settings, env: dict[str, str], src: Path) -> dict[str, 
         **({"TUNEVAULT_STORAGE_URL": settings.storage_url} if settings.storage_url else {}),
         **env,
     }
+    cpu = children_cpu()
     proc = subprocess.run(
         [sys.executable, "-c", CHILD], capture_output=True, text=True, env=child_env
     )
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["cpu"] = children_cpu() - cpu
     return result
 
 
@@ -134,9 +145,9 @@ def check_and_drop(settings: Settings, org_id: str, ft_id: str) -> None:
 
 def run_tar(base: Path, out: Path) -> dict[str, float]:
     out.unlink(missing_ok=True)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), children_cpu()
     subprocess.run(["tar", "-I", "zstd -3 -T0", "-cf", str(out), "-C", str(base), "."], check=True)
-    return {"seconds": time.perf_counter() - t, "rss": 0}
+    return {"seconds": time.perf_counter() - t, "rss": 0, "cpu": children_cpu() - cpu}
 
 
 def run_upload(settings: Settings, archive: Path) -> dict[str, float]:
@@ -149,7 +160,7 @@ def run_upload(settings: Settings, archive: Path) -> dict[str, float]:
             shutil.copyfileobj(f, w, 8 << 20)
         seconds = time.perf_counter() - t
         svc.storage.delete(key)
-    return {"seconds": seconds, "rss": 0}
+    return {"seconds": seconds, "rss": 0, "cpu": float("nan")}  # SeaweedFS's is not ours
 
 
 def bench_storage(
@@ -199,8 +210,8 @@ def bench_storage(
                 results[side].append(res)
                 rss = res["rss"] / 2**20
                 print(
-                    f"{kind} run {r + 1} {side}: {res['seconds']:.2f} s, RSS {rss:.0f} MiB, "
-                    f"load {load:.2f}",
+                    f"{kind} run {r + 1} {side}: {res['seconds']:.2f} s, CPU {res['cpu']:.2f} s, "
+                    f"RSS {rss:.0f} MiB, load {load:.2f}",
                     flush=True,
                 )
     return results
@@ -212,9 +223,10 @@ def report(kind: str, results: dict[str, list[dict[str, float]]]) -> None:
         runs = ", ".join(f"{x['seconds']:.2f} (load {x['load']:.2f})" for x in results[side])
         rss = max(x["rss"] for x in results[side]) / 2**20
         ratio = med[side] / med["tar"]
+        cpu = statistics.median(x["cpu"] for x in results[side])
         print(
             f"{kind:5s} {side}: median {med[side]:.2f} s, {ratio:.2f}x tar; "
-            f"peak RSS {rss:.0f} MiB; runs {runs}"
+            f"CPU (user + system) median {cpu:.2f} s; peak RSS {rss:.0f} MiB; runs {runs}"
         )
 
 
