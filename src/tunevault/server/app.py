@@ -128,9 +128,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
     token = token.strip()
     cache = request.app[KEY_CACHE]
-    who = cache.get(token)
+    who, ageing = cache.get(token)
     lookup = functools.partial(blocking, authenticate, request.app[SERVICES], token)
-    if who is not None and cache.ageing(token):  # looked up again before it lapses
+    if ageing:  # looked up again before it lapses
         request.app[INFLIGHT].refresh(
             ("key", token),
             lookup,

@@ -102,17 +102,17 @@ class KeyCache:
         self.seconds = seconds
         self._entries: dict[bytes, tuple[float, Principal]] = {}
 
-    def get(self, token: str) -> Principal | None:
-        """The principal looked up less than `seconds` ago, else None (look it up)."""
+    def get(self, token: str) -> tuple[Principal | None, bool]:
+        """The principal looked up less than `seconds` ago (else None: look it up), and
+        whether it is past half its time (worth looking up again before it lapses), from
+        one digest of the token."""
         hit = self._entries.get(_digest(token))
-        if hit is None or time.monotonic() - hit[0] >= self.seconds or expired(hit[1]):
-            return None  # an expired key is looked up again, to be refused as expired
-        return hit[1]
-
-    def ageing(self, token: str) -> bool:
-        """Past half its time: worth looking up again before it lapses."""
-        hit = self._entries.get(_digest(token))
-        return hit is not None and time.monotonic() - hit[0] >= self.seconds / 2
+        if hit is None:
+            return None, False
+        age = time.monotonic() - hit[0]
+        if age >= self.seconds or expired(hit[1]):
+            return None, False  # an expired key is looked up again, to be refused as expired
+        return hit[1], age >= self.seconds / 2
 
     def drop(self, token: str) -> None:
         self._entries.pop(_digest(token), None)
