@@ -30,8 +30,12 @@ def main() -> None:
     async def send(_request: web.Request) -> web.Response:
         return web.Response(body=body, headers=headers)
 
+    async def healthy(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")  # for the bench's wait_healthy
+
     app = web.Application()
     app.router.add_get("/file", send)
+    app.router.add_get("/healthz", healthy)
     web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None)
 
 

@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from tests.support.nginx import run_nginx
 from tests.support.postgres import create_database, free_port, run_postgres
 from tests.support.seaweed import run_seaweedfs
 from tests.support.seeding import seed_fine_tune
-from tests.support.server import run_server
+from tests.support.server import run_server, wait_healthy
 from tunevault.service.context import open_services
 from tunevault.settings import Settings
 
@@ -82,7 +81,7 @@ def status(url: str, headers: list[str]) -> str:
         ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *args, url],
         capture_output=True,
         text=True,
-        check=False,  # "000" when nothing answers
+        check=True,
     ).stdout
 
 
@@ -142,19 +141,15 @@ def redirect_rows(tmp: Path, args: argparse.Namespace) -> list[str]:
 def run_bare(path: Path, processes: int) -> Iterator[tuple[str, int]]:
     """bench.bare_aiohttp serving `path`: yields (its URL, its first process's pid), once
     it answers."""
-    url = f"http://127.0.0.1:{free_port()}/file"
-    port = url.split(":")[2].split("/")[0]
+    port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.bare_aiohttp", str(path), port, str(processes)],
+        [sys.executable, "-m", "bench.bare_aiohttp", str(path), str(port), str(processes)],
         start_new_session=True,  # its forked processes leave with it (killpg below)
     )
+    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while status(url, []) != "200":
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"bench.bare_aiohttp did not answer on {url}")
-            time.sleep(0.05)  # polling its readiness, not waiting a fixed time
-        yield url, proc.pid
+        wait_healthy(url, proc, timeout=30)
+        yield f"{url}/file", proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)

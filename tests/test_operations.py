@@ -314,8 +314,9 @@ def test_sigterm_lets_a_download_in_flight_finish(tmp_path: Path) -> None:
     assert [(r.status, r.bytes_sent, r.ft_id) for r in rows] == [(200, len(s.body), s.ft_id)]
 
 
-def test_access_log_costs_nothing_above_info() -> None:
-    """aiohttp asks `enabled` once per connection and then skips `log` for every request."""
+def test_access_log_is_switched_off_above_info() -> None:
+    """`enabled` follows the logger's level (aiohttp asks it once per connection and then
+    calls `log` for no request of it); the base class always says True."""
     logger = logging.getLogger("tunevault.test.access")
     access = AccessLogger(logger, "")
     logger.setLevel(logging.WARNING)
