@@ -83,8 +83,12 @@ def _info(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE) -> tarfile.Ta
     return info
 
 
+SUMS_LAST = False  # where make_archive puts SHA256SUMS; the tests below run with both
+
+
 def make_archive(members: list[tuple[tarfile.TarInfo, bytes]], sums: bytes | None = None) -> bytes:
-    """A tar.zst with SHA256SUMS first (computed from the regular members unless given)."""
+    """A tar.zst with SHA256SUMS first, or last (SUMS_LAST), computed from the regular
+    members unless given."""
     if sums is None:
         sums = b"".join(
             f"{hashlib.sha256(data).hexdigest()}  {info.name}\n".encode()
@@ -93,9 +97,12 @@ def make_archive(members: list[tuple[tarfile.TarInfo, bytes]], sums: bytes | Non
         )
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        tar.addfile(_info("SHA256SUMS", len(sums)), io.BytesIO(sums))
+        if not SUMS_LAST:
+            tar.addfile(_info("SHA256SUMS", len(sums)), io.BytesIO(sums))
         for info, data in members:
             tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+        if SUMS_LAST:
+            tar.addfile(_info("SHA256SUMS", len(sums)), io.BytesIO(sums))
     return zstandard.ZstdCompressor().compress(raw.getvalue())
 
 
@@ -125,7 +132,8 @@ UNSAFE: dict[str, Callable[[], bytes]] = {
     "name-over-255-bytes": lambda: make_archive([_file("d/" + "x" * 256)]),
 }
 WRONG: dict[str, Callable[[], bytes]] = {
-    "no-sums-first": lambda: zstandard.ZstdCompressor().compress(_plain_tar()),
+    "no-sums": lambda: zstandard.ZstdCompressor().compress(_plain_tar()),
+    "sums-in-the-middle": lambda: _sums_between(_file("a"), _file("b")),
     "digest-mismatch": lambda: make_archive(
         [_file("a", b"good")], sums=f"{hashlib.sha256(b'bad').hexdigest()}  a\n".encode()
     ),
@@ -138,6 +146,22 @@ WRONG: dict[str, Callable[[], bytes]] = {
 }
 
 
+def _sums_between(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    sums = b"".join(f"{hashlib.sha256(d).hexdigest()}  {i.name}\n".encode() for i, d in members)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(members[0][0], io.BytesIO(members[0][1]))
+        tar.addfile(_info("SHA256SUMS", len(sums)), io.BytesIO(sums))
+        tar.addfile(members[1][0], io.BytesIO(members[1][1]))
+    return zstandard.ZstdCompressor().compress(raw.getvalue())
+
+
+@pytest.fixture(params=["sums-first", "sums-last"])
+def sums_at(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(sys.modules[__name__], "SUMS_LAST", request.param == "sums-last")
+    return str(request.param)
+
+
 def _plain_tar() -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
@@ -146,7 +170,7 @@ def _plain_tar() -> bytes:
 
 
 @pytest.mark.parametrize("case", sorted(UNSAFE))
-def test_unsafe_members_are_refused(case: str, tmp_path: Path) -> None:
+def test_unsafe_members_are_refused(case: str, sums_at: str, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(UnsafeArchive):
@@ -156,12 +180,12 @@ def test_unsafe_members_are_refused(case: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(WRONG))
-def test_unverifiable_archives_are_refused(case: str, tmp_path: Path) -> None:
+def test_unverifiable_archives_are_refused(case: str, sums_at: str, tmp_path: Path) -> None:
     with pytest.raises(IntegrityError):
         unpack_stream(io.BytesIO(WRONG[case]()), tmp_path)
 
 
-def test_nested_paths_and_directory_members_are_fine(tmp_path: Path) -> None:
+def test_nested_paths_and_directory_members_are_fine(sums_at: str, tmp_path: Path) -> None:
     data = make_archive([(_info("sub", 0, tarfile.DIRTYPE), b""), _file("sub/deep/f", b"ok")])
     result = unpack_stream(io.BytesIO(data), tmp_path)
     assert result.files == {"sub/deep/f": hashlib.sha256(b"ok").hexdigest()}

@@ -2,9 +2,10 @@
 
 Bytes go in once, in order, from any `read(n)` source (a network stream, a file), and
 come out as regular files (SHA256SUMS included, as tar gives it) under a destination
-directory; the archive itself never lands on disk. The first member must be
-`SHA256SUMS`: every later file is hashed while it is written and must match its line
-there, and every line must be matched by a file.
+directory; the archive itself never lands on disk. `SHA256SUMS` must be the first member
+or the last (tunevault.models.ArchiveFormat): every file is hashed while it is written and
+must match its line there, and every line must be matched by a file. With `SHA256SUMS`
+last the files are checked when it arrives, before the caller keeps any of them.
 
 Anything that could write outside the destination or surprise a later reader is refused
 before a byte of it is written: absolute paths, `..` or `.` or empty components, links of
@@ -141,12 +142,21 @@ def unpack_stream(
     try:
         reader = dctx.stream_reader(source, read_size=CHUNK, closefd=False)  # type: ignore[arg-type]
         with reader as plain, tarfile.open(fileobj=plain, mode="r|") as tar:
-            text = _read_sums(tar)
-            sums = parse_sums(text)
-            # Kept, as tar would: `sha256sum -c SHA256SUMS` works on the tree later.
-            tree.claim(SUMS_NAME, is_dir=False).write_bytes(text)
+            sums: dict[str, str] | None = None
+            last = False  # SHA256SUMS came after other members: nothing may follow it
             while (member := tar.next()) is not None:
-                _extract_member(tar, member, sums, tree, result, on_bytes)
+                if last:
+                    raise IntegrityError(
+                        f"{SUMS_NAME} must be the archive's first or last member; "
+                        "cannot verify its files"
+                    )
+                if member.name == SUMS_NAME and sums is None:
+                    last = bool(tree.files or tree.dirs)
+                    sums = _read_sums(tar, member, tree)
+                    for path, actual in result.files.items():  # it came last: check now
+                        _check(sums, path, actual)
+                else:
+                    _extract_member(tar, member, sums, tree, result, on_bytes)
             while plain.read(CHUNK):  # zero padding after the end-of-archive blocks
                 pass
         trailing = 0
@@ -156,6 +166,8 @@ def unpack_stream(
             raise IntegrityError(f"{trailing} bytes follow the end of the zstd stream")
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
         raise IntegrityError(f"the archive is not a valid tar.zst: {e}") from e
+    if sums is None:
+        raise IntegrityError(f"the archive has no {SUMS_NAME} member; cannot verify its files")
     missing = sorted(set(sums) - set(result.files))
     if missing:
         raise IntegrityError(
@@ -165,23 +177,31 @@ def unpack_stream(
     return result
 
 
-def _read_sums(tar: tarfile.TarFile) -> bytes:
-    first = tar.next()
-    if first is None or first.name != SUMS_NAME or not first.isreg():
-        raise IntegrityError(
-            f"the archive's first member must be {SUMS_NAME}; cannot verify its files"
-        )
-    if first.size > MAX_SUMS_BYTES:
-        raise UnsafeArchive(f"{SUMS_NAME} is {first.size} bytes, more than any real manifest")
-    f = tar.extractfile(first)
+def _read_sums(tar: tarfile.TarFile, member: tarfile.TarInfo, tree: _Tree) -> dict[str, str]:
+    if not member.isreg():
+        raise UnsafeArchive(f"{SUMS_NAME} is not a regular file (tar type {member.type!r})")
+    if member.size > MAX_SUMS_BYTES:
+        raise UnsafeArchive(f"{SUMS_NAME} is {member.size} bytes, more than any real manifest")
+    f = tar.extractfile(member)
     assert f is not None  # a regular member always has a reader
-    return f.read()
+    text = f.read()
+    sums = parse_sums(text)
+    # Kept, as tar would: `sha256sum -c SHA256SUMS` works on the tree later.
+    tree.claim(SUMS_NAME, is_dir=False).write_bytes(text)
+    return sums
+
+
+def _check(sums: dict[str, str], path: str, actual: str) -> None:
+    if path not in sums:
+        raise IntegrityError(f"member {path!r} is not listed in {SUMS_NAME}")
+    if actual != sums[path]:
+        raise IntegrityError(f"{path!r} has sha256 {actual}, but {SUMS_NAME} says {sums[path]}")
 
 
 def _extract_member(
     tar: tarfile.TarFile,
     member: tarfile.TarInfo,
-    sums: dict[str, str],
+    sums: dict[str, str] | None,  # None: SHA256SUMS comes last, the digests are checked then
     tree: _Tree,
     result: UnpackResult,
     on_bytes: Callable[[int], None],
@@ -192,12 +212,12 @@ def _extract_member(
         return
     if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or member.issparse():
         raise UnsafeArchive(f"member {path!r} is not a regular file (tar type {member.type!r})")
-    if path not in sums:
+    if sums is not None and path not in sums:
         raise IntegrityError(f"member {path!r} is not listed in {SUMS_NAME}")
     target = tree.claim(path, is_dir=False)
     reader = tar.extractfile(member)
     assert reader is not None
     actual = _write_member(reader, target, member.size, on_bytes)
-    if actual != sums[path]:
-        raise IntegrityError(f"{path!r} has sha256 {actual}, but {SUMS_NAME} says {sums[path]}")
+    if sums is not None:
+        _check(sums, path, actual)
     result.files[path] = actual
