@@ -19,14 +19,14 @@ from hypothesis import strategies as st
 
 from tunevault.archive.write import MTIME, SUMS_NAME, write_archive
 from tunevault.errors import IntegrityError
-from tunevault.models import FileEntry
+from tunevault.models import ArchiveFormat, FileEntry
 
 
 def entry(path: str, data: bytes) -> FileEntry:
     return FileEntry(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
-def build(files: dict[str, bytes], **kw: int) -> bytes:
+def build(files: dict[str, bytes], **kw: int | ArchiveFormat) -> bytes:
     out = io.BytesIO()
     result = write_archive(
         [entry(p, d) for p, d in files.items()], lambda e: io.BytesIO(files[e.path]), out, **kw
@@ -69,6 +69,26 @@ def test_layout_sums_first_sorted_fixed_metadata() -> None:
     for m in infos:
         assert (m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) == (MTIME, 0, 0, "", "", 0o644)
         assert m.isreg()
+
+
+def test_sums_last_takes_the_digests_of_files_made_as_they_are_packed(tmp_path: Path) -> None:
+    made = {"model.safetensors"}  # made as it is read: its sha256 unknown until packed
+    files = [FileEntry(p, len(d), "") if p in made else entry(p, d) for p, d in FILES.items()]
+    out = io.BytesIO()
+    result = write_archive(
+        files, lambda e: io.BytesIO(FILES[e.path]), out, fmt=ArchiveFormat.SUMS_LAST
+    )
+    assert set(result.files) == {entry(p, d) for p, d in FILES.items()}
+    infos = members(out.getvalue())
+    assert [m.name for m in infos] == [*sorted(FILES), SUMS_NAME]
+    # Every digest known beforehand: the same bytes.
+    assert build(FILES, fmt=ArchiveFormat.SUMS_LAST) == out.getvalue()
+    archive = tmp_path / "a.tar.zst"
+    archive.write_bytes(out.getvalue())
+    subprocess.run(["tar", "-I", "zstd", "-xf", str(archive), "-C", str(tmp_path)], check=True)
+    subprocess.run(["sha256sum", "--strict", "-c", SUMS_NAME], cwd=tmp_path, check=True)
+    with pytest.raises(ValueError, match="first needs every file's sha256"):
+        write_archive(files, lambda e: io.BytesIO(FILES[e.path]), io.BytesIO())
 
 
 def test_real_tar_extracts_and_sha256sum_verifies(tmp_path: Path) -> None:

@@ -1,26 +1,39 @@
-"""The merge job's streamed pipeline (base read once where it lies, pass one hashing the
-merged files, pass two computing them again into the archive) against the pipeline before
-it (merge to a directory, `put_directory` re-reading it, the archive reading the blobs), on
-local disk and SeaweedFS; merged files stored as blobs only when asked; and the bounded
-base cache of object storage."""
+"""The merge job's streamed pipeline (base read once where it lies, the merged shards
+packed as they are computed, `SHA256SUMS` last) against merging to a directory and packing
+the files, on local disk and SeaweedFS; the two-pass rebuild of an archive built with
+`SHA256SUMS` first; merged files stored as blobs only when asked; and the bounded base
+cache of object storage."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import subprocess
+import tarfile
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xxhash
+import zstandard
 
 from tests.support.seaweed import SeaweedFS
+from tunevault.archive.read import unpack_stream
 from tunevault.archive.write import write_archive
 from tunevault.errors import IntegrityError, MergeRefused
 from tunevault.layout import blob_key, scratch_dir
-from tunevault.merge import OutputFile, Prepared, merge_lora, merged_digests, prepare
-from tunevault.models import FileEntry, FineTune, JobKind, Kind
+from tunevault.merge import (
+    OutputFile,
+    Prepared,
+    merge_lora,
+    merged_digests,
+    prepare,
+    shard_sizes,
+    side_outputs,
+)
+from tunevault.models import ArchiveFormat, FileEntry, FineTune, JobKind, Kind
 from tunevault.service.basecache import BaseCache
 from tunevault.service.builds import LocalCopy, archive_key_of, build_archive
 from tunevault.service.context import Services, open_services
@@ -64,19 +77,26 @@ def _merged_lora(svc: Services, org_id: str, tmp: Path, n: int, base: str = BASE
     return ft
 
 
-def _old_pipeline_sha256(
+def _packed_from_files(
     svc: Services, org_id: str, base_dir: Path, adapter: Path, tmp: Path
-) -> str:
-    """git main's path: merge to a directory, put_directory (hash and copy every file into
-    the blob store), then pack the stored blobs."""
-    merge_lora(base_dir, adapter, tmp / "old-merged")
-    files = put_directory(svc.store, svc.storage, org_id, tmp / "old-merged")
+) -> tuple[bytes, tuple[FileEntry, ...]]:
+    """The slow way: merge to a directory, store every file as a blob, pack the blobs
+    (`SHA256SUMS` last, as merged archives are)."""
+    merge_lora(base_dir, adapter, tmp / "slow-merged")
+    files = put_directory(svc.store, svc.storage, org_id, tmp / "slow-merged")
     sink = io.BytesIO()
-    write_archive(files, lambda f: svc.storage.open_read(blob_key(f.sha256)), sink)
-    return hashlib.sha256(sink.getvalue()).hexdigest()
+    open_blob = lambda f: svc.storage.open_read(blob_key(f.sha256))  # noqa: E731
+    write_archive(files, open_blob, sink, fmt=ArchiveFormat.SUMS_LAST)
+    return sink.getvalue(), tuple(files)
 
 
-def test_the_streamed_merge_archives_the_same_bytes_as_before(
+def _members(data: bytes) -> list[str]:
+    plain = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    with tarfile.open(fileobj=io.BytesIO(plain)) as tar:
+        return tar.getnames()
+
+
+def test_the_streamed_merge_archives_the_bytes_of_packing_the_merged_files(
     settings: Settings, tmp_path: Path
 ) -> None:
     with open_services(settings) as svc:
@@ -86,12 +106,24 @@ def test_the_streamed_merge_archives_the_same_bytes_as_before(
         merged = svc.store.find_checkpoint(ft.id, 1, Kind.MERGED)
         assert merged is not None and merged.files
         archive = svc.store.get_archive(merged.id)
-        assert archive is not None
+        assert archive is not None and archive.format == ArchiveFormat.SUMS_LAST
         data = b"".join(svc.storage.iter_range(archive.storage_key))
         assert hashlib.sha256(data).hexdigest() == archive.sha256
-        expected = _old_pipeline_sha256(svc, org.id, base_dir, tmp_path / "adapter-1", tmp_path)
-        assert archive.sha256 == expected
+        slow, files = _packed_from_files(svc, org.id, base_dir, tmp_path / "adapter-1", tmp_path)
+        assert data == slow
+        # The manifest recorded after packing is the files' own (the Hub serves it).
+        assert set(merged.files) == set(files)
         assert {f.path for f in merged.files} >= {"config.json", "model.safetensors"}
+        names = _members(data)
+        assert names[-1] == "SHA256SUMS" and sorted(names[:-1]) == names[:-1]
+        # tunevault's reader and tar + sha256sum both check it.
+        (tmp_path / "x").mkdir()
+        got = unpack_stream(io.BytesIO(data), tmp_path / "x")
+        assert got.files == {f.path: f.sha256 for f in merged.files}
+        (tmp_path / "a.tar.zst").write_bytes(data)
+        (tmp_path / "t").mkdir()
+        subprocess.run(["tar", "-I", "zstd", "-xf", "../a.tar.zst"], cwd=tmp_path / "t", check=True)
+        subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=tmp_path / "t", check=True)
         assert list(scratch_dir(settings.data_dir).iterdir()) == []  # nothing left behind
 
 
@@ -263,6 +295,44 @@ def test_a_merge_failing_in_pass_two_stores_no_archive(settings: Settings, tmp_p
                 build_archive(svc.store, svc.storage, ckpt, local=copy)
         assert svc.store.get_archive(ckpt.id) is None
         assert svc.storage.stat(archive_key_of(ckpt.files, 3)) is None
+        assert not [t for t in threading.enumerate() if t.name == "tunevault-merge-stream"]
+
+
+def test_a_one_pass_merge_failing_midway_records_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    base_dir = write_model(tmp_path / "base", SPEC, base_weights(SPEC, np.random.default_rng(0)))
+    adapter = write_adapter(tmp_path / "adapter", SPEC, np.random.default_rng(7))
+    prepared = prepare(base_dir, adapter, max_shard_bytes=40_000)
+    sides = side_outputs(prepared, tmp_path / "side")
+    shard = base_dir / "model.safetensors"
+    with shard.open("r+b") as f:  # the producer thread fails in the middle of the stream
+        f.truncate(shard.stat().st_size - 1000)
+    with open_services(settings) as svc:
+        org = svc.store.create_org("acme")
+        ft = svc.store.create_fine_tune(
+            org.id, model=BASE, model_output_name="acme/lora", training_type="Lora"
+        )
+        ckpt = svc.store.add_checkpoint(ft.id, 1, Kind.MERGED, True, [])
+        sizes = shard_sizes(prepared)
+        files = [FileEntry(o.path, o.size, o.sha256) for o in sides]
+        files += [FileEntry(name, size, "") for name, size in sizes.items()]
+        key = "archives/one-pass.tar.zst"
+        with StreamedShards(prepared, sizes) as shards:
+            copy = LocalCopy(tmp_path / "side", {o.sha256: o.xxh3 for o in sides}, shards.openers())
+            with pytest.raises(MergeRefused, match="truncated"):
+                build_archive(
+                    svc.store,
+                    svc.storage,
+                    dataclasses.replace(ckpt, files=tuple(files)),
+                    local=copy,
+                    fmt=ArchiveFormat.SUMS_LAST,
+                    key=key,
+                )
+        assert svc.store.get_archive(ckpt.id) is None
+        assert svc.storage.stat(key) is None
+        again = svc.store.get_checkpoint(ckpt.id)
+        assert again is not None and again.files == ()
         assert not [t for t in threading.enumerate() if t.name == "tunevault-merge-stream"]
 
 

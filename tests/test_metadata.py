@@ -20,7 +20,7 @@ def test_migrate_is_idempotent_and_reaches_head(database_url: str) -> None:
     store.migrate()
     with store.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == "0013"
+    assert version == "0014"
     store.close()
 
 

@@ -33,6 +33,15 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
+class ArchiveFormat(StrEnum):
+    """Where an archive's `SHA256SUMS` member sits. First when every file's digest is known
+    before packing (uploads); last in a merged archive packed as it is merged, so that the
+    merge runs once (docs/merge.md). An archive is rebuilt in the format it was built in."""
+
+    SUMS_FIRST = "tv-archive-1"
+    SUMS_LAST = "tv-archive-2"
+
+
 class Kind(StrEnum):
     """What a checkpoint holds; the values are the `checkpoint` query parameter's."""
 
@@ -170,6 +179,7 @@ class Archive:
     sha256: str
     size: int
     created_at: datetime
+    format: ArchiveFormat
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from tests.cache.conftest import RESPOND_ASYNC, Store, sha
 from tests.cache.test_eviction import _age_all
 from tunevault.layout import blob_key
-from tunevault.models import Kind, Scope
+from tunevault.models import ArchiveFormat, JobKind, Kind, Scope
+from tunevault.service.builds import build_archive
 from tunevault.service.cache import enforce_budget
 from tunevault.service.demo import seed_demo
 from tunevault.service.usage import org_usage
@@ -55,3 +56,30 @@ def test_merged_files_go_with_the_archive_and_come_back(store: Store) -> None:
     assert again is not None and again.files == merged.files
     with store.client(Authorization=f"Bearer {token}") as c:
         assert c.get(f"/api/models/{lora.id}/revision/merged").status_code == 200
+
+
+def test_a_merged_archive_built_with_sums_first_comes_back_as_it_was(store: Store) -> None:
+    """Merged archives built before merges were packed in one pass carry SHA256SUMS first;
+    evicted, one is rebuilt in that format, to the same bytes."""
+    org, fts = seed_demo(store.svc)
+    lora = next(ft for ft in fts if ft.is_lora)
+    merged = store.svc.store.find_checkpoint(lora.id, 20, Kind.MERGED)
+    assert merged is not None
+    # What a server before the one-pass merge left: the merged files as blobs (stored on
+    # request) packed with SHA256SUMS first, in place of today's archive.
+    store.svc.store.queue_rebuild(merged.id, JobKind.MERGE_FILES)
+    assert store.build_all() == 1
+    old = build_archive(store.svc.store, store.svc.storage, merged.id)
+    assert old.format == ArchiveFormat.SUMS_FIRST
+    _age_all(store)
+    gone = enforce_budget(store.with_settings(derived_budget_bytes=1))
+    assert any(e.kind == "merged" and e.sha256 == old.sha256 for e in gone)
+    q = f"/v1/finetune/download?ft_id={lora.id}&checkpoint=merged"
+    _, token = store.svc.store.create_key(org.id, "r", [Scope.READ])
+    with store.client(**RESPOND_ASYNC, Authorization=f"Bearer {token}") as c:
+        assert c.get(q).status_code == 409
+        assert store.build_all() == 1
+        r = c.get(q)
+    assert r.status_code == 200 and sha(r.content) == old.sha256
+    again = store.svc.store.get_archive(merged.id)
+    assert again is not None and again.format == ArchiveFormat.SUMS_FIRST

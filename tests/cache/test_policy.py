@@ -89,7 +89,8 @@ def test_bookkeeping_on_each_database(database_url: str, tmp_path: Path) -> None
         jobs = svc.store.jobs_for_checkpoint(archives[2].checkpoint_id)
         assert [j.state for j in jobs] == ["queued"]
         assert not enforce_budget(budget)  # over, but the rest is pinned or being built
-        assert svc.store.evicted_sha256(archives[1].checkpoint_id) == archives[1].sha256
+        gone = svc.store.evicted_archive(archives[1].checkpoint_id)
+        assert gone is not None and gone.sha256 == archives[1].sha256
 
 
 def test_a_build_that_passes_the_budget_evicts(store: Store, tmp_path: Path) -> None:
@@ -107,7 +108,8 @@ def test_a_build_that_passes_the_budget_evicts(store: Store, tmp_path: Path) -> 
     assert store.svc.store.get_archive(first.checkpoint_id) is None
     assert store.svc.storage.stat(first.storage_key) is None
     assert store.svc.storage.stat(second.storage_key) is not None
-    assert store.svc.store.evicted_sha256(first.checkpoint_id) == first.sha256
+    gone = store.svc.store.evicted_archive(first.checkpoint_id)
+    assert gone is not None and (gone.sha256, gone.format) == (first.sha256, first.format)
 
 
 def _tv(store: Store, *args: str) -> subprocess.CompletedProcess[str]:

@@ -46,3 +46,20 @@ class StoredCheck:
 
     def ok(self) -> bool:
         return self._hash.hexdigest() == self._expected
+
+
+class MadeDigest:
+    """The sha256 of bytes made as they are packed (a streamed merge's shard): there is no
+    recorded digest to check them against, so this one becomes the record."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._hash.update(data)
+
+    def ok(self) -> bool:
+        return True
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()

@@ -1,11 +1,13 @@
 """Deterministic tar.zst archives of a checkpoint.
 
 The same files always give the same bytes: members sorted by path, a `SHA256SUMS` member
-first (so a streaming reader knows every digest before the files arrive), fixed owner,
-mode and mtime, PAX headers, one zstd frame with a fixed level. Files sit at the archive
-root, as Together's archives have them. Every input is re-checked while it is read (its
-xxh3, or its sha256 when none was recorded), so a blob that rotted on disk fails the
-build instead of reaching a user.
+(in the format the archive is built in, tunevault.models.ArchiveFormat: first, so a
+streaming reader knows every digest before the files arrive, or last, for files made as
+they are packed, whose digests are taken then), fixed owner, mode and mtime, PAX headers,
+one zstd frame with a fixed level. Files sit at the archive root, as Together's archives
+have them. Every stored input is re-checked while it is read (its xxh3, or its sha256 when
+none was recorded), so a blob that rotted on disk fails the build instead of reaching a
+user.
 
 Three threads share the work (bench.build_stages measures each stage): this one reads
 into one reused buffer and feeds zstd, zstd's workers compress, and a writer thread
@@ -19,16 +21,15 @@ import queue
 import tarfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import zstandard
 
-from tunevault.archive.checksums import StoredCheck
+from tunevault.archive.checksums import MadeDigest, StoredCheck
 from tunevault.errors import IntegrityError
-from tunevault.models import FileEntry
+from tunevault.models import ArchiveFormat, FileEntry
 
-FORMAT_VERSION = "tv-archive-1"
 SUMS_NAME = "SHA256SUMS"
 MTIME = 1577836800  # 2020-01-01T00:00:00Z: fixed so that rebuilds are byte-identical
 CHUNK = 1 << 20  # reads (into one buffer, reused: no allocation per read) and compressed writes
@@ -55,6 +56,7 @@ class Source(Protocol):
 class ArchiveResult:
     sha256: str
     size: int
+    files: tuple[FileEntry, ...]  # the members as packed, every sha256 known
 
 
 class _Writer(threading.Thread):
@@ -105,9 +107,11 @@ def sums_text(files: Sequence[FileEntry]) -> bytes:
     return "".join(f"{f.sha256}  {f.path}\n" for f in sorted(files, key=lambda f: f.path)).encode()
 
 
-def input_digest(files: Sequence[FileEntry], level: int) -> str:
+def input_digest(
+    files: Sequence[FileEntry], level: int, fmt: ArchiveFormat = ArchiveFormat.SUMS_FIRST
+) -> str:
     """Names an archive by what goes into it, so a rebuild lands on the same key."""
-    h = hashlib.sha256(f"{FORMAT_VERSION}\nzstd-{level}\n".encode())
+    h = hashlib.sha256(f"{fmt.value}\nzstd-{level}\n".encode())
     h.update(sums_text(files))
     return h.hexdigest()
 
@@ -136,13 +140,18 @@ def write_archive(
     threads: int = -1,
     xxh3: Mapping[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
+    fmt: ArchiveFormat = ArchiveFormat.SUMS_FIRST,
 ) -> ArchiveResult:
     """Write the tar.zst of `files` to `sink`; `open_file` yields each file's bytes.
     `xxh3` maps a blob's sha256 to its recorded xxh3, the cheaper re-check; `progress`
-    hears the input bytes as they are packed."""
+    hears the input bytes as they are packed. In the SUMS_LAST format a file whose
+    sha256 is "" is made as it is read (a streamed merge's shard): its digest is taken as
+    it is packed, there being nothing to check it against."""
     entries = sorted(files, key=lambda f: f.path)
     if len({f.path for f in entries}) != len(entries) or any(f.path == SUMS_NAME for f in entries):
         raise ValueError("archive member paths must be unique and not SHA256SUMS")
+    if fmt == ArchiveFormat.SUMS_FIRST and any(not f.sha256 for f in entries):
+        raise ValueError("SHA256SUMS first needs every file's sha256 before packing")
     checks = xxh3 or {}
     out = _Writer(sink)
     cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
@@ -155,22 +164,37 @@ def write_archive(
                 z.write(data)  # consumed before it returns: the buffer may be reused
                 tar_size += len(data)
 
-            sums = sums_text(entries)
-            emit(_header(SUMS_NAME, len(sums)))
-            emit(sums + _padding(len(sums)))
+            def emit_sums(members: Sequence[FileEntry]) -> None:
+                sums = sums_text(members)
+                emit(_header(SUMS_NAME, len(sums)))
+                emit(sums + _padding(len(sums)))
+
+            if fmt == ArchiveFormat.SUMS_FIRST:
+                emit_sums(entries)
+            packed = []
             buf = memoryview(bytearray(CHUNK))
             for entry in entries:
                 emit(_header(entry.path, entry.size))
-                check = StoredCheck(entry.sha256, checks.get(entry.sha256))
+                if entry.sha256:
+                    check: StoredCheck | MadeDigest = StoredCheck(
+                        entry.sha256, checks.get(entry.sha256)
+                    )
+                else:
+                    check = MadeDigest()
                 _copy_verified(entry, open_file, emit, buf, check, progress)
                 emit(_padding(entry.size))
+                if isinstance(check, MadeDigest):
+                    entry = replace(entry, sha256=check.sha256())
+                packed.append(entry)
+            if fmt == ArchiveFormat.SUMS_LAST:
+                emit_sums(packed)
             emit(b"\0" * (2 * _BLOCK))
             emit(_padding(tar_size, _RECORD))
     finally:
         out.stop()
     if out.error is not None:
         raise out.error
-    return ArchiveResult(sha256=out.hexdigest(), size=out.size)
+    return ArchiveResult(sha256=out.hexdigest(), size=out.size, files=tuple(packed))
 
 
 def _copy_verified(
@@ -178,7 +202,7 @@ def _copy_verified(
     open_file: Callable[[FileEntry], Source],
     emit: Callable[[bytes | memoryview], None],
     buf: memoryview,
-    check: StoredCheck,
+    check: StoredCheck | MadeDigest,
     progress: Callable[[int], None] | None,
 ) -> None:
     seen = 0

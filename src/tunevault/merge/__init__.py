@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import MergeRefused
-from tunevault.merge.apply import write_plan
+from tunevault.merge.apply import write_index, write_plan
 from tunevault.merge.config import load_settings
 from tunevault.merge.files import adapter_tensors, base_tensors, side_files, tied_outputs
 from tunevault.merge.plan import Plan, build_plan, resolve_dtype
@@ -30,6 +30,8 @@ __all__ = [
     "merge_lora",
     "merged_digests",
     "prepare",
+    "shard_sizes",
+    "side_outputs",
     "stream_shards",
 ]
 
@@ -115,7 +117,7 @@ def merge_lora(
 @dataclass(frozen=True)
 class Prepared:
     """A merge planned from the headers, every refusal already raised: what the streamed
-    merge (`merged_digests`, then `stream_shards`) runs twice."""
+    merge (`side_outputs`, then `stream_shards`) runs."""
 
     plan: Plan
     sides: dict[str, Path]  # output path -> source of the files that are not weights
@@ -154,23 +156,35 @@ class _Discard:
         return len(data)
 
 
+def shard_sizes(prepared: Prepared) -> dict[str, int]:
+    """The size of every shard the merge makes, by name, known from the plan."""
+    return {name: shard_size(j.out for j in jobs) for name, jobs in prepared.plan.shards}
+
+
+def side_outputs(prepared: Prepared, side_dir: Path) -> tuple[OutputFile, ...]:
+    """The output's small files (config, tokenizer, the shard index), written to
+    `side_dir`, which must not exist, with their digests: all of the output but the
+    shards, which `stream_shards` makes."""
+    side_dir.mkdir(parents=True)
+    write_index(prepared.plan, side_dir)
+    _write_side_files(side_dir, prepared.sides, prepared.dtype, prepared.plan.untied)
+    return _output_files(side_dir, {})
+
+
 def merged_digests(
     prepared: Prepared, side_dir: Path, progress: Callable[[int], None] | None = None
 ) -> tuple[OutputFile, ...]:
-    """Every output file's size and digests, by path. The shards are computed and hashed
-    but not written (`stream_shards` computes them again, to the same bytes); the small
-    files (config, tokenizer, the index) are written to `side_dir`, which must not exist."""
-    side_dir.mkdir(parents=True)
+    """Every output file's size and digests, by path: the small files as `side_outputs`,
+    the shards computed and hashed but not written (`stream_shards` computes them again,
+    to the same bytes). For rebuilding an archive with `SHA256SUMS` first."""
+    sides = side_outputs(prepared, side_dir)
     hashers: dict[str, BlobHasher] = {}
-    write_plan(prepared.plan, side_dir, progress, hashers, _Discard())
-    _write_side_files(side_dir, prepared.sides, prepared.dtype, prepared.plan.untied)
+    write_plan(prepared.plan, None, progress, hashers, _Discard())
     shards = [
-        OutputFile(
-            name, shard_size(j.out for j in jobs), hashers[name].sha256(), hashers[name].xxh3()
-        )
-        for name, jobs in prepared.plan.shards
+        OutputFile(name, size, hashers[name].sha256(), hashers[name].xxh3())
+        for name, size in shard_sizes(prepared).items()
     ]
-    return tuple(sorted((*shards, *_output_files(side_dir, {})), key=lambda f: f.path))
+    return tuple(sorted((*shards, *sides), key=lambda f: f.path))
 
 
 def stream_shards(prepared: Prepared, sink: Sink) -> None:

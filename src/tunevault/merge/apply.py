@@ -29,6 +29,7 @@ from tunevault.merge.safetensors_io import (
     TensorInfo,
     read_all,
     read_rows,
+    shard_data_size,
 )
 
 Array = np.ndarray[Any, Any]
@@ -49,8 +50,6 @@ def write_plan(
     of each tensor written; `hashers`, when given, gets each shard's digests by file name.
     With a `sink`, the shards' bytes go there one after the other (in name order) instead
     of to files; the index is written to `out_dir` unless it is None."""
-    weight_map: dict[str, str] = {}
-    total = 0
     scratch = _Scratch()
     with ThreadPoolExecutor(max_workers=1) as io, single_threaded_blas():
         for filename, jobs in plan.shards:
@@ -62,17 +61,25 @@ def write_plan(
                     writer.begin(job.out.name)
                     _run(job, writer, scratch, io)
                     writer.end()
-                    weight_map[job.out.name] = filename
                     if progress is not None:
                         progress(job.out.nbytes)
             except BaseException:
                 writer.abort()  # the caller removes the partial output
                 raise
             writer.close()
-            total += writer.data_bytes
-    if len(plan.shards) > 1 and out_dir is not None:
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    if out_dir is not None:
+        write_index(plan, out_dir)
+
+
+def write_index(plan: Plan, out_dir: Path) -> None:
+    """`model.safetensors.index.json`, when there are several shards: known from the plan,
+    so a streamed merge writes it before the shards are made."""
+    if len(plan.shards) < 2:
+        return
+    weight_map = {j.out.name: filename for filename, jobs in plan.shards for j in jobs}
+    total = sum(shard_data_size(j.out for j in jobs) for _, jobs in plan.shards)
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _run(job: Job, writer: ShardWriter, scratch: _Scratch, io: ThreadPoolExecutor) -> None:

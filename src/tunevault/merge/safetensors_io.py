@@ -223,6 +223,11 @@ def _header(specs: list[OutSpec]) -> tuple[bytes, int]:
     return raw + b" " * (-len(raw) % 8), offset  # 8-byte aligned data, as the reference's
 
 
+def shard_data_size(specs: Iterable[OutSpec]) -> int:
+    """The bytes of tensor data in the shard ShardWriter writes for `specs`."""
+    return _header(list(specs))[1]
+
+
 def shard_size(specs: Iterable[OutSpec]) -> int:
     """The size of the shard ShardWriter writes for `specs`."""
     raw, data = _header(list(specs))

@@ -14,9 +14,17 @@ from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase, now, upsert
 from tunevault.metadata.collection import _take_lock
 from tunevault.metadata.jobs import ACTIVE, enqueue
-from tunevault.models import JobKind, JobState, Kind
+from tunevault.models import ArchiveFormat, JobKind, JobState, Kind
 
 _LEFT_ALONE = (*ACTIVE, JobState.FAILED)  # a rebuild on its way, or its error the answer
+
+
+@dataclass(frozen=True)
+class Gone:
+    """What an evicted archive was: its rebuild must give these bytes again."""
+
+    sha256: str
+    format: ArchiveFormat
 
 
 @dataclass(frozen=True)
@@ -104,15 +112,22 @@ class CacheMixin(StoreBase):
         with self.engine.begin() as conn:
             _take_lock(conn)
             gone = conn.execute(
-                t.archives.delete().where(
+                t.archives.delete()
+                .where(
                     a.checkpoint_id == cached.checkpoint_id,
                     a.sha256 == cached.sha256,
                     ~_pinned(cached.ft_id, cached.step),
                 )
-            ).rowcount
-            if not gone:
+                .returning(a.format)
+            ).scalar()
+            if gone is None:
                 return False
-            row = {"sha256": cached.sha256, "size": cached.size, "evicted_at": now()}
+            row = {
+                "sha256": cached.sha256,
+                "size": cached.size,
+                "evicted_at": now(),
+                "format": gone,
+            }
             conn.execute(
                 upsert(conn, t.evicted_archives)
                 .values(checkpoint_id=cached.checkpoint_id, **row)
@@ -124,14 +139,14 @@ class CacheMixin(StoreBase):
                 )
         return True
 
-    def evicted_sha256(self, checkpoint_id: int) -> str | None:
-        """The sha256 the checkpoint's archive had when it was last evicted, or None."""
+    def evicted_archive(self, checkpoint_id: int) -> Gone | None:
+        """What the checkpoint's archive was when it was last evicted, or None."""
         e = t.evicted_archives.c
         with self.engine.connect() as conn:
             found = conn.execute(
-                sa.select(e.sha256).where(e.checkpoint_id == checkpoint_id)
-            ).scalar()
-        return None if found is None else str(found)
+                sa.select(e.sha256, e.format).where(e.checkpoint_id == checkpoint_id)
+            ).first()
+        return None if found is None else Gone(str(found.sha256), ArchiveFormat(found.format))
 
     def set_pin(self, ft_id: str, step: int, pinned: bool) -> bool:
         """Pin (or unpin) a step of a fine-tune; False when nothing changed."""

@@ -13,7 +13,15 @@ from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase, now
 from tunevault.metadata.finetunes import _select_fine_tunes
 from tunevault.metadata.jobs import enqueue
-from tunevault.models import Archive, Checkpoint, FileEntry, FineTune, JobKind, Kind
+from tunevault.models import (
+    Archive,
+    ArchiveFormat,
+    Checkpoint,
+    FileEntry,
+    FineTune,
+    JobKind,
+    Kind,
+)
 
 
 class CheckpointsMixin(StoreBase):
@@ -128,6 +136,7 @@ class CheckpointsMixin(StoreBase):
                 a.c.sha256.label("a_sha256"),
                 a.c.size.label("a_size"),
                 a.c.created_at.label("a_created_at"),
+                a.c.format.label("a_format"),
             )
             .select_from(
                 f.outerjoin(c, c.c.ft_id == f.c.id).outerjoin(a, a.c.checkpoint_id == c.c.id)
@@ -160,6 +169,7 @@ class CheckpointsMixin(StoreBase):
                     sha256=r.a_sha256,
                     size=r.a_size,
                     created_at=r.a_created_at,
+                    format=ArchiveFormat(r.a_format),
                 )
             )
             found.append((ckpt, archive))
@@ -199,7 +209,8 @@ class CheckpointsMixin(StoreBase):
             ).first()
         if row is None:
             return None
-        return Archive(**{k: row._mapping[k] for k in Archive.__dataclass_fields__})
+        fields = {k: row._mapping[k] for k in Archive.__dataclass_fields__}
+        return Archive(**{**fields, "format": ArchiveFormat(row.format)})
 
 
 def _files(conn: Connection, checkpoint_id: int) -> tuple[FileEntry, ...]:

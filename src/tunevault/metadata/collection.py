@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from tunevault.metadata import tables as t
 from tunevault.metadata.base import StoreBase, now, select_in, upsert
 from tunevault.metadata.blobs import _org_blob_sizes
-from tunevault.models import Archive
+from tunevault.models import Archive, ArchiveFormat
 
 _LOCK_ID = 0x7475_6E65_6763  # "tunegc": the advisory lock key, any constant of our own
 
@@ -105,12 +105,13 @@ class GcMixin(StoreBase):
         sha256: str,
         size: int,
         stored: Callable[[], bool],
+        format: ArchiveFormat = ArchiveFormat.SUMS_FIRST,
     ) -> Archive | None:
         """Record a checkpoint's archive under the gc lock if `stored()` says its bytes are
         there: gc deletes archive keys no row names, and a row recorded before this check
         could name bytes gc took between the write and the row (a download would find it
         gone). None: build it again."""
-        archive = Archive(checkpoint_id, storage_key, sha256, size, now())
+        archive = Archive(checkpoint_id, storage_key, sha256, size, now(), format)
         with self._gc_locked() as conn:
             if not stored():
                 return None

@@ -157,6 +157,8 @@ archives = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     # 0013: the last download began or ended (the audit writer's batches); NULL: none yet
     sa.Column("last_download_at", UTCDateTime, nullable=True),
+    # 0014: tunevault.models.ArchiveFormat; rows from before it are all SUMS_FIRST
+    sa.Column("format", sa.String(32), nullable=False, server_default="tv-archive-1"),
 )
 
 blobs = sa.Table(
@@ -319,6 +321,8 @@ evicted_archives = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("evicted_at", UTCDateTime, nullable=False),
+    # 0014: the format the rebuild must use to give the same bytes
+    sa.Column("format", sa.String(32), nullable=False, server_default="tv-archive-1"),
 )
 
 pins = sa.Table(

@@ -13,7 +13,7 @@ What is never evicted:
   tunevault.storage.inuse), whatever its age;
 - the steps someone pinned (`tunevault pin`), and checkpoints with a build running.
 
-An evicted archive keeps its sha256 (`evicted_archives`). Its next download queues the
+An evicted archive keeps its sha256 and format (`evicted_archives`). Its next download queues the
 rebuild (one job per checkpoint and kind, however many ask) and is answered like any
 archive being built; the rebuild must produce that sha256 again, or it fails with
 `rebuild_mismatch` and nothing is stored.
@@ -122,7 +122,7 @@ def _evict(svc: Services, cached: Cached) -> bool:
 def requeue_evicted(store: MetadataStore, ckpt: Checkpoint) -> bool:
     """Queue the rebuild of an evicted archive (a merge, for a merged checkpoint); False
     when the checkpoint's archive was never evicted."""
-    if store.evicted_sha256(ckpt.id) is None:
+    if store.evicted_archive(ckpt.id) is None:
         return False
     store.queue_rebuild(ckpt.id, JobKind.MERGE if ckpt.kind == Kind.MERGED else JobKind.ARCHIVE)
     return True

@@ -1,11 +1,11 @@
 """A merge streamed into its archive: the merged shards are computed on a thread of their
 own while the archive writer reads them, and are never written anywhere else.
 
-The archive's `SHA256SUMS` comes first, so the shards' digests must be known before their
-bytes: the worker runs the merge twice over the base (in the page cache after the first
-pass). Pass one (`tunevault.merge.merged_digests`) only hashes; pass two (this module)
-computes the same bytes again into the archive, whose build re-checks each shard against
-pass one's xxh3, so two passes that disagreed would fail the build rather than ship.
+A merged archive carries its `SHA256SUMS` last (tunevault.models.ArchiveFormat), so the
+archive writer takes the shards' digests as they go by and the base is read once. An
+evicted archive built with `SHA256SUMS` first is rebuilt as it was: pass one
+(`tunevault.merge.merged_digests`) only hashes, pass two (this module) computes the same
+bytes again into the archive, whose build re-checks each shard against pass one's xxh3.
 Memory: the queue holds at most QUEUE_BLOCKS of the merge's blocks.
 """
 

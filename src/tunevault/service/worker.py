@@ -1,9 +1,10 @@
 """The build worker: claims jobs from the queue in the database and runs them.
 
 `archive` jobs pack a checkpoint into its tar.zst; `merge` jobs merge the final LoRA
-adapter into the registered base model, store the result as the `merged` checkpoint and
-pack it. A lease, renewed while the job runs, lets another worker finish the job of one
-that died. Runs inside `tunevault serve` (threads) or alone as `tunevault worker`.
+adapter into the registered base model, straight into the `merged` checkpoint's archive;
+`merge_files` jobs store a merged checkpoint's files as blobs. A lease, renewed while the
+job runs, lets another worker finish the job of one that died. Runs inside `tunevault
+serve` (threads) or alone as `tunevault worker`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunevault.errors import (
@@ -28,10 +30,24 @@ from tunevault.errors import (
     TunevaultError,
 )
 from tunevault.layout import MERGE_PREFIX, blob_key, scratch_dir
-from tunevault.merge import merge_lora, merged_digests, prepare
+from tunevault.merge import (
+    merge_lora,
+    merged_digests,
+    prepare,
+    shard_sizes,
+    side_outputs,
+)
 from tunevault.metadata.notify import listen_for_jobs
-from tunevault.models import BuildJob, Checkpoint, FileEntry, FineTune, JobKind, Kind
-from tunevault.service.builds import LocalCopy, build_archive
+from tunevault.models import (
+    ArchiveFormat,
+    BuildJob,
+    Checkpoint,
+    FileEntry,
+    FineTune,
+    JobKind,
+    Kind,
+)
+from tunevault.service.builds import LocalCopy, build_archive, merged_archive_key
 from tunevault.service.cache import after_build
 from tunevault.service.context import Services, translated
 from tunevault.service.mergedfiles import lay_out_base, store_outputs
@@ -48,6 +64,23 @@ MAX_ATTEMPTS = 3
 
 class LeaseLost(Exception):
     """Another worker took the job over: drop our result."""
+
+
+@dataclass(frozen=True)
+class MergeInputs:
+    """A merge's scratch directory, with the base and the adapter laid out in it."""
+
+    tmp: Path
+    adapter: tuple[FileEntry, ...]
+    base: tuple[FileEntry, ...]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.tmp / "base"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.tmp / "adapter"
 
 
 class Worker:
@@ -176,7 +209,14 @@ class Worker:
             ckpt.step,
         )
 
-    def _pack(self, ckpt: Checkpoint, progress: JobProgress, local: LocalCopy | None) -> None:
+    def _pack(
+        self,
+        ckpt: Checkpoint,
+        progress: JobProgress,
+        local: LocalCopy | None,
+        fmt: ArchiveFormat = ArchiveFormat.SUMS_FIRST,
+        key: str | None = None,
+    ) -> None:
         settings = self.svc.settings
         build_archive(
             self.svc.store,
@@ -186,32 +226,66 @@ class Worker:
             threads=settings.zstd_threads,
             progress=progress.add,
             local=local,
+            fmt=fmt,
+            key=key,
         )
 
     def _merge(self, job: BuildJob, ckpt: Checkpoint, progress: JobProgress) -> Checkpoint:
         """Merge into the archive, the merged files stored nowhere else (see
-        tunevault.service.mergestream): pass one hashes them and records the checkpoint's
-        manifest, pass two packs them as they are computed again."""
+        tunevault.service.mergestream): the shards are packed as they are computed, their
+        digests taken as they go by and written in `SHA256SUMS` at the end, then recorded
+        as the checkpoint's manifest. The base is read once."""
+        gone = self.svc.store.evicted_archive(ckpt.id)
+        if gone is not None and gone.format == ArchiveFormat.SUMS_FIRST:
+            return self._merge_twice(job, ckpt, progress)
+        with self._merge_inputs(ckpt, progress, passes=1) as inputs:
+            prepared = prepare(inputs.base_dir, inputs.adapter_dir)
+            sides = side_outputs(prepared, inputs.tmp / "side")
+            sizes = shard_sizes(prepared)
+            self._still_mine(job)
+            made = tuple(FileEntry(path=name, size=size, sha256="") for name, size in sizes.items())
+            files = tuple(FileEntry(path=o.path, size=o.size, sha256=o.sha256) for o in sides)
+            level = self.svc.settings.zstd_level
+            key = merged_archive_key(ckpt.id, inputs.adapter, inputs.base, level)
+            with StreamedShards(prepared, sizes) as shards:
+                local = LocalCopy(
+                    inputs.tmp / "side", {o.sha256: o.xxh3 for o in sides}, shards.openers()
+                )
+                packed = dataclasses.replace(ckpt, files=files + made)
+                self._pack(packed, progress, local, ArchiveFormat.SUMS_LAST, key)
+        return ckpt
+
+    def _merge_twice(self, job: BuildJob, ckpt: Checkpoint, progress: JobProgress) -> Checkpoint:
+        """The rebuild of an evicted merged archive built with `SHA256SUMS` first (before
+        tunevault packed merges in one pass), to the same bytes: pass one hashes the merged
+        files and records the checkpoint's manifest, pass two packs them as they are
+        computed again."""
         store = self.svc.store
-        with self._merge_inputs(ckpt, progress) as (tmp, base_dir, adapter_dir):
-            prepared = prepare(base_dir, adapter_dir)
-            outputs = merged_digests(prepared, tmp / "side", progress.add)
+        with self._merge_inputs(ckpt, progress, passes=2) as inputs:
+            prepared = prepare(inputs.base_dir, inputs.adapter_dir)
+            outputs = merged_digests(prepared, inputs.tmp / "side", progress.add)
             self._still_mine(job)
             files = tuple(FileEntry(path=o.path, size=o.size, sha256=o.sha256) for o in outputs)
             store.set_checkpoint_files(ckpt.id, files)
             ckpt = dataclasses.replace(ckpt, files=files)
             with StreamedShards(prepared, {o.path: o.size for o in outputs}) as shards:
                 xxh3 = {o.sha256: o.xxh3 for o in outputs}
-                self._pack(ckpt, progress, LocalCopy(tmp / "side", xxh3, shards.openers()))
+                local = LocalCopy(inputs.tmp / "side", xxh3, shards.openers())
+                self._pack(ckpt, progress, local)
         return ckpt
 
     def _merge_files(self, job: BuildJob, ckpt: Checkpoint, progress: JobProgress) -> None:
         """Store a merged checkpoint's files as blobs, for what reads them one by one (the
         Hub protocol): the merge again, to files this time, which must be the manifest's."""
         store = self.svc.store
-        with self._merge_inputs(ckpt, progress) as (tmp, base_dir, adapter_dir):
+        with self._merge_inputs(ckpt, progress, passes=1) as inputs:
+            tmp = inputs.tmp
             report = merge_lora(
-                base_dir, adapter_dir, tmp / "merged", progress=progress.add, hash_outputs=True
+                inputs.base_dir,
+                inputs.adapter_dir,
+                tmp / "merged",
+                progress=progress.add,
+                hash_outputs=True,
             )
             self._still_mine(job)
             made = [FileEntry(path=o.path, size=o.size, sha256=o.sha256) for o in report.files]
@@ -239,10 +313,11 @@ class Worker:
 
     @contextlib.contextmanager
     def _merge_inputs(
-        self, ckpt: Checkpoint, progress: JobProgress
-    ) -> Iterator[tuple[Path, Path, Path]]:
+        self, ckpt: Checkpoint, progress: JobProgress, *, passes: int
+    ) -> Iterator[MergeInputs]:
         """A scratch directory holding the base and the adapter of a merged checkpoint, the
-        base read once where it lies (see tunevault.service.mergedfiles)."""
+        base read where it lies (see tunevault.service.mergedfiles); `passes` over the
+        merged bytes, for the progress."""
         store = self.svc.store
         ft = store.fine_tune_by_id(ckpt.ft_id)
         adapter = store.find_checkpoint(ckpt.ft_id, ckpt.step, Kind.ADAPTER)
@@ -251,7 +326,7 @@ class Worker:
         base = store.get_base_model(ft.org_id, ft.model)
         if base is None:
             raise BaseModelNotFound(missing_base_message(ft))
-        progress.extend(2 * _size(base.files))  # the merge, then the archive of about as much
+        progress.extend(passes * _size(base.files))  # the merged model is about the base's size
         scratch = scratch_dir(self.svc.settings.data_dir)
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch, prefix=MERGE_PREFIX) as tmp_name:
@@ -260,9 +335,10 @@ class Worker:
             try:
                 if not claim(held, tmp):
                     raise RuntimeError(f"{tmp} was removed before the merge began")
-                lay_out_base(self.svc, base.files, tmp / "base")
-                self._materialize(adapter.files, tmp / "adapter")
-                yield tmp, tmp / "base", tmp / "adapter"
+                inputs = MergeInputs(tmp, adapter.files, base.files)
+                lay_out_base(self.svc, base.files, inputs.base_dir)
+                self._materialize(adapter.files, inputs.adapter_dir)
+                yield inputs
             finally:
                 os.close(held)
 
