@@ -3,17 +3,22 @@ pipeline of this checkout against an earlier commit's (`--old-ref`), on local di
 SeaweedFS, with `tar -I 'zstd -3 -T0'` of the base alone as the reference. Run from the
 repo root:
 
-    .venv/bin/python -m bench.merge_pipeline_bench --repeat 3 --old-ref 236d672
+    .venv/bin/python -m bench.merge_pipeline_bench --repeat 3 --old-ref 6cd17e2
 
-(236d672: merged files hashed as written, stored as blobs, the archive packed from them;
-today the merge streams into the archive and stores no merged file.)
+(6cd17e2: the merge run twice, once to hash the shards for a `SHA256SUMS` first, once into
+the archive; 236d672 before it: merged files hashed as written, stored as blobs, the
+archive packed from them. Today the merge runs once into the archive, `SHA256SUMS` last.)
 
 The base is bench.merge_bench's 2.06 GiB bf16 Llama-shaped model, registered once per
 storage; every timed run commits a new rank-16 adapter (a fresh seed: no blob of an earlier
 run's output can be reused) and times a `tunevault worker` child (PYTHONPATH: this
-checkout's src, or main's, exported with `git archive`) from its start to the merged
-archive recorded, with its peak RSS and its CPU time (user + system: on two cores, a job
-that needs more CPU than tar cannot finish as fast as tar, however its work overlaps).
+checkout's src, or the old ref's, exported with `git archive`) from its start to the
+merged archive recorded, with its peak RSS, its CPU time (user + system: on two cores, a
+job that needs more CPU than tar cannot finish as fast as tar, however its work overlaps)
+and the merge job's own time (from its claim to its end: without the interpreter's
+start-up and the adapter's own archive, which a resident worker does not pay before the
+merge). Each side has a store of its own, set up by its own code
+(bench/merge_pipeline_side.py): an older ref cannot open a database a newer one migrated.
 The three sides alternate in one run; before each,
 `sync` and the VM's free page reporting settles (bench/common.py), and the 1-minute load
 average is recorded. Untimed, every archive's sha256 is
@@ -26,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import resource
@@ -38,17 +42,16 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bench.common import settle_reporting
 from bench.merge_bench import write_adapter, write_base
 from tests.support.seaweed import run_seaweedfs
-from tunevault.models import Kind
 from tunevault.service.context import open_services
-from tunevault.service.gc import collect
-from tunevault.service.publishing import publish_directory, put_directory, register_base_model
 from tunevault.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+SIDE_OPS = ROOT / "bench" / "merge_pipeline_side.py"
 
 CHILD = """
 import json, re, time
@@ -57,13 +60,14 @@ from tunevault.service.context import open_services
 from tunevault.service.gc import collect
 from tunevault.service.worker import Worker
 from tunevault.settings import Settings
+jobs = {}
 with open_services(Settings()) as svc:
-    worker = Worker(svc)
+    worker = Worker(svc, observe=lambda kind, outcome, s: jobs.__setitem__(kind, s))
     while worker.run_once():
         pass
 status = open("/proc/self/status").read()
 rss = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
-print(json.dumps({"seconds": time.perf_counter() - t, "rss": rss}))
+print(json.dumps({"seconds": time.perf_counter() - t, "rss": rss, "job": jobs["merge"]}))
 """
 
 
@@ -80,25 +84,29 @@ def old_source(workdir: Path, ref: str) -> Path:
     return out / "src"
 
 
+SIDES = ("new", "old")
+
+
 @contextlib.contextmanager
-def storage_env(kind: str, workdir: Path) -> Iterator[tuple[Settings, dict[str, str]]]:
-    data_dir = workdir / kind / "data"
+def storage_env(kind: str, workdir: Path) -> Iterator[tuple[dict[str, Settings], dict[str, str]]]:
+    """A store for each side (an older ref cannot open a database a newer one migrated),
+    on one SeaweedFS for S3."""
+    data = {side: workdir / kind / f"data-{side}" for side in SIDES}
     if kind == "local":
-        yield Settings(data_dir=data_dir), {}
+        yield {side: Settings(data_dir=d) for side, d in data.items()}, {}
         return
-    with run_seaweedfs(workdir / kind / "weed") as weed, weed.bucket() as bucket:
+    with run_seaweedfs(workdir / kind / "weed") as weed, contextlib.ExitStack() as stack:
         env = weed.env()
         os.environ.update(env)
-        yield Settings(data_dir=data_dir, storage_url=weed.storage_url(bucket)), env
-
-
-def commit_adapter(settings: Settings, org_id: str, adapter: Path, n: int) -> str:
-    with open_services(settings) as svc:
-        ft = svc.store.create_fine_tune(
-            org_id, model="bench/base", model_output_name=f"bench/lora-{n}", training_type="Lora"
+        yield (
+            {
+                side: Settings(
+                    data_dir=d, storage_url=weed.storage_url(stack.enter_context(weed.bucket()))
+                )
+                for side, d in data.items()
+            },
+            env,
         )
-        publish_directory(svc, ft, adapter, step=1, kind=Kind.ADAPTER, final=True)
-        return ft.id
 
 
 def children_cpu() -> float:
@@ -107,7 +115,8 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_worker(settings: Settings, env: dict[str, str], src: Path) -> dict[str, float]:
+def run_child(settings: Settings, env: dict[str, str], src: Path, args: list[str]) -> Any:
+    """Python with `src`'s tunevault over `settings`' store; the last line it prints."""
     child_env = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(src),
@@ -116,38 +125,30 @@ def run_worker(settings: Settings, env: dict[str, str], src: Path) -> dict[str, 
         **({"TUNEVAULT_STORAGE_URL": settings.storage_url} if settings.storage_url else {}),
         **env,
     }
-    cpu = children_cpu()
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD], capture_output=True, text=True, env=child_env
-    )
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=child_env)
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
-    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def side_op(settings: Settings, env: dict[str, str], src: Path, op: str, **args: object) -> Any:
+    """Untimed store operations (bench/merge_pipeline_side.py), with the side's own code."""
+    return run_child(settings, env, src, [str(SIDE_OPS), op, json.dumps(args)])
+
+
+def run_worker(settings: Settings, env: dict[str, str], src: Path) -> dict[str, float]:
+    cpu = children_cpu()
+    result: dict[str, float] = run_child(settings, env, src, ["-c", CHILD])
     result["cpu"] = children_cpu() - cpu
     return result
-
-
-def check_and_drop(settings: Settings, org_id: str, ft_id: str) -> None:
-    """Untimed: the merged archive is there and is its sha256; then the fine-tune and its
-    merged blobs go (gc), so that runs do not fill the disk or the object store."""
-    with open_services(settings) as svc:
-        ckpt = svc.store.find_checkpoint(ft_id, 1, Kind.MERGED)
-        assert ckpt is not None
-        archive = svc.store.get_archive(ckpt.id)
-        assert archive is not None, f"{ft_id}: no merged archive"
-        h = hashlib.sha256()
-        for chunk in svc.storage.iter_range(archive.storage_key):
-            h.update(chunk)
-        assert h.hexdigest() == archive.sha256
-        svc.store.delete_fine_tune(org_id, ft_id)
-        collect(svc, grace_seconds=0, dry_run=False)
 
 
 def run_tar(base: Path, out: Path) -> dict[str, float]:
     out.unlink(missing_ok=True)
     t, cpu = time.perf_counter(), children_cpu()
     subprocess.run(["tar", "-I", "zstd -3 -T0", "-cf", str(out), "-C", str(base), "."], check=True)
-    return {"seconds": time.perf_counter() - t, "rss": 0, "cpu": children_cpu() - cpu}
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "rss": 0, "cpu": children_cpu() - cpu, "job": seconds}
 
 
 def run_upload(settings: Settings, archive: Path) -> dict[str, float]:
@@ -160,7 +161,8 @@ def run_upload(settings: Settings, archive: Path) -> dict[str, float]:
             shutil.copyfileobj(f, w, 8 << 20)
         seconds = time.perf_counter() - t
         svc.storage.delete(key)
-    return {"seconds": seconds, "rss": 0, "cpu": float("nan")}  # SeaweedFS's is not ours
+    nan = float("nan")  # SeaweedFS's CPU is not ours
+    return {"seconds": seconds, "rss": 0, "cpu": nan, "job": seconds}
 
 
 def bench_storage(
@@ -170,21 +172,20 @@ def bench_storage(
     if kind == "s3":
         results["upload"] = []
     with storage_env(kind, args.workdir) as (settings, env):
-        with open_services(settings) as svc:
-            org = svc.store.create_org("bench")
-            files = put_directory(svc.store, svc.storage, org.id, base)
-            register_base_model(svc, org.id, "bench/base", files)
-        n = 0
         sides = {"new": ROOT / "src", "old": old_src}
+        orgs = {s: side_op(settings[s], env, sides[s], "register", base=str(base)) for s in SIDES}
+        n = 0
         # Untimed warm-up of both: imports in the page cache, and the base cache filled.
         for side, src in sides.items():
             n += 1
             adapter = args.workdir / "adapters" / f"a{n}"
             if not adapter.exists():
                 write_adapter(adapter, seed=n)
-            ft_id = commit_adapter(settings, org.id, adapter, n)
-            first = run_worker(settings, env, src)
-            check_and_drop(settings, org.id, ft_id)
+            ft_id = side_op(
+                settings[side], env, src, "commit", org=orgs[side], adapter=str(adapter), n=n
+            )
+            first = run_worker(settings[side], env, src)
+            side_op(settings[side], env, src, "check_and_drop", org=orgs[side], ft=ft_id)
             print(f"{kind} {side} warm-up (first merge): {first['seconds']:.2f} s", flush=True)
         for r in range(args.repeat):
             order = ["new", "old", "tar"] if r % 2 == 0 else ["tar", "old", "new"]
@@ -197,20 +198,25 @@ def bench_storage(
                 if side == "tar":
                     res = run_tar(base, args.workdir / "base.tar.zst")
                 elif side == "upload":
-                    res = run_upload(settings, args.workdir / "base.tar.zst")
+                    res = run_upload(settings["new"], args.workdir / "base.tar.zst")
                 else:
                     n += 1
                     adapter = args.workdir / "adapters" / f"a{n}"
                     if not adapter.exists():
                         write_adapter(adapter, seed=n)
-                    ft_id = commit_adapter(settings, org.id, adapter, n)
-                    res = run_worker(settings, env, sides[side])
-                    check_and_drop(settings, org.id, ft_id)
+                    src = sides[side]
+                    org = orgs[side]
+                    ft_id = side_op(
+                        settings[side], env, src, "commit", org=org, adapter=str(adapter), n=n
+                    )
+                    res = run_worker(settings[side], env, src)
+                    side_op(settings[side], env, src, "check_and_drop", org=org, ft=ft_id)
                 res["load"] = load
                 results[side].append(res)
                 rss = res["rss"] / 2**20
                 print(
-                    f"{kind} run {r + 1} {side}: {res['seconds']:.2f} s, CPU {res['cpu']:.2f} s, "
+                    f"{kind} run {r + 1} {side}: {res['seconds']:.2f} s (job {res['job']:.2f} s), "
+                    f"CPU {res['cpu']:.2f} s, "
                     f"RSS {rss:.0f} MiB, load {load:.2f}",
                     flush=True,
                 )
@@ -224,8 +230,10 @@ def report(kind: str, results: dict[str, list[dict[str, float]]]) -> None:
         rss = max(x["rss"] for x in results[side]) / 2**20
         ratio = med[side] / med["tar"]
         cpu = statistics.median(x["cpu"] for x in results[side])
+        job = statistics.median(x["job"] for x in results[side])
         print(
-            f"{kind:5s} {side}: median {med[side]:.2f} s, {ratio:.2f}x tar; "
+            f"{kind:5s} {side}: median {med[side]:.2f} s, {ratio:.2f}x tar; merge job alone "
+            f"median {job:.2f} s, {job / med['tar']:.2f}x tar; "
             f"CPU (user + system) median {cpu:.2f} s; peak RSS {rss:.0f} MiB; runs {runs}"
         )
 
@@ -248,8 +256,7 @@ def main() -> None:
     kinds = ["local", "s3"] if args.storage == "both" else [args.storage]
     all_results = {}
     for kind in kinds:
-        for d in ("data", "weed"):
-            subprocess.run(["rm", "-rf", str(args.workdir / kind / d)], check=True)
+        subprocess.run(["rm", "-rf", str(args.workdir / kind)], check=True)
         all_results[kind] = bench_storage(kind, args, base, old_src)
     size = sum(p.stat().st_size for p in base.iterdir())
     print(f"base: {size / 2**30:.2f} GiB; {os.cpu_count()} cores")
