@@ -171,21 +171,8 @@ def write_archive(
 
             if fmt == ArchiveFormat.SUMS_FIRST:
                 emit_sums(entries)
-            packed = []
             buf = memoryview(bytearray(CHUNK))
-            for entry in entries:
-                emit(_header(entry.path, entry.size))
-                if entry.sha256:
-                    check: StoredCheck | MadeDigest = StoredCheck(
-                        entry.sha256, checks.get(entry.sha256)
-                    )
-                else:
-                    check = MadeDigest()
-                _copy_verified(entry, open_file, emit, buf, check, progress)
-                emit(_padding(entry.size))
-                if isinstance(check, MadeDigest):
-                    entry = replace(entry, sha256=check.sha256())
-                packed.append(entry)
+            packed = [_pack(e, open_file, emit, buf, checks, progress) for e in entries]
             if fmt == ArchiveFormat.SUMS_LAST:
                 emit_sums(packed)
             emit(b"\0" * (2 * _BLOCK))
@@ -195,6 +182,27 @@ def write_archive(
     if out.error is not None:
         raise out.error
     return ArchiveResult(sha256=out.hexdigest(), size=out.size, files=tuple(packed))
+
+
+def _pack(
+    entry: FileEntry,
+    open_file: Callable[[FileEntry], Source],
+    emit: Callable[[bytes | memoryview], None],
+    buf: memoryview,
+    checks: Mapping[str, str],
+    progress: Callable[[int], None] | None,
+) -> FileEntry:
+    """One member, header and padded content, read through the reused `buf`; the entry
+    with its sha256 (taken now for a file made as it is read)."""
+    emit(_header(entry.path, entry.size))
+    check: StoredCheck | MadeDigest = (
+        StoredCheck(entry.sha256, checks.get(entry.sha256)) if entry.sha256 else MadeDigest()
+    )
+    _copy_verified(entry, open_file, emit, buf, check, progress)
+    emit(_padding(entry.size))
+    if isinstance(check, MadeDigest):
+        return replace(entry, sha256=check.sha256())
+    return entry
 
 
 def _copy_verified(

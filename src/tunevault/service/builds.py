@@ -70,16 +70,7 @@ def build_archive(
 
     overrides = archive_overrides(store, storage, ckpt)  # an adapter names its base
     files = replaced(ckpt.files, overrides)
-
-    def open_file(entry: FileEntry) -> Source:
-        if entry.path in overrides:
-            return io.BytesIO(overrides[entry.path])
-        if local is not None and entry.path in local.streamed:
-            return local.streamed[entry.path]()
-        if local is not None and (local.root / entry.path).is_file():
-            return (local.root / entry.path).open("rb")
-        return storage.open_read(blob_key(entry.sha256))
-
+    open_file = _opener(storage, overrides, local)
     key = key or archive_key_of(files, level)
     xxh3 = dict(local.xxh3) if local else store.blob_xxh3(f.sha256 for f in ckpt.files if f.sha256)
     gone = store.evicted_archive(ckpt.id)  # an evicted archive comes back bit for bit
@@ -97,11 +88,7 @@ def build_archive(
                 fmt=fmt,
             )
             if expected is not None and result.sha256 != expected:  # raised: nothing stored
-                raise RebuildMismatch(
-                    f"the rebuilt {ckpt.kind.value} archive of {ckpt.ft_id} step {ckpt.step} "
-                    f"has sha256 {result.sha256}, not the {expected} it had before it was "
-                    "evicted: its inputs changed (a base model pushed again?); not served"
-                )
+                raise _mismatch(ckpt, result.sha256, expected)
         if any(not f.sha256 for f in files):
             store.set_checkpoint_files(ckpt.id, result.files)
         # gc deletes archive keys no row names: the row is recorded under its lock, once
@@ -112,3 +99,29 @@ def build_archive(
         if archive is not None:
             return archive
     raise RuntimeError(f"the archive {key} was collected three times while being recorded")
+
+
+def _opener(
+    storage: Storage, overrides: Mapping[str, bytes], local: LocalCopy | None
+) -> Callable[[FileEntry], Source]:
+    """Where each file of a build is read: rewritten in memory, streamed, a local copy or
+    its blob."""
+
+    def open_file(entry: FileEntry) -> Source:
+        if entry.path in overrides:
+            return io.BytesIO(overrides[entry.path])
+        if local is not None and entry.path in local.streamed:
+            return local.streamed[entry.path]()
+        if local is not None and (local.root / entry.path).is_file():
+            return (local.root / entry.path).open("rb")
+        return storage.open_read(blob_key(entry.sha256))
+
+    return open_file
+
+
+def _mismatch(ckpt: Checkpoint, got: str, expected: str) -> RebuildMismatch:
+    return RebuildMismatch(
+        f"the rebuilt {ckpt.kind.value} archive of {ckpt.ft_id} step {ckpt.step} "
+        f"has sha256 {got}, not the {expected} it had before it was "
+        "evicted: its inputs changed (a base model pushed again?); not served"
+    )

@@ -79,7 +79,7 @@ class ShardStream:
 
     # The reader's side: the archive writer.
     def open(self, size: int) -> ShardReader:
-        """The next shard, `size` bytes long (its size from pass one)."""
+        """The next shard, `size` bytes long (its size known from the plan)."""
         return ShardReader(self, size)
 
     def readinto(self, buf: memoryview) -> int:
