@@ -105,9 +105,13 @@ def main() -> None:
         settings = Settings(data_dir=tmp / "data")
         with open_services(settings) as svc:
             merges = seed(svc, spec, args.fine_tunes, args.steps, tmp)
-            fts = svc.store.list_fine_tunes(svc.store.get_org_by_name("bench").id)  # type: ignore[union-attr]
+            org = svc.store.get_org_by_name("bench")
+            assert org is not None
+            fts = svc.store.list_fine_tunes(org.id)
             (usage,) = svc.store.usage()
-            base_bytes = sum(f.size for f in svc.store.get_base_model(usage.org_id, BASE).files)  # type: ignore[union-attr]
+            base = svc.store.get_base_model(usage.org_id, BASE)
+            assert base is not None
+            base_bytes = sum(f.size for f in base.files)
             before = stored_bytes(svc)
             per_merged = usage.merged_bytes / len(fts) + usage.archive_bytes / len(fts) / 2
             budget = int(args.budget_merged * per_merged)

@@ -176,7 +176,7 @@ def small_rows(tmp: Path, args: argparse.Namespace) -> list[str]:
         tv_url, ng_url = srv.url + Q + ft.id, f"{ng}/files/{path.name}"
         assert status(tv_url, auth) == "200" and status(ng_url, []) == "200"
         ng_pid = int((tmp / "nginx" / "nginx.pid").read_text())
-        sides = (
+        sides: tuple[tuple[str, str, list[str], int], ...] = (
             ("tunevault", tv_url, auth, srv.process.pid),
             ("nginx", ng_url, [], ng_pid),
             ("aiohttp alone (no auth, audit, limits, metrics or log)", bare_url, [], bare_pid),

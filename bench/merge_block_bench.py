@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ RANK = 16
 SHAPES = [(2048, 2048), (2048, 5632)]
 
 
-def tensor(path: Path, name: str, dtype: str, array: np.ndarray) -> TensorInfo:  # type: ignore[type-arg]
+def tensor(path: Path, name: str, dtype: str, array: np.ndarray[Any, Any]) -> TensorInfo:
     start = path.stat().st_size if path.exists() else 0
     with path.open("ab") as f:
         f.write(array.tobytes())
