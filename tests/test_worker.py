@@ -1,4 +1,5 @@
-"""Build workers as separate processes: killed mid-build, replaced, never doubled up."""
+"""Build workers as separate processes: killed mid-build or mid-merge, replaced, never
+doubled up."""
 
 from __future__ import annotations
 
@@ -13,14 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import zstandard
 
 from tests.reliability.helpers import wait_for
 from tests.support.publishing import publish_files
 from tests.support.server import run_server
-from tunevault.models import BuildJob, Scope
+from tunevault.archive.read import unpack_stream
+from tunevault.models import ArchiveFormat, BuildJob, JobKind, Kind, Scope
 from tunevault.service.context import Services, open_services
+from tunevault.service.demo import TinyLlama, base_weights, write_adapter, write_model
+from tunevault.service.publishing import publish_directory, put_directory, register_base_model
 from tunevault.settings import Settings
 
 
@@ -107,3 +112,51 @@ def test_two_workers_never_build_the_same_job(setup: tuple[Services, httpx.Clien
             w.terminate()
             w.wait(30)
     assert [j.attempts for i in ids for j in jobs(svc, i)] == [1] * 6
+
+
+def test_a_worker_killed_mid_merge_leaves_neither_archive_nor_manifest(
+    setup: tuple[Services, httpx.Client], tmp_path: Path
+) -> None:
+    """The one-pass merge records the merged manifest and the archive only at the end: a
+    worker killed in the middle leaves neither, and the next one merges from the start."""
+    svc, c = setup
+    spec = TinyLlama(vocab=2048, hidden=256, intermediate=688, layers=4)
+    org_id = svc.store.get_org_by_name("w").id  # type: ignore[union-attr]
+    base = write_model(tmp_path / "base", spec, base_weights(spec, np.random.default_rng(0)))
+    register_base_model(svc, org_id, "w/base", put_directory(svc.store, svc.storage, org_id, base))
+    ft = svc.store.create_fine_tune(
+        org_id, model="w/base", model_output_name="w/lora", training_type="Lora"
+    )
+    adapter = write_adapter(tmp_path / "adapter", spec, np.random.default_rng(1))
+    publish_directory(svc, ft, adapter, step=1, kind=Kind.ADAPTER, final=True)
+    merged = svc.store.find_checkpoint(ft.id, 1, Kind.MERGED)
+    assert merged is not None
+
+    def merge_job() -> BuildJob:
+        (job,) = [j for j in svc.store.jobs_for_checkpoint(merged.id) if j.kind == JobKind.MERGE]
+        return job
+
+    # zstd level 19 makes the merge's packing take seconds: long enough to kill it mid-way.
+    slow = start_worker(svc.settings, TUNEVAULT_ZSTD_LEVEL="19", TUNEVAULT_JOB_LEASE_SECONDS="2")
+    wait_for(lambda: merge_job().state == "running", "the first worker's merge")
+    time.sleep(0.5)
+    slow.send_signal(signal.SIGKILL)
+    slow.wait()
+    assert merge_job().state == "running"  # it died holding the lease
+    assert svc.store.get_archive(merged.id) is None
+    assert svc.store.get_checkpoint(merged.id).files == ()  # type: ignore[union-attr]
+    q = f"/v1/finetune/download?ft_id={ft.id}&checkpoint=merged"
+    assert c.get(q).status_code == 409
+    fast = start_worker(svc.settings, TUNEVAULT_JOB_LEASE_SECONDS="2")
+    try:
+        wait_for(lambda: c.get(q).status_code == 200, "the second worker's merged archive")
+    finally:
+        fast.terminate()
+        fast.wait(30)
+    assert (merge_job().state, merge_job().attempts) == ("done", 2)
+    archive = svc.store.get_archive(merged.id)
+    assert archive is not None and archive.format == ArchiveFormat.SUMS_LAST
+    (tmp_path / "x").mkdir()
+    got = unpack_stream(io.BytesIO(c.get(q).content), tmp_path / "x")
+    files = svc.store.get_checkpoint(merged.id).files  # type: ignore[union-attr]
+    assert got.files == {f.path: f.sha256 for f in files}
