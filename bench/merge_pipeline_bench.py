@@ -17,7 +17,9 @@ merged archive recorded, with its peak RSS, its CPU time (user + system: on two 
 job that needs more CPU than tar cannot finish as fast as tar, however its work overlaps)
 and the merge job's own time (from its claim to its end: without the interpreter's
 start-up and the adapter's own archive, which a resident worker does not pay before the
-merge). Each side has a store of its own, set up by its own code
+merge) and minor page faults. `--new-env NAME=VALUE` sets the new side's worker
+environment only: with `--old-ref HEAD` that is an A/B of the setting, the code the same
+(e.g. glibc's `MALLOC_TRIM_THRESHOLD_`). Each side has a store of its own, set up by its own code
 (bench/merge_pipeline_side.py): an older ref cannot open a database a newer one migrated.
 The three sides alternate in one run; before each,
 `sync` and the VM's free page reporting settles (bench/common.py), and the 1-minute load
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import resource
@@ -72,14 +75,22 @@ print(json.dumps({"seconds": time.perf_counter() - t, "rss": rss, "job": jobs["m
 
 
 def old_source(workdir: Path, ref: str) -> Path:
-    """git main's src, exported (read-only: no worktree, no checkout)."""
-    out = workdir / f"src-{ref}"
+    """The ref's src, exported (read-only: no worktree, no checkout), kept under its
+    commit's id: a ref such as HEAD or main moves."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    out = workdir / f"src-{commit[:12]}"
     if not out.exists():
         data = subprocess.run(
-            ["git", "archive", ref, "src"], cwd=ROOT, capture_output=True, check=True
+            ["git", "archive", commit, "src"], cwd=ROOT, capture_output=True, check=True
         )
         out.mkdir(parents=True)
-        with tarfile.open(fileobj=__import__("io").BytesIO(data.stdout)) as tar:
+        with tarfile.open(fileobj=io.BytesIO(data.stdout)) as tar:
             tar.extractall(out, filter="data")
     return out / "src"
 
@@ -109,10 +120,15 @@ def storage_env(kind: str, workdir: Path) -> Iterator[tuple[dict[str, Settings],
         )
 
 
-def children_cpu() -> float:
-    """User + system seconds of the children waited for so far."""
+def children_usage() -> tuple[float, int]:
+    """User + system seconds and minor page faults of the children waited for so far."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+    return r.ru_utime + r.ru_stime, r.ru_minflt
+
+
+def used_since(before: tuple[float, int]) -> dict[str, float]:
+    cpu, faults = children_usage()
+    return {"cpu": cpu - before[0], "faults": faults - before[1]}
 
 
 def run_child(settings: Settings, env: dict[str, str], src: Path, args: list[str]) -> Any:
@@ -137,18 +153,17 @@ def side_op(settings: Settings, env: dict[str, str], src: Path, op: str, **args:
 
 
 def run_worker(settings: Settings, env: dict[str, str], src: Path) -> dict[str, float]:
-    cpu = children_cpu()
+    before = children_usage()
     result: dict[str, float] = run_child(settings, env, src, ["-c", CHILD])
-    result["cpu"] = children_cpu() - cpu
-    return result
+    return {**result, **used_since(before)}
 
 
 def run_tar(base: Path, out: Path) -> dict[str, float]:
     out.unlink(missing_ok=True)
-    t, cpu = time.perf_counter(), children_cpu()
+    t, before = time.perf_counter(), children_usage()
     subprocess.run(["tar", "-I", "zstd -3 -T0", "-cf", str(out), "-C", str(base), "."], check=True)
     seconds = time.perf_counter() - t
-    return {"seconds": seconds, "rss": 0, "cpu": children_cpu() - cpu, "job": seconds}
+    return {"seconds": seconds, "rss": 0, "job": seconds, **used_since(before)}
 
 
 def run_upload(settings: Settings, archive: Path) -> dict[str, float]:
@@ -161,8 +176,8 @@ def run_upload(settings: Settings, archive: Path) -> dict[str, float]:
             shutil.copyfileobj(f, w, 8 << 20)
         seconds = time.perf_counter() - t
         svc.storage.delete(key)
-    nan = float("nan")  # SeaweedFS's CPU is not ours
-    return {"seconds": seconds, "rss": 0, "cpu": nan, "job": seconds}
+    nan = float("nan")  # SeaweedFS's CPU and faults are not ours
+    return {"seconds": seconds, "rss": 0, "cpu": nan, "faults": nan, "job": seconds}
 
 
 def bench_storage(
@@ -173,6 +188,8 @@ def bench_storage(
         results["upload"] = []
     with storage_env(kind, args.workdir) as (settings, env):
         sides = {"new": ROOT / "src", "old": old_src}
+        # --new-env: the same code under other settings of its process (an A/B of one env)
+        worker_env = {"new": {**env, **args.new_env}, "old": env}
         orgs = {s: side_op(settings[s], env, sides[s], "register", base=str(base)) for s in SIDES}
         n = 0
         # Untimed warm-up of both: imports in the page cache, and the base cache filled.
@@ -184,7 +201,7 @@ def bench_storage(
             ft_id = side_op(
                 settings[side], env, src, "commit", org=orgs[side], adapter=str(adapter), n=n
             )
-            first = run_worker(settings[side], env, src)
+            first = run_worker(settings[side], worker_env[side], src)
             side_op(settings[side], env, src, "check_and_drop", org=orgs[side], ft=ft_id)
             print(f"{kind} {side} warm-up (first merge): {first['seconds']:.2f} s", flush=True)
         for r in range(args.repeat):
@@ -209,14 +226,14 @@ def bench_storage(
                     ft_id = side_op(
                         settings[side], env, src, "commit", org=org, adapter=str(adapter), n=n
                     )
-                    res = run_worker(settings[side], env, src)
+                    res = run_worker(settings[side], worker_env[side], src)
                     side_op(settings[side], env, src, "check_and_drop", org=org, ft=ft_id)
                 res["load"] = load
                 results[side].append(res)
                 rss = res["rss"] / 2**20
                 print(
                     f"{kind} run {r + 1} {side}: {res['seconds']:.2f} s (job {res['job']:.2f} s), "
-                    f"CPU {res['cpu']:.2f} s, "
+                    f"CPU {res['cpu']:.2f} s, {res['faults']:.0f} minor faults, "
                     f"RSS {rss:.0f} MiB, load {load:.2f}",
                     flush=True,
                 )
@@ -231,10 +248,12 @@ def report(kind: str, results: dict[str, list[dict[str, float]]]) -> None:
         ratio = med[side] / med["tar"]
         cpu = statistics.median(x["cpu"] for x in results[side])
         job = statistics.median(x["job"] for x in results[side])
+        faults = statistics.median(x["faults"] for x in results[side])
         print(
             f"{kind:5s} {side}: median {med[side]:.2f} s, {ratio:.2f}x tar; merge job alone "
             f"median {job:.2f} s, {job / med['tar']:.2f}x tar; "
-            f"CPU (user + system) median {cpu:.2f} s; peak RSS {rss:.0f} MiB; runs {runs}"
+            f"CPU (user + system) median {cpu:.2f} s; minor faults median {faults:.0f}; "
+            f"peak RSS {rss:.0f} MiB; runs {runs}"
         )
 
 
@@ -245,9 +264,17 @@ def main() -> None:
     parser.add_argument("--old-ref", default="main", help="git ref of today's pipeline")
     parser.add_argument("--storage", choices=["local", "s3", "both"], default="both")
     parser.add_argument(
+        "--new-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of the new side's worker only (with --old-ref HEAD: an A/B of it)",
+    )
+    parser.add_argument(
         "--base", type=Path, default=Path("bench/out/merge/base"), help="made if missing"
     )
     args = parser.parse_args()
+    args.new_env = dict(kv.split("=", 1) for kv in args.new_env)
     args.workdir = args.workdir.resolve()
     base = args.base.resolve()
     if not (base / "model.safetensors").exists():
