@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.common import random_file
+from bench.common import random_file, tree_cpu
 from bench.loadgen import Load, load_average, wrk
 from tests.support.nginx import run_nginx
 from tests.support.postgres import create_database, free_port, run_postgres
@@ -52,18 +52,6 @@ def row(name: str, load: Load, avg: float, server_cpu: float) -> str:
         f"{server_cpu / load.requests * 1e6:.0f} | "
         f"{load.cpu_seconds / load.seconds:.2f} | {avg:.1f} |"
     )
-
-
-def tree_cpu(pid: int) -> float:
-    """User + system seconds of a process and its children (a master's servers)."""
-    pids = {pid}
-    for task in os.listdir(f"/proc/{pid}/task"):
-        pids |= {int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()}
-    ticks = 0
-    for p in pids:
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def measured(

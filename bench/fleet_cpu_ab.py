@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import tunevault
-from bench.common import random_file
-from bench.fleet_bench import Q, redirect_store, tree_cpu
+from bench.common import random_file, tree_cpu
+from bench.fleet_bench import Q, redirect_store
 from bench.loadgen import load_average, wrk
 from tests.support.seeding import seed_fine_tune
 from tests.support.server import run_server

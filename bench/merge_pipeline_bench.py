@@ -26,7 +26,8 @@ The three sides alternate in one run; before each,
 average is recorded. Untimed, every archive's sha256 is
 checked against its row. On S3 a fourth side, "upload", times the object store taking the
 tar's output alone through tunevault's writer: the floor under any pipeline that must
-store an archive of that size there.
+store an archive of that size there; and every side there reports SeaweedFS's own CPU
+time over it, the work that shares the two cores with the pipeline.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import settle_reporting
+from bench.common import settle_reporting, tree_cpu
 from bench.merge_bench import write_adapter, write_base
 from tests.support.seaweed import run_seaweedfs
 from tunevault.service.context import open_services
@@ -98,13 +99,16 @@ def old_source(workdir: Path, ref: str) -> Path:
 SIDES = ("new", "old")
 
 
+Stores = tuple[dict[str, Settings], dict[str, str], int | None]
+
+
 @contextlib.contextmanager
-def storage_env(kind: str, workdir: Path) -> Iterator[tuple[dict[str, Settings], dict[str, str]]]:
+def storage_env(kind: str, workdir: Path) -> Iterator[Stores]:
     """A store for each side (an older ref cannot open a database a newer one migrated),
-    on one SeaweedFS for S3."""
+    on one SeaweedFS for S3; the environment, and SeaweedFS's pid (None on local disk)."""
     data = {side: workdir / kind / f"data-{side}" for side in SIDES}
     if kind == "local":
-        yield {side: Settings(data_dir=d) for side, d in data.items()}, {}
+        yield {side: Settings(data_dir=d) for side, d in data.items()}, {}, None
         return
     with run_seaweedfs(workdir / kind / "weed") as weed, contextlib.ExitStack() as stack:
         env = weed.env()
@@ -117,6 +121,7 @@ def storage_env(kind: str, workdir: Path) -> Iterator[tuple[dict[str, Settings],
                 for side, d in data.items()
             },
             env,
+            weed.pid,
         )
 
 
@@ -186,7 +191,7 @@ def bench_storage(
     results: dict[str, list[dict[str, float]]] = {"new": [], "old": [], "tar": []}
     if kind == "s3":
         results["upload"] = []
-    with storage_env(kind, args.workdir) as (settings, env):
+    with storage_env(kind, args.workdir) as (settings, env, store_pid):
         sides = {"new": ROOT / "src", "old": old_src}
         # --new-env: the same code under other settings of its process (an A/B of one env)
         worker_env = {"new": {**env, **args.new_env}, "old": env}
@@ -212,6 +217,7 @@ def bench_storage(
                 subprocess.run(["sync"], check=True)
                 settle_reporting()
                 load = os.getloadavg()[0]
+                store_before = tree_cpu(store_pid) if store_pid else 0.0
                 if side == "tar":
                     res = run_tar(base, args.workdir / "base.tar.zst")
                 elif side == "upload":
@@ -229,12 +235,14 @@ def bench_storage(
                     res = run_worker(settings[side], worker_env[side], src)
                     side_op(settings[side], env, src, "check_and_drop", org=org, ft=ft_id)
                 res["load"] = load
+                # On S3 the object store's own work shares the cores: SeaweedFS's CPU too.
+                res["store_cpu"] = tree_cpu(store_pid) - store_before if store_pid else 0.0
                 results[side].append(res)
                 rss = res["rss"] / 2**20
                 print(
                     f"{kind} run {r + 1} {side}: {res['seconds']:.2f} s (job {res['job']:.2f} s), "
-                    f"CPU {res['cpu']:.2f} s, {res['faults']:.0f} minor faults, "
-                    f"RSS {rss:.0f} MiB, load {load:.2f}",
+                    f"CPU {res['cpu']:.2f} s (object store {res['store_cpu']:.2f} s), "
+                    f"{res['faults']:.0f} minor faults, RSS {rss:.0f} MiB, load {load:.2f}",
                     flush=True,
                 )
     return results
@@ -249,10 +257,12 @@ def report(kind: str, results: dict[str, list[dict[str, float]]]) -> None:
         cpu = statistics.median(x["cpu"] for x in results[side])
         job = statistics.median(x["job"] for x in results[side])
         faults = statistics.median(x["faults"] for x in results[side])
+        store = statistics.median(x["store_cpu"] for x in results[side])
         print(
             f"{kind:5s} {side}: median {med[side]:.2f} s, {ratio:.2f}x tar; merge job alone "
             f"median {job:.2f} s, {job / med['tar']:.2f}x tar; "
-            f"CPU (user + system) median {cpu:.2f} s; minor faults median {faults:.0f}; "
+            f"CPU (user + system) median {cpu:.2f} s; object store CPU median {store:.2f} s; "
+            f"minor faults median {faults:.0f}; "
             f"peak RSS {rss:.0f} MiB; runs {runs}"
         )
 

@@ -98,6 +98,7 @@ class SeaweedFS:
     endpoint_url: str
     access_key: str
     secret_key: str
+    pid: int  # of the one `weed mini` process: benches read its CPU time
     region: str = REGION
 
     def env(self) -> dict[str, str]:
@@ -244,7 +245,6 @@ def run_seaweedfs(
         run_dir = tmpdir / f"run{attempt}"
         (run_dir / "logs").mkdir(parents=True)
         ports = _pick_ports()
-        server = SeaweedFS(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key)
         output = run_dir / "weed.out"
         with output.open("wb") as out:
             proc = subprocess.Popen(
@@ -254,6 +254,8 @@ def run_seaweedfs(
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent(),
             )
+        url = f"http://127.0.0.1:{ports['s3.port']}"
+        server = SeaweedFS(url, access_key, secret_key, proc.pid)
         try:
             if _wait_ready(proc, server, timeout):
                 yield server
