@@ -81,22 +81,27 @@ class RssSampler:
         self._thread.join()
 
 
+_REPORTING_QUIET_S = 3.0  # above the kernel's 2 s between reporting rounds
+
+
 def settle_reporting() -> None:
     """On a VM that reports free memory to its host (virtio-balloon free page reporting),
     wait until the memory the previous run's file gave back has been reported. Writing
-    into reported memory costs the host's fault on first touch (dd of 2 GiB into the page
-    cache: 2.1-2.5 s of system time 5 s after an rm of 2 GiB, 0.8-1.1 s right after it),
-    so a run's cost would depend on how soon it started after the unlink; this way every
-    run of either tool starts from the same state."""
+    into reported memory costs the host's fault on first touch (1.6 GiB written into the
+    page cache: 5.6-6.3 s of system time once reported, 0.4-0.5 s into memory freed just
+    before), so a run's cost would depend on how soon it started after the unlink; this
+    way every run of either tool starts from the same state. The kernel reports in rounds
+    PAGE_REPORTING_DELAY (2 s) apart, starting 2 s after the free: the counter must stand
+    still for longer than that."""
     counter = Path("/sys/module/page_reporting/parameters/reported_kib")
     if not counter.exists():
         return
-    last, still, deadline = counter.read_text(), 0, time.monotonic() + 30
-    while still < 5 and time.monotonic() < deadline:
+    last, still_since, deadline = counter.read_text(), time.monotonic(), time.monotonic() + 60
+    while time.monotonic() - still_since < _REPORTING_QUIET_S and time.monotonic() < deadline:
         time.sleep(0.2)
         now = counter.read_text()
-        still = still + 1 if now == last else 0
-        last = now
+        if now != last:
+            last, still_since = now, time.monotonic()
 
 
 def tree_cpu(pid: int) -> float:

@@ -10,24 +10,30 @@ the archive; 236d672 before it: merged files hashed as written, stored as blobs,
 archive packed from them. Today the merge runs once into the archive, `SHA256SUMS` last.)
 
 The base is bench.merge_bench's 2.06 GiB bf16 Llama-shaped model, registered once per
-storage; every timed run commits a new rank-16 adapter (a fresh seed: no blob of an earlier
-run's output can be reused) and times a `tunevault worker` child (PYTHONPATH: this
-checkout's src, or the old ref's, exported with `git archive`) from its start to the
-merged archive recorded, with its peak RSS, its CPU time (user + system: on two cores, a
-job that needs more CPU than tar cannot finish as fast as tar, however its work overlaps)
-and the merge job's own time (from its claim to its end: without the interpreter's
-start-up and the adapter's own archive, which a resident worker does not pay before the
-merge) and minor page faults. `--new-env NAME=VALUE` sets the new side's worker
-environment only: with `--old-ref HEAD` that is an A/B of the setting, the code the same
-(e.g. glibc's `MALLOC_TRIM_THRESHOLD_`). Each side has a store of its own, set up by its own code
+storage; every timed run commits a new rank-16 adapter (a fresh seed) and times a
+`tunevault worker` child (PYTHONPATH: this checkout's src, or the old ref's, exported
+with `git archive`) from its start to the merged archive recorded, with its peak RSS,
+its CPU time (user + system: on two cores, a job that needs more CPU than tar cannot
+finish as fast as tar, however its work overlaps), the merge job's own time (from its
+claim to its end: without the interpreter's start-up and the adapter's own archive,
+which a resident worker does not pay before the merge) and minor page faults.
+`--new-env NAME=VALUE` sets the new side's worker environment only: with `--old-ref
+HEAD` that is an A/B of the setting, the code the same (e.g. glibc's
+`MALLOC_TRIM_THRESHOLD_`). Each side has a store of its own, set up by its own code
 (bench/merge_pipeline_side.py): an older ref cannot open a database a newer one migrated.
-The three sides alternate in one run; before each,
-`sync` and the VM's free page reporting settles (bench/common.py), and the 1-minute load
-average is recorded. Untimed, every archive's sha256 is
-checked against its row. On S3 a fourth side, "upload", times the object store taking the
-tar's output alone through tunevault's writer: the floor under any pipeline that must
-store an archive of that size there; and every side there reports SeaweedFS's own CPU
-time over it, the work that shares the two cores with the pipeline.
+
+The three sides alternate in one run. Right before each, that side's previous output is
+freed (tar's file; the pipeline's last fine-tune, its archive checked against its row and
+dropped), then `sync`, and the 1-minute load average is recorded. This VM hands free
+memory back to its host (free page reporting, from 2 s after a free), and writing into
+memory the host took back costs 5-8 s of system time per GiB against about 0.15 s for
+memory it still backs: each side writes into memory freed just before it, as a running
+machine reuses its page cache, rather than into whatever the timing left it.
+
+On S3 a fourth side, "upload", times the object store taking the tar's output alone
+through tunevault's writer: the floor under any pipeline that must store an archive of
+that size there; and every side there reports SeaweedFS's own CPU time over it, the work
+that shares the two cores with the pipeline.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import settle_reporting, tree_cpu
+from bench.common import tree_cpu
 from bench.merge_bench import write_adapter, write_base
 from tests.support.seaweed import run_seaweedfs
 from tunevault.service.context import open_services
@@ -164,7 +170,6 @@ def run_worker(settings: Settings, env: dict[str, str], src: Path) -> dict[str, 
 
 
 def run_tar(base: Path, out: Path) -> dict[str, float]:
-    out.unlink(missing_ok=True)
     t, before = time.perf_counter(), children_usage()
     subprocess.run(["tar", "-I", "zstd -3 -T0", "-cf", str(out), "-C", str(base), "."], check=True)
     seconds = time.perf_counter() - t
@@ -192,30 +197,27 @@ def bench_storage(
     if kind == "s3":
         results["upload"] = []
     with storage_env(kind, args.workdir) as (settings, env, store_pid):
-        sides = {"new": ROOT / "src", "old": old_src}
-        # --new-env: the same code under other settings of its process (an A/B of one env)
-        worker_env = {"new": {**env, **args.new_env}, "old": env}
-        orgs = {s: side_op(settings[s], env, sides[s], "register", base=str(base)) for s in SIDES}
-        n = 0
+        sides = Sides(args, settings, env, {"new": ROOT / "src", "old": old_src}, base)
         # Untimed warm-up of both: imports in the page cache, and the base cache filled.
-        for side, src in sides.items():
-            n += 1
-            adapter = args.workdir / "adapters" / f"a{n}"
-            if not adapter.exists():
-                write_adapter(adapter, seed=n)
-            ft_id = side_op(
-                settings[side], env, src, "commit", org=orgs[side], adapter=str(adapter), n=n
-            )
-            first = run_worker(settings[side], worker_env[side], src)
-            side_op(settings[side], env, src, "check_and_drop", org=orgs[side], ft=ft_id)
+        for side in SIDES:
+            sides.commit(side)
+            first = sides.run(side)
             print(f"{kind} {side} warm-up (first merge): {first['seconds']:.2f} s", flush=True)
         for r in range(args.repeat):
             order = ["new", "old", "tar"] if r % 2 == 0 else ["tar", "old", "new"]
             if kind == "s3":  # after tar, whose output it uploads
                 order.insert(order.index("tar") + 1, "upload")
             for side in order:
+                if side in SIDES:
+                    sides.commit(side)
+                # Each side's previous output is freed right before its run (the others'
+                # are long gone), so that each writes into memory freed just before, as a
+                # running machine reuses its page cache (see the module's docstring).
+                if side == "tar":
+                    (args.workdir / "base.tar.zst").unlink(missing_ok=True)
+                elif side in SIDES:
+                    sides.drop_last(side)
                 subprocess.run(["sync"], check=True)
-                settle_reporting()
                 load = os.getloadavg()[0]
                 store_before = tree_cpu(store_pid) if store_pid else 0.0
                 if side == "tar":
@@ -223,29 +225,68 @@ def bench_storage(
                 elif side == "upload":
                     res = run_upload(settings["new"], args.workdir / "base.tar.zst")
                 else:
-                    n += 1
-                    adapter = args.workdir / "adapters" / f"a{n}"
-                    if not adapter.exists():
-                        write_adapter(adapter, seed=n)
-                    src = sides[side]
-                    org = orgs[side]
-                    ft_id = side_op(
-                        settings[side], env, src, "commit", org=org, adapter=str(adapter), n=n
-                    )
-                    res = run_worker(settings[side], worker_env[side], src)
-                    side_op(settings[side], env, src, "check_and_drop", org=org, ft=ft_id)
+                    res = sides.run(side)
                 res["load"] = load
                 # On S3 the object store's own work shares the cores: SeaweedFS's CPU too.
                 res["store_cpu"] = tree_cpu(store_pid) - store_before if store_pid else 0.0
                 results[side].append(res)
-                rss = res["rss"] / 2**20
-                print(
-                    f"{kind} run {r + 1} {side}: {res['seconds']:.2f} s (job {res['job']:.2f} s), "
-                    f"CPU {res['cpu']:.2f} s (object store {res['store_cpu']:.2f} s), "
-                    f"{res['faults']:.0f} minor faults, RSS {rss:.0f} MiB, load {load:.2f}",
-                    flush=True,
-                )
+                print_run(kind, r, side, res)
+        for side in SIDES:
+            sides.drop_last(side)
     return results
+
+
+class Sides:
+    """The two pipelines' stores: a fine-tune committed before each run, its merged
+    archive checked and dropped (gc) just before the side's next run."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        settings: dict[str, Settings],
+        env: dict[str, str],
+        srcs: dict[str, Path],
+        base: Path,
+    ) -> None:
+        self.workdir: Path = args.workdir
+        self.settings, self.env, self.srcs = settings, env, srcs
+        # --new-env: the same code under other settings of its process (an A/B of one env)
+        self.worker_env = {"new": {**env, **args.new_env}, "old": env}
+        self.orgs = {s: self._op(s, "register", base=str(base)) for s in SIDES}
+        self.n = 0
+        self.committed: dict[str, str] = {}
+        self.last: dict[str, str] = {}
+
+    def _op(self, side: str, op: str, **args: object) -> Any:
+        return side_op(self.settings[side], self.env, self.srcs[side], op, **args)
+
+    def commit(self, side: str) -> None:
+        """A fresh adapter (a new seed: no blob of an earlier run's output can be reused)."""
+        self.n += 1
+        adapter = self.workdir / "adapters" / f"a{self.n}"
+        if not adapter.exists():
+            write_adapter(adapter, seed=self.n)
+        ft = self._op(side, "commit", org=self.orgs[side], adapter=str(adapter), n=self.n)
+        self.committed[side] = ft
+
+    def run(self, side: str) -> dict[str, float]:
+        res = run_worker(self.settings[side], self.worker_env[side], self.srcs[side])
+        self.last[side] = self.committed.pop(side)
+        return res
+
+    def drop_last(self, side: str) -> None:
+        if (ft := self.last.pop(side, None)) is not None:
+            self._op(side, "check_and_drop", org=self.orgs[side], ft=ft)
+
+
+def print_run(kind: str, r: int, side: str, res: dict[str, float]) -> None:
+    print(
+        f"{kind} run {r + 1} {side}: {res['seconds']:.2f} s (job {res['job']:.2f} s), "
+        f"CPU {res['cpu']:.2f} s (object store {res['store_cpu']:.2f} s), "
+        f"{res['faults']:.0f} minor faults, RSS {res['rss'] / 2**20:.0f} MiB, "
+        f"load {res['load']:.2f}",
+        flush=True,
+    )
 
 
 def report(kind: str, results: dict[str, list[dict[str, float]]]) -> None:

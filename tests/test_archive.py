@@ -122,6 +122,18 @@ def test_a_corrupt_blob_fails_the_build(damage: str, recorded: str) -> None:
         write_archive([e], lambda _: io.BytesIO(bad), io.BytesIO(), xxh3=xxh3)
 
 
+@pytest.mark.parametrize(
+    ("made", "said"), [(b"x" * 9999, "9999 bytes"), (b"x" * 10001, "over 10000 bytes")]
+)
+def test_a_made_file_of_the_wrong_size_fails_the_build_as_the_makers_fault(
+    made: bytes, said: str
+) -> None:
+    """A streamed merge's shard has no stored blob: re-pushing would not help."""
+    e = FileEntry("model.safetensors", 10000, "")
+    with pytest.raises(IntegrityError, match=f"made {said} long where its plan said 10000"):
+        write_archive([e], lambda _: io.BytesIO(made), io.BytesIO(), fmt=ArchiveFormat.SUMS_LAST)
+
+
 def test_a_recorded_xxh3_is_what_the_bytes_are_checked_against() -> None:
     e = entry("w.bin", b"weights")
     ok = write_archive([e], lambda _: io.BytesIO(b"weights"), io.BytesIO(), xxh3=None)

@@ -227,6 +227,13 @@ def _copy_verified(
             emit(chunk)
             if progress is not None:
                 progress(n)
+    if isinstance(check, MadeDigest) and seen != entry.size:
+        # A made file's bytes come from its maker (a merge), not from storage.
+        made = f"{seen} bytes" if seen < entry.size else f"over {entry.size} bytes"
+        raise IntegrityError(
+            f"{entry.path!r} was made {made} long where its plan said {entry.size}; "
+            "nothing was stored: report this with the server log"
+        )
     if seen != entry.size or not check.ok():
         raise IntegrityError(
             f"stored content of {entry.path!r} does not match its manifest "
