@@ -12,6 +12,7 @@ import io
 import subprocess
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -273,6 +274,25 @@ def test_pass_two_streams_the_bytes_pass_one_hashed(tmp_path: Path) -> None:
     for p in (tmp_path / "files").iterdir():
         assert by_path[p.name].sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
     assert set(by_path) == {p.name for p in (tmp_path / "files").iterdir()}
+
+
+def test_a_slow_reader_gets_every_byte_while_the_buffers_are_reused(tmp_path: Path) -> None:
+    """The producer refills a buffer only once the reader has moved past it: read in odd
+    small pieces (a reader holding each buffer long), the shards are still the files."""
+    prepared, outputs, base_dir = _prepared(tmp_path)
+    merge_lora(base_dir, tmp_path / "adapter", tmp_path / "files", max_shard_bytes=40_000)
+    stream = ShardStream(prepared)
+    try:
+        for name in prepared.shards:
+            size = next(o.size for o in outputs if o.path == name)
+            shard, piece = bytearray(), memoryview(bytearray(997))
+            with stream.open(size) as f:
+                while n := f.readinto(piece):
+                    shard += piece[:n]
+                    time.sleep(0.001)  # lets the producer run while a buffer is being read
+            assert shard == (tmp_path / "files" / name).read_bytes()
+    finally:
+        stream.close()
 
 
 def test_a_merge_failing_in_pass_two_stores_no_archive(settings: Settings, tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ archive writer takes the shards' digests as they go by and the base is read once
 evicted archive built with `SHA256SUMS` first is rebuilt as it was: pass one
 (`tunevault.merge.merged_digests`) only hashes, pass two (this module) computes the same
 bytes again into the archive, whose build re-checks each shard against pass one's xxh3.
-Memory: the queue holds at most QUEUE_BLOCKS of the merge's blocks.
+Memory: QUEUE_BLOCKS buffers of the merge's largest block, reused: a fresh buffer for
+every block would fault in new pages each time (about 2 GiB of them per merge of a
+2 GiB model).
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ class ShardStream:
 
     def __init__(self, prepared: Prepared) -> None:
         self._prepared = prepared
-        self._queue: queue.Queue[bytes | None] = queue.Queue(QUEUE_BLOCKS)
+        self._queue: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(QUEUE_BLOCKS):
+            self._free.put(bytearray())
+        self._held: bytearray | None = None  # the reader's current buffer
         self._stopped = threading.Event()
         self._error: BaseException | None = None
         self._pending = memoryview(b"")
@@ -53,19 +59,28 @@ class ShardStream:
 
     # The producer's side: `stream_shards` writes here.
     def write(self, data: bytes | memoryview, /) -> int:
-        chunk = bytes(data)  # the merge reuses its buffers
-        self._put(chunk)
-        return len(chunk)
+        view = memoryview(data).cast("B")
+        n = len(view)
+        buf = self._take_free()
+        if len(buf) < n:
+            buf = bytearray(n)  # grows to the largest block once, then is reused
+        buf[:n] = view  # the merge reuses its own buffers as soon as this returns
+        self._put((buf, n))
+        return n
 
-    def _put(self, item: bytes | None) -> None:
+    def _take_free(self) -> bytearray:
         while True:
             if self._stopped.is_set():
                 raise _Stopped
             try:
-                self._queue.put(item, timeout=_PUT_WAIT_S)
-                return
-            except queue.Full:
+                return self._free.get(timeout=_PUT_WAIT_S)
+            except queue.Empty:
                 continue
+
+    def _put(self, item: tuple[bytearray, int] | None) -> None:
+        if self._stopped.is_set():
+            raise _Stopped
+        self._queue.put(item)  # never full: the free buffers bound it
 
     def _produce(self) -> None:
         try:
@@ -84,6 +99,7 @@ class ShardStream:
 
     def readinto(self, buf: memoryview) -> int:
         if not self._pending:
+            self._release()
             if self._ended:
                 return 0
             item = self._queue.get()
@@ -92,11 +108,19 @@ class ShardStream:
                 if self._error is not None:
                     raise self._error
                 return 0
-            self._pending = memoryview(item)
+            self._held, n = item
+            self._pending = memoryview(self._held)[:n]
         n = min(len(buf), len(self._pending))
         buf[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
+
+    def _release(self) -> None:
+        """The reader is done with its buffer: the producer may fill it again."""
+        if self._held is not None:
+            self._pending = memoryview(b"")
+            self._free.put(self._held)
+            self._held = None
 
     def close(self) -> None:
         """Stop the producer (if the build ended early) and wait for it."""
