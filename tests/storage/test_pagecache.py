@@ -31,3 +31,30 @@ def test_write_all_appends_every_byte(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == first + second
+
+
+class _Short:
+    """A file object whose write stores at most 1000 bytes, as an unbuffered file may."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.largest = 0
+
+    def write(self, b: memoryview) -> int:
+        self.largest = max(self.largest, len(b))
+        self.data += b[:1000]
+        return min(len(b), 1000)
+
+
+def test_write_file_stores_every_byte_in_steps_through_short_writes() -> None:
+    data = os.urandom(3 * 4096 + 5)
+    f = _Short()
+    assert pagecache.write_file(f, data, step=4096) == len(data)  # type: ignore[arg-type]
+    assert f.data == data and f.largest == 4096
+
+
+def test_write_file_writes_a_buffered_file_whole(tmp_path: Path) -> None:
+    data = os.urandom(2 * pagecache.LARGE + 1)
+    with (tmp_path / "f").open("wb") as f:
+        assert pagecache.write_file(f, memoryview(data)) == len(data)
+    assert (tmp_path / "f").read_bytes() == data

@@ -27,6 +27,7 @@ import zstandard
 
 from tunevault.archive.write import SUMS_NAME
 from tunevault.errors import IntegrityError
+from tunevault.storage import pagecache
 
 MAX_SUMS_BYTES = 16 << 20
 MAX_NAME_BYTES = 255  # NAME_MAX: a longer component fails open() with ENAMETOOLONG
@@ -121,7 +122,7 @@ def _write_member(reader: Source, target: Path, size: int, on_bytes: Callable[[i
             if not chunk:
                 raise IntegrityError(f"archive ends inside {target.name!r}")
             digest.update(chunk)
-            out.write(chunk)
+            pagecache.write_file(out, chunk)
             left -= len(chunk)
             on_bytes(len(chunk))
     return digest.hexdigest()

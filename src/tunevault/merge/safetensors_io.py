@@ -20,6 +20,7 @@ import numpy as np
 
 from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import MergeRefused
+from tunevault.storage import pagecache
 from tunevault.storage.local import WRITEBACK_EVERY, start_writeback
 
 
@@ -176,7 +177,7 @@ def copy_bytes(src: TensorInfo, dst: BinaryIO) -> None:
                 chunk = f.read(min(left, _COPY_CHUNK))
                 if not chunk:
                     raise MergeRefused(f"{src.path.name}: truncated data for tensor {src.name!r}")
-                dst.write(chunk)
+                pagecache.write_file(dst, chunk)
                 dst.flush()
                 n = len(chunk)
             offset += n
@@ -270,7 +271,7 @@ class ShardWriter:
             assert self.sink is not None
             self.sink.write(data)
             return
-        self.file.write(data)
+        pagecache.write_file(self.file, data)
         self._grown(len(data))
 
     def _grown(self, n: int) -> None:

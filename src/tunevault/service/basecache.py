@@ -28,7 +28,7 @@ from pathlib import Path
 from tunevault.errors import IntegrityError
 from tunevault.layout import blob_key
 from tunevault.models import FileEntry
-from tunevault.storage import Storage
+from tunevault.storage import Storage, pagecache
 
 CHUNK = 4 << 20
 
@@ -118,7 +118,7 @@ def _fetch(storage: Storage, f: FileEntry, out: Path) -> None:
         with storage.open_read(blob_key(f.sha256)) as src, out.open("wb") as dst:
             while chunk := src.read(CHUNK):
                 h.update(chunk)
-                dst.write(chunk)
+                pagecache.write_file(dst, chunk)
                 size += len(chunk)
             dst.flush()
             os.fsync(dst.fileno())

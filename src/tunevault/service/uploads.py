@@ -16,6 +16,7 @@ from tunevault.archive.checksums import BlobHasher
 from tunevault.errors import Conflict, InsufficientStorage
 from tunevault.layout import blob_key, staging_part
 from tunevault.service.context import Services, translated
+from tunevault.storage import pagecache
 from tunevault.storage.errors import StorageError
 from tunevault.storage.inuse import claim
 
@@ -39,9 +40,7 @@ def staging_path(svc: Services, org_id: str, sha: str) -> Path:
 
 def append(f: Any, hasher: BlobHasher, data: bytearray) -> None:
     try:
-        view = memoryview(data)
-        while view:  # an unbuffered write may store less than asked (a nearly full disk)
-            view = view[f.write(view) :]
+        pagecache.write_file(f, data)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise InsufficientStorage("the server's upload disk is full") from e

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 from urllib.parse import unquote, urlparse
 
+from tunevault.storage import pagecache
 from tunevault.storage.base import BlobReader, BlobStat, BlobWriter, Storage, check_key
 from tunevault.storage.errors import StorageFull
 from tunevault.storage.inuse import claim
@@ -121,7 +122,7 @@ class _LocalWriter(BlobWriter):
             # not "write to closed file", so the job fails as a full disk.
             raise self._failure
         try:
-            n = self._f.write(data)
+            n = pagecache.write_file(self._f, data)
         except OSError as e:
             self.abort()
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
