@@ -1,14 +1,14 @@
 """Writes into the page cache in steps, whatever size the caller has in hand.
 
 Linux sizes a file's new page-cache folios by the write that creates them (a 256 KiB
-write takes one 256 KiB folio). On this project's VM, writes of 1 MiB into a new file
-cost 6.6-7.7 s of system time per 1.6 GiB once the VM's free page reporting had handed
-the free memory back to its host, against 0.43-0.62 s for writes of 64-512 KiB and
-0.85-1.03 s for 16 KiB (bench/pagecache_bench.py, BENCHMARKS.md). The likely cause:
-folios of 1 MiB come from the big free blocks the host took back, whose first touch
-faults in the host inside the copy; smaller ones do not. The client's one-connection
-download went from 11.1 s to 2.4 s with 16 KiB steps, and the server's archives, blobs
-and merged files are written in steps of LARGE.
+write takes one 256 KiB folio). On this project's VM, once its free page reporting has
+handed the free memory back to the host, 1.6 GiB written into a new file in 1 MiB writes
+cost 2.1-3.3 s of system time (6.6-7.7 s earlier the same evening), in 128-256 KiB
+writes 0.35-0.56 s in 10 runs of 12, in 16 KiB writes 0.60-0.94 s (dd the same as
+Python: bench/pagecache_bench.py, BENCHMARKS.md). The likely cause: 1 MiB folios come
+from the big free blocks the host took back, whose first touch faults in the host
+inside the copy. The client's one-connection download went from 11.1 s to 2.4 s with
+16 KiB steps; the server writes its files in steps of LARGE.
 """
 
 from __future__ import annotations
