@@ -123,13 +123,17 @@ class ShardStream:
             self._held = None
 
     def close(self) -> None:
-        """Stop the producer (if the build ended early) and wait for it."""
+        """Stop the producer (if the build ended early) and wait for it. Every buffer goes
+        back to the free list, so that a producer waiting for one wakes at once and stops."""
         self._stopped.set()
+        self._release()
         while self._thread.is_alive():
             try:
-                self._queue.get(timeout=_PUT_WAIT_S)
+                item = self._queue.get(timeout=_PUT_WAIT_S)
             except queue.Empty:
                 continue
+            if item is not None:
+                self._free.put(item[0])
         self._thread.join()
 
 
