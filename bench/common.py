@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -87,17 +88,21 @@ _REPORTING_QUIET_S = 3.0  # above the kernel's 2 s between reporting rounds
 def settle_reporting() -> None:
     """On a VM that reports free memory to its host (virtio-balloon free page reporting),
     wait until the memory the previous run's file gave back has been reported. Writing
-    into reported memory costs the host's fault on first touch (1.6 GiB written into the
-    page cache: 5.6-6.3 s of system time once reported, 0.4-0.5 s into memory freed just
-    before), so a run's cost would depend on how soon it started after the unlink; this
-    way every run of either tool starts from the same state. The kernel reports in rounds
-    PAGE_REPORTING_DELAY (2 s) apart, starting 2 s after the free: the counter must stand
-    still for longer than that."""
+    into reported memory costs the host's fault on first touch (bench.pagecache_bench:
+    1.6 GiB in 1 MiB writes, 2.1-3.3 s of system time once reported), so a run's cost
+    would depend on how soon it started after the unlink; this way every run of either
+    tool starts from the same state. The kernel reports in rounds PAGE_REPORTING_DELAY
+    (2 s) apart, starting 2 s after the free: the counter must stand still for longer
+    than that, about 11 s after a free of 1.6 GiB."""
     counter = Path("/sys/module/page_reporting/parameters/reported_kib")
     if not counter.exists():
         return
+    print("waiting for the VM's free page reporting to settle", file=sys.stderr, flush=True)
     last, still_since, deadline = counter.read_text(), time.monotonic(), time.monotonic() + 60
-    while time.monotonic() - still_since < _REPORTING_QUIET_S and time.monotonic() < deadline:
+    while time.monotonic() - still_since < _REPORTING_QUIET_S:
+        if time.monotonic() >= deadline:
+            print("free page reporting still moving after 60 s: going on", file=sys.stderr)
+            return
         time.sleep(0.2)
         now = counter.read_text()
         if now != last:

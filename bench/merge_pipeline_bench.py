@@ -26,9 +26,9 @@ The three sides alternate in one run. Right before each, that side's previous ou
 freed (tar's file; the pipeline's last fine-tune, its archive checked against its row and
 dropped), then `sync`, and the 1-minute load average is recorded. This VM hands free
 memory back to its host (free page reporting, from 2 s after a free), and writing into
-memory the host took back costs 5-8 s of system time per GiB against about 0.15 s for
-memory it still backs: each side writes into memory freed just before it, as a running
-machine reuses its page cache, rather than into whatever the timing left it.
+memory the host took back costs several times as much (bench.pagecache_bench): each side
+writes into memory freed just before it, as a running machine reuses its page cache,
+rather than into whatever the timing left it.
 
 On S3 a fourth side, "upload", times the object store taking the tar's output alone
 through tunevault's writer: the floor under any pipeline that must store an archive of
@@ -186,7 +186,7 @@ def run_upload(settings: Settings, archive: Path) -> dict[str, float]:
             shutil.copyfileobj(f, w, 8 << 20)
         seconds = time.perf_counter() - t
         svc.storage.delete(key)
-    nan = float("nan")  # SeaweedFS's CPU and faults are not ours
+    nan = float("nan")  # no child: the writer runs in this process (SeaweedFS's is store_cpu)
     return {"seconds": seconds, "rss": 0, "cpu": nan, "faults": nan, "job": seconds}
 
 

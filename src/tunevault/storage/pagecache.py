@@ -3,7 +3,7 @@
 Linux sizes a file's new page-cache folios by the write that creates them (a 256 KiB
 write takes one 256 KiB folio). On this project's VM, once its free page reporting has
 handed the free memory back to the host, 1.6 GiB written into a new file in 1 MiB writes
-cost 2.1-3.3 s of system time (6.6-7.7 s earlier the same evening), in 128-256 KiB
+cost 2.1-3.3 s of system time (6.6-7.7 s by hand earlier that evening), in 128-256 KiB
 writes 0.35-0.56 s in 10 runs of 12, in 16 KiB writes 0.60-0.94 s (dd the same as
 Python: bench/pagecache_bench.py, BENCHMARKS.md). The likely cause: 1 MiB folios come
 from the big free blocks the host took back, whose first touch faults in the host
