@@ -21,6 +21,7 @@ webdriver = pytest.importorskip(
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,
     StaleElementReferenceException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -65,12 +66,22 @@ def download_into(driver: WebDriver, folder: Path) -> None:
 def wait(driver: WebDriver, condition: Callable[[Any], Any], timeout: float = 30) -> Any:
     """Poll until the condition holds (never a fixed sleep); an element that went stale
     because the page was replaced meanwhile is looked for again."""
+
+    def polled(d: Any) -> Any:
+        try:
+            return condition(d)
+        except WebDriverException as e:
+            # chromedriver's other word for stale: a node of the document just replaced.
+            if "does not belong to the document" in (e.msg or ""):
+                return False
+            raise
+
     return WebDriverWait(
         driver,
         timeout,
         poll_frequency=0.05,
         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-    ).until(condition)
+    ).until(polled)
 
 
 def downloaded(driver: WebDriver, folder: Path, size: int) -> str:
